@@ -1,0 +1,139 @@
+"""`medclipseg` command line: train, evaluate, predict.
+
+    medclipseg train    --data DATASET --out runs/busi [--backbone tiny] [--init SOURCE] [--pct 25] [--epochs 100]
+    medclipseg evaluate --data DATASET --weights SOURCE [--design contradictory] [--out results.json]
+    medclipseg predict  --weights SOURCE --image scan.png --prompt "..." [--out-dir out/]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_common_data(parser: argparse.ArgumentParser) -> None:
+    from .data.layout import DATA_PERCENTAGES, PROMPT_DESIGNS
+
+    parser.add_argument("--data", required=True, help="dataset folder in the authors' layout")
+    parser.add_argument("--pct", type=int, default=100, choices=DATA_PERCENTAGES, help="training data percentage")
+    parser.add_argument("--design", default="original", choices=PROMPT_DESIGNS, help="test prompt design")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .build import BACKBONES
+
+    parser = argparse.ArgumentParser(prog="medclipseg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train adapters and head on a dataset in the authors' layout")
+    _add_common_data(train)
+    train.add_argument("--out", required=True, help="run folder (checkpoints, history); resumed if it exists")
+    train.add_argument("--backbone", default="tiny", choices=sorted(BACKBONES))
+    train.add_argument("--init", help="start from weights: our model folder or an authors' .pth (path or hf://)")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--batch-size", type=int, default=24)
+    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--min-lr", type=float, default=1e-4)
+    train.add_argument("--seed", type=int, default=666)
+    train.add_argument("--max-steps-per-epoch", type=int)
+    train.add_argument("--no-validate", action="store_true")
+    train.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
+    train.add_argument("--device")
+
+    evaluate = commands.add_parser("evaluate", help="DSC/NSD of a model on a split")
+    _add_common_data(evaluate)
+    evaluate.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--num-samples", type=int, default=30)
+    evaluate.add_argument("--threshold", type=float, default=0.5)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--mode", default="exact", choices=("exact", "fast"))
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluate.add_argument("--out", default="results.json", help="results JSON")
+    evaluate.add_argument("--device")
+
+    predict = commands.add_parser("predict", help="segment one image; writes mask and uncertainty maps")
+    predict.add_argument("--weights", default=None)
+    predict.add_argument("--image", required=True)
+    predict.add_argument("--prompt", required=True)
+    predict.add_argument("--num-samples", type=int, default=30)
+    predict.add_argument("--threshold", type=float, default=0.5)
+    predict.add_argument("--seed", type=int)
+    predict.add_argument("--mode", default="exact", choices=("exact", "fast"))
+    predict.add_argument("--out-dir", default=".")
+    predict.add_argument("--device")
+    return parser
+
+
+def run_train(args) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(data=args.data, out=args.out, backbone=args.backbone, init=args.init, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, seed=args.seed, pct=args.pct,
+                         design=args.design, max_steps_per_epoch=args.max_steps_per_epoch,
+                         validate=not args.no_validate, device=args.device, resume=not args.no_resume)
+    result = train(config)
+    print(json.dumps({"best": result["best"], "last": result["last"], "epochs": len(result["history"])}))
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .data.layout import load_split
+    from .evaluate import evaluate_samples, write_results
+    from .predictor import Predictor
+
+    samples = load_split(args.data, args.split, design=args.design, pct=args.pct)
+    if args.limit:
+        samples = samples[: args.limit]
+    predictor = Predictor.from_pretrained(args.weights, mode=args.mode, device=args.device)
+    results = evaluate_samples(predictor, samples, num_samples=args.num_samples, threshold=args.threshold,
+                               seed=args.seed)
+    results["config"] = {"data": str(args.data), "split": args.split, "design": args.design, "pct": args.pct,
+                         "weights": predictor.model_id, "num_samples": args.num_samples,
+                         "threshold": args.threshold, "mode": args.mode, "seed": args.seed}
+    path = write_results(results, args.out)
+    print(json.dumps({**results["summary"], "results": str(path)}))
+    return 0
+
+
+def run_predict(args) -> int:
+    import cv2
+    import numpy as np
+
+    from .predictor import Predictor
+
+    predictor = Predictor.from_pretrained(args.weights, mode=args.mode, device=args.device)
+    prediction = predictor.predict(args.image, args.prompt, num_samples=args.num_samples,
+                                   threshold=args.threshold, seed=args.seed, channel_order="bgr")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.image).stem
+    cv2.imwrite(str(out / f"{stem}_mask.png"), prediction.mask.astype(np.uint8) * 255)
+    np.savez_compressed(out / f"{stem}_maps.npz", probability=prediction.probability, entropy=prediction.entropy,
+                        mutual_information=prediction.mutual_information)
+    print(json.dumps({"mask": str(out / f"{stem}_mask.png"), "maps": str(out / f"{stem}_maps.npz"),
+                      "num_samples": prediction.num_samples, "seconds": round(prediction.seconds, 3),
+                      **prediction.scores}))
+    return 0
+
+
+def main(argv=None) -> int:
+    from .checkpoint import CheckpointMismatchError
+    from .data.layout import LayoutError
+    from .imageio import ImageReadError, PromptError
+    from .sources import WeightsSourceError
+
+    args = build_parser().parse_args(argv)
+    handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict}
+    try:
+        return handlers[args.command](args)
+    except (LayoutError, ImageReadError, PromptError, WeightsSourceError, CheckpointMismatchError,
+            FileNotFoundError, ValueError) as exc:
+        print(f"medclipseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layout and datasets."""
