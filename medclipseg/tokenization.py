@@ -30,7 +30,7 @@ class PromptTokenizer:
         if isinstance(prompts, str):
             prompts = [prompts]
         sequences = [self._truncate(ids) for ids in self._encode_batch(list(prompts))]
-        length = self.max_length if mode == "exact" else max(len(s) for s in sequences)
+        length = self.max_length if mode == "exact" else max((len(s) for s in sequences), default=0)
         out = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
         for row, ids in enumerate(sequences):
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)

@@ -130,6 +130,7 @@ def train(config: TrainConfig) -> dict:
         model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scheduler.T_max = config.epochs  # a resumed run may ask for more epochs than the first
         start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["loader_rng"])
@@ -150,9 +151,9 @@ def train(config: TrainConfig) -> dict:
             losses["loss"].backward()
             optimizer.step()
             for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + float(value)
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
             steps += 1
-            bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
             if config.max_steps_per_epoch and steps >= config.max_steps_per_epoch:
                 break
         scheduler.step()

@@ -63,7 +63,8 @@ class MonteCarloAccumulator:
         """True when the last chunk moved the entropy map and the mask by less than the tolerances.
 
         entropy change: mean absolute change of the entropy map (nats);
-        mask change: fraction of pixels whose thresholded mask flipped.
+        mask change: 1 - Dice of the thresholded masks before and after the chunk (0 if both empty),
+        so the tolerance is relative to the size of the structure, not of the image.
         """
         entropy = self.predictive_entropy
         mask = self.mean_probability > threshold
@@ -71,7 +72,9 @@ class MonteCarloAccumulator:
         if self._previous_entropy is not None:
             previous_entropy, previous_mask = self._previous_entropy
             self.last_entropy_change = float((entropy - previous_entropy).abs().mean())
-            self.last_mask_change = float((mask != previous_mask).float().mean())
+            overlap = float((mask & previous_mask).sum())
+            total = float(mask.sum() + previous_mask.sum())
+            self.last_mask_change = 0.0 if total == 0 else 1.0 - 2.0 * overlap / total
             converged = self.last_entropy_change < entropy_tolerance and self.last_mask_change < mask_tolerance
         self._previous_entropy = (entropy, mask)
         return converged

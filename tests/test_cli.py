@@ -1,0 +1,190 @@
+"""End-to-end tests of `medclipseg.cli.main` (train, evaluate, predict) on a small dataset."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from medclipseg.cli import main
+from medclipseg.data.layout import write_prompt_table
+
+IMAGE_SIDE = 64
+SPLIT_COUNTS = {"Train_Folder": 4, "Val_Folder": 2, "Test_Folder": 2}
+TABLE_NAMES = {"Train_Folder": "Train_text.csv", "Val_Folder": "Val_text.csv",
+               "Test_Folder": "Test_text_original.csv"}
+
+
+def _circle_pair(index: int):
+    """A noisy grey image with a bright disc, and the disc's mask."""
+    rng = np.random.RandomState(index)
+    centre = (20 + 6 * index % 24, 24 + 4 * index % 20)
+    radius = 10 + index % 5
+    mask = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+    cv2.circle(mask, centre, radius, 255, thickness=-1)
+    image = (rng.rand(IMAGE_SIDE, IMAGE_SIDE, 3) * 60).astype(np.uint8)
+    image[mask > 0] += 150
+    return image, mask
+
+
+def make_authors_layout(root):
+    """4 train, 2 val, 2 test images (64x64, disc masks) with CSV prompt tables."""
+    index = 0
+    for folder, count in SPLIT_COUNTS.items():
+        rows = []
+        for _ in range(count):
+            name = f"case_{index:02d}.png"
+            image, mask = _circle_pair(index)
+            for sub, array in (("img", image), ("label", mask)):
+                (root / folder / sub).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / folder / sub / name), array)
+            rows.append({"Image": name, "Description": "a bright round lesion", "Ground Truth": name})
+            index += 1
+        write_prompt_table(root / "Prompts_Folder" / TABLE_NAMES[folder], rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_authors_layout(tmp_path_factory.mktemp("busi_like"))
+
+
+TRAIN_ARGS = ["--batch-size", "2", "--seed", "3", "--backbone", "tiny", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(dataset, tmp_path_factory, small_tiny_overrides):
+    """One epoch of training with the small tiny backbone (patched in BACKBONES meanwhile)."""
+    from medclipseg import build
+
+    def small_tiny_builder(**kwargs):
+        kwargs.setdefault("pretrained_text", True)
+        return build.build_tiny(**{**small_tiny_overrides, **kwargs})
+
+    patch = pytest.MonkeyPatch()
+    patch.setitem(build.BACKBONES, "tiny", small_tiny_builder)
+    run = tmp_path_factory.mktemp("run") / "busi"
+    try:
+        code = main(["train", "--data", str(dataset), "--out", str(run), "--epochs", "1", *TRAIN_ARGS])
+        first_state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+        yield {"code": code, "run": run, "first_history": [dict(r) for r in first_state["history"]]}
+    finally:
+        patch.undo()
+
+
+def test_train_writes_checkpoints(trained_run):
+    run = trained_run["run"]
+    assert trained_run["code"] == 0
+    assert (run / "last.pt").is_file()
+    for folder in ("last", "best"):
+        assert (run / folder / "config.json").is_file()
+        assert (run / folder / "model.safetensors").is_file()
+    config = json.loads((run / "last" / "config.json").read_text())
+    assert config["model"]["backbone"] == "tiny"
+    assert config["model"]["vision"]["width"] == 64  # the small builder was used
+    history = trained_run["first_history"]
+    assert len(history) == 1 and history[0]["epoch"] == 1
+    assert np.isfinite(history[0]["loss"]) and "val_dice" in history[0]
+
+
+def test_train_resumes_with_more_epochs(trained_run, dataset, small_tiny_backbone, capsys):
+    run = trained_run["run"]
+    code = main(["train", "--data", str(dataset), "--out", str(run), "--epochs", "2", *TRAIN_ARGS])
+    assert code == 0
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 2
+    assert len(state["history"]) == 2
+    assert state["history"][0] == trained_run["first_history"][0]
+    assert state["history"][1]["epoch"] == 2
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["epochs"] == 2
+    metadata = json.loads((run / "last" / "config.json").read_text())["metadata"]
+    assert metadata["epoch"] == 2
+
+
+def test_evaluate_writes_results(trained_run, dataset, tmp_path, capsys):
+    results_path = tmp_path / "results.json"
+    code = main(["evaluate", "--data", str(dataset), "--weights", str(trained_run["run"] / "best"),
+                 "--num-samples", "2", "--out", str(results_path), "--device", "cpu"])
+    assert code == 0
+    results = json.loads(results_path.read_text())
+    summary = results["summary"]
+    assert summary["images"] == 2
+    assert 0.0 <= summary["mean_dsc"] <= 1.0 and 0.0 <= summary["mean_nsd"] <= 1.0
+    rows = results["per_image"]
+    assert [r["image"] for r in rows] == ["case_06.png", "case_07.png"]
+    for row in rows:
+        assert {"dsc", "nsd", "prompt", "mean_entropy"} <= set(row)
+    assert results["config"]["num_samples"] == 2 and results["config"]["split"] == "test"
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["results"] == str(results_path)
+
+
+def test_predict_writes_mask_of_input_size(trained_run, tmp_path, capsys):
+    image, _ = _circle_pair(11)
+    image = cv2.resize(image, (53, 37))
+    image_path = tmp_path / "scan.png"
+    cv2.imwrite(str(image_path), image)
+    out_dir = tmp_path / "out"
+    code = main(["predict", "--weights", str(trained_run["run"] / "best"), "--image", str(image_path),
+                 "--prompt", "a bright round lesion", "--num-samples", "2", "--seed", "0",
+                 "--out-dir", str(out_dir), "--device", "cpu"])
+    assert code == 0
+    mask = cv2.imread(str(out_dir / "scan_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (37, 53) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 255}
+    maps = np.load(out_dir / "scan_maps.npz")
+    assert maps["probability"].shape == (37, 53)
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["num_samples"] == 2 and printed["mask"] == str(out_dir / "scan_mask.png")
+
+
+def test_predict_bad_image_exit_code(trained_run, tmp_path, capsys):
+    bad = tmp_path / "scan.png"
+    bad.write_text("not an image")
+    code = main(["predict", "--weights", str(trained_run["run"] / "best"), "--image", str(bad),
+                 "--prompt", "a lesion", "--num-samples", "1", "--out-dir", str(tmp_path), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "medclipseg predict: error:" in err and "not a recognised image" in err
+
+
+def test_predict_empty_prompt_exit_code(trained_run, tmp_path, capsys):
+    image_path = tmp_path / "scan.png"
+    cv2.imwrite(str(image_path), _circle_pair(3)[0])
+    code = main(["predict", "--weights", str(trained_run["run"] / "best"), "--image", str(image_path),
+                 "--prompt", "  ", "--num-samples", "1", "--out-dir", str(tmp_path), "--device", "cpu"])
+    assert code == 2
+    assert "Prompt is empty" in capsys.readouterr().err
+
+
+def test_missing_weights_exit_code(tmp_path, capsys):
+    image_path = tmp_path / "scan.png"
+    cv2.imwrite(str(image_path), _circle_pair(3)[0])
+    code = main(["predict", "--weights", str(tmp_path / "no_such_model"), "--image", str(image_path),
+                 "--prompt", "a lesion", "--device", "cpu"])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_without_prompts_folder_exit_code(tmp_path, small_tiny_backbone, capsys):
+    broken = make_authors_layout(tmp_path / "broken")
+    for table in (broken / "Prompts_Folder").iterdir():
+        table.unlink()
+    (broken / "Prompts_Folder").rmdir()
+    code = main(["train", "--data", str(broken), "--out", str(tmp_path / "run"), "--epochs", "1", *TRAIN_ARGS])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "medclipseg train: error:" in err and "Prompts_Folder" in err
+
+
+def test_evaluate_missing_test_table_exit_code(trained_run, tmp_path, capsys):
+    broken = make_authors_layout(tmp_path / "broken")
+    (broken / "Prompts_Folder" / "Test_text_original.csv").unlink()
+    code = main(["evaluate", "--data", str(broken), "--weights", str(trained_run["run"] / "best"),
+                 "--num-samples", "1", "--out", str(tmp_path / "r.json"), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Test_text_original" in err and not (tmp_path / "r.json").exists()
