@@ -14,11 +14,15 @@ from medclipseg.modeling import ChannelLayerNorm, PVLAdapter, ProbabilisticCross
 from medclipseg.modeling.prob_attention import AntitheticNoise
 from medclipseg.modeling.text_towers import BertConfig, BertTextTower, ClipTextTower
 
-torch.set_default_dtype(torch.float64)
 
 
-def teardown_module(module):
-    torch.set_default_dtype(torch.float32)
+@pytest.fixture(autouse=True)
+def float64_default():
+    """float64 for this module's tests only (set at run time, not at collection)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def randomise(module, seed=0):
