@@ -157,8 +157,8 @@ class Predictor:
 
     def tokenize(self, prompt: str):
         prompt = validate_prompt(prompt)
-        truncated = self.tokenizer.token_count(prompt) > self.tokenizer.max_length
-        return prompt, self.tokenizer([prompt], mode=self.mode), truncated
+        input_ids, truncated = self.tokenizer.encode([prompt], mode=self.mode)
+        return prompt, input_ids, truncated[0]
 
     # -- inference --------------------------------------------------------------------------------
     @torch.inference_mode()

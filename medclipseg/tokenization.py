@@ -25,16 +25,22 @@ class PromptTokenizer:
         self.pad_id = pad_id
 
     def __call__(self, prompts: Sequence[str] | str, mode: str = "exact") -> torch.Tensor:
+        return self.encode(prompts, mode)[0]
+
+    def encode(self, prompts: Sequence[str] | str, mode: str = "exact"):
+        """-> (input ids [B, L], per prompt whether it was truncated to max_length)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(prompts, str):
             prompts = [prompts]
-        sequences = [self._truncate(ids) for ids in self._encode_batch(list(prompts))]
+        encoded = self._encode_batch(list(prompts))
+        truncated = [len(ids) > self.max_length for ids in encoded]
+        sequences = [self._truncate(ids) for ids in encoded]
         length = self.max_length if mode == "exact" else max((len(s) for s in sequences), default=0)
         out = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
         for row, ids in enumerate(sequences):
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return out
+        return out, truncated
 
     def _truncate(self, ids: list) -> list:
         if len(ids) <= self.max_length:

@@ -26,6 +26,7 @@ from .data.dataset import SegmentationDataset, collate
 from .data.layout import load_split
 from .losses import segmentation_loss
 from .metrics import dice_score
+from .modeling.medclipseg import TRAINABLE_PREFIXES
 from .tokenization import build_tokenizer
 
 
@@ -82,7 +83,7 @@ def initial_model(config: TrainConfig):
 
 def trainable_state(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            if k.startswith(("pvl_adapters", "mask_head", "upscale"))}
+            if k.startswith(TRAINABLE_PREFIXES)}
 
 
 @torch.no_grad()

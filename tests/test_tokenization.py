@@ -87,14 +87,19 @@ def test_prompt_tokenizer_with_custom_encoder():
     assert tokenizer.token_count("x") == 5
 
 
-def test_minilm_package_tokenizer(minilm_tokenizer):
-    ids = minilm_tokenizer(["a round polyp in the lower left"], mode="exact")
-    assert ids.shape == (1, 64)
+def assert_framed_and_padded(tokenizer, prompt, exact_length, start_id, end_id):
+    """exact: start token, end token at the prompt's last position, zeros after; fast: no padding."""
+    ids = tokenizer([prompt], mode="exact")
+    assert ids.shape == (1, exact_length)
     row = ids[0].tolist()
-    length = minilm_tokenizer.token_count("a round polyp in the lower left")
-    assert row[0] == 101 and row[length - 1] == 102  # BERT [CLS] / [SEP]
-    assert all(v == 0 for v in row[length:])
-    assert minilm_tokenizer(["a round polyp in the lower left"], mode="fast").shape == (1, length)
+    count = tokenizer.token_count(prompt)
+    assert row[0] == start_id and row[count - 1] == end_id
+    assert all(v == 0 for v in row[count:])
+    assert tokenizer([prompt], mode="fast").shape == (1, count)
+
+
+def test_minilm_package_tokenizer(minilm_tokenizer):
+    assert_framed_and_padded(minilm_tokenizer, "a round polyp in the lower left", 64, 101, 102)  # [CLS] / [SEP]
 
 
 def test_minilm_truncation_keeps_sep(minilm_tokenizer):
@@ -115,13 +120,7 @@ def clip():
 
 
 def test_clip_tokenizer_start_end_and_exact_length(clip):
-    ids = clip(["a round polyp"], mode="exact")
-    assert ids.shape == (1, 77)
-    count = clip.token_count("a round polyp")
-    row = ids[0].tolist()
-    assert row[0] == 49406 and row[count - 1] == 49407  # <start_of_text>, <end_of_text>
-    assert all(v == 0 for v in row[count:])
-    assert clip(["a round polyp"], mode="fast").shape == (1, count)
+    assert_framed_and_padded(clip, "a round polyp", 77, 49406, 49407)  # <start_of_text>, <end_of_text>
 
 
 def test_clip_truncation_keeps_end_token(clip):
