@@ -1,7 +1,10 @@
-"""`medclipseg` command line: train, evaluate, predict.
+"""`medclipseg` command line: phantoms, pretrain, train, evaluate, benchmark, predict.
 
+    medclipseg phantoms  --out data/phantoms --per-modality 400 --seed 0 [--shift]
+    medclipseg pretrain  --data data/phantoms --out runs/demo/stage1 [--epochs 30]
     medclipseg train    --data DATASET --out runs/busi [--backbone tiny] [--init SOURCE] [--pct 25] [--epochs 100]
     medclipseg evaluate --data DATASET --weights SOURCE [--design contradictory] [--out results.json]
+    medclipseg benchmark --out docs/results.md [--weights SOURCE] [--runs runs/demo] [--data DATASET]
     medclipseg predict  --weights SOURCE --image scan.png --prompt "..." [--out-dir out/]
 """
 from __future__ import annotations
@@ -41,6 +44,39 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-validate", action="store_true")
     train.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     train.add_argument("--device")
+    train.add_argument("--contrastive-weight", type=float, default=0.1,
+                       help="weight of the soft patch contrastive loss (0 for the ablation)")
+    train.add_argument("--means-only", action="store_true",
+                       help="ablation: train and predict with the value means (no probabilistic attention)")
+    train.add_argument("--head-only", action="store_true", help="ablation: no adapters, train upscaler and head only")
+
+    phantoms = commands.add_parser("phantoms", help="write a synthetic five-modality data set in the authors' layout")
+    from .data.phantoms import add_phantoms_arguments
+    add_phantoms_arguments(phantoms)
+
+    pretrain = commands.add_parser("pretrain", help="stage 1: align the tiny ViT with the frozen MiniLM text tower")
+    pretrain.add_argument("--data", required=True, help="dataset folder in the authors' layout (train split used)")
+    pretrain.add_argument("--out", required=True, help="model folder written at the end")
+    pretrain.add_argument("--epochs", type=int, default=30)
+    pretrain.add_argument("--batch-size", type=int, default=64)
+    pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--dense-weight", type=float, default=1.0)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--max-steps", type=int)
+    pretrain.add_argument("--model", default="{}", help="JSON overrides of the tiny config, e.g. '{\"width\": 64}'")
+    pretrain.add_argument("--device")
+
+    bench = commands.add_parser("benchmark", help="regenerate the results report (docs/results.md)")
+    bench.add_argument("--out", default="docs/results.md")
+    bench.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    bench.add_argument("--runs", help="folder with ablation and data-fraction runs (<name>/best)")
+    bench.add_argument("--data", help="test set in the authors' layout instead of fresh phantoms")
+    bench.add_argument("--shifted-data", help="a second, shifted test set in the authors' layout")
+    bench.add_argument("--work", default="benchmark_data", help="where fresh phantom test sets are written")
+    bench.add_argument("--per-modality", type=int, default=40)
+    bench.add_argument("--num-samples", type=int, default=30)
+    bench.add_argument("--secondary-samples", type=int, default=8)
+    bench.add_argument("--device")
 
     evaluate = commands.add_parser("evaluate", help="DSC/NSD of a model on a split")
     _add_common_data(evaluate)
@@ -73,9 +109,45 @@ def run_train(args) -> int:
     config = TrainConfig(data=args.data, out=args.out, backbone=args.backbone, init=args.init, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, seed=args.seed, pct=args.pct,
                          design=args.design, max_steps_per_epoch=args.max_steps_per_epoch,
-                         validate=not args.no_validate, device=args.device, resume=not args.no_resume)
+                         validate=not args.no_validate, device=args.device, resume=not args.no_resume,
+                         contrastive_weight=args.contrastive_weight, stochastic=not args.means_only,
+                         fusion_layers=[] if args.head_only else None)
     result = train(config)
     print(json.dumps({"best": result["best"], "last": result["last"], "epochs": len(result["history"])}))
+    return 0
+
+
+def run_phantoms(args) -> int:
+    from .data.phantoms import run_phantoms as write_phantoms
+
+    return write_phantoms(args)
+
+
+def run_pretrain(args) -> int:
+    from .pretrain import PretrainConfig, pretrain
+
+    try:
+        overrides = json.loads(args.model)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model must be a JSON object: {exc}") from None
+    config = PretrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            dense_weight=args.dense_weight, seed=args.seed, max_steps=args.max_steps,
+                            model=overrides, device=args.device)
+    result = pretrain(config)
+    print(json.dumps({"out": result["out"], "seconds": result["seconds"], "final": result["history"][-1]}))
+    return 0
+
+
+def run_benchmark(args) -> int:
+    from .benchmark import BenchmarkConfig, run_benchmark as benchmark
+
+    config = BenchmarkConfig(out=args.out, weights=args.weights, runs=args.runs, data=args.data,
+                             shifted_data=args.shifted_data, work=args.work, per_modality=args.per_modality,
+                             num_samples=args.num_samples, secondary_samples=args.secondary_samples,
+                             device=args.device)
+    results = benchmark(config)
+    print(json.dumps({"out": args.out, "dsc": results["in_distribution"]["overall"].get("dsc"),
+                      "seconds": results["seconds"]}))
     return 0
 
 
@@ -126,7 +198,8 @@ def main(argv=None) -> int:
     from .sources import WeightsSourceError
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict}
+    handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "phantoms": run_phantoms,
+                "pretrain": run_pretrain, "benchmark": run_benchmark}
     try:
         return handlers[args.command](args)
     except (LayoutError, ImageReadError, PromptError, WeightsSourceError, CheckpointMismatchError,

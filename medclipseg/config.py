@@ -36,6 +36,8 @@ class ModelConfig:
     adapter_dim: int = 256
     beta: float = 2.35
     fusion_layers: tuple = tuple(range(1, 11))
+    # False for a model trained with the value means only: Monte-Carlo sampling then adds nothing.
+    stochastic: bool = True
     # Parameter-name prefixes whose weights come from elsewhere (a package or the hub) and are
     # therefore not stored in our safetensors files unless asked.
     external_prefixes: tuple = ()

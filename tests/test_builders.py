@@ -5,9 +5,13 @@ from safetensors.torch import save_file
 
 from medclipseg.build import build_tiny, load_bert_text_weights
 
+# A micro tiny model on the 224 px grid (7x7 patches of 32 px), fusion before layers 1-4.
+MICRO_TINY = dict(width=32, heads=2, embed_dim=16, adapter_dim=8, patch_size=32, image_size=224,
+                  fusion_layers=(1, 2, 3, 4))
+
 
 def small():
-    return build_tiny(pretrained_text=False, width=32, heads=2, embed_dim=16, adapter_dim=8, patch_size=32)
+    return build_tiny(pretrained_text=False, **MICRO_TINY)
 
 
 def test_bert_weights_load_from_a_folder_with_or_without_prefix(tmp_path):

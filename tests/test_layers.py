@@ -14,6 +14,10 @@ from medclipseg.modeling import ChannelLayerNorm, PVLAdapter, ProbabilisticCross
 from medclipseg.modeling.prob_attention import AntitheticNoise
 from medclipseg.modeling.text_towers import BertConfig, BertTextTower, ClipTextTower
 
+# A micro tiny model on the 224 px grid (7x7 patches of 32 px), fusion before layers 1-4.
+MICRO_TINY = dict(width=32, heads=2, embed_dim=16, adapter_dim=8, patch_size=32, image_size=224,
+                  fusion_layers=(1, 2, 3, 4))
+
 
 
 @pytest.fixture(autouse=True)
@@ -152,8 +156,7 @@ def test_upscale_block_matches_formula():
 def test_head_matches_reference():
     from medclipseg.build import build_tiny
 
-    model = randomise(build_tiny(pretrained_text=False, width=32, heads=2, embed_dim=16, adapter_dim=8,
-                                 patch_size=32).double(), seed=7)
+    model = randomise(build_tiny(pretrained_text=False, **MICRO_TINY).double(), seed=7)
     image_tokens, text_embeds = torch.randn(2, 1 + 49, 16), torch.randn(2, 16)
     expected = ref.reference_head(model.state_dict(), image_tokens, text_embeds)
     assert torch.allclose(model.decode(image_tokens, text_embeds), expected, atol=1e-10)
@@ -224,12 +227,12 @@ def test_towers_must_have_equal_depth():
     from medclipseg.config import ModelConfig
     from medclipseg.build import build_model, tiny_config
 
-    config = tiny_config(width=32, heads=2, embed_dim=16, adapter_dim=8, patch_size=32)
+    config = tiny_config(**MICRO_TINY)
     config.vision.layers = 4
     config.fusion_layers = (1, 2)
     with pytest.raises(ValueError, match="equal depth"):
         build_model(config)
-    config = tiny_config(width=32, heads=2, embed_dim=16, adapter_dim=8, patch_size=32)
+    config = tiny_config(**MICRO_TINY)
     config.fusion_layers = (1, 9)
     with pytest.raises(ValueError, match="fusion layers"):
         build_model(config)
