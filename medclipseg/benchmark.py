@@ -60,7 +60,7 @@ class BenchmarkConfig:
     data: Optional[str] = None  # a test set in the authors' layout instead of fresh phantoms
     shifted_data: Optional[str] = None
     work: str = "benchmark_data"  # where fresh phantom sets are generated (replaced)
-    per_modality: int = 40
+    per_modality: int = 30
     seed: int = TEST_SEED
     shifted_seed: int = SHIFTED_SEED
     num_samples: int = 30

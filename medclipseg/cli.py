@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", help="test set in the authors' layout instead of fresh phantoms")
     bench.add_argument("--shifted-data", help="a second, shifted test set in the authors' layout")
     bench.add_argument("--work", default="benchmark_data", help="where fresh phantom test sets are written")
-    bench.add_argument("--per-modality", type=int, default=40)
+    bench.add_argument("--per-modality", type=int, default=30)
     bench.add_argument("--num-samples", type=int, default=30)
     bench.add_argument("--secondary-samples", type=int, default=8)
     bench.add_argument("--device")
