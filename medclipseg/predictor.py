@@ -92,7 +92,7 @@ class Predictor:
         tokenizer: PromptTokenizer,
         mode: str = "exact",
         device=None,
-        chunk_size: int = 8,
+        chunk_size: Optional[int] = None,
         model_id: str = "",
     ):
         if mode not in MODES:
@@ -101,7 +101,9 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.mode = mode
-        self.chunk_size = chunk_size
+        # Samples per forward pass. Small models run all 30 samples in one batch (fewer, larger
+        # matrix products: 0.43 s instead of 0.52 s for the demo); large ones stay memory-bounded.
+        self.chunk_size = chunk_size or (32 if model.vision_model.width <= 256 else 8)
         self.model_id = model_id or getattr(model, "source", "") or model.config.backbone
         self.image_size = model.image_size
 
