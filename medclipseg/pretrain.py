@@ -37,7 +37,8 @@ from .checkpoint import save_pretrained
 from .data.dataset import rotate_pair
 from .data.layout import load_split
 from .imageio import read_image, read_mask
-from .predictor import IMAGENET_MEAN, IMAGENET_STD
+from .predictor import preprocess_bgr
+from .train import seed_everything
 
 
 @dataclass
@@ -112,13 +113,6 @@ def encode_captions(model, tokenizer, captions: list, batch_size: int = 64) -> t
     return torch.cat(out)
 
 
-def normalise_batch(images: np.ndarray) -> torch.Tensor:
-    """uint8 [B, S, S, 3] BGR -> the predictor's normalisation, [B, 3, S, S]."""
-    scaled = images.astype(np.float32) / 255.0
-    scaled = (scaled - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(0, 3, 1, 2)))
-
-
 def patch_fractions(masks: np.ndarray, grid: int) -> torch.Tensor:
     """uint8 [B, S, S] 0/1 -> fraction of foreground in each patch, [B, grid*grid]."""
     fractions = [cv2.resize(m.astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA) for m in masks]
@@ -149,9 +143,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from .build import build_tiny
     from .tokenization import build_tokenizer
 
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +198,7 @@ def pretrain(config: PretrainConfig) -> dict:
                 batch_masks.append(mask)
                 ids.append(caption_index[rng.choice(entry.captions)])
             ids = torch.tensor(ids, device=device)
-            losses = pretrain_losses(model, normalise_batch(np.stack(batch_images)).to(device),
+            losses = pretrain_losses(model, torch.cat([preprocess_bgr(i, size) for i in batch_images]).to(device),
                                      caption_features[ids], ids, patch_fractions(np.stack(batch_masks), grid).to(device),
                                      dense_bias)
             loss = losses["contrastive"] + config.dense_weight * losses["dense"]
