@@ -6,6 +6,8 @@
     medclipseg evaluate --data DATASET --weights SOURCE [--design contradictory] [--out results.json]
     medclipseg benchmark --out docs/results.md [--weights SOURCE] [--runs runs/demo] [--data DATASET]
     medclipseg predict  --weights SOURCE --image scan.png --prompt "..." [--out-dir out/]
+    medclipseg export   --out exports/v1 [--db feedback_db/annotations.db] [--val 0.1] [--test 0.2] [--zip]
+    medclipseg ingest   --source FOLDER_OR_ZIP (--prompt "..." | --prompts-csv prompts.csv) [--db annotations.db]
 """
 from __future__ import annotations
 
@@ -100,6 +102,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--mode", default="exact", choices=("exact", "fast"))
     predict.add_argument("--out-dir", default=".")
     predict.add_argument("--device")
+
+    export = commands.add_parser("export", help="export corrected annotations as a dataset in the authors' layout")
+    export.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB or feedback_db/annotations.db)")
+    export.add_argument("--out", required=True, help="export folder (must be new or empty, see --overwrite)")
+    export.add_argument("--val", type=float, default=0.1, help="fraction of images for validation")
+    export.add_argument("--test", type=float, default=0.2, help="fraction of images for testing")
+    export.add_argument("--seed", type=int, default=0, help="seed of the split")
+    export.add_argument("--status", action="append", choices=("corrected", "accepted"),
+                        help="export cases with this status (repeatable; default: corrected and accepted)")
+    export.add_argument("--annotator", help="export only this annotator's corrections")
+    export.add_argument("--zip", action="store_true", help="also write <out>.zip")
+    export.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+
+    ingest = commands.add_parser("ingest", help="add a folder or .zip of images to the review queue (predicted)")
+    ingest.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB, /data on Spaces, or "
+                                     "feedback_db/annotations.db)")
+    ingest.add_argument("--source", required=True, help="folder (searched recursively) or .zip of images")
+    prompt_source = ingest.add_mutually_exclusive_group(required=True)
+    prompt_source.add_argument("--prompt", help="one prompt for every image")
+    prompt_source.add_argument("--prompts-csv",
+                               help="CSV with columns image,prompt (or the authors' Image,Description)")
+    ingest.add_argument("--batch", help="batch name stored with the cases (the queue can be limited to it)")
+    ingest.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    ingest.add_argument("--num-samples", type=int, default=30)
+    ingest.add_argument("--threshold", type=float, default=0.5)
+    ingest.add_argument("--batch-size", type=int, default=8)
+    ingest.add_argument("--seed", type=int, default=0)
+    ingest.add_argument("--mode", default="exact", choices=("exact", "fast"))
+    ingest.add_argument("--device")
     return parser
 
 
@@ -191,19 +222,77 @@ def run_predict(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    import sqlite3
+
+    from .export import EXPORTABLE_STATUSES, export_dataset
+    from .storage import AnnotationStore, StorageError, default_db_path
+
+    db = Path(args.db) if args.db else default_db_path()
+    if not db.is_file():
+        raise ValueError(f"No annotation database at '{db}' (give --db or set MEDCLIPSEG_DB).")
+    try:
+        store = AnnotationStore(db)
+        try:
+            result = export_dataset(store, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed,
+                                    statuses=tuple(args.status or EXPORTABLE_STATUSES), annotator=args.annotator,
+                                    make_zip=args.zip, overwrite=args.overwrite)
+        finally:
+            store.close()
+    except (StorageError, sqlite3.DatabaseError) as exc:
+        raise ValueError(f"{db}: {exc}") from None
+    empty = [split for split, count in result.counts.items() if count == 0]
+    if empty:
+        hint = " (train with --no-validate)" if "val" in empty else ""
+        print(f"medclipseg export: note: no cases in the {' and '.join(empty)} split{hint}", file=sys.stderr)
+    print(json.dumps({"out": str(result.root), "counts": result.counts, "total": sum(result.counts.values()),
+                      "manifest": str(result.manifest_path),
+                      "zip": str(result.zip_path) if result.zip_path else None}))
+    return 0
+
+
+def run_ingest(args) -> int:
+    from .imageio import validate_prompt
+    from .predictor import Predictor
+    from .queue import ingest, read_prompt_csv, scan_source
+    from .storage import AnnotationStore
+
+    # Check the inputs before the model is loaded, so that a typo fails at once.
+    prompts = read_prompt_csv(args.prompts_csv) if args.prompts_csv else None
+    prompt = validate_prompt(args.prompt) if args.prompt is not None else None
+    total = len(scan_source(args.source))
+    store = AnnotationStore(args.db)
+    try:
+        print(f"{total} images in {args.source}; database {store.path}", flush=True)
+        predictor = Predictor.from_pretrained(args.weights, mode=args.mode, device=args.device)
+
+        def progress(done: int, total: int, message: str) -> None:
+            print(f"[{done}/{total}] {message}", flush=True)
+
+        report = ingest(store, predictor, args.source, prompt=prompt, prompts_csv=prompts, batch=args.batch,
+                        batch_size=args.batch_size, num_samples=args.num_samples, threshold=args.threshold,
+                        seed=args.seed, progress=progress)
+    finally:
+        store.close()
+    print(report.summary())
+    return 0
+
+
 def main(argv=None) -> int:
     from .checkpoint import CheckpointMismatchError
     from .data.layout import LayoutError
     from .imageio import ImageReadError, PromptError
     from .sources import WeightsSourceError
+    from .storage import StorageError
 
     args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "phantoms": run_phantoms,
-                "pretrain": run_pretrain, "benchmark": run_benchmark}
+                "pretrain": run_pretrain, "benchmark": run_benchmark, "export": run_export,
+                "ingest": run_ingest}
     try:
         return handlers[args.command](args)
     except (LayoutError, ImageReadError, PromptError, WeightsSourceError, CheckpointMismatchError,
-            FileNotFoundError, ValueError) as exc:
+            StorageError, FileNotFoundError, ValueError) as exc:
         print(f"medclipseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -66,7 +66,18 @@ __all__ = [
     "read_mask",
     "validate_prompt",
     "is_dicom",
+    "CT_WINDOW_PRESETS",
 ]
+
+# Standard CT display windows, (center, width) in Hounsfield units.
+CT_WINDOW_PRESETS = {
+    "Soft tissue": (40.0, 400.0),
+    "Lung": (-600.0, 1500.0),
+    "Bone": (400.0, 1800.0),
+    "Brain": (40.0, 80.0),
+    "Liver": (60.0, 160.0),
+    "Mediastinum": (50.0, 350.0),
+}
 
 _DEFAULT_MAX_PIXELS = 100_000_000
 _MAX_PIXELS_ENV = "MEDCLIPSEG_MAX_PIXELS"

@@ -1,0 +1,184 @@
+"""Helpers for the app tests: a real `python app.py` server on 127.0.0.1 and synthetic cases."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def synthetic_prediction(height=48, width=64, seed=0, model_id="synthetic@0"):
+    """A Prediction with smooth, plausible maps (no model run), for filling a queue fast."""
+    from medclipseg.predictor import Prediction
+    from medclipseg.uncertainty import image_scores
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    radius = rng.uniform(0.1, 0.3) * min(height, width)
+    probability = (1.0 / (1.0 + np.exp((np.hypot(yy - cy, xx - cx) - radius) / rng.uniform(0.5, 4.0))))
+    probability = probability.astype(np.float32)
+    p = np.clip(probability, 1e-7, 1 - 1e-7)
+    entropy = (-(p * np.log(p) + (1 - p) * np.log(1 - p))).astype(np.float32)
+    mutual = (entropy * rng.uniform(0.05, 0.3)).astype(np.float32)
+    mask = probability > 0.5
+    return Prediction(probability=probability, mask=mask, entropy=entropy, mutual_information=mutual,
+                      scores=image_scores(entropy, mutual, mask, 2), num_samples=8, threshold=0.5,
+                      prompt="synthetic", model_id=model_id, seconds=0.0, image_shape=(height, width))
+
+
+def fill_queue(store, count, *, height=48, width=64, seed=0):
+    """`count` unreviewed cases with predictions; returns their ids."""
+    rng = np.random.default_rng(seed)
+    ids = []
+    for index in range(count):
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        case = store.add_case(image, prompt=f"lesion {index}", original_name=f"img{index:04d}.png", source="ingest")
+        store.add_prediction(case.id, synthetic_prediction(height, width, seed=seed + index))
+        ids.append(case.id)
+    return ids
+
+
+@contextmanager
+def app_server(db_path, *, env=None, startup_timeout=240.0, log_path=None):
+    """Start `python app.py` on a free port with the given database; yields (url, process)."""
+    port = free_port()
+    environment = dict(os.environ)
+    environment.update({"MEDCLIPSEG_DB": str(db_path), "GRADIO_ANALYTICS_ENABLED": "False",
+                        "MEDCLIPSEG_SAMPLES": environment.get("MEDCLIPSEG_SAMPLES", "8"),
+                        "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    environment.update(env or {})
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path or (Path(db_path).parent / f"server-{port}.log"), "w")
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+                               cwd=str(ROOT), env=environment, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                log.flush()
+                raise RuntimeError(f"app.py exited with {process.returncode}:\n{Path(log.name).read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "config", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"app.py did not start in {startup_timeout:.0f} s:\n{Path(log.name).read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+# --------------------------------------------------------------------------------------
+# bad and sensitive input files
+
+
+def write_truncated_png(path, seed=0):
+    import cv2
+
+    image = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = cv2.imencode(".png", image)[1].tobytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    return Path(path)
+
+
+def write_text_as_png(path):
+    Path(path).write_text("This is a text file, not an image.\n" * 20)
+    return Path(path)
+
+
+def write_huge_png(path, side=20000):
+    """A valid, highly compressed side x side grey PNG (about 400 KB), written row by row."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + zeros
+    pieces = []
+    block = row * 500
+    for _ in range(side // 500):
+        pieces.append(compressor.compress(block))
+    pieces.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    with open(path, "wb") as stream:
+        stream.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(pieces)) +
+                     chunk(b"IEND", b""))
+    return Path(path)
+
+
+PATIENT_NAME = "DOE^JANE^Q"
+PATIENT_ID = "PID-8675309-X"
+
+
+def write_dicom(path, *, with_pixels=True, patient_name=PATIENT_NAME, patient_id=PATIENT_ID, size=64):
+    """A CT-like DICOM (Hounsfield units via rescale) carrying patient identifiers in its header."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.PatientName = patient_name
+    dataset.PatientID = patient_id
+    dataset.PatientBirthDate = "19700101"
+    dataset.InstitutionName = "Saint Example Hospital"
+    dataset.AccessionNumber = "ACC-445566"
+    dataset.Modality = "CT"
+    dataset.PixelSpacing = [0.7, 0.7]
+    dataset.WindowCenter = 40
+    dataset.WindowWidth = 400
+    if with_pixels:
+        yy, xx = np.mgrid[:size, :size]
+        hu = np.where(np.hypot(yy - size / 2, xx - size / 2) < size / 4, 60, -900).astype(np.int16)
+        stored = (hu + 1024).astype(np.uint16)
+        dataset.Rows, dataset.Columns = stored.shape
+        dataset.SamplesPerPixel = 1
+        dataset.PhotometricInterpretation = "MONOCHROME2"
+        dataset.BitsAllocated = 16
+        dataset.BitsStored = 16
+        dataset.HighBit = 15
+        dataset.PixelRepresentation = 0
+        dataset.RescaleSlope = 1
+        dataset.RescaleIntercept = -1024
+        dataset.PixelData = stored.tobytes()
+    dataset.save_as(str(path), enforce_file_format=True)
+    return Path(path)
+
+
+def files_under(folder) -> dict:
+    """{relative path: bytes} of every file below ``folder``."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,0 +1,182 @@
+"""The app in a real browser: headless Debian Chromium driven by Playwright, a live `python app.py`.
+
+Chromium comes from Debian (`/usr/bin/chromium`, installed by `.ci/run`); Playwright's own
+browser downloads are never used. Without Chromium the tests are skipped, unless
+MEDCLIPSEG_REQUIRE_BROWSER=1 (set by `.ci/run`), which turns the skip into a failure.
+Screenshots go to MEDCLIPSEG_SCREENSHOTS (default: the test's tmp folder).
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from app_support import (
+    ROOT,
+    app_server,
+    files_under,
+    write_dicom,
+    write_huge_png,
+    write_text_as_png,
+    write_truncated_png,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+EXAMPLE = ROOT / "assets" / "examples" / "colonoscopy.png"
+EXAMPLE_PROMPT = "Endoscopic colon image showing one medium oval-shaped hyperplastic growth on the left."
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _browser_or_skip():
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: F401
+    except ImportError:
+        missing = "the playwright package"
+    else:
+        missing = None if CHROMIUM.exists() else str(CHROMIUM)
+    if missing:
+        message = f"{missing} is not installed (bash .ci/run installs both)"
+        if os.environ.get("MEDCLIPSEG_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _browser_or_skip()
+    folder = tmp_path_factory.mktemp("browser")
+    with app_server(folder / "db" / "annotations.db") as (url, _process):
+        yield url, folder / "db" / "annotations.db"
+
+
+@pytest.fixture()
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1500, "height": 1300})
+        page = context.new_page()
+        page.set_default_timeout(90_000)
+        page.goto(server[0])
+        page.wait_for_selector("#segment")
+        yield page
+        browser.close()
+
+
+def screenshot_dir(tmp_path) -> Path:
+    folder = Path(os.environ.get("MEDCLIPSEG_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def numbers_text(page) -> str:
+    return page.inner_text("#numbers")
+
+
+def press_slider(page, elem_id: str, key: str, times: int) -> None:
+    """Move a slider the way a keyboard user does: focus its range input and press arrow keys."""
+    handle = page.locator(f"#{elem_id} input[type=range]")
+    handle.focus()
+    for _ in range(times):
+        handle.press(key)
+
+
+def db_rows(db_path, sql):
+    connection = sqlite3.connect(db_path)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
+def test_segment_threshold_paint_and_save(server, page, tmp_path):
+    url, db_path = server
+    page.fill("#annotator textarea", "alice")
+    page.set_input_files("#upload input[type=file]", str(EXAMPLE))
+    page.wait_for_selector("#preview img")
+    page.fill("#prompt textarea", EXAMPLE_PROMPT)
+    page.click("#segment")
+    page.wait_for_selector("#status :text('Segmented')")
+    assert "Mask threshold / samples" in numbers_text(page)
+    assert "0.50 / 8" in numbers_text(page)
+
+    # Mask threshold 0.50 -> 0.60: re-rendered from the cached maps, no new prediction row.
+    press_slider(page, "mask-threshold", "ArrowRight", 10)
+    page.wait_for_function("document.querySelector('#numbers').innerText.includes('0.60 / 8')")
+    # Uncertainty threshold 0.35 -> 0.45 nats.
+    press_slider(page, "uncertainty-threshold", "ArrowRight", 10)
+    page.wait_for_function("document.querySelector('#numbers').innerText.includes('0.45 nats')")
+    assert db_rows(db_path, "select count(*) from predictions") == [(1,)]
+
+    # Paint one add stroke (the brush starts green) across the middle of the picture, then save.
+    canvas = page.locator("#editor canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for step in range(1, 25):
+        page.mouse.move(x0 + step * 5, y0 + step)
+    page.mouse.up()
+    page.click("#save")
+    page.wait_for_selector("#status :text('Saved correction v1')")
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "annotator.png"), full_page=True)
+
+    rows = db_rows(db_path, "select c.annotator, c.status, c.version, c.pixels_added, c.pixels_erased, "
+                            "c.threshold, c.model_id, c.mask_path, k.status, k.original_name "
+                            "from corrections c join cases k on k.id = c.case_id")
+    assert len(rows) == 1
+    annotator, status, version, added, erased, threshold, model_id, mask_path, case_status, name = rows[0]
+    assert (annotator, status, version, case_status, name) == ("alice", "corrected", 1, "corrected", "colonoscopy.png")
+    assert added > 50 and erased == 0
+    assert threshold == pytest.approx(0.60)
+    assert model_id.startswith("demo-tiny@")
+    files_dir = Path(db_path).parent / "annotations_files"
+    assert (files_dir / mask_path).exists()
+    status_text = page.inner_text("#status")
+    assert f"+{added:,}" in status_text
+
+
+BAD_UPLOADS = [
+    ("truncated.png", write_truncated_png, "truncated or corrupt"),
+    ("notes.png", write_text_as_png, "not a recognised image"),
+    ("huge.png", write_huge_png, "too large"),
+    ("nopixels.dcm", lambda path: write_dicom(path, with_pixels=False), "no pixel data"),
+]
+
+
+def test_bad_uploads_show_messages_and_leave_db_untouched(server, page, tmp_path):
+    url, db_path = server
+    files_dir = Path(db_path).parent / "annotations_files"
+    before_rows = db_rows(db_path, "select (select count(*) from cases), (select count(*) from predictions), "
+                                   "(select count(*) from corrections)")
+    before_files = files_under(files_dir)
+    page.fill("#annotator textarea", "bob")
+    page.fill("#prompt textarea", EXAMPLE_PROMPT)
+    for name, writer, expected in BAD_UPLOADS:
+        path = writer(tmp_path / name)
+        page.set_input_files("#upload input[type=file]", str(path))
+        page.wait_for_selector(f"#status :text('{name}')")
+        message = page.inner_text("#status")
+        assert expected in message, message
+        # The unreadable file is cleared from the upload box; Segment then asks for an image.
+        page.wait_for_selector("#upload input[type=file]", state="attached")
+        page.click("#segment")
+        page.wait_for_selector("#status :text('Upload an image')")
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "bad-upload.png"), full_page=True)
+
+    # A good image with an empty prompt.
+    page.set_input_files("#upload input[type=file]", str(EXAMPLE))
+    page.wait_for_selector("#preview img")
+    page.fill("#prompt textarea", "   ")
+    page.click("#segment")
+    page.wait_for_selector("#status :text('Prompt is empty')")
+
+    after_rows = db_rows(db_path, "select (select count(*) from cases), (select count(*) from predictions), "
+                                  "(select count(*) from corrections)")
+    assert after_rows == before_rows
+    assert files_under(files_dir) == before_files
