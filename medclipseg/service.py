@@ -97,9 +97,7 @@ class AnnotationService:
             if cached is not None:
                 self._cache.move_to_end(prediction_id)
                 return cached
-        stored = self.store.load_prediction(prediction_id)
-        stored.prompt_truncated, stored.seconds = prediction.prompt_truncated, prediction.seconds
-        prediction = stored
+        prediction = self.store.load_prediction(prediction_id)
         self._remember(prediction_id, prediction)
         return prediction
 
@@ -127,11 +125,6 @@ class AnnotationService:
         case = self.store.add_case(loaded.bgr, prompt=prompt, original_name=name or loaded.source_name or "image",
                                    source=origin, metadata=metadata)
         prediction_id = self.store.add_prediction(case.id, prediction)
-        # Work on the stored maps (float16), so that masks drawn here and masks the store derives agree
-        # pixel for pixel at every threshold.
-        stored = self.store.load_prediction(prediction_id)
-        stored.prompt_truncated, stored.seconds = prediction.prompt_truncated, prediction.seconds
-        prediction = stored
         self._remember(prediction_id, prediction)
         if annotator:
             self.store.claim(case.id, annotator=annotator)

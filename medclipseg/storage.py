@@ -6,7 +6,8 @@ Layout
 ``<db stem>_files/``:
 
 * ``images/<content_hash>.png``: the case pixels as decoded (lossless PNG, uint8 BGR);
-* ``maps/*.npz``: one per prediction (``probability``, ``entropy``, ``mutual_information``, float16);
+* ``maps/*.npz``: one per prediction (``probability`` float32, ``entropy`` and
+  ``mutual_information`` float16);
 * ``masks/*.png``: 0/255 masks: the predicted mask of each prediction, and for every correction
   version the corrected mask and the predicted mask it was compared with.
 
@@ -533,7 +534,9 @@ class AnnotationStore:
             if values.shape != shape:
                 raise StorageError(f"The prediction's {name} map has shape {values.shape} but case {case_id} "
                                    f"is {case.height}x{case.width} pixels.")
-            maps[name] = values.astype(np.float16)
+            # Probability stays float32 so that masks at any threshold match the model's own exactly;
+            # the entropy maps are for display and ranking, where float16 is plenty.
+            maps[name] = values.astype(np.float32 if name == "probability" else np.float16)
         mask = _binary_mask(prediction.mask, shape, "predicted mask")
         scores = _json_value(dict(prediction.scores or {}))
         stem = f"{case.id:08d}-{uuid.uuid4().hex}"
@@ -604,7 +607,7 @@ class AnnotationStore:
             raise StorageError(f"Prediction {prediction_id} belongs to case {row['case_id']}, not case {case.id}.")
         scores = json.loads(row["scores"])
         if threshold is None or float(threshold) == row["threshold"]:
-            # The stored PNG was thresholded from the float32 maps, so it is exact (the npz is float16).
+            # The stored PNG is the model's own mask at this threshold.
             import cv2
 
             mask = self._read_png(row["mask_path"], "masks", cv2.IMREAD_GRAYSCALE) > 127

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,9 +75,10 @@ def app_server(db_path, *, env=None, startup_timeout=240.0, log_path=None):
                 log.flush()
                 raise RuntimeError(f"app.py exited with {process.returncode}:\n{Path(log.name).read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(url + "config", timeout=2) as response:
-                    if response.status == 200:
-                        break
+                with urllib.request.urlopen(url + "config", timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # answering, e.g. 401 behind a login
             except Exception:
                 pass
             if time.monotonic() > deadline:

@@ -1,0 +1,274 @@
+"""The app's named endpoints through gradio_client against a live `python app.py` on 127.0.0.1.
+
+Covers the load test (8 annotators x 25 saves, no case served twice), a server killed in the
+middle of saving, the segment and export endpoints, login, and a DICOM carrying patient
+identifiers that must never reach the database, the files beside it or an export.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app_support import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    ROOT,
+    app_server,
+    fill_queue,
+    write_dicom,
+)
+from medclipseg.storage import AnnotationStore
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+EXAMPLE = ROOT / "assets" / "examples" / "brain_mri.png"
+
+
+def client_for(url, auth=None):
+    return Client(url, verbose=False, auth=auth)
+
+
+def mask_file(folder: Path, height=48, width=64, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((height, width), np.uint8)
+    top, left = int(rng.integers(0, height // 2)), int(rng.integers(0, width // 2))
+    mask[top:top + height // 3, left:left + width // 3] = 255
+    path = folder / f"mask{seed}.png"
+    cv2.imwrite(str(path), mask)
+    return path
+
+
+def test_eight_annotators_save_concurrently(tmp_path):
+    db_path = tmp_path / "db" / "annotations.db"
+    annotators, saves_each = 8, 25
+    store = AnnotationStore(db_path)
+    fill_queue(store, annotators * saves_each + 16)
+    store.close()
+    masks = [mask_file(tmp_path, seed=seed) for seed in range(annotators)]
+
+    served = defaultdict(list)           # case id -> annotators it was handed to
+    saved = []                           # (annotator, case id, correction id, version)
+    failures = []
+    lock = threading.Lock()
+
+    with app_server(db_path) as (url, _process):
+        def work(index):
+            name = f"annotator-{index}"
+            try:
+                client = client_for(url)
+                for _ in range(saves_each):
+                    case, _image = client.predict(name, "foreground_entropy", api_name="/next_case")
+                    with lock:
+                        served[case["case_id"]].append(name)
+                    result = client.predict(case["case_id"], handle_file(str(masks[index])), name, "corrected",
+                                            case["prediction_id"], api_name="/save_correction")
+                    with lock:
+                        saved.append((name, result["case_id"], result["correction_id"], result["version"]))
+            except Exception as exc:  # reported below with the annotator's name
+                with lock:
+                    failures.append(f"{name}: {exc!r}")
+
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(annotators)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        elapsed = time.perf_counter() - started
+
+    assert not failures, failures
+    assert len(saved) == annotators * saves_each
+    doubles = {case: names for case, names in served.items() if len(names) > 1}
+    assert not doubles, f"cases served to more than one annotator: {doubles}"
+    print(f"\n{len(saved)} saves by {annotators} annotators in {elapsed:.1f} s")
+
+    connection = sqlite3.connect(db_path)
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = connection.execute("SELECT id, case_id, annotator, version, mask_path FROM corrections").fetchall()
+        statuses = dict(connection.execute("SELECT status, count(*) FROM cases GROUP BY status").fetchall())
+    finally:
+        connection.close()
+    by_id = {row[0]: row for row in rows}
+    for annotator, case_id, correction_id, version in saved:
+        row = by_id[correction_id]
+        assert (row[1], row[2], row[3]) == (case_id, annotator, version) == (case_id, annotator, 1)
+    assert len(rows) == annotators * saves_each
+    assert statuses == {"corrected": annotators * saves_each, "unreviewed": 16}
+    store = AnnotationStore(db_path)
+    expected = cv2.imread(str(masks[0]), cv2.IMREAD_GRAYSCALE) > 127
+    first = next(row for row in rows if row[2] == "annotator-0")
+    assert np.array_equal(store.load_mask(first[4]), expected)
+
+
+def test_killing_the_server_mid_save_loses_no_committed_correction(tmp_path):
+    db_path = tmp_path / "db" / "annotations.db"
+    store = AnnotationStore(db_path)
+    fill_queue(store, 120)
+    store.close()
+    mask = mask_file(tmp_path)
+    acknowledged = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    with app_server(db_path) as (url, process):
+        def work(index):
+            client = client_for(url)
+            name = f"writer-{index}"
+            while not stop.is_set():
+                try:
+                    case, _ = client.predict(name, "random", api_name="/next_case")
+                    result = client.predict(case["case_id"], handle_file(str(mask)), name, "corrected", None,
+                                            api_name="/save_correction")
+                except Exception:
+                    return  # the server is gone
+                with lock:
+                    acknowledged.append(result["correction_id"])
+
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(4)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 120
+        while len(acknowledged) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)  # saves are in flight right now
+        process.wait()
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+
+    assert len(acknowledged) >= 30
+    store = AnnotationStore(db_path)
+    assert store.integrity_check() == "ok"
+    rows = {row["id"]: row for row in store.corrections(latest_only=False)}
+    missing = [cid for cid in acknowledged if cid not in rows]
+    assert not missing, f"acknowledged corrections lost: {missing}"
+    for correction_id in acknowledged:
+        assert store.load_mask(rows[correction_id]["mask_path"]).any()
+    # The database keeps working after the crash: a restarted server serves and saves again.
+    with app_server(db_path) as (url, _process):
+        client = client_for(url)
+        case, _ = client.predict("after-crash", "foreground_entropy", api_name="/next_case")
+        result = client.predict(case["case_id"], handle_file(str(mask)), "after-crash", "corrected", None,
+                                api_name="/save_correction")
+        assert result["version"] == 1
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("api")
+    db_path = folder / "db" / "annotations.db"
+    with app_server(db_path) as (url, _process):
+        yield url, db_path, folder
+
+
+def test_segment_endpoint_returns_maps_and_stores_the_case(live):
+    url, db_path, folder = live
+    client = client_for(url)
+    summary, mask_path, maps_path = client.predict(
+        handle_file(str(EXAMPLE)), "Axial brain MRI showing one small lobulated meningioma on the left.", 8, 0.5,
+        "carol", api_name="/segment")
+    image = cv2.imread(str(EXAMPLE))
+    mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE)
+    maps = np.load(maps_path)
+    assert mask.shape == image.shape[:2] and set(np.unique(mask)) <= {0, 255}
+    assert maps["entropy"].shape == image.shape[:2]
+    assert float(maps["entropy"].max()) <= np.log(2) + 1e-5
+    assert summary["model_id"].startswith("demo-tiny@") and summary["num_samples"] == 8
+    assert set(summary["scores"]) >= {"mean_entropy", "mean_entropy_foreground", "mean_entropy_boundary"}
+    store = AnnotationStore(db_path)
+    case = store.get_case(summary["case_id"])
+    assert case.original_name == "brain_mri.png" and case.assigned_to == "carol"
+    assert store.latest_prediction_id(case.id) == summary["prediction_id"]
+
+
+def test_endpoint_errors_are_clear_and_write_nothing(live, tmp_path):
+    url, db_path, _ = live
+    client = client_for(url)
+    store = AnnotationStore(db_path)
+    before = store.counts()
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(Exception, match="not a recognised image"):
+        client.predict(handle_file(str(bad)), "a lesion", 8, 0.5, "carol", api_name="/segment")
+    with pytest.raises(Exception, match="Prompt is empty"):
+        client.predict(handle_file(str(EXAMPLE)), "  ", 8, 0.5, "carol", api_name="/segment")
+    with pytest.raises(Exception, match="name"):
+        client.predict(1, handle_file(str(mask_file(tmp_path))), "", "corrected", None, api_name="/save_correction")
+    assert store.counts() == before
+
+
+def test_dicom_identifiers_never_stored_or_exported(live, tmp_path):
+    """Ingest (library queue), segment (API), correct, export: the identifiers appear nowhere."""
+    from medclipseg.queue import ingest
+    from medclipseg.predictor import Predictor
+
+    url, db_path, folder = live
+    dicom_folder = tmp_path / "incoming"
+    dicom_folder.mkdir()
+    write_dicom(dicom_folder / "scan-0001.dcm", size=96)
+    write_dicom(tmp_path / "scan-0002.dcm", size=80)
+
+    store = AnnotationStore(db_path)
+    report = ingest(store, Predictor.from_pretrained(), dicom_folder, prompt="A round lesion in the CT slice.",
+                    num_samples=4)
+    assert len(report.added) == 1 and not report.failed, report.summary()
+
+    client = client_for(url)
+    summary, _mask, _maps = client.predict(handle_file(str(tmp_path / "scan-0002.dcm")),
+                                           "A round lesion in the CT slice.", 4, 0.5, "dave", api_name="/segment")
+    mask = tmp_path / "dicom-mask.png"
+    cv2.imwrite(str(mask), np.pad(np.full((20, 20), 255, np.uint8), 30))
+    client.predict(summary["case_id"], handle_file(str(mask)), "dave", "corrected", None, api_name="/save_correction")
+    queued = client.predict("dave", "image_entropy", api_name="/next_case")[0]
+    assert queued["case_id"] == report.added[0]
+    client.predict(queued["case_id"], handle_file(str(mask_file(tmp_path, 96, 96))), "dave", "corrected", None,
+                   api_name="/save_correction")
+    case = store.get_case(summary["case_id"])
+    assert case.metadata.get("modality") == "CT" and case.metadata.get("pixel_spacing") == [0.7, 0.7]
+
+    zip_path, _message = client.predict(0.0, 0.0, 0, api_name="/export")
+    exported = {}
+    with zipfile.ZipFile(zip_path) as archive:
+        for member in archive.namelist():
+            exported[member] = archive.read(member)
+    manifest = json.loads(next(data for name, data in exported.items() if name.endswith("manifest.json")))
+    assert {entry["case_id"] for entry in manifest["cases"]} >= {summary["case_id"], queued["case_id"]}
+
+    secrets = [PATIENT_NAME, PATIENT_ID, "DOE^JANE", "8675309", "Saint Example Hospital", "ACC-445566", "19700101"]
+    beside_db = {str(p): p.read_bytes() for p in Path(db_path).parent.rglob("*") if p.is_file()}
+    assert any(name.endswith(".db") for name in beside_db)
+    for where, blobs in (("database folder", beside_db), ("export", exported)):
+        for name, data in blobs.items():
+            for secret in secrets:
+                for encoded in (secret.encode(), secret.encode("utf-16-le")):
+                    assert encoded not in data, f"{secret!r} found in {where}: {name}"
+
+
+def test_login_names_the_annotator(tmp_path):
+    db_path = tmp_path / "db" / "annotations.db"
+    store = AnnotationStore(db_path)
+    fill_queue(store, 3)
+    store.close()
+    mask = mask_file(tmp_path)
+    with app_server(db_path, env={"MEDCLIPSEG_AUTH": "erin:secret-1,frank:secret-2"}) as (url, _process):
+        with pytest.raises(Exception):
+            client_for(url, auth=("erin", "wrong"))
+        client = client_for(url, auth=("erin", "secret-1"))
+        case, _ = client.predict("someone-else", "foreground_entropy", api_name="/next_case")
+        assert case["assigned_to"] == "erin"
+        result = client.predict(case["case_id"], handle_file(str(mask)), "someone-else", "corrected", None,
+                                api_name="/save_correction")
+        assert result["annotator"] == "erin"
