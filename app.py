@@ -415,7 +415,9 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         return str(result.zip_path), json.dumps({"counts": result.counts, "manifest": "manifest.json"})
 
     # -- layout ----------------------------------------------------------------------------
-    with gr.Blocks(title="MedCLIPSeg Annotator") as demo:
+    # Uploaded originals (a DICOM still carries its header there) are purged from Gradio's cache
+    # after an hour; the database only ever keeps decoded pixels.
+    with gr.Blocks(title="MedCLIPSeg Annotator", delete_cache=(3600, 3600)) as demo:
         session = gr.State(None)
         windowed = gr.State(False)  # the upload is a grey DICOM with a window/level control
         gr.Markdown(

@@ -180,3 +180,40 @@ def test_bad_uploads_show_messages_and_leave_db_untouched(server, page, tmp_path
                                   "(select count(*) from corrections)")
     assert after_rows == before_rows
     assert files_under(files_dir) == before_files
+
+
+def test_dicom_window_presets_change_the_picture(server, page, tmp_path):
+    from app_support import write_dicom
+
+    path = write_dicom(tmp_path / "slice.dcm", size=96)
+    page.set_input_files("#upload input[type=file]", str(path))
+    page.wait_for_selector("#status :text('Loaded')")
+    assert "window applied" in page.inner_text("body")
+    before = page.get_attribute("#preview img", "src")
+    page.get_by_label("Window preset (CT)").click()
+    page.get_by_role("option", name="Lung").click()
+    page.wait_for_function(f"document.querySelector('#preview img').src !== {before!r}")
+    center = page.get_by_label("Window center").input_value()
+    width = page.get_by_label("Window width").input_value()
+    assert (float(center), float(width)) == (-600.0, 1500.0)
+
+
+def test_review_queue_serves_the_most_uncertain_case(server, page):
+    from app_support import fill_queue
+    from medclipseg.storage import AnnotationStore
+
+    url, db_path = server
+    store = AnnotationStore(db_path)
+    ids = fill_queue(store, 3, seed=100)
+    ranked = sorted(ids, key=lambda case_id: -store.load_prediction(store.latest_prediction_id(case_id))
+                    .scores["mean_entropy_foreground"])
+    page.fill("#annotator textarea", "grace")
+    page.get_by_role("tab", name="Review queue").click()
+    page.click("#next-case")
+    page.wait_for_selector(f"#status :text('Case #{ranked[0]}')")
+    assert store.get_case(ranked[0]).assigned_to == "grace"
+    page.click("#accept")
+    page.wait_for_selector("#status :text('accepted as predicted')")
+    assert store.get_case(ranked[0]).status == "accepted"
+    page.click("#next-case")
+    page.wait_for_selector(f"#status :text('Case #{ranked[1]}')")
