@@ -36,7 +36,6 @@ from medclipseg.correction import (
 )
 from medclipseg.imageio import CT_WINDOW_PRESETS, ImageReadError, PromptError, read_mask
 from medclipseg.render import (
-    display_size,
     entropy_heatmap,
     image_numbers,
     numbers_markdown,
@@ -458,25 +457,26 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                                   label="Rank unreviewed cases by")
                         next_button = gr.Button("Next most uncertain case", variant="primary", elem_id="next-case")
                         skip_button = gr.Button("Skip this case")
-                        queue_box = gr.Markdown(queue_summary())
+                        queue_box = gr.Markdown(queue_summary(), elem_id="queue")
                     with gr.Tab("Ingest"):
                         ingest_files = gr.File(label="Images or one .zip", file_count="multiple",
-                                               file_types=UPLOAD_TYPES + [".zip"], type="filepath")
+                                               file_types=UPLOAD_TYPES + [".zip"], type="filepath",
+                                               elem_id="ingest-files")
                         ingest_prompt = gr.Textbox(label="One prompt for every image")
                         ingest_csv = gr.File(label="...or a CSV with columns image, prompt", file_types=[".csv"],
                                              type="filepath")
                         ingest_batch = gr.Textbox(label="Batch name (optional)")
-                        ingest_button = gr.Button("Ingest and rank by uncertainty")
-                        ingest_report = gr.Markdown()
+                        ingest_button = gr.Button("Ingest and rank by uncertainty", elem_id="ingest")
+                        ingest_report = gr.Markdown(elem_id="ingest-report")
                     with gr.Tab("Export"):
                         val_fraction = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Validation fraction")
                         test_fraction = gr.Slider(0, 0.5, value=0.2, step=0.05, label="Test fraction")
                         split_seed = gr.Number(value=0, precision=0, label="Split seed")
                         export_statuses = gr.CheckboxGroup(["corrected", "accepted"], value=["corrected", "accepted"],
                                                            label="Export cases that are")
-                        export_button = gr.Button("Export for retraining (zip)")
-                        export_file = gr.File(label="Download", interactive=False)
-                        export_report = gr.Markdown(
+                        export_button = gr.Button("Export for retraining (zip)", elem_id="export")
+                        export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+                        export_report = gr.Markdown(elem_id="export-report", value=
                             "Authors' layout (Train/Val/Test folders, 0/255 masks at original size, "
                             "prompt tables as .xlsx and .csv) plus manifest.json; "
                             "train on it with `medclipseg train --data <folder>`.")

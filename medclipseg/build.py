@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from .config import ModelConfig, TextConfig, VisionConfig
 from .modeling.image_tower import ImageTower
 from .modeling.medclipseg import MedCLIPSeg

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import save_pretrained, stored_state_dict
+from .checkpoint import save_pretrained
 from .data.dataset import SegmentationDataset, collate
 from .data.layout import load_split
 from .losses import segmentation_loss

@@ -142,7 +142,6 @@ PATIENT_ID = "PID-8675309-X"
 
 def write_dicom(path, *, with_pixels=True, patient_name=PATIENT_NAME, patient_id=PATIENT_ID, size=64):
     """A CT-like DICOM (Hounsfield units via rescale) carrying patient identifiers in its header."""
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

@@ -7,6 +7,7 @@ Screenshots go to MEDCLIPSEG_SCREENSHOTS (default: the test's tmp folder).
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -204,9 +205,12 @@ def test_review_queue_serves_the_most_uncertain_case(server, page):
 
     url, db_path = server
     store = AnnotationStore(db_path)
-    ids = fill_queue(store, 3, seed=100)
-    ranked = sorted(ids, key=lambda case_id: -store.load_prediction(store.latest_prediction_id(case_id))
-                    .scores["mean_entropy_foreground"])
+    fill_queue(store, 3, seed=100)
+    # Every unreviewed case of the shared server counts, ranked as written independently here.
+    rows = db_rows(db_path, "select c.id, p.scores from cases c join predictions p on p.id = "
+                            "(select max(id) from predictions where case_id = c.id) where c.status = 'unreviewed'")
+    ranked = [case_id for case_id, _ in sorted(
+        rows, key=lambda row: (-json.loads(row[1])["mean_entropy_foreground"], row[0]))]
     page.fill("#annotator textarea", "grace")
     page.get_by_role("tab", name="Review queue").click()
     page.click("#next-case")
@@ -217,3 +221,38 @@ def test_review_queue_serves_the_most_uncertain_case(server, page):
     assert store.get_case(ranked[0]).status == "accepted"
     page.click("#next-case")
     page.wait_for_selector(f"#status :text('Case #{ranked[1]}')")
+
+
+def test_ingest_then_export_from_the_browser(server, page, tmp_path):
+    import zipfile
+
+    url, db_path = server
+    page.get_by_role("tab", name="Ingest").click()
+    examples = [ROOT / "assets" / "examples" / name for name in ("dermoscopy.png", "chest_xray.png")]
+    page.locator("#ingest-files input[type=file]").set_input_files([str(path) for path in examples])
+    page.get_by_label("One prompt for every image").fill("A lesion in the image.")
+    page.click("#ingest")
+    page.wait_for_selector("#ingest-report :text('2 images added')")
+    names = [row[0] for row in db_rows(db_path, "select original_name from cases where source = 'ingest'")]
+    assert sorted(names) == ["chest_xray.png", "dermoscopy.png"]
+
+    # Accept one case from the queue, so that the export has something to hold.
+    page.fill("#annotator textarea", "heidi")
+    page.get_by_role("tab", name="Review queue").click()
+    page.click("#next-case")
+    page.wait_for_selector("#status :text('Case #')")
+    page.click("#accept")
+    page.wait_for_selector("#status :text('accepted as predicted')")
+
+    page.get_by_role("tab", name="Export").click()
+    page.click("#export")
+    page.wait_for_selector("#export-report :text('Exported')")
+    link = page.locator("#export-file a").first
+    with page.expect_download() as download:
+        link.click()
+    archive = tmp_path / "export.zip"
+    download.value.save_as(archive)
+    with zipfile.ZipFile(archive) as opened:
+        names = opened.namelist()
+    assert any(name.endswith("manifest.json") for name in names)
+    assert any("/Train_Folder/label/" in name for name in names)

@@ -224,7 +224,6 @@ def test_official_split_counts():
 
 
 def test_towers_must_have_equal_depth():
-    from medclipseg.config import ModelConfig
     from medclipseg.build import build_model, tiny_config
 
     config = tiny_config(**MICRO_TINY)

@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .pvl_adapter import PVLAdapter
 from .text_towers import TextState
 
 

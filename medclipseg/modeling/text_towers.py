@@ -12,7 +12,6 @@ Interface used by the fused encoder:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
