@@ -90,11 +90,15 @@ def load_examples() -> list:
 def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.Blocks:
     acquisition_choices = _acquisition_choices()
 
-    def who(typed_name: str, request: Optional[gr.Request]) -> str:
-        """The login name when logins are on, else the name typed in the box."""
+    def optional_annotator(typed_name: str, request: Optional[gr.Request]) -> Optional[str]:
+        """The login name when logins are on, else the name typed in the box (None if empty)."""
         if request is not None and getattr(request, "username", None):
             return str(request.username)
-        name = (typed_name or "").strip()
+        return (typed_name or "").strip() or None
+
+    def who(typed_name: str, request: Optional[gr.Request]) -> str:
+        """Like optional_annotator, but a name is required (for saves and the review queue)."""
+        name = optional_annotator(typed_name, request)
         if not name:
             raise StorageError("Type your name in the 'Annotator' box first; every save records who made it.")
         return name
@@ -197,11 +201,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         name = Path(file_path).name
         window = (float(center), float(width)) if is_dicom_shown and center is not None and width else None
         try:
-            annotator = None
-            if request is not None and getattr(request, "username", None):
-                annotator = str(request.username)
-            elif (typed_name or "").strip():
-                annotator = typed_name.strip()
+            annotator = optional_annotator(typed_name, request)
             progress(0.05, desc="Reading the image")
             result = service.segment(file_path, prompt, name=name, window=window, num_samples=int(samples),
                                      threshold=float(threshold), annotator=annotator,
@@ -351,11 +351,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
     # -- API endpoints (gradio_client) ------------------------------------------------------
     def api_segment(image_file, prompt, samples, threshold, typed_name, request: gr.Request):
         try:
-            annotator = None
-            if request is not None and getattr(request, "username", None):
-                annotator = str(request.username)
-            elif (typed_name or "").strip():
-                annotator = typed_name.strip()
+            annotator = optional_annotator(typed_name, request)
             result = service.segment(image_file, prompt, name=Path(image_file).name if image_file else None,
                                      num_samples=int(samples or service.num_samples),
                                      threshold=float(threshold or 0.5), annotator=annotator)

@@ -140,7 +140,8 @@ PATIENT_NAME = "DOE^JANE^Q"
 PATIENT_ID = "PID-8675309-X"
 
 
-def write_dicom(path, *, with_pixels=True, patient_name=PATIENT_NAME, patient_id=PATIENT_ID, size=64):
+def write_dicom(path, *, with_pixels=True, patient_name=PATIENT_NAME, patient_id=PATIENT_ID, size=64,
+                pixel_spacing=(0.7, 0.7)):
     """A CT-like DICOM (Hounsfield units via rescale) carrying patient identifiers in its header."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -158,7 +159,7 @@ def write_dicom(path, *, with_pixels=True, patient_name=PATIENT_NAME, patient_id
     dataset.InstitutionName = "Saint Example Hospital"
     dataset.AccessionNumber = "ACC-445566"
     dataset.Modality = "CT"
-    dataset.PixelSpacing = [0.7, 0.7]
+    dataset.PixelSpacing = list(pixel_spacing)
     dataset.WindowCenter = 40
     dataset.WindowWidth = 400
     if with_pixels:

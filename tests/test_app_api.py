@@ -53,9 +53,7 @@ def mask_file(folder: Path, height=48, width=64, seed=0) -> Path:
 def test_eight_annotators_save_concurrently(tmp_path):
     db_path = tmp_path / "db" / "annotations.db"
     annotators, saves_each = 8, 25
-    store = AnnotationStore(db_path)
-    fill_queue(store, annotators * saves_each + 16)
-    store.close()
+    queued_db(tmp_path, annotators * saves_each + 16)
     masks = [mask_file(tmp_path, seed=seed) for seed in range(annotators)]
 
     served = defaultdict(list)           # case id -> annotators it was handed to
@@ -113,11 +111,17 @@ def test_eight_annotators_save_concurrently(tmp_path):
     assert np.array_equal(store.load_mask(first[4]), expected)
 
 
-def test_killing_the_server_mid_save_loses_no_committed_correction(tmp_path):
+def queued_db(tmp_path, count):
+    """A database file holding `count` unreviewed cases with predictions."""
     db_path = tmp_path / "db" / "annotations.db"
     store = AnnotationStore(db_path)
-    fill_queue(store, 120)
+    fill_queue(store, count)
     store.close()
+    return db_path
+
+
+def test_killing_the_server_mid_save_loses_no_committed_correction(tmp_path):
+    db_path = queued_db(tmp_path, 120)
     mask = mask_file(tmp_path)
     acknowledged = []
     stop = threading.Event()
@@ -258,10 +262,7 @@ def test_dicom_identifiers_never_stored_or_exported(live, tmp_path):
 
 
 def test_login_names_the_annotator(tmp_path):
-    db_path = tmp_path / "db" / "annotations.db"
-    store = AnnotationStore(db_path)
-    fill_queue(store, 3)
-    store.close()
+    db_path = queued_db(tmp_path, 3)
     mask = mask_file(tmp_path)
     with app_server(db_path, env={"MEDCLIPSEG_AUTH": "erin:secret-1,frank:secret-2"}) as (url, _process):
         with pytest.raises(Exception):

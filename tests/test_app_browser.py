@@ -234,7 +234,7 @@ def test_ingest_then_export_from_the_browser(server, page, tmp_path):
     page.click("#ingest")
     page.wait_for_selector("#ingest-report :text('2 images added')")
     names = [row[0] for row in db_rows(db_path, "select original_name from cases where source = 'ingest'")]
-    assert sorted(names) == ["chest_xray.png", "dermoscopy.png"]
+    assert {"chest_xray.png", "dermoscopy.png"} <= set(names)
 
     # Accept one case from the queue, so that the export has something to hold.
     page.fill("#annotator textarea", "heidi")

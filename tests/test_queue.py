@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from app_support import write_dicom
 from medclipseg import queue as queue_module
 from medclipseg.cli import main
 from medclipseg.imageio import ImageReadError, PromptError
@@ -33,37 +34,8 @@ def _png(seed: int, shape=(40, 48)) -> bytes:
 
 
 def _write_dicom(path: Path) -> Path:
-    """A 16-bit CT slice whose header names a patient (written as tests/test_imageio.py does)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    pixels = np.full((32, 32), 1024, np.uint16)
-    pixels[8:20, 10:24] = 1300
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = CTImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.PatientName = "DOE^JANE"
-    dataset.PatientID = "ID-12345"
-    dataset.Modality = "CT"
-    dataset.PixelSpacing = [0.5, 0.75]
-    dataset.RescaleIntercept = -1024
-    dataset.RescaleSlope = 1
-    dataset.WindowCenter = 40
-    dataset.WindowWidth = 400
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = pixels.tobytes()
-    dataset.save_as(str(path), enforce_file_format=True)
-    return path
+    """A 16-bit CT slice whose header names a patient."""
+    return write_dicom(path, patient_name="DOE^JANE", patient_id="ID-12345", size=32, pixel_spacing=(0.5, 0.75))
 
 
 def _make_source(root: Path) -> Path:
