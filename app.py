@@ -445,7 +445,8 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                         example_gallery = gr.Gallery(
                             [(path, Path(path).stem.replace("_", " ")) for path, _ in examples],
                             label="Examples (synthetic phantoms): click one", columns=5, height=130,
-                            allow_preview=False, visible=bool(examples), elem_id="examples")
+                            allow_preview=False, visible=bool(examples), elem_id="examples",
+                            buttons=[])
                         samples = gr.Slider(4, 64, value=service.num_samples, step=2, label="Monte-Carlo samples")
                         segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
                     with gr.Tab("Review queue"):
@@ -591,8 +592,11 @@ def main(argv=None) -> None:
 
     from medclipseg.storage import AnnotationStore
 
-    auth = parse_auth(os.environ.get("MEDCLIPSEG_AUTH"))
-    store = AnnotationStore(args.db)
+    try:
+        auth = parse_auth(os.environ.get("MEDCLIPSEG_AUTH"))
+        store = AnnotationStore(args.db)
+    except (ValueError, StorageError) as exc:
+        raise SystemExit(f"app.py: error: {exc}") from None
     service = AnnotationService(store, weights=args.weights, device=args.device, num_samples=args.samples)
     service.predictor  # load now, so that the first request does not wait for it
     demo = build_app(service, auth_enabled=auth is not None)

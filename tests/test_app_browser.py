@@ -256,3 +256,10 @@ def test_ingest_then_export_from_the_browser(server, page, tmp_path):
         names = opened.namelist()
     assert any(name.endswith("manifest.json") for name in names)
     assert any("/Train_Folder/label/" in name for name in names)
+
+
+def test_clicking_an_example_loads_image_and_prompt(server, page):
+    page.locator("#examples button.thumbnail-item").nth(1).click()   # brain MRI, the second example
+    page.wait_for_selector("#status :text('brain_mri.png')")
+    assert "meningioma" in page.locator("#prompt textarea").input_value()
+    page.wait_for_selector("#preview img")

@@ -1,0 +1,40 @@
+"""app.py's settings: logins from MEDCLIPSEG_AUTH, the examples list, start-up errors."""
+import subprocess
+import sys
+
+import pytest
+
+from app_support import ROOT
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    return app
+
+
+def test_parse_auth_pairs(app_module):
+    assert app_module.parse_auth(None) is None
+    assert app_module.parse_auth("  ") is None
+    assert app_module.parse_auth("ann:pw1, rev:p:w2") == [("ann", "pw1"), ("rev", "p:w2")]
+    for bad in ("justaname", ":nopass", "user:"):
+        with pytest.raises(ValueError, match="user:password"):
+            app_module.parse_auth(bad)
+
+
+def test_examples_exist_with_prompts(app_module):
+    examples = app_module.load_examples()
+    assert len(examples) == 5
+    for path, prompt in examples:
+        assert (ROOT / "assets" / "examples").joinpath(path).exists() and len(prompt) > 20
+
+
+def test_bad_login_setting_stops_with_a_clear_message(tmp_path):
+    env = {"MEDCLIPSEG_AUTH": "nopassword", "MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "MEDCLIPSEG_AUTH must be user:password pairs" in result.stderr
+    assert not (tmp_path / "a.db").exists()
