@@ -107,13 +107,19 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         return f"**Error:** {exc}"
 
     # -- rendering from a session ----------------------------------------------------------
-    def session_view(session, opacity, uncertainty_threshold, with_editor=True):
-        prediction = service.prediction(session["prediction_id"])
-        prediction = prediction.with_threshold(session["threshold"])
-        image_rgb = session_image(session)
-        corrected = session["edits"].corrected(prediction.mask)
+    def current(session):
+        """The session's prediction at its threshold and the corrected mask derived from it."""
+        prediction = service.prediction(session["prediction_id"]).with_threshold(session["threshold"])
+        return prediction, session["edits"].corrected(prediction.mask)
+
+    def overlay_picture(session, prediction, corrected, opacity, uncertainty_threshold):
         uncertain = uncertain_region(prediction.entropy, uncertainty_threshold)
-        overlay = overlay_mask(image_rgb, corrected, opacity=opacity, uncertain=uncertain)
+        return overlay_mask(session["image"], corrected, opacity=opacity, uncertain=uncertain)
+
+    def session_view(session, opacity, uncertainty_threshold, with_editor=True):
+        prediction, corrected = current(session)
+        image_rgb = session["image"]
+        overlay = overlay_picture(session, prediction, corrected, opacity, uncertainty_threshold)
         heat = entropy_heatmap(prediction.entropy, image_rgb=image_rgb, threshold_nats=uncertainty_threshold)
         numbers = image_numbers(prediction, uncertainty_threshold=uncertainty_threshold, mask=corrected,
                                 pixel_spacing=session.get("pixel_spacing"))
@@ -128,23 +134,15 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             editor = {"background": background, "layers": [], "composite": background}
         return overlay, heat, text, editor
 
-    def session_image(session):
-        cached = session.get("_image")
-        if cached is None:
-            cached = service.store.load_image(session["case_id"])[..., ::-1]
-            session["_image"] = cached
-        return cached
-
     def new_session(case, prediction_id, prediction, image_bgr, threshold):
         return {
             "case_id": int(case.id),
             "prediction_id": int(prediction_id),
-            "prompt": case.prompt,
             "name": case.original_name,
             "threshold": float(threshold),
             "edits": EditHistory(shape=tuple(prediction.mask.shape)),
             "pixel_spacing": (case.metadata or {}).get("pixel_spacing"),
-            "_image": np.ascontiguousarray(image_bgr[..., ::-1]),
+            "image": np.ascontiguousarray(image_bgr[..., ::-1]),  # RGB, for display
         }
 
     def no_session_error():
@@ -223,11 +221,18 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         session["threshold"] = float(threshold)
         return (session,) + session_view(session, opacity, uncertainty_threshold)
 
-    def on_display(session, opacity, uncertainty_threshold):
+    def on_uncertainty(session, opacity, uncertainty_threshold):
         if not session:
             return gr.skip(), gr.skip(), gr.skip()
         overlay, heat, text, _ = session_view(session, opacity, uncertainty_threshold, with_editor=False)
         return overlay, heat, text
+
+    def on_opacity(session, opacity, uncertainty_threshold):
+        """Opacity changes only the overlay: the heat map and numbers stay as they are."""
+        if not session:
+            return gr.skip()
+        prediction, corrected = current(session)
+        return overlay_picture(session, prediction, corrected, opacity, uncertainty_threshold)
 
     # -- handlers: correction --------------------------------------------------------------
     def apply_pending(session, editor_value) -> bool:
@@ -257,8 +262,8 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         annotator = who(typed_name, request)
         if status_value == "corrected":
             apply_pending(session, editor_value)
-        prediction = service.prediction(session["prediction_id"]).with_threshold(session["threshold"])
-        mask = session["edits"].corrected(prediction.mask) if status_value == "corrected" else prediction.mask
+        prediction, corrected = current(session)
+        mask = corrected if status_value == "corrected" else prediction.mask
         return service.save(session["case_id"], mask, annotator=annotator,
                             prediction_id=session["prediction_id"], threshold=session["threshold"],
                             status=status_value)
@@ -338,11 +343,15 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             shutil.rmtree(staging, ignore_errors=True)
         return "" + report.summary(), queue_summary()
 
+    def export_zip(val_fraction, test_fraction, seed, statuses):
+        """Export into a fresh temporary folder (served for download) and zip it."""
+        target = Path(tempfile.mkdtemp(prefix="medclipseg-export-")) / f"medclipseg-export-{time.strftime('%Y%m%d-%H%M%S')}"
+        return service.export(target, val_fraction=float(val_fraction), test_fraction=float(test_fraction),
+                              seed=int(seed or 0), statuses=tuple(statuses or ()), make_zip=True)
+
     def on_export(val_fraction, test_fraction, seed, statuses):
         try:
-            target = Path(tempfile.mkdtemp(prefix="medclipseg-export-")) / f"medclipseg-export-{time.strftime('%Y%m%d-%H%M%S')}"
-            result = service.export(target, val_fraction=float(val_fraction), test_fraction=float(test_fraction),
-                                    seed=int(seed or 0), statuses=tuple(statuses or ()), make_zip=True)
+            result = export_zip(val_fraction, test_fraction, seed, statuses)
         except USER_ERRORS as exc:
             return None, error_text(exc)
         counts = ", ".join(f"{split} {count}" for split, count in result.counts.items())
@@ -402,9 +411,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
 
     def api_export(val_fraction, test_fraction, seed):
         try:
-            target = Path(tempfile.mkdtemp(prefix="medclipseg-export-")) / "medclipseg-export"
-            result = service.export(target, val_fraction=float(val_fraction), test_fraction=float(test_fraction),
-                                    seed=int(seed or 0), make_zip=True)
+            result = export_zip(val_fraction, test_fraction, seed, ("corrected", "accepted"))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from exc
         return str(result.zip_path), json.dumps({"counts": result.counts, "manifest": "manifest.json"})
@@ -541,9 +548,10 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             [session] + view_outputs + [status], concurrency_id="model", concurrency_limit=1, **private)
         mask_threshold.change(on_threshold, [session, mask_threshold, opacity, uncertainty_threshold],
                               [session] + view_outputs, trigger_mode="always_last", **private)
-        for control in (opacity, uncertainty_threshold):
-            control.change(on_display, [session, opacity, uncertainty_threshold], [overlay, heatmap, numbers],
-                           trigger_mode="always_last", **private)
+        uncertainty_threshold.change(on_uncertainty, [session, opacity, uncertainty_threshold],
+                                     [overlay, heatmap, numbers], trigger_mode="always_last", **private)
+        opacity.change(on_opacity, [session, opacity, uncertainty_threshold], [overlay], trigger_mode="always_last",
+                       **private)
         apply_button.click(on_apply, [session, editor, opacity, uncertainty_threshold],
                            [session] + view_outputs + [status], **private)
         undo_button.click(on_undo, [session, opacity, uncertainty_threshold], [session] + view_outputs + [status],

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .imageio import LoadedImage, is_dicom, read_dicom, read_image, validate_prompt
+from .imageio import LoadedImage, read_dicom, read_image, validate_prompt
 
 
 @dataclass
@@ -75,12 +75,10 @@ class AnnotationService:
         """Any supported file (path or bytes) as 8-bit BGR; ``window`` applies to grey DICOM."""
         if isinstance(source, (str, os.PathLike)):
             name = name or Path(source).name
-            data = Path(source).read_bytes()
-        else:
-            data = bytes(source)
-        if is_dicom(data, name):
-            return read_dicom(data, window=window, name=name)
-        return read_image(data, name=name)
+        # read_image recognises DICOM itself (header window); only an explicit window needs read_dicom.
+        if window is not None:
+            return read_dicom(source, window=window, name=name)
+        return read_image(source, name=name)
 
     # -- predictions -----------------------------------------------------------------------
     def _remember(self, prediction_id: int, prediction) -> None:

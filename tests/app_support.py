@@ -22,24 +22,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def synthetic_prediction(height=48, width=64, seed=0, model_id="synthetic@0"):
-    """A Prediction with smooth, plausible maps (no model run), for filling a queue fast."""
+def prediction_from_probability(probability, *, mutual_fraction=0.2, threshold=0.5, band_width=2, prompt="synthetic",
+                                model_id="synthetic@0", num_samples=8, seconds=0.0, scores=None, conversions=()):
+    """A Prediction around a given probability map: binary entropy, mutual information as a
+    fraction of it (a number or a map), scores from `image_scores` (updated with `scores`)."""
     from medclipseg.predictor import Prediction
     from medclipseg.uncertainty import image_scores
 
+    probability = np.asarray(probability, np.float32)
+    p = np.clip(probability, 1e-6, 1 - 1e-6)
+    entropy = (-(p * np.log(p) + (1 - p) * np.log(1 - p))).astype(np.float32)
+    mutual = (entropy * mutual_fraction).astype(np.float32)
+    mask = probability > threshold
+    computed = image_scores(entropy, mutual, mask, band_width)
+    computed.update(scores or {})
+    return Prediction(probability=probability, mask=mask, entropy=entropy, mutual_information=mutual,
+                      scores=computed, num_samples=num_samples, threshold=threshold, prompt=prompt,
+                      model_id=model_id, seconds=seconds, image_shape=probability.shape, conversions=list(conversions))
+
+
+def synthetic_prediction(height=48, width=64, seed=0, model_id="synthetic@0"):
+    """A Prediction with smooth, plausible maps (no model run), for filling a queue fast."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
     cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
     radius = rng.uniform(0.1, 0.3) * min(height, width)
-    probability = (1.0 / (1.0 + np.exp((np.hypot(yy - cy, xx - cx) - radius) / rng.uniform(0.5, 4.0))))
-    probability = probability.astype(np.float32)
-    p = np.clip(probability, 1e-7, 1 - 1e-7)
-    entropy = (-(p * np.log(p) + (1 - p) * np.log(1 - p))).astype(np.float32)
-    mutual = (entropy * rng.uniform(0.05, 0.3)).astype(np.float32)
-    mask = probability > 0.5
-    return Prediction(probability=probability, mask=mask, entropy=entropy, mutual_information=mutual,
-                      scores=image_scores(entropy, mutual, mask, 2), num_samples=8, threshold=0.5,
-                      prompt="synthetic", model_id=model_id, seconds=0.0, image_shape=(height, width))
+    probability = 1.0 / (1.0 + np.exp((np.hypot(yy - cy, xx - cx) - radius) / rng.uniform(0.5, 4.0)))
+    return prediction_from_probability(probability, mutual_fraction=rng.uniform(0.05, 0.3), model_id=model_id)
 
 
 def fill_queue(store, count, *, height=48, width=64, seed=0):

@@ -18,7 +18,7 @@ from medclipseg.data.layout import SPLITS, load_split, read_prompt_table
 from medclipseg.export import ExportResult, export_dataset, split_cases
 from medclipseg.predictor import Prediction
 from medclipseg.storage import AnnotationStore
-from medclipseg.uncertainty import image_scores
+from app_support import prediction_from_probability
 
 DEMO_WEIGHTS = Path(medclipseg.__file__).resolve().parent.parent / "assets" / "demo-tiny"
 SHAPES = ((64, 80), (72, 66))  # (height, width): non-square to catch transposed masks
@@ -45,14 +45,8 @@ def _prediction(index: int, shape: tuple, prompt: str) -> Prediction:
     """A hand-made prediction; probabilities stay clear of 0.5 so float16 storage cannot flip the mask."""
     rng = np.random.default_rng(1000 + index)
     probability = rng.choice(np.array([0.05, 0.2, 0.35, 0.65, 0.8, 0.95], np.float32), size=shape)
-    probability = probability.astype(np.float32)
-    mask = probability > 0.5
-    p = np.clip(probability, 1e-6, 1 - 1e-6)
-    entropy = (-(p * np.log(p) + (1 - p) * np.log(1 - p))).astype(np.float32)
-    mutual_information = (entropy * rng.uniform(0.1, 0.5, size=shape)).astype(np.float32)
-    return Prediction(probability=probability, mask=mask, entropy=entropy, mutual_information=mutual_information,
-                      scores=image_scores(entropy, mutual_information, mask, 3), num_samples=8, threshold=0.5,
-                      prompt=prompt, model_id="test-model", seconds=0.01, image_shape=shape)
+    return prediction_from_probability(probability, mutual_fraction=rng.uniform(0.1, 0.5, size=shape),
+                                       band_width=3, prompt=prompt, model_id="test-model", seconds=0.01)
 
 
 @pytest.fixture(scope="module")

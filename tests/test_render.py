@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from medclipseg.predictor import Prediction
+from app_support import prediction_from_probability
 from medclipseg.render import (
     MASK_COLOUR,
     display_size,
@@ -12,20 +12,14 @@ from medclipseg.render import (
     overlay_mask,
     uncertain_region,
 )
-from medclipseg.uncertainty import image_scores
 
 
 def make_prediction(height=40, width=50, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
-    probability = np.clip(1.2 - np.hypot(yy - height / 2, xx - width / 2) / 10.0, 0, 1).astype(np.float32)
-    p = np.clip(probability, 1e-7, 1 - 1e-7)
-    entropy = (-(p * np.log(p) + (1 - p) * np.log(1 - p))).astype(np.float32)
-    mutual = (entropy * rng.uniform(0, 0.2, entropy.shape)).astype(np.float32)
-    mask = probability > 0.5
-    return Prediction(probability=probability, mask=mask, entropy=entropy, mutual_information=mutual,
-                      scores=image_scores(entropy, mutual, mask, 2), num_samples=8, threshold=0.5,
-                      prompt="a blob", model_id="test@0", seconds=0.1, image_shape=(height, width))
+    probability = np.clip(1.2 - np.hypot(yy - height / 2, xx - width / 2) / 10.0, 0, 1)
+    return prediction_from_probability(probability, mutual_fraction=rng.uniform(0, 0.2, (height, width)),
+                                       prompt="a blob", model_id="test@0", seconds=0.1)
 
 
 def test_display_size():

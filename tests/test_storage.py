@@ -22,7 +22,7 @@ from medclipseg.storage import (
     StorageError,
     default_db_path,
 )
-from medclipseg.uncertainty import image_scores
+from app_support import prediction_from_probability
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,16 +36,10 @@ def _prediction(shape=(24, 32), seed: int = 0, prompt: str = "a round lesion", s
     """A real Prediction built by hand; probabilities avoid 0.3 and 0.5 so float16 storage cannot flip masks."""
     rng = np.random.default_rng(seed)
     probability = rng.choice(np.array([0.05, 0.2, 0.4, 0.6, 0.8, 0.95], np.float32), size=shape).astype(np.float32)
-    mask = probability > threshold
-    p = np.clip(probability, 1e-6, 1 - 1e-6)
-    entropy = (-(p * np.log(p) + (1 - p) * np.log(1 - p))).astype(np.float32)
-    mutual_information = (entropy * rng.uniform(0.1, 0.5, size=shape)).astype(np.float32)
-    computed = image_scores(entropy, mutual_information, mask, 2)
-    if scores:
-        computed.update(scores)
-    return Prediction(probability=probability, mask=mask, entropy=entropy, mutual_information=mutual_information,
-                      scores=computed, num_samples=4, threshold=threshold, prompt=prompt, model_id="test-model",
-                      seconds=0.01, image_shape=shape, conversions=["grey image replicated to 3 channels"])
+    return prediction_from_probability(probability, mutual_fraction=rng.uniform(0.1, 0.5, size=shape),
+                                       threshold=threshold, prompt=prompt, model_id="test-model", num_samples=4,
+                                       seconds=0.01, scores=scores,
+                                       conversions=["grey image replicated to 3 channels"])
 
 
 def _case_with_prediction(store, seed, *, prompt="a round lesion", scores=None, batch=None, shape=(24, 32)):
