@@ -7,8 +7,8 @@ Prints the median seconds of whole `predict` calls for each chunk size and the s
 import statistics
 import time
 
-from medclipseg.data.phantoms import generate_phantom
-from medclipseg.predictor import Predictor
+from medclipseg.phantoms import generate_phantom
+from medclipseg.inference.predictor import Predictor
 
 
 def median_seconds(predictor, image, prompt, repeats=9):

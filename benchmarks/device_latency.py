@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medclipseg.build import build_unimedclip_vit_b16  # noqa: E402
-from medclipseg.data.phantoms import generate_phantom  # noqa: E402
-from medclipseg.official import random_official_state_dict  # noqa: E402
-from medclipseg.predictor import Predictor, preprocess_bgr  # noqa: E402
-from medclipseg.tokenization import wordpiece_tokenizer  # noqa: E402
+from medclipseg.registry import build_unimedclip_vit_b16  # noqa: E402
+from medclipseg.phantoms import generate_phantom  # noqa: E402
+from medclipseg.weights.official import random_official_state_dict  # noqa: E402
+from medclipseg.inference.predictor import Predictor, preprocess_bgr  # noqa: E402
+from medclipseg.inference.tokenization import wordpiece_tokenizer  # noqa: E402
 
 
 def median_seconds(predictor, image, prompt, repeats, device):
@@ -89,8 +89,8 @@ def main():
 
     compare("authors' size (30 samples)", authors_size, phantom.image, prompt, device, args.repeats)
 
-    from medclipseg.service import AnnotationService
-    from medclipseg.storage import AnnotationStore
+    from medclipseg.annotation.service import AnnotationService
+    from medclipseg.annotation.store import AnnotationStore
 
     with tempfile.TemporaryDirectory() as folder:
         store = AnnotationStore(Path(folder) / "annotations.db")

@@ -31,12 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medclipseg.build import build_unimedclip_vit_b16  # noqa: E402
-from medclipseg.metrics import dice_score  # noqa: E402
-from medclipseg.official import random_official_state_dict  # noqa: E402
-from medclipseg.predictor import Predictor, preprocess_bgr  # noqa: E402
-from medclipseg.tokenization import wordpiece_tokenizer  # noqa: E402
-from medclipseg.uncertainty import binary_entropy  # noqa: E402
+from medclipseg.registry import build_unimedclip_vit_b16  # noqa: E402
+from medclipseg.evaluation.metrics import dice_score  # noqa: E402
+from medclipseg.weights.official import random_official_state_dict  # noqa: E402
+from medclipseg.inference.predictor import Predictor, preprocess_bgr  # noqa: E402
+from medclipseg.inference.tokenization import wordpiece_tokenizer  # noqa: E402
+from medclipseg.inference.uncertainty import binary_entropy  # noqa: E402
 
 PROMPTS = [
     "One medium oval-shaped benign tumor at the top in the breast ultrasound image.",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def _add_common_data(parser: argparse.ArgumentParser) -> None:
-    from .data.layout import DATA_PERCENTAGES, PROMPT_DESIGNS
+    from medclipseg.datasets.layout import DATA_PERCENTAGES, PROMPT_DESIGNS
 
     parser.add_argument("--data", required=True, help="dataset folder in the authors' layout")
     parser.add_argument("--pct", type=int, default=100, choices=DATA_PERCENTAGES, help="training data percentage")
@@ -26,7 +26,7 @@ def _add_common_data(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .build import BACKBONES
+    from medclipseg.registry import BACKBONES
 
     parser = argparse.ArgumentParser(prog="medclipseg", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--head-only", action="store_true", help="ablation: no adapters, train upscaler and head only")
 
     phantoms = commands.add_parser("phantoms", help="write a synthetic five-modality data set in the authors' layout")
-    from .data.phantoms import add_phantoms_arguments
+    from medclipseg.phantoms import add_phantoms_arguments
     add_phantoms_arguments(phantoms)
 
     pretrain = commands.add_parser("pretrain", help="stage 1: align the tiny ViT with the frozen MiniLM text tower")
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args) -> int:
-    from .train import TrainConfig, train
+    from medclipseg.training.stage2 import TrainConfig, train
 
     config = TrainConfig(data=args.data, out=args.out, backbone=args.backbone, init=args.init, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, seed=args.seed, pct=args.pct,
@@ -149,13 +149,13 @@ def run_train(args) -> int:
 
 
 def run_phantoms(args) -> int:
-    from .data.phantoms import run_phantoms as write_phantoms
+    from medclipseg.phantoms import run_phantoms as write_phantoms
 
     return write_phantoms(args)
 
 
 def run_pretrain(args) -> int:
-    from .pretrain import PretrainConfig, pretrain
+    from medclipseg.training.stage1 import PretrainConfig, pretrain
 
     try:
         overrides = json.loads(args.model)
@@ -170,7 +170,7 @@ def run_pretrain(args) -> int:
 
 
 def run_benchmark(args) -> int:
-    from .benchmark import BenchmarkConfig, run_benchmark as benchmark
+    from medclipseg.evaluation.report import BenchmarkConfig, run_benchmark as benchmark
 
     config = BenchmarkConfig(out=args.out, weights=args.weights, runs=args.runs, data=args.data,
                              shifted_data=args.shifted_data, work=args.work, per_modality=args.per_modality,
@@ -183,9 +183,9 @@ def run_benchmark(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .data.layout import load_split
-    from .evaluate import evaluate_samples, write_results
-    from .predictor import Predictor
+    from medclipseg.datasets.layout import load_split
+    from medclipseg.evaluation.evaluate import evaluate_samples, write_results
+    from medclipseg.inference.predictor import Predictor
 
     samples = load_split(args.data, args.split, design=args.design, pct=args.pct)
     if args.limit:
@@ -205,7 +205,7 @@ def run_predict(args) -> int:
     import cv2
     import numpy as np
 
-    from .predictor import Predictor
+    from medclipseg.inference.predictor import Predictor
 
     predictor = Predictor.from_pretrained(args.weights, mode=args.mode, device=args.device)
     prediction = predictor.predict(args.image, args.prompt, num_samples=args.num_samples,
@@ -225,8 +225,8 @@ def run_predict(args) -> int:
 def run_export(args) -> int:
     import sqlite3
 
-    from .export import EXPORTABLE_STATUSES, export_dataset
-    from .storage import AnnotationStore, StorageError, default_db_path
+    from medclipseg.annotation.export import EXPORTABLE_STATUSES, export_dataset
+    from medclipseg.annotation.store import AnnotationStore, StorageError, default_db_path
 
     db = Path(args.db) if args.db else default_db_path()
     if not db.is_file():
@@ -252,10 +252,10 @@ def run_export(args) -> int:
 
 
 def run_ingest(args) -> int:
-    from .imageio import validate_prompt
-    from .predictor import Predictor
-    from .queue import ingest, read_prompt_csv, scan_source
-    from .storage import AnnotationStore
+    from medclipseg.io.images import validate_prompt
+    from medclipseg.inference.predictor import Predictor
+    from medclipseg.annotation.ingest import ingest, read_prompt_csv, scan_source
+    from medclipseg.annotation.store import AnnotationStore
 
     # Check the inputs before the model is loaded, so that a typo fails at once.
     prompts = read_prompt_csv(args.prompts_csv) if args.prompts_csv else None
@@ -279,11 +279,11 @@ def run_ingest(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .checkpoint import CheckpointMismatchError
-    from .data.layout import LayoutError
-    from .imageio import ImageReadError, PromptError
-    from .sources import WeightsSourceError
-    from .storage import StorageError
+    from medclipseg.weights.checkpoint import CheckpointMismatchError
+    from medclipseg.datasets.layout import LayoutError
+    from medclipseg.io.images import ImageReadError, PromptError
+    from medclipseg.weights.sources import WeightsSourceError
+    from medclipseg.annotation.store import StorageError
 
     args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "phantoms": run_phantoms,

@@ -18,7 +18,7 @@ STAGE2=(--batch-size 16 --lr 5e-4 --min-lr 5e-5 --seed 666)
 [ -f "$RUNS/stage1/config.json" ] || "$MEDCLIPSEG" pretrain --data "$DATA" --out "$RUNS/stage1" --epochs 20 \
     --batch-size 64 --lr 1e-3 --seed 0
 "$MEDCLIPSEG" train --data "$DATA" --init "$RUNS/stage1" --out "$RUNS/pct100" --epochs "$EPOCHS" "${STAGE2[@]}"
-.venv/bin/python -m medclipseg.ship "$RUNS/pct100/best" assets/demo-tiny --stage1 "$RUNS/stage1" --data "$DATA"
+.venv/bin/python -m medclipseg.weights.ship "$RUNS/pct100/best" assets/demo-tiny --stage1 "$RUNS/stage1" --data "$DATA"
 
 if [ "${1:-}" = "--all" ]; then
     for pct in 10 25 50; do

@@ -26,8 +26,8 @@ def prediction_from_probability(probability, *, mutual_fraction=0.2, threshold=0
                                 model_id="synthetic@0", num_samples=8, seconds=0.0, scores=None, conversions=()):
     """A Prediction around a given probability map: binary entropy, mutual information as a
     fraction of it (a number or a map), scores from `image_scores` (updated with `scores`)."""
-    from medclipseg.predictor import Prediction
-    from medclipseg.uncertainty import image_scores
+    from medclipseg.inference.predictor import Prediction
+    from medclipseg.inference.uncertainty import image_scores
 
     probability = np.asarray(probability, np.float32)
     p = np.clip(probability, 1e-6, 1 - 1e-6)

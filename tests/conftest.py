@@ -15,7 +15,7 @@ def build_small_tiny(pretrained_text: bool = False, seed: int = 0):
     """A small `tiny` model with deterministic random weights for the trainable parts."""
     import torch
 
-    from medclipseg.build import build_tiny
+    from medclipseg.registry import build_tiny
 
     torch.manual_seed(seed)
     return build_tiny(pretrained_text=pretrained_text, **SMALL_TINY_OVERRIDES)
@@ -34,7 +34,7 @@ def small_tiny_overrides():
 
 @pytest.fixture(scope="session")
 def minilm_tokenizer():
-    from medclipseg.tokenization import wordpiece_tokenizer
+    from medclipseg.inference.tokenization import wordpiece_tokenizer
 
     return wordpiece_tokenizer(MINILM_TOKENIZER_SOURCE, SMALL_TINY_MAX_TOKENS)
 
@@ -47,7 +47,7 @@ def small_tiny_model():
 
 @pytest.fixture(scope="session")
 def small_tiny_predictor(small_tiny_model, minilm_tokenizer):
-    from medclipseg.predictor import Predictor
+    from medclipseg.inference.predictor import Predictor
 
     return Predictor(small_tiny_model, minilm_tokenizer, mode="exact", device="cpu")
 
@@ -55,7 +55,7 @@ def small_tiny_predictor(small_tiny_model, minilm_tokenizer):
 @pytest.fixture()
 def small_tiny_backbone(monkeypatch):
     """Make the `tiny` entry of BACKBONES (used by `train --backbone tiny`) build the small model."""
-    from medclipseg import build
+    from medclipseg import registry as build
 
     def small_tiny_builder(**kwargs):
         kwargs.setdefault("pretrained_text", True)

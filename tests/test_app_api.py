@@ -28,7 +28,7 @@ from app_support import (
     fill_queue,
     write_dicom,
 )
-from medclipseg.storage import AnnotationStore
+from medclipseg.annotation.store import AnnotationStore
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -216,8 +216,8 @@ def test_endpoint_errors_are_clear_and_write_nothing(live, tmp_path):
 
 def test_dicom_identifiers_never_stored_or_exported(live, tmp_path):
     """Ingest (library queue), segment (API), correct, export: the identifiers appear nowhere."""
-    from medclipseg.queue import ingest
-    from medclipseg.predictor import Predictor
+    from medclipseg.annotation.ingest import ingest
+    from medclipseg.inference.predictor import Predictor
 
     url, db_path, folder = live
     dicom_folder = tmp_path / "incoming"

@@ -201,7 +201,7 @@ def test_dicom_window_presets_change_the_picture(server, page, tmp_path):
 
 def test_review_queue_serves_the_most_uncertain_case(server, page):
     from app_support import fill_queue
-    from medclipseg.storage import AnnotationStore
+    from medclipseg.annotation.store import AnnotationStore
 
     url, db_path = server
     store = AnnotationStore(db_path)

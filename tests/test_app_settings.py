@@ -9,10 +9,9 @@ from app_support import ROOT
 
 @pytest.fixture(scope="module")
 def app_module():
-    sys.path.insert(0, str(ROOT))
-    import app
+    from medclipseg.app import layout
 
-    return app
+    return layout
 
 
 def test_parse_auth_pairs(app_module):

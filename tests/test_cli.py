@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medclipseg.cli import main
-from medclipseg.data.layout import write_prompt_table
+from medclipseg.datasets.layout import write_prompt_table
 
 IMAGE_SIDE = 64
 SPLIT_COUNTS = {"Train_Folder": 4, "Val_Folder": 2, "Test_Folder": 2}
@@ -57,7 +57,7 @@ TRAIN_ARGS = ["--batch-size", "2", "--seed", "3", "--backbone", "tiny", "--devic
 @pytest.fixture(scope="module")
 def trained_run(dataset, tmp_path_factory, small_tiny_overrides):
     """One epoch of training with the small tiny backbone (patched in BACKBONES meanwhile)."""
-    from medclipseg import build
+    from medclipseg import registry as build
 
     def small_tiny_builder(**kwargs):
         kwargs.setdefault("pretrained_text", True)

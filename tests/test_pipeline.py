@@ -47,8 +47,8 @@ def test_stage2_loss_falls_and_checkpoints_load(pipeline):
 
 
 def test_trained_model_beats_untrained_on_held_out_phantoms(pipeline, tmp_path):
-    from medclipseg.build import build_tiny
-    from medclipseg.checkpoint import save_pretrained
+    from medclipseg.registry import build_tiny
+    from medclipseg.weights.checkpoint import save_pretrained
 
     root, held_out = pipeline
     torch.manual_seed(0)

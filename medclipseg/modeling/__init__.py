@@ -1,10 +1,10 @@
 """Model parts of MedCLIPSeg, one concept per module."""
-from .prob_attention import ProbabilisticCrossAttention
-from .two_way import TwoWayLayer
-from .pvl_adapter import PVLAdapter
-from .upscale import ChannelLayerNorm, UpscaleBlock
-from .mask_head import MaskHead
-from .medclipseg import MedCLIPSeg
+from medclipseg.modeling.prob_attention import ProbabilisticCrossAttention
+from medclipseg.modeling.two_way import TwoWayLayer
+from medclipseg.modeling.pvl_adapter import PVLAdapter
+from medclipseg.modeling.upscale import ChannelLayerNorm, UpscaleBlock
+from medclipseg.modeling.mask_head import MaskHead
+from medclipseg.modeling.medclipseg import MedCLIPSeg
 
 __all__ = [
     "ProbabilisticCrossAttention",

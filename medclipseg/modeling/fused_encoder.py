@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .text_towers import TextState
+from medclipseg.modeling.text_towers import TextState
 
 
 @dataclass

@@ -7,11 +7,11 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .fused_encoder import FusedEncoder, FusionState, check_fusion_layers
-from .mask_head import MaskHead, patch_map
-from .prob_attention import AntitheticNoise
-from .pvl_adapter import PVLAdapter
-from .upscale import UpscaleBlock
+from medclipseg.modeling.fused_encoder import FusedEncoder, FusionState, check_fusion_layers
+from medclipseg.modeling.mask_head import MaskHead, patch_map
+from medclipseg.modeling.prob_attention import AntitheticNoise
+from medclipseg.modeling.pvl_adapter import PVLAdapter
+from medclipseg.modeling.upscale import UpscaleBlock
 
 TRAINABLE_PREFIXES = ("pvl_adapters", "mask_head", "upscale")
 

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .two_way import TwoWayLayer
+from medclipseg.modeling.two_way import TwoWayLayer
 
 
 class PVLAdapter(nn.Module):

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .prob_attention import ProbabilisticCrossAttention
+from medclipseg.modeling.prob_attention import ProbabilisticCrossAttention
 
 
 class TwoWayLayer(nn.Module):

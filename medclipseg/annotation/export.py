@@ -1,0 +1,431 @@
+"""Export corrected annotations from the annotation store as a dataset in the authors' layout.
+
+    <out>/Train_Folder/img/case000001.png    <out>/Train_Folder/label/case000001.png   (and Val_, Test_)
+    <out>/Prompts_Folder/Train_text.xlsx + .csv, Val_text.xlsx + .csv, Test_text.xlsx + .csv
+    <out>/predicted/case000001.png           the model's mask the annotator started from
+    <out>/manifest.json                      provenance of every exported case
+
+The folder loads with ``medclipseg.datasets.layout.load_split`` (the test table ``Test_text`` is the
+fallback name for the original prompt design), so ``medclipseg train --data <out>`` fine-tunes on
+it directly. Images are the stored pixels (lossless PNG, BGR as stored); labels are grey 0/255 PNG
+of the latest corrected (or accepted) version, at the image's original resolution. The predicted
+masks sit outside the split folders, so training ignores them.
+
+Cases are split at the level of images: cases that share pixels (the same image with several
+prompts) always land in the same split, so no image is seen in training and in testing.
+
+The export is written into a temporary sibling folder and renamed into place at the end: a failed
+export leaves nothing half-written. Only the store's de-identified fields are exported (from the
+case metadata only ``modality`` and ``pixel_spacing``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from medclipseg.datasets.layout import (
+    IMAGE_FOLDER,
+    LABEL_FOLDER,
+    PROMPTS_FOLDER,
+    SPLIT_FOLDERS,
+    SPLITS,
+    TABLE_SUFFIXES,
+    write_prompt_table,
+)
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "PREDICTED_FOLDER",
+    "TABLE_STEMS",
+    "EXPORTABLE_STATUSES",
+    "ExportResult",
+    "split_cases",
+    "export_dataset",
+    "read_manifest",
+]
+
+FORMAT_NAME = "medclipseg-export"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+PREDICTED_FOLDER = "predicted"
+# Table names written per split; "Test_text" is what load_split falls back to for the original design.
+TABLE_STEMS = {"train": "Train_text", "val": "Val_text", "test": "Test_text"}
+EXPORTABLE_STATUSES = ("corrected", "accepted")
+KEPT_METADATA_KEYS = ("modality", "pixel_spacing")
+
+
+@dataclass
+class ExportResult:
+    root: Path
+    counts: dict  # {'train': n, 'val': n, 'test': n}
+    manifest_path: Path
+    zip_path: Optional[Path] = None
+
+
+# --------------------------------------------------------------------------------------
+# splitting
+
+
+def _check_fraction(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+    return value
+
+
+def _check_fractions(val_fraction, test_fraction) -> tuple:
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be below 1 so that some cases are left for training, "
+            f"got {val_fraction} + {test_fraction} = {val_fraction + test_fraction:g}."
+        )
+    return val_fraction, test_fraction
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple:
+    """(val, test) sizes for n items; see split_cases for the rules."""
+    val = int(round(n * val_fraction))
+    test = int(round(n * test_fraction))
+    minimum_val = 1 if n >= 3 and val_fraction > 0 else 0
+    minimum_test = 1 if n >= 3 and test_fraction > 0 else 0
+    val, test = max(val, minimum_val), max(test, minimum_test)
+    # Train keeps at least one item: shrink the larger held-out split first (val on ties).
+    while n >= 1 and n - val - test < 1:
+        if test > val and test > minimum_test:
+            test -= 1
+        elif val > minimum_val:
+            val -= 1
+        else:
+            test -= 1
+    return val, test
+
+
+def split_cases(case_ids: Iterable[int], *, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                seed: int = 0) -> dict:
+    """Split case ids into ``{'train': [...], 'val': [...], 'test': [...]}`` (each list sorted).
+
+    Deterministic for the same set of ids and seed: the sorted ids are shuffled with
+    ``numpy.random.default_rng(seed)``, then the first ``val`` go to val, the next ``test`` to
+    test and the rest to train. ``val = round(n * val_fraction)`` and
+    ``test = round(n * test_fraction)``, except that with ``n >= 3`` a split whose fraction is
+    above 0 gets at least one case, and train always keeps at least one case. Fractions must lie
+    in [0, 1) with a sum below 1 (``ValueError`` otherwise); ids must be distinct integers.
+    """
+    val_fraction, test_fraction = _check_fractions(val_fraction, test_fraction)
+    ids = []
+    for case_id in case_ids:
+        if isinstance(case_id, bool) or not isinstance(case_id, (int, np.integer)):
+            raise ValueError(f"Case ids must be integers, got {case_id!r}.")
+        ids.append(int(case_id))
+    ids.sort()
+    if len(set(ids)) != len(ids):
+        raise ValueError("Case ids must be distinct.")
+    n = len(ids)
+    val, test = _split_sizes(n, val_fraction, test_fraction)
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = [ids[i] for i in order]
+    return {
+        "train": sorted(shuffled[val + test:]),
+        "val": sorted(shuffled[:val]),
+        "test": sorted(shuffled[val:val + test]),
+    }
+
+
+def _split_by_image(rows: Sequence[dict], val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """case id -> split; cases with the same content hash follow their lowest case id."""
+    groups: dict = {}
+    for row in rows:
+        key = row.get("content_hash") or f"case-{row['case_id']}"
+        groups.setdefault(key, []).append(int(row["case_id"]))
+    representative = {min(members): members for members in groups.values()}
+    splits = split_cases(representative, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    split_of = {}
+    for split, leaders in splits.items():
+        for leader in leaders:
+            for case_id in representative[leader]:
+                split_of[case_id] = split
+    return split_of
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def read_manifest(folder) -> Optional[dict]:
+    """The manifest of a previous export in ``folder``, or None when it is not one."""
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        return None
+    return manifest
+
+
+def _check_destination(out_dir: Path, overwrite: bool) -> bool:
+    """True when out_dir holds something that will be replaced."""
+    if not out_dir.exists():
+        if out_dir.is_symlink():
+            raise ValueError(f"Export folder '{out_dir}' is a broken symbolic link.")
+        return False
+    if not out_dir.is_dir():
+        raise ValueError(f"Export destination '{out_dir}' exists and is not a folder.")
+    if not any(out_dir.iterdir()):
+        return True
+    if not overwrite:
+        raise ValueError(
+            f"Export folder '{out_dir}' is not empty. Choose a new folder, or pass overwrite "
+            f"(--overwrite) to replace a previous export."
+        )
+    if read_manifest(out_dir) is None:
+        raise ValueError(
+            f"Refusing to overwrite '{out_dir}': it is not empty and is not a previous MedCLIPSeg export "
+            f"(no {MANIFEST_FILE} with format '{FORMAT_NAME}'). Choose an empty or new folder."
+        )
+    return True
+
+
+def _is_previous_export_zip(path: Path, name: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(f"{name}/{MANIFEST_FILE}")
+        return json.loads(data.decode("utf-8")).get("format") == FORMAT_NAME
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, AttributeError):
+        return False
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"Could not encode {path.name} as PNG.")
+    path.write_bytes(encoded.tobytes())
+
+
+def _decoded(value, default):
+    if value is None:
+        return default
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return default
+    return value
+
+
+def _kept_metadata(metadata) -> dict:
+    metadata = _decoded(metadata, {})
+    if not isinstance(metadata, dict):
+        return {}
+    return {key: metadata[key] for key in KEPT_METADATA_KEYS if key in metadata}
+
+
+def _check_statuses(statuses) -> tuple:
+    if isinstance(statuses, str):
+        statuses = (statuses,)
+    statuses = tuple(dict.fromkeys(statuses or ()))
+    if not statuses:
+        raise ValueError(f"Give at least one status to export ({', '.join(EXPORTABLE_STATUSES)}).")
+    unknown = [s for s in statuses if s not in EXPORTABLE_STATUSES]
+    if unknown:
+        raise ValueError(
+            f"Cannot export status {', '.join(map(repr, unknown))}: only {', '.join(EXPORTABLE_STATUSES)} "
+            f"cases have a reviewed mask."
+        )
+    return statuses
+
+
+def _binary_mask(mask: np.ndarray, case_id: int, width: int, height: int, what: str) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != (height, width):
+        raise ValueError(
+            f"The {what} of case {case_id} has shape {mask.shape}, but the image is {height}x{width} "
+            f"(height x width); the store is inconsistent."
+        )
+    return np.where(mask.astype(bool), 255, 0).astype(np.uint8)
+
+
+def _zip_folder(folder: Path, name: str, destination: Path) -> None:
+    with zipfile.ZipFile(destination, "x", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{name}/{path.relative_to(folder).as_posix()}")
+
+
+# --------------------------------------------------------------------------------------
+# export
+
+
+def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                   statuses=EXPORTABLE_STATUSES, annotator: Optional[str] = None, make_zip: bool = False,
+                   overwrite: bool = False) -> ExportResult:
+    """Write the latest corrected/accepted version of every case as a dataset in the authors' layout.
+
+    ``store`` is a ``medclipseg.annotation.store.AnnotationStore``. ``statuses`` selects correction statuses
+    and ``annotator`` one annotator's corrections; cases whose current status is 'skipped' are left
+    out. ``out_dir`` must be missing or empty, unless ``overwrite`` is set, in which case it may
+    also hold a previous export (recognised by its manifest); any other folder is refused.
+    ``make_zip`` also writes ``<out_dir>.zip`` holding ``<out_dir name>/...``.
+    Raises ``ValueError`` for bad arguments, a refused destination or nothing to export.
+    """
+    val_fraction, test_fraction = _check_fractions(val_fraction, test_fraction)
+    statuses = _check_statuses(statuses)
+    if annotator is not None:
+        annotator = str(annotator).strip() or None
+    out_dir = Path(out_dir).expanduser().absolute()
+    if not out_dir.name or out_dir.name in (".", ".."):
+        raise ValueError(f"'{out_dir}' cannot be used as an export folder: give a folder name.")
+    replace_existing = _check_destination(out_dir, overwrite)
+    zip_path = out_dir.with_name(out_dir.name + ".zip")
+    if make_zip and (zip_path.exists() or zip_path.is_symlink()):
+        if not overwrite:
+            raise ValueError(f"'{zip_path}' already exists; pass overwrite (--overwrite) to replace it.")
+        if not zip_path.is_file() or not _is_previous_export_zip(zip_path, out_dir.name):
+            raise ValueError(f"Refusing to overwrite '{zip_path}': it is not a previous MedCLIPSeg export.")
+
+    rows = store.corrections(latest_only=True, statuses=statuses, annotator=annotator)
+    rows = [row for row in rows if store.get_case(int(row["case_id"])).status != "skipped"]
+    if not rows:
+        who = f" by annotator '{annotator}'" if annotator else ""
+        raise ValueError(
+            f"There are no corrected or accepted cases to export yet (looked for status "
+            f"{' or '.join(statuses)}{who}). Review some cases in the annotation app first."
+        )
+    rows.sort(key=lambda row: int(row["case_id"]))
+    split_of = _split_by_image(rows, val_fraction, test_fraction, seed)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Created with mkdir (not mkdtemp) so that the export gets the usual permissions (umask).
+    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    staged_zip: Optional[Path] = None
+    try:
+        for split in SPLITS:
+            for sub in (IMAGE_FOLDER, LABEL_FOLDER):
+                (staging / SPLIT_FOLDERS[split] / sub).mkdir(parents=True)
+        (staging / PROMPTS_FOLDER).mkdir()
+        (staging / PREDICTED_FOLDER).mkdir()
+
+        tables = {split: [] for split in SPLITS}
+        entries = []
+        for row in rows:
+            case_id = int(row["case_id"])
+            split = split_of[case_id]
+            width, height = int(row["width"]), int(row["height"])
+            name = f"case{case_id:06d}.png"
+            image = np.asarray(store.load_image(case_id))
+            if image.shape[:2] != (height, width):
+                raise ValueError(
+                    f"The stored image of case {case_id} is {image.shape[0]}x{image.shape[1]}, but the case "
+                    f"records {height}x{width}; the store is inconsistent."
+                )
+            label = _binary_mask(store.load_mask(row["mask_path"]), case_id, width, height, "corrected mask")
+            folder = staging / SPLIT_FOLDERS[split]
+            _write_png(folder / IMAGE_FOLDER / name, image)
+            _write_png(folder / LABEL_FOLDER / name, label)
+            predicted_label = None
+            if row.get("predicted_mask_path"):
+                predicted = _binary_mask(store.load_mask(row["predicted_mask_path"]), case_id, width, height,
+                                         "predicted mask")
+                _write_png(staging / PREDICTED_FOLDER / name, predicted)
+                predicted_label = f"{PREDICTED_FOLDER}/{name}"
+            tables[split].append({"Image": name, "Description": row["prompt"], "Ground Truth": name})
+            entry = {
+                "case_id": case_id,
+                "split": split,
+                "image": f"{SPLIT_FOLDERS[split]}/{IMAGE_FOLDER}/{name}",
+                "label": f"{SPLIT_FOLDERS[split]}/{LABEL_FOLDER}/{name}",
+                "predicted_label": predicted_label,
+                "prompt": row["prompt"],
+                "annotator": row.get("annotator"),
+                "status": row.get("status"),
+                "version": int(row["version"]),
+                "model_id": row.get("model_id"),
+                "scores": _decoded(row.get("scores"), {}) or {},
+                "pixels_added": row.get("pixels_added"),
+                "pixels_erased": row.get("pixels_erased"),
+                "pixels_changed": row.get("pixels_changed"),
+                "content_hash": row.get("content_hash"),
+                "original_name": row.get("original_name"),
+                "width": width,
+                "height": height,
+                "corrected_at": row.get("created_at"),
+            }
+            metadata = _kept_metadata(row.get("metadata"))
+            if metadata:
+                entry["metadata"] = metadata
+            entries.append(entry)
+
+        for split in SPLITS:
+            for suffix in TABLE_SUFFIXES:
+                write_prompt_table(staging / PROMPTS_FOLDER / f"{TABLE_STEMS[split]}{suffix}", tables[split])
+
+        from medclipseg import __version__
+
+        counts = {split: len(tables[split]) for split in SPLITS}
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "medclipseg_version": __version__,
+            "params": {
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "seed": seed,
+                "statuses": list(statuses),
+                "annotator": annotator,
+                "split_unit": "image",
+            },
+            "counts": counts,
+            "cases": entries,
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+
+        if make_zip:
+            staged_zip = out_dir.parent / f".{zip_path.name}.partial-{uuid.uuid4().hex[:12]}"
+            _zip_folder(staging, out_dir.name, staged_zip)
+
+        # Swap into place: move the old folder aside, rename, then delete the old one.
+        backup = None
+        if replace_existing:
+            backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, backup / "previous")
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            if backup is not None:
+                os.replace(backup / "previous", out_dir)
+                shutil.rmtree(backup, ignore_errors=True)
+            raise
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if staged_zip is not None and staged_zip.exists():
+            staged_zip.unlink()
+        raise
+
+    result_zip = None
+    if staged_zip is not None:
+        os.replace(staged_zip, zip_path)
+        result_zip = zip_path
+    return ExportResult(root=out_dir, counts=counts, manifest_path=out_dir / MANIFEST_FILE, zip_path=result_zip)

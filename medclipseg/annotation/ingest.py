@@ -1,0 +1,303 @@
+"""Review queue: bulk ingest of images into the annotation store, ordered for active learning.
+
+``ingest`` reads every image of a folder or a .zip archive, stores it as a case with its prompt,
+runs the model once (Monte-Carlo maps and image-level uncertainty scores) and stores the
+prediction. ``AnnotationStore.next_case`` then serves the unreviewed cases most uncertain first,
+by one of the scores in ``ACQUISITION_LABELS`` (or in random order, the baseline to compare with).
+
+A file that cannot be read (corrupt, not an image, too large, no prompt) is reported and skipped;
+the other files go on. Ingesting the same folder again adds nothing: an image already in the store
+with the same prompt and a prediction counts as a duplicate.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator, Mapping, Optional, Union
+
+from medclipseg.io.images import ImageReadError, PromptError, read_image, validate_prompt
+
+ACQUISITION_LABELS = {  # UI labels for storage.ACQUISITION_SCORES keys
+    "foreground_entropy": "Mean entropy on the predicted foreground",
+    "boundary_entropy": "Mean entropy on the predicted boundary",
+    "mutual_information": "Mutual information (model uncertainty)",
+    "image_entropy": "Mean entropy over the whole image",
+    "random": "Random order (baseline)",
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+MAX_ARCHIVE_MEMBERS = 10000
+MAX_MEMBER_BYTES = 512 * 1024 * 1024
+# How many failed files the one-line summary names before "and N more".
+SUMMARY_FAILURES = 5
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass
+class SourceFile:
+    """One image file of a folder or archive; `read()` returns its bytes (size-checked)."""
+
+    name: str  # relative path with '/' separators, used as a label only (never to write files)
+    size: int
+    _read: Callable[[], bytes] = field(repr=False)
+
+    def read(self) -> bytes:
+        if self.size > MAX_MEMBER_BYTES:
+            raise ImageReadError(_too_large(self.name, self.size))
+        return self._read()
+
+
+def _too_large(name: str, size: int) -> str:
+    return (f"{name} is too large ({size / 2**20:,.0f} MiB); files above "
+            f"{MAX_MEMBER_BYTES // 2**20} MiB are refused.")
+
+
+def _skipped(parts) -> bool:
+    """Hidden files/folders (macOS '._x', '.DS_Store', ...) and macOS archive metadata."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _folder_files(root: Path) -> list:
+    files = []
+    for directory, subdirs, names in os.walk(root):  # symlinked folders are not followed
+        subdirs[:] = [d for d in subdirs if not _skipped([d])]
+        for name in names:
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            if _skipped([name]) or not _is_image_name(name) or not path.is_file():
+                continue
+            files.append(SourceFile(relative, path.stat().st_size, path.read_bytes))
+    return sorted(files, key=lambda item: item.name)
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
+    try:
+        with archive.open(info) as handle:
+            # Read at most one byte past the limit: the header's size may lie (zip bombs).
+            data = handle.read(MAX_MEMBER_BYTES + 1)
+    except RuntimeError as exc:  # encrypted member
+        raise ImageReadError(f"{name} could not be extracted from the archive ({exc}).") from exc
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+        raise ImageReadError(f"{name} is damaged in the archive and could not be extracted ({exc}).") from exc
+    if len(data) > MAX_MEMBER_BYTES:
+        raise ImageReadError(_too_large(name, len(data)))
+    return data
+
+
+def _archive_files(path: Path) -> list:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path} is not a readable .zip archive ({exc}).") from exc
+    files = []
+    for info in archive.infolist():
+        # Member names are only labels: nothing is ever written to a path taken from the archive.
+        name = info.filename.replace("\\", "/")
+        parts = [part for part in PurePosixPath(name).parts if part not in ("/", "..", ".")]
+        if info.is_dir() or not parts or _skipped(parts) or not _is_image_name(name):
+            continue
+        files.append(SourceFile("/".join(parts), info.file_size,
+                                lambda info=info, label="/".join(parts): _read_member(archive, info, label)))
+    if len(files) > MAX_ARCHIVE_MEMBERS:
+        archive.close()
+        raise ValueError(f"{path.name} holds {len(files):,} images; archives are limited to "
+                         f"{MAX_ARCHIVE_MEMBERS:,}. Split it into smaller archives.")
+    return sorted(files, key=lambda item: item.name)
+
+
+def scan_source(source: Union[str, os.PathLike]) -> list:
+    """The image files (SourceFile, sorted by name) of a folder or .zip archive, nothing read yet.
+
+    Raises ValueError when the source is missing, is neither a folder nor a .zip, or holds no image.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; give a folder of images or a .zip archive.")
+    if path.is_dir():
+        files = _folder_files(path)
+    elif path.is_file() and zipfile.is_zipfile(path):
+        files = _archive_files(path)
+    else:
+        raise ValueError(f"{path} is neither a folder nor a .zip archive.")
+    if not files:
+        raise ValueError(f"{path} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+def iter_sources(source) -> Iterator[tuple]:
+    """(relative name, file bytes) for every image of a folder or .zip archive, sorted by name.
+
+    Hidden files and __MACOSX are skipped, other file types ignored. ValueError when the source is
+    missing, not a folder/zip or holds no image; ImageReadError (a ValueError) for a file above
+    MAX_MEMBER_BYTES (``ingest`` instead records such a file as failed and goes on).
+    """
+    for item in scan_source(source):
+        yield item.name, item.read()
+
+
+def _normalise_name(name: str) -> str:
+    name = name.strip().replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def read_prompt_csv(path) -> dict:
+    """{image name: prompt} from a CSV with columns 'image' and 'prompt' (or the authors' 'Image' and
+    'Description'); headers are matched ignoring case and spaces. Each prompt is found under the
+    image's relative name and under its base name (unless two rows share a base name)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"Prompt file {path} does not exist.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"Could not read the prompt file {path.name} ({exc}); save it as a UTF-8 CSV.") from exc
+    if not rows:
+        raise ValueError(f"Prompt file {path.name} is empty; it needs columns 'image' and 'prompt'.")
+    header = ["".join(cell.split()).lower() for cell in rows[0]]
+    prompt_column = next((c for c in ("prompt", "description") if c in header), None)
+    if "image" not in header or prompt_column is None:
+        found = ", ".join(repr(cell) for cell in rows[0]) or "none"
+        raise ValueError(f"Prompt file {path.name} needs columns 'image' and 'prompt' (or 'Image' and "
+                         f"'Description'); found {found}.")
+    image_index, prompt_index = header.index("image"), header.index(prompt_column)
+    by_name: dict = {}
+    first_row: dict = {}
+    empty, conflicts = [], []
+    for number, row in enumerate(rows[1:], start=2):  # row numbers as a spreadsheet shows them
+        if not any(cell.strip() for cell in row):
+            continue
+        image = _normalise_name(row[image_index]) if image_index < len(row) else ""
+        prompt = row[prompt_index].strip() if prompt_index < len(row) else ""
+        if not image or not prompt:
+            empty.append(number)
+            continue
+        if image in by_name and by_name[image] != prompt:
+            conflicts.append(f"{image} (rows {first_row[image]} and {number})")
+            continue
+        by_name.setdefault(image, prompt)
+        first_row.setdefault(image, number)
+    if empty:
+        listed = ", ".join(str(n) for n in empty[:20]) + (" ..." if len(empty) > 20 else "")
+        raise ValueError(f"Prompt file {path.name}: empty image name or prompt on row(s) {listed}.")
+    if conflicts:
+        raise ValueError(f"Prompt file {path.name} gives different prompts for the same image: "
+                         f"{'; '.join(conflicts[:10])}.")
+    if not by_name:
+        raise ValueError(f"Prompt file {path.name} has no prompt rows.")
+    prompts = dict(by_name)
+    base_names: dict = {}
+    for image, prompt in by_name.items():
+        base_names.setdefault(PurePosixPath(image).name, set()).add(prompt)
+    for base, found in base_names.items():
+        if len(found) == 1:  # an ambiguous base name would pick an arbitrary prompt
+            prompts.setdefault(base, next(iter(found)))
+    return prompts
+
+
+def _lookup_prompt(prompts: Mapping, name: str) -> Optional[str]:
+    return prompts.get(name) or prompts.get(PurePosixPath(name).name)
+
+
+def _plural(number: int, word: str) -> str:
+    return f"{number} {word}{'' if number == 1 else 's'}"
+
+
+@dataclass
+class IngestReport:
+    added: list = field(default_factory=list)  # case ids predicted in this run
+    duplicates: list = field(default_factory=list)  # case ids already in the store with a prediction
+    failed: list = field(default_factory=list)  # (file name, message)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = [f"{_plural(len(self.added), 'image')} added",
+                 f"{len(self.duplicates)} already in the queue",
+                 f"{len(self.failed)} failed"]
+        text = ", ".join(parts)
+        if self.failed:
+            named = [f"{name} ({message})" for name, message in self.failed[:SUMMARY_FAILURES]]
+            more = len(self.failed) - SUMMARY_FAILURES
+            text += ": " + ", ".join(named) + (f", and {more} more" if more > 0 else "")
+        return f"{text} ({self.seconds:.1f} s)"
+
+
+def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_csv=None,
+           batch: Optional[str] = None, batch_size: int = 8, num_samples: int = 30, threshold: float = 0.5,
+           seed: Optional[int] = 0, progress: Optional[ProgressCallback] = None) -> IngestReport:
+    """Add every image of `source` (folder or .zip) to `store` as a case and predict it.
+
+    Exactly one of `prompt` (one prompt for all images) or `prompts_csv` (a CSV path, see
+    read_prompt_csv, or an already read {name: prompt} mapping) is required. Files are read, decoded
+    and stored `batch_size` at a time, then predicted one by one; `progress(done, total, message)` is
+    called after each file. Failing files are listed in the report; the others go on.
+    """
+    started = time.perf_counter()
+    if (prompt is None) == (prompts_csv is None):
+        raise ValueError("Give exactly one of a prompt for all images or a CSV file of prompts.")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1.")
+    if num_samples < 1:
+        raise ValueError("num_samples must be at least 1.")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError("The threshold must lie strictly between 0 and 1.")
+    if prompt is not None:
+        prompt = validate_prompt(prompt)  # PromptError (a ValueError) for the whole ingest
+        prompts: Mapping = {}
+    else:
+        prompts = prompts_csv if isinstance(prompts_csv, Mapping) else read_prompt_csv(prompts_csv)
+    files = scan_source(source)
+    total = len(files)
+    report = IngestReport()
+    done = 0
+    seen: set = set()  # case ids met in this run: a file repeated inside the source is a duplicate
+
+    def tick(message: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, message)
+
+    for start in range(0, total, batch_size):
+        pending = []  # (file name, case, loaded image, prompt) to predict
+        for item in files[start:start + batch_size]:
+            try:
+                text = prompt
+                if text is None:
+                    text = _lookup_prompt(prompts, item.name)
+                    if text is None:
+                        raise PromptError(f"no prompt for {item.name} in the prompt file")
+                    text = validate_prompt(text)
+                loaded = read_image(item.read(), name=item.name)
+            except (ImageReadError, PromptError) as exc:
+                report.failed.append((item.name, str(exc)))
+                tick(f"{item.name}: failed: {exc}")
+                continue
+            # Privacy: only the de-identified technical metadata of read_image is passed on.
+            metadata = {**loaded.metadata, "conversions": list(loaded.conversions)}
+            case = store.add_case(loaded.bgr, prompt=text, original_name=item.name, source="ingest", batch=batch,
+                                  metadata=metadata)
+            if case.id in seen or store.latest_prediction_id(case.id) is not None:
+                report.duplicates.append(case.id)
+                tick(f"{item.name}: already in the queue (case {case.id})")
+                continue
+            seen.add(case.id)
+            pending.append((item.name, case, loaded, text))
+        for name, case, loaded, text in pending:
+            prediction = predictor.predict(loaded.bgr, text, num_samples=num_samples, threshold=threshold,
+                                           seed=seed, channel_order="bgr")
+            store.add_prediction(case.id, prediction)
+            report.added.append(case.id)
+            tick(f"{name}: added as case {case.id} ({prediction.seconds:.2f} s)")
+    report.seconds = time.perf_counter() - started
+    return report

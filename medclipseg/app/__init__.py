@@ -1,0 +1,1 @@
+"""The Gradio annotation app: layout, handlers, API and rendering."""

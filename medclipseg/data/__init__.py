@@ -1,1 +1,0 @@
-"""Data layout and datasets."""

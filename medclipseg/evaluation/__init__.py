@@ -1,0 +1,1 @@
+"""Metrics, evaluation over a layout split and the results report."""

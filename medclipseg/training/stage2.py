@@ -1,0 +1,203 @@
+"""Training loop for MedCLIPSeg adapters and head (frozen towers), readable in one sitting.
+
+    loss = 0.5 soft Dice + 0.5 BCE-with-logits + 0.1 soft patch contrastive   (spec)
+    Adam, lr 3e-4, cosine annealing to 1e-4 over the epochs, rotation augmentation.
+
+Resumable: `<out>/last.pt` holds the trainable weights, optimiser, scheduler, epoch and RNG
+states; `<out>/best/` and `<out>/last/` hold the model in our safetensors format.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from medclipseg.weights.checkpoint import save_pretrained
+from medclipseg.datasets.torch_dataset import SegmentationDataset, collate
+from medclipseg.datasets.layout import load_split
+from medclipseg.training.losses import segmentation_loss
+from medclipseg.evaluation.metrics import dice_score
+from medclipseg.modeling.medclipseg import TRAINABLE_PREFIXES
+from medclipseg.inference.tokenization import build_tokenizer
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    backbone: str = "tiny"
+    init: Optional[str] = None  # start from weights: our model folder, or an authors' .pth
+    epochs: int = 100
+    batch_size: int = 24
+    lr: float = 3e-4
+    min_lr: float = 1e-4
+    seed: int = 666
+    pct: int = 100
+    design: str = "original"
+    tokenizer_mode: str = "exact"
+    dice_weight: float = 0.5
+    bce_weight: float = 0.5
+    contrastive_weight: float = 0.1
+    temperature: float = 0.2
+    rotation_probability: float = 0.5
+    rotation_degrees: float = 20.0
+    max_steps_per_epoch: Optional[int] = None
+    validate: bool = True
+    device: Optional[str] = None
+    resume: bool = True
+    progress: bool = True
+    # Ablations: stochastic=False trains with the value means only (no probabilistic attention);
+    # fusion_layers=[] drops the adapters (head and upscaler only); None keeps the model's own.
+    stochastic: bool = True
+    fusion_layers: Optional[list] = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def initial_model(config: TrainConfig):
+    from medclipseg.registry import build_backbone
+    from medclipseg.weights.checkpoint import CONFIG_FILE, load_pretrained
+    from medclipseg.weights.official import load_official_model
+    from medclipseg.weights.sources import resolve_file
+
+    if config.init:
+        path = resolve_file(config.init)
+        if path.is_dir() and (path / CONFIG_FILE).exists():
+            model = load_pretrained(path)
+        else:
+            model = load_official_model(path)
+    else:
+        model = build_backbone(config.backbone)
+    if config.fusion_layers is not None and tuple(config.fusion_layers) != tuple(model.fusion_layers):
+        model = with_fusion_layers(model, config.fusion_layers)
+    model.config.stochastic = bool(config.stochastic)
+    model.freeze_backbone()
+    return model
+
+
+def with_fusion_layers(model, fusion_layers):
+    """The same towers, upscaler and head with adapters before other layers (fresh adapters)."""
+    from dataclasses import replace
+
+    from medclipseg.registry import build_model
+
+    config = replace(model.config, fusion_layers=tuple(fusion_layers))
+    rebuilt = build_model(config)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("pvl_adapters.")}
+    missing, unexpected = rebuilt.load_state_dict(kept, strict=False)
+    assert not unexpected and all(k.startswith("pvl_adapters.") for k in missing), (missing, unexpected)
+    return rebuilt
+
+
+def trainable_state(model) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            if k.startswith(TRAINABLE_PREFIXES)}
+
+
+@torch.no_grad()
+def validation_dice(model, loader, device) -> float:
+    """Mean per-image DSC of the deterministic (value-mean) prediction at threshold 0.5."""
+    model.eval()
+    scores = []
+    for batch in loader:
+        logits = model(batch["pixel_values"].to(device), batch["input_ids"].to(device), stochastic=False)["logits"]
+        for predicted, truth in zip((logits > 0).cpu().numpy(), batch["mask"].numpy() > 0.5):
+            scores.append(dice_score(predicted, truth))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def train(config: TrainConfig) -> dict:
+    seed_everything(config.seed)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = initial_model(config).to(device)
+    text = model.config.text
+    tokenizer = build_tokenizer(text.tokenizer, text.max_length)
+    train_samples = load_split(config.data, "train", pct=config.pct)
+    train_set = SegmentationDataset(train_samples, tokenizer, model.image_size, config.tokenizer_mode, augment=True,
+                                    rotation_degrees=config.rotation_degrees,
+                                    rotation_probability=config.rotation_probability, seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+                              generator=generator, drop_last=False)
+    val_loader = None
+    if config.validate:
+        val_samples = load_split(config.data, "val", pct=config.pct)
+        val_set = SegmentationDataset(val_samples, tokenizer, model.image_size, config.tokenizer_mode)
+        val_loader = DataLoader(val_set, batch_size=config.batch_size, collate_fn=collate)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.min_lr)
+    start_epoch, best_dice, history = 0, -math.inf, []
+
+    resume_path = out / "last.pt"
+    if config.resume and resume_path.exists():
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scheduler.T_max = config.epochs  # a resumed run may ask for more epochs than the first
+        start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["loader_rng"])
+        train_set.rng.setstate(state["augment_rng"])
+
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        started, totals, steps = time.perf_counter(), {}, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
+        for batch in bar:
+            output = model(batch["pixel_values"].to(device), batch["input_ids"].to(device),
+                           stochastic=config.stochastic)
+            losses = segmentation_loss(
+                output["logits"], batch["mask"].to(device), output["image_tokens"], output["text_embeds"],
+                dice_weight=config.dice_weight, bce_weight=config.bce_weight,
+                contrastive_weight=config.contrastive_weight, temperature=config.temperature,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+            steps += 1
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+            if config.max_steps_per_epoch and steps >= config.max_steps_per_epoch:
+                break
+        scheduler.step()
+        record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2),
+                  "lr": scheduler.get_last_lr()[0], **{k: v / max(steps, 1) for k, v in totals.items()}}
+        if val_loader is not None:
+            record["val_dice"] = validation_dice(model, val_loader, device)
+        history.append(record)
+        score = record.get("val_dice", -record["loss"])
+        metadata = {"train_config": asdict(config), "epoch": epoch + 1, "history": history}
+        if score > best_dice:
+            best_dice = score
+            save_pretrained(model, out / "best", metadata=metadata)
+        save_pretrained(model, out / "last", metadata=metadata)
+        # Written last and atomically: a crash leaves the previous resumable state intact.
+        tmp = out / "last.pt.tmp"
+        torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_dice": best_dice,
+                    "history": history, "torch_rng": torch.get_rng_state(), "loader_rng": generator.get_state(),
+                    "augment_rng": train_set.rng.getstate(), "config": asdict(config)}, tmp)
+        tmp.replace(resume_path)
+        if config.progress:
+            print(json.dumps(record))
+    return {"history": history, "best": str(out / "best"), "last": str(out / "last")}

@@ -1,0 +1,360 @@
+"""Tests for medclipseg.io.images: formats, conversions, refusals, DICOM and prompts."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from medclipseg.io import images as imageio
+from medclipseg.io.images import (
+    ImageReadError,
+    PromptError,
+    dicom_to_8bit,
+    read_dicom,
+    read_dicom_pixels,
+    read_image,
+    read_mask,
+    validate_prompt,
+)
+
+
+def _gradient(height=20, width=24, channels=None, dtype=np.uint8, scale=1):
+    base = (np.arange(height * width).reshape(height, width) % 200).astype(np.int64) * scale
+    if channels:
+        base = np.stack([base + 10 * c for c in range(channels)], axis=2)
+    return base.astype(dtype)
+
+
+def _write_cv(path, array):
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
+
+
+# ---------------------------------------------------------------- ordinary formats
+
+
+def test_grey_png_replicated_to_three_channels(tmp_path):
+    grey = _gradient()
+    loaded = read_image(_write_cv(tmp_path / "grey.png", grey))
+    assert loaded.bgr.shape == (20, 24, 3) and loaded.bgr.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(loaded.bgr[:, :, channel], grey)
+    assert loaded.original_channels == 1 and loaded.original_dtype == "uint8"
+    assert any("replicated" in note for note in loaded.conversions)
+    assert loaded.source_name.endswith("grey.png")
+
+
+def test_rgb_png_keeps_bgr_order(tmp_path):
+    bgr = _gradient(channels=3)
+    loaded = read_image(_write_cv(tmp_path / "colour.png", bgr))
+    np.testing.assert_array_equal(loaded.bgr, bgr)
+    assert loaded.conversions == []
+    assert loaded.original_channels == 3
+    # same pixels as the authors' cv2.imread
+    np.testing.assert_array_equal(loaded.bgr, cv2.imread(str(tmp_path / "colour.png")))
+
+
+def test_rgba_png_composited_over_black(tmp_path):
+    bgra = np.zeros((16, 16, 4), np.uint8)
+    bgra[..., :3] = 200
+    bgra[:, :8, 3] = 255  # opaque left half
+    bgra[:, 8:, 3] = 0  # transparent right half
+    loaded = read_image(_write_cv(tmp_path / "rgba.png", bgra))
+    assert loaded.bgr.shape == (16, 16, 3)
+    assert (loaded.bgr[:, :8] == 200).all() and (loaded.bgr[:, 8:] == 0).all()
+    assert loaded.original_channels == 4
+    assert "alpha channel dropped (composited over black)" in loaded.conversions
+
+
+def test_grey_alpha_png(tmp_path):
+    grey_alpha = np.zeros((12, 10, 2), np.uint8)
+    grey_alpha[..., 0] = 100
+    grey_alpha[..., 1] = 255
+    grey_alpha[0, 0, 1] = 0
+    path = tmp_path / "la.png"
+    Image.fromarray(grey_alpha, mode="LA").save(path)
+    loaded = read_image(path)
+    assert loaded.original_channels == 2
+    assert loaded.bgr[0, 0].tolist() == [0, 0, 0]
+    assert loaded.bgr[5, 5].tolist() == [100, 100, 100]
+    assert any("alpha" in note for note in loaded.conversions)
+
+
+def test_16bit_png_min_max_scaling(tmp_path):
+    values = np.full((10, 10), 1000, np.uint16)
+    values[0, 0] = 1000
+    values[5, 5] = 3000
+    values[9, 9] = 2000
+    loaded = read_image(_write_cv(tmp_path / "deep.png", values))
+    assert loaded.original_dtype == "uint16"
+    grey = loaded.bgr[:, :, 0]
+    assert grey[0, 0] == 0 and grey[5, 5] == 255 and grey[9, 9] in (127, 128)
+    assert any("16-bit" in note and "min..max" in note for note in loaded.conversions)
+
+
+def test_constant_16bit_image_becomes_zeros(tmp_path):
+    loaded = read_image(_write_cv(tmp_path / "flat.png", np.full((10, 10), 777, np.uint16)))
+    assert not loaded.bgr.any()
+    assert any("constant" in note for note in loaded.conversions)
+
+
+def test_jpeg_bmp_and_16bit_tiff(tmp_path):
+    bgr = _gradient(channels=3)
+    jpeg = read_image(_write_cv(tmp_path / "photo.jpg", bgr))
+    assert jpeg.bgr.shape == bgr.shape
+    assert np.abs(jpeg.bgr.astype(int) - bgr.astype(int)).mean() < 10
+    bmp = read_image(_write_cv(tmp_path / "bitmap.bmp", bgr))
+    np.testing.assert_array_equal(bmp.bgr, bgr)
+    deep = _gradient(dtype=np.uint16, scale=300)
+    tiff = read_image(_write_cv(tmp_path / "deep.tif", deep))
+    assert tiff.original_dtype == "uint16"
+    assert tiff.bgr[:, :, 0].min() == 0 and tiff.bgr[:, :, 0].max() == 255
+
+
+def test_bytes_and_array_sources(tmp_path):
+    bgr = _gradient(channels=3)
+    ok, encoded = cv2.imencode(".png", bgr)
+    assert ok
+    from_bytes = read_image(encoded.tobytes(), name="upload.png")
+    np.testing.assert_array_equal(from_bytes.bgr, bgr)
+    assert from_bytes.source_name == "upload.png"
+    from_rgb_array = read_image(bgr[:, :, ::-1].copy(), channel_order="rgb")
+    np.testing.assert_array_equal(from_rgb_array.bgr, bgr)
+    floats = read_image(np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10))
+    assert floats.bgr[0, 0, 0] == 0 and floats.bgr[9, 9, 0] == 255
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_tiny_image_refused(tmp_path):
+    with pytest.raises(ImageReadError, match="too small"):
+        read_image(_write_cv(tmp_path / "tiny.png", np.zeros((4, 4), np.uint8)))
+
+
+def test_huge_png_refused_from_header_quickly(tmp_path):
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\x00" * 100)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
+    path = tmp_path / "huge.png"
+    path.write_bytes(data)
+    start = time.perf_counter()
+    with pytest.raises(ImageReadError, match="too large") as info:
+        read_image(path)
+    assert time.perf_counter() - start < 1.0
+    assert "20000x20000" in str(info.value)
+
+
+def test_max_pixels_argument_and_env(tmp_path, monkeypatch):
+    path = _write_cv(tmp_path / "medium.png", np.zeros((100, 100), np.uint8))
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(path, max_pixels=5000)
+    monkeypatch.setenv("MEDCLIPSEG_MAX_PIXELS", "5000")
+    with pytest.raises(ImageReadError, match="limit is 5,000"):
+        read_image(path)
+    monkeypatch.delenv("MEDCLIPSEG_MAX_PIXELS")
+    assert read_image(path).bgr.shape == (100, 100, 3)
+
+
+def test_truncated_png(tmp_path):
+    noise = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    data = cv2.imencode(".png", noise)[1].tobytes()
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="(?i)could not decode") as info:
+        read_image(path)
+    assert "cut.png" in str(info.value)
+
+
+def test_text_file_named_png(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("this is not an image\n" * 5)
+    with pytest.raises(ImageReadError, match="not a recognised image") as info:
+        read_image(path)
+    assert "notes.png" in str(info.value)
+
+
+def test_empty_and_missing_files(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty"):
+        read_image(path)
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image(tmp_path / "absent.png")
+
+
+def test_bad_channel_layouts():
+    with pytest.raises(ImageReadError, match="2 channels"):
+        read_image(np.zeros((16, 16, 2), np.uint8))
+    grey_alpha = read_image(np.full((16, 16, 2), 255, np.uint8), has_alpha=True)
+    assert (grey_alpha.bgr == 255).all()
+    with pytest.raises(ImageReadError, match="more than 4 channels"):
+        read_image(np.zeros((16, 16, 5), np.uint8))
+    with pytest.raises(ImageReadError, match="only 2-D"):
+        read_image(np.zeros((3, 16, 16, 3), np.uint8))
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def _write_dicom(path, pixels, *, with_pixels=True, photometric="MONOCHROME2", window=(40, 400)):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = CTImageStorage
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.PatientName = "DOE^JOHN"
+    dataset.PatientID = "PID-12345"
+    dataset.Modality = "CT"
+    dataset.PixelSpacing = [0.5, 0.75]
+    dataset.RescaleIntercept = -1024
+    dataset.RescaleSlope = 1
+    if window is not None:
+        dataset.WindowCenter = window[0]
+        dataset.WindowWidth = window[1]
+    dataset.Rows, dataset.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        dataset.NumberOfFrames = pixels.shape[0]
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = 16
+    dataset.BitsStored = 16
+    dataset.HighBit = 15
+    dataset.PixelRepresentation = 0
+    if with_pixels:
+        dataset.PixelData = pixels.astype(np.uint16).tobytes()
+    dataset.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def _ct_pixels():
+    # stored values; Hounsfield = stored - 1024
+    stored = np.full((16, 16), 1024, np.uint16)  # water, 0 HU
+    stored[0, :] = 0  # -1024 HU, air
+    stored[1, :] = 1024 + 40 - 200  # lower edge of the window -> 0
+    stored[2, :] = 1024 + 40 + 200  # upper edge -> 255
+    stored[3, :] = 3000  # bone, clipped
+    return stored
+
+
+def test_dicom_window_and_no_identifiers(tmp_path):
+    path = _write_dicom(tmp_path / "scan.dcm", _ct_pixels())
+    loaded = read_image(path)
+    grey = loaded.bgr[:, :, 0]
+    assert loaded.bgr.shape == (16, 16, 3)
+    assert grey[0, 0] == 0 and grey[1, 0] == 0
+    assert grey[2, 0] == 255 and grey[3, 0] == 255
+    assert abs(int(grey[8, 8]) - int(round((0 - (40 - 200)) * 255 / 400))) <= 1
+    assert loaded.metadata["modality"] == "CT"
+    assert loaded.metadata["pixel_spacing"] == (0.5, 0.75)
+    assert loaded.metadata["window_center"] == 40 and loaded.metadata["window_width"] == 400
+    assert loaded.metadata["photometric_interpretation"] == "MONOCHROME2"
+    text = repr(loaded.metadata) + repr(loaded.conversions)
+    assert "DOE" not in text and "JOHN" not in text and "PID-12345" not in text
+    assert set(loaded.metadata) <= {
+        "modality",
+        "pixel_spacing",
+        "window_center",
+        "window_width",
+        "photometric_interpretation",
+    }
+
+
+def test_dicom_detected_by_magic_and_window_override(tmp_path):
+    path = _write_dicom(tmp_path / "scan_without_suffix", _ct_pixels())
+    loaded = read_dicom(path, window=(0, 2))
+    grey = loaded.bgr[:, :, 0]
+    assert grey[0, 0] == 0 and grey[3, 0] == 255 and grey[8, 8] == 128
+    pixels = read_dicom_pixels(path)
+    assert pixels.values[0, 0] == -1024 and pixels.header_window == (40.0, 400.0)
+    np.testing.assert_array_equal(dicom_to_8bit(pixels.values, 0, 2), grey)
+    from_bytes = read_image(path.read_bytes())
+    assert from_bytes.metadata["modality"] == "CT"
+
+
+def test_dicom_min_max_monochrome1_and_multiframe(tmp_path):
+    mono1 = _write_dicom(
+        tmp_path / "mono1.dcm", _ct_pixels(), photometric="MONOCHROME1", window=None
+    )
+    loaded = read_image(mono1)
+    grey = loaded.bgr[:, :, 0]
+    assert grey[0, 0] == 255 and grey[3, 0] == 0  # inverted min..max
+    assert any("MONOCHROME1" in note for note in loaded.conversions)
+
+    frames = np.stack([np.full((16, 16), value, np.uint16) for value in (0, 1000, 2000)])
+    frames[1, 0, 0] = 0
+    multi = read_image(_write_dicom(tmp_path / "multi.dcm", frames, window=None))
+    assert any("middle frame 1" in note for note in multi.conversions)
+    assert multi.bgr[0, 0, 0] == 0 and multi.bgr[5, 5, 0] == 255
+
+
+def test_dicom_without_pixel_data(tmp_path):
+    path = _write_dicom(tmp_path / "nopixels.dcm", _ct_pixels(), with_pixels=False)
+    with pytest.raises(ImageReadError, match="DICOM file has no pixel data"):
+        read_image(path)
+
+
+def test_dicom_to_8bit_rejects_bad_width():
+    with pytest.raises(ValueError):
+        dicom_to_8bit(np.zeros((2, 2)), 0, 0)
+
+
+# ---------------------------------------------------------------- masks and prompts
+
+
+def test_read_mask_threshold(tmp_path):
+    label = np.zeros((10, 10), np.uint8)
+    label[:, 5:] = 255
+    label[0, 0] = 126
+    label[0, 1] = 127
+    mask = read_mask(_write_cv(tmp_path / "label.png", label))
+    assert mask.dtype == bool and mask.shape == (10, 10)
+    assert mask[:, 5:].all() and not mask[0, 0] and mask[0, 1]
+    colour = read_mask(_write_cv(tmp_path / "label_rgb.png", np.repeat(label[:, :, None], 3, 2)))
+    np.testing.assert_array_equal(colour, mask)
+
+
+def test_validate_prompt():
+    assert validate_prompt("  polyp in the lower left\n") == "polyp in the lower left"
+    assert validate_prompt("a\x00b\x07c\td") == "abc d"
+    with pytest.raises(PromptError, match="Prompt is empty"):
+        validate_prompt("   \n\t ")
+    with pytest.raises(PromptError, match="Prompt is empty"):
+        validate_prompt("\x00\x01")
+    with pytest.raises(PromptError, match="1000"):
+        validate_prompt("x" * 1001)
+    assert len(validate_prompt("x" * 1000)) == 1000
+    with pytest.raises(PromptError, match="limit is 10"):
+        validate_prompt("y" * 11, max_chars=10)
+    assert isinstance(PromptError("x"), ValueError)
+    assert isinstance(ImageReadError("x"), ValueError)
+
+
+def test_module_constants():
+    assert imageio.MIN_IMAGE_SIDE == 8
+    assert imageio.MAX_IMAGE_PIXELS > 0
