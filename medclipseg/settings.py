@@ -1,0 +1,108 @@
+"""Every environment variable the package and the app read, in one place.
+
+Each setting is a function, not a constant, so that a value set after import (a test, a
+notebook, a Space's secrets) still counts. Command-line options, where a command has one,
+win over these.
+
+| variable | what it sets | default |
+|---|---|---|
+| ``MEDCLIPSEG_WEIGHTS`` | model source of the app and of ``Predictor.from_pretrained()`` | ``demo`` (shipped, offline) |
+| ``MEDCLIPSEG_DB`` | SQLite file for cases, predictions and corrections | ``/data/medclipseg/annotations.db`` on a Space with persistent storage, else ``feedback_db/annotations.db`` |
+| ``MEDCLIPSEG_AUTH`` | app logins, ``user:password`` pairs separated by commas | no login |
+| ``MEDCLIPSEG_SAMPLES`` | Monte-Carlo samples per segmentation in the app | 30 |
+| ``MEDCLIPSEG_MAX_PIXELS`` | largest accepted image, width x height | 100,000,000 |
+| ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` | where the app listens | 127.0.0.1 / 7860 |
+| ``SPACE_ID`` | set by Hugging Face Spaces; turns on the ``/data`` database location | unset |
+| ``HF_HUB_OFFLINE`` | ``1``: ``hf://`` sources use the local cache only | unset |
+| ``HF_ENDPOINT`` | the hub's address for ``hf://`` sources | ``https://huggingface.co`` |
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+WEIGHTS_ENV = "MEDCLIPSEG_WEIGHTS"
+DB_ENV = "MEDCLIPSEG_DB"
+AUTH_ENV = "MEDCLIPSEG_AUTH"
+SAMPLES_ENV = "MEDCLIPSEG_SAMPLES"
+MAX_PIXELS_ENV = "MEDCLIPSEG_MAX_PIXELS"
+
+DEFAULT_WEIGHTS = "demo"
+DEFAULT_SAMPLES = 30
+DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+
+# The repository checkout's folder for the database; a wheel install has none beside the package,
+# so it falls back to the current directory.
+_REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _text(name: str) -> Optional[str]:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = _text(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def weights_source() -> str:
+    """The model the app and ``Predictor.from_pretrained()`` load: MEDCLIPSEG_WEIGHTS or the demo."""
+    return _text(WEIGHTS_ENV) or DEFAULT_WEIGHTS
+
+
+def on_hf_space() -> bool:
+    return _text("SPACE_ID") is not None
+
+
+def db_path() -> Path:
+    """MEDCLIPSEG_DB; else the persistent /data volume on Hugging Face Spaces; else feedback_db/."""
+    configured = _text(DB_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    data = Path("/data")
+    if on_hf_space() and data.is_dir() and os.access(data, os.W_OK):
+        return data / "medclipseg" / "annotations.db"
+    base = _REPOSITORY_ROOT if (_REPOSITORY_ROOT / "feedback_db").is_dir() else Path.cwd()
+    return base / "feedback_db" / "annotations.db"
+
+
+def auth_setting() -> Optional[str]:
+    """The raw MEDCLIPSEG_AUTH value (parsed by the app, which explains a malformed one)."""
+    return _text(AUTH_ENV)
+
+
+def app_samples() -> int:
+    return _positive_int(SAMPLES_ENV, DEFAULT_SAMPLES)
+
+
+def max_image_pixels() -> int:
+    return _positive_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
+
+
+def server_host() -> str:
+    return _text("GRADIO_SERVER_NAME") or DEFAULT_HOST
+
+
+def server_port() -> int:
+    return _positive_int("GRADIO_SERVER_PORT", DEFAULT_PORT)
+
+
+def hub_offline() -> bool:
+    return (_text("HF_HUB_OFFLINE") or "").lower() in ("1", "true", "yes", "on")
+
+
+def hub_endpoint() -> str:
+    return _text("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT
