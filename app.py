@@ -2,7 +2,7 @@
 
 Everything lives in :mod:`medclipseg.app`; settings are listed in :mod:`medclipseg.settings`.
 """
-from medclipseg.app.layout import main
+from medclipseg.app import main
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,6 @@ device against a temporary SQLite file, as the app does it.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -22,25 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medclipseg.registry import build_unimedclip_vit_b16  # noqa: E402
+from medclipseg.registry import build_unimedclip_vit_b16, default_device  # noqa: E402
+from medclipseg.evaluation.latency import median_predict_seconds  # noqa: E402
 from medclipseg.phantoms import generate_phantom  # noqa: E402
 from medclipseg.weights.official import random_official_state_dict  # noqa: E402
-from medclipseg.inference.predictor import Predictor, preprocess_bgr  # noqa: E402
+from medclipseg.inference.predictor import Predictor  # noqa: E402
+from medclipseg.inference.transforms import preprocess_bgr  # noqa: E402
 from medclipseg.inference.tokenization import wordpiece_tokenizer  # noqa: E402
-
-
-def median_seconds(predictor, image, prompt, repeats, device):
-    predictor.predict(image, prompt, num_samples=30, seed=0, channel_order="bgr")  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        predictor.predict(image, prompt, num_samples=30, seed=0, channel_order="bgr")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
@@ -53,11 +40,11 @@ def mean_logits(predictor, image, prompt):
 
 def compare(name, make_predictor, image, prompt, device, repeats):
     cpu = make_predictor("cpu")
-    cpu_seconds = median_seconds(cpu, image, prompt, repeats, torch.device("cpu"))
+    cpu_seconds = median_predict_seconds(cpu, image, prompt, 30, repeats)
     cpu_logits = mean_logits(cpu, image, prompt)
     del cpu
     accelerated = make_predictor(device)
-    device_seconds = median_seconds(accelerated, image, prompt, repeats, device)
+    device_seconds = median_predict_seconds(accelerated, image, prompt, 30, repeats)
     difference = float(np.abs(mean_logits(accelerated, image, prompt) - cpu_logits).max())
     print(f"{name:<28} cpu {cpu_seconds:7.3f} s   {device.type} {device_seconds:7.3f} s   "
           f"speedup={cpu_seconds / device_seconds:6.1f}   max |logit diff| {difference:.2e}", flush=True)
@@ -65,7 +52,7 @@ def compare(name, make_predictor, image, prompt, device, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -31,10 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medclipseg.registry import build_unimedclip_vit_b16  # noqa: E402
+from medclipseg.registry import build_unimedclip_vit_b16, default_device  # noqa: E402
 from medclipseg.evaluation.metrics import dice_score  # noqa: E402
 from medclipseg.weights.official import random_official_state_dict  # noqa: E402
-from medclipseg.inference.predictor import Predictor, preprocess_bgr  # noqa: E402
+from medclipseg.inference.predictor import Predictor  # noqa: E402
+from medclipseg.inference.transforms import preprocess_bgr  # noqa: E402
 from medclipseg.inference.tokenization import wordpiece_tokenizer  # noqa: E402
 from medclipseg.inference.uncertainty import binary_entropy  # noqa: E402
 
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
                         help="our configurations to run (the headline one is always run)")
     parser.add_argument("--chunk-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:

@@ -10,9 +10,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "Predictor": ("medclipseg.inference.predictor", "Predictor"),
     "Prediction": ("medclipseg.inference.predictor", "Prediction"),
+    "load_model": ("medclipseg.registry", "load_model"),
+    "LoadedModel": ("medclipseg.registry", "LoadedModel"),
 }
 
-__all__ = ["Predictor", "Prediction", "__version__"]
+__all__ = ["Predictor", "Prediction", "load_model", "LoadedModel", "__version__"]
 
 
 def __getattr__(name: str):

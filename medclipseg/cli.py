@@ -1,171 +1,439 @@
-"""`medclipseg` command line: phantoms, pretrain, train, evaluate, benchmark, predict.
+"""`medclipseg` command line: phantoms, pretrain, train, ship, evaluate, benchmark, predict, export, ingest.
 
     medclipseg phantoms  --out data/phantoms --per-modality 400 --seed 0 [--shift]
-    medclipseg pretrain  --data data/phantoms --out runs/demo/stage1 [--epochs 30]
-    medclipseg train    --data DATASET --out runs/busi [--backbone tiny] [--init SOURCE] [--pct 25] [--epochs 100]
-    medclipseg evaluate --data DATASET --weights SOURCE [--design contradictory] [--out results.json]
+    medclipseg pretrain  --config configs/demo/stage1.toml --data data/phantoms --out runs/demo/stage1
+    medclipseg train     --data DATASET --out runs/busi [--config FILE.toml] [--init SOURCE] [--pct 25]
+    medclipseg ship      runs/demo/pct100/best assets/demo-tiny [--stage1 runs/demo/stage1] [--data data/phantoms]
+    medclipseg evaluate  --data DATASET --weights SOURCE [--design contradictory] [--out results.json]
     medclipseg benchmark --out docs/results.md [--weights SOURCE] [--runs runs/demo] [--data DATASET]
-    medclipseg predict  --weights SOURCE --image scan.png --prompt "..." [--out-dir out/]
-    medclipseg export   --out exports/v1 [--db feedback_db/annotations.db] [--val 0.1] [--test 0.2] [--zip]
-    medclipseg ingest   --source FOLDER_OR_ZIP (--prompt "..." | --prompts-csv prompts.csv) [--db annotations.db]
+    medclipseg predict   --weights SOURCE --image scan.png --prompt "..." [--out-dir out/]
+    medclipseg export    --out exports/v1 [--db feedback_db/annotations.db] [--val 0.1] [--test 0.2] [--zip]
+    medclipseg ingest    --source FOLDER_OR_ZIP (--prompt "..." | --prompts-csv prompts.csv) [--db annotations.db]
+
+`train` and `pretrain` read their settings from TOML files (`--config`, repeatable, later files
+win) and then from the command line, which wins over every file. See docs/cli.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import math
 import sys
+import typing
 from pathlib import Path
 
+# --------------------------------------------------------------------------------------
+# settings that come from a config dataclass (train, pretrain, benchmark)
 
-def _add_common_data(parser: argparse.ArgumentParser) -> None:
+
+def _field_defaults(config_class) -> dict:
+    """{field name: default} of a dataclass; fields without a default are left out."""
+    defaults = {}
+    for field in dataclasses.fields(config_class):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _add_setting(parser, config_class, name: str, text: str, *, flag: str = None, **kwargs) -> None:
+    """An option that sets field `name` of `config_class`.
+
+    The option's own default is None ("not given"), so that a config file can set the field
+    and the command line still wins over it; the help shows the dataclass default.
+    """
+    defaults = _field_defaults(config_class)
+    if name not in {field.name for field in dataclasses.fields(config_class)}:
+        raise KeyError(f"{config_class.__name__} has no field {name!r}")  # a programming error
+    if kwargs.get("action") == "store_const":
+        help_text = text  # a switch: its help says what it changes
+    elif name in defaults:
+        help_text = f"{text} (default: {_shown(defaults[name])})"
+    else:
+        help_text = f"{text} (required, here or in a --config file)"
+    parser.add_argument(flag or "--" + name.replace("_", "-"), dest=name, default=None,
+                        help=help_text.replace("%", "%%"), **kwargs)
+
+
+def _add_config_files(parser, command: str) -> None:
+    parser.add_argument("--config", action="append", metavar="FILE.toml",
+                        help=f"TOML file of {command} settings (keys are the option names with underscores, "
+                             f"e.g. batch_size); repeatable, later files win; options given here win over files")
+
+
+def _check_value(path, key: str, value, hint):
+    """`value` of `key` read from a config file, checked against the field's type."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]: TOML has no null, so the value is an X
+        hint = next(argument for argument in arguments if argument is not type(None))
+        origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    expected = origin or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        ok = False
+    else:
+        ok = isinstance(value, expected) if isinstance(expected, type) else True
+    if not ok:
+        name = getattr(expected, "__name__", str(expected))
+        raise ValueError(f"{path}: '{key}' must be {name}, got {value!r}")
+    return value
+
+
+def read_config_files(paths, config_class, command: str) -> dict:
+    """Settings of `config_class` from TOML files, later files winning; unknown keys are refused."""
+    import tomllib
+
+    hints = typing.get_type_hints(config_class)
+    values = {}
+    for path in paths or ():
+        try:
+            with open(path, "rb") as stream:
+                data = tomllib.load(stream)
+        except FileNotFoundError:
+            raise ValueError(f"config file '{path}' not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not a valid TOML file: {exc}") from None
+        for key, value in data.items():
+            if key not in hints:
+                raise ValueError(f"{path}: unknown key '{key}' for {command}; known keys: {', '.join(hints)}")
+            values[key] = _check_value(path, key, value, hints[key])
+    return values
+
+
+def resolve_config(args, config_class, command: str):
+    """The config of a command: dataclass defaults, then --config files, then the options given."""
+    values = read_config_files(getattr(args, "config", None), config_class, command)
+    for field in dataclasses.fields(config_class):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            values[field.name] = value
+    defaults = _field_defaults(config_class)
+    missing = [field.name for field in dataclasses.fields(config_class)
+               if field.name not in values and field.name not in defaults]
+    if missing:
+        raise ValueError(f"give --{missing[0].replace('_', '-')} (or set '{missing[0]}' in a --config file)")
+    return config_class(**values)
+
+
+def _signature_default(function, name: str):
+    return inspect.signature(function).parameters[name].default
+
+
+# --------------------------------------------------------------------------------------
+# value parsers
+
+
+def _parse_modalities(text: str) -> tuple:
+    from medclipseg.phantoms import MODALITIES
+
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in MODALITIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown modality {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(MODALITIES)}")
+    return names
+
+
+def _parse_floats(count: int, what: str):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count or any(v < 0 or not math.isfinite(v) for v in values) or sum(values) <= 0:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated non-negative numbers ({what}), "
+                                             f"got {text!r}")
+        return values
+    return parse
+
+
+def _comma_separated(values) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+# --------------------------------------------------------------------------------------
+# the parser
+
+
+def _add_data_options(parser, setting=None) -> None:
+    """--data, --pct, --design; with `setting` (a config dataclass) their defaults come from it."""
     from medclipseg.datasets.layout import DATA_PERCENTAGES, PROMPT_DESIGNS
 
+    pct_text = "percentage of the training data: the Train_text_<pct> and Val_text_<pct> tables (100 = the full tables)"
+    if setting is not None:
+        _add_setting(parser, setting, "data", "dataset folder in the authors' layout")
+        _add_setting(parser, setting, "pct", pct_text, type=int, choices=DATA_PERCENTAGES)
+        _add_setting(parser, setting, "design", "prompt design of the test table", choices=PROMPT_DESIGNS)
+        return
     parser.add_argument("--data", required=True, help="dataset folder in the authors' layout")
-    parser.add_argument("--pct", type=int, default=100, choices=DATA_PERCENTAGES, help="training data percentage")
-    parser.add_argument("--design", default="original", choices=PROMPT_DESIGNS, help="test prompt design")
+    parser.add_argument("--pct", type=int, default=100, choices=DATA_PERCENTAGES,
+                        help=f"{pct_text} (default: %(default)s)")
+    parser.add_argument("--design", default="original", choices=PROMPT_DESIGNS,
+                        help="prompt design of the test table (default: %(default)s)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_device(parser) -> None:
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available, else cpu)")
+
+
+def _add_prediction_options(parser, *, seed_default=0) -> None:
+    parser.add_argument("--num-samples", type=int, default=30,
+                        help="Monte Carlo samples per image (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="probability above which a pixel is in the mask (default: %(default)s)")
+    seed_text = "random seed of the sampling (default: %(default)s)" if seed_default is not None else \
+        "random seed of the sampling (default: none, different samples on every call)"
+    parser.add_argument("--seed", type=int, default=seed_default, help=seed_text)
+    parser.add_argument("--mode", default="exact", choices=("exact", "fast"),
+                        help="pre-processing: exact (the authors' pipeline, prompt padded to the tower's length) "
+                             "or fast (prompt not padded; logits differ by a few hundredths) (default: %(default)s)")
+
+
+def _add_phantoms(commands) -> None:
+    from medclipseg.phantoms import MODALITIES, TARGET_COUNT_PROBS, write_dataset
+
+    parser = commands.add_parser("phantoms", help="write a synthetic five-modality data set in the authors' layout",
+                                 description="Write deterministic phantoms (breast ultrasound, brain MRI, "
+                                             "dermoscopy, colonoscopy, chest X-ray) with masks, prompt tables "
+                                             "and a phantoms.json manifest.")
+    parser.add_argument("--out", required=True, help="output folder (new, empty, or a previous phantom output)")
+    parser.add_argument("--per-modality", type=int, default=100, help="images per modality (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="data set seed (default: %(default)s)")
+    parser.add_argument("--shift", action="store_true",
+                        help="out-of-distribution acquisition (noise, gamma, blur, low resolution, artefacts)")
+    parser.add_argument("--modalities", type=_parse_modalities, default=MODALITIES,
+                        help=f"comma-separated subset of {','.join(MODALITIES)} (default: all)")
+    splits = _signature_default(write_dataset, "split_ratios")
+    parser.add_argument("--splits", type=_parse_floats(3, "train,val,test"), default=splits,
+                        help=f"train,val,test ratios (default: {_comma_separated(splits)})")
+    parser.add_argument("--target-counts", type=_parse_floats(4, "P(0),P(1),P(2),P(3)"), default=TARGET_COUNT_PROBS,
+                        help=f"probabilities of 0,1,2,3 targets per image "
+                             f"(default: {_comma_separated(TARGET_COUNT_PROBS)})")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+
+
+def _add_pretrain(commands) -> None:
+    from medclipseg.training.stage1 import PretrainConfig as C
+
+    parser = commands.add_parser("pretrain", help="stage 1: align the tiny ViT with the frozen MiniLM text tower",
+                                 description="Stage 1: train the tiny backbone's image tower against the frozen "
+                                             "MiniLM text tower on image/caption pairs of the train split.")
+    _add_config_files(parser, "pretrain")
+    _add_setting(parser, C, "data", "dataset folder in the authors' layout (the train split is used)")
+    _add_setting(parser, C, "out", "model folder written at the end")
+    _add_setting(parser, C, "epochs", "passes over the training images", type=int)
+    _add_setting(parser, C, "batch_size", "images per step", type=int)
+    _add_setting(parser, C, "lr", "AdamW learning rate", type=float)
+    _add_setting(parser, C, "dense_weight", "weight of the dense patch/caption term", type=float)
+    _add_setting(parser, C, "seed", "random seed", type=int)
+    _add_setting(parser, C, "max_steps", "stop after this many steps (for quick checks)", type=int)
+    _add_setting(parser, C, "model", "JSON overrides of the tiny backbone's config, e.g. '{\"width\": 64}'")
+    _add_setting(parser, C, "device", "torch device, e.g. cpu or cuda:0; none picks cuda when available, else cpu")
+
+
+def _add_train(commands) -> None:
     from medclipseg.registry import BACKBONES
+    from medclipseg.training.stage2 import TrainConfig as C
 
-    parser = argparse.ArgumentParser(prog="medclipseg", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = commands.add_parser("train", help="stage 2: train adapters and head on a dataset in the authors' layout",
+                                 description="Stage 2: train the adapters, upscaler and mask head with both towers "
+                                             "frozen. Resumes from <out>/last.pt when the run folder has one.")
+    _add_config_files(parser, "train")
+    _add_data_options(parser, setting=C)
+    _add_setting(parser, C, "out", "run folder (checkpoints, history); resumed if it exists")
+    _add_setting(parser, C, "backbone", "backbone built when --init is not given", choices=sorted(BACKBONES))
+    _add_setting(parser, C, "init", "start from weights: demo, our model folder or an authors' .pth "
+                 "(path, hf:// or package://); none: a fresh --backbone")
+    _add_setting(parser, C, "epochs", "epochs of the cosine schedule", type=int)
+    _add_setting(parser, C, "batch_size", "images per step", type=int)
+    _add_setting(parser, C, "lr", "Adam learning rate at the start", type=float)
+    _add_setting(parser, C, "min_lr", "learning rate at the end of the cosine schedule", type=float)
+    _add_setting(parser, C, "seed", "random seed (data order, augmentation, sampling)", type=int)
+    _add_setting(parser, C, "max_steps_per_epoch", "cap on steps per epoch (for quick checks)", type=int)
+    _add_setting(parser, C, "validate", "skip the validation pass after each epoch (best/ then keeps the epoch of "
+                 "lowest training loss)",
+                 flag="--no-validate", action="store_const", const=False)
+    _add_setting(parser, C, "resume", "start over even if the run folder has a checkpoint",
+                 flag="--no-resume", action="store_const", const=False)
+    _add_setting(parser, C, "device", "torch device, e.g. cpu or cuda:0; none picks cuda when available, else cpu")
+    _add_setting(parser, C, "contrastive_weight", "weight of the soft patch contrastive loss (0 for the ablation)",
+                 type=float)
+    _add_setting(parser, C, "stochastic", "ablation: train and predict with the value means "
+                 "(no probabilistic attention)", flag="--means-only", action="store_const", const=False)
+    _add_setting(parser, C, "fusion_layers", "ablation: no adapters, train upscaler and head only",
+                 flag="--head-only", action="store_const", const=[])
 
-    train = commands.add_parser("train", help="train adapters and head on a dataset in the authors' layout")
-    _add_common_data(train)
-    train.add_argument("--out", required=True, help="run folder (checkpoints, history); resumed if it exists")
-    train.add_argument("--backbone", default="tiny", choices=sorted(BACKBONES))
-    train.add_argument("--init", help="start from weights: our model folder or an authors' .pth (path or hf://)")
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=24)
-    train.add_argument("--lr", type=float, default=3e-4)
-    train.add_argument("--min-lr", type=float, default=1e-4)
-    train.add_argument("--seed", type=int, default=666)
-    train.add_argument("--max-steps-per-epoch", type=int)
-    train.add_argument("--no-validate", action="store_true")
-    train.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
-    train.add_argument("--device")
-    train.add_argument("--contrastive-weight", type=float, default=0.1,
-                       help="weight of the soft patch contrastive loss (0 for the ablation)")
-    train.add_argument("--means-only", action="store_true",
-                       help="ablation: train and predict with the value means (no probabilistic attention)")
-    train.add_argument("--head-only", action="store_true", help="ablation: no adapters, train upscaler and head only")
 
-    phantoms = commands.add_parser("phantoms", help="write a synthetic five-modality data set in the authors' layout")
-    from medclipseg.phantoms import add_phantoms_arguments
-    add_phantoms_arguments(phantoms)
+def _add_ship(commands) -> None:
+    parser = commands.add_parser("ship", help="copy a trained model into a model folder and write its model card",
+                                 description="Copy config.json and model.safetensors of a trained model (e.g. "
+                                             "runs/demo/pct100/best) to a destination and write README.md.")
+    parser.add_argument("run", help="trained model folder (config.json + model.safetensors)")
+    parser.add_argument("destination", help="model folder to write, e.g. assets/demo-tiny")
+    parser.add_argument("--stage1", help="the stage-1 model folder (its settings go into the card)")
+    parser.add_argument("--data", help="the training data folder (its phantoms.json goes into the card)")
+    parser.add_argument("--results", help="benchmark JSON (docs/results.json) for the card's scores")
 
-    pretrain = commands.add_parser("pretrain", help="stage 1: align the tiny ViT with the frozen MiniLM text tower")
-    pretrain.add_argument("--data", required=True, help="dataset folder in the authors' layout (train split used)")
-    pretrain.add_argument("--out", required=True, help="model folder written at the end")
-    pretrain.add_argument("--epochs", type=int, default=30)
-    pretrain.add_argument("--batch-size", type=int, default=64)
-    pretrain.add_argument("--lr", type=float, default=1e-3)
-    pretrain.add_argument("--dense-weight", type=float, default=1.0)
-    pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--max-steps", type=int)
-    pretrain.add_argument("--model", default="{}", help="JSON overrides of the tiny config, e.g. '{\"width\": 64}'")
-    pretrain.add_argument("--device")
 
-    bench = commands.add_parser("benchmark", help="regenerate the results report (docs/results.md)")
-    bench.add_argument("--out", default="docs/results.md")
-    bench.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
-    bench.add_argument("--runs", help="folder with ablation and data-fraction runs (<name>/best)")
-    bench.add_argument("--data", help="test set in the authors' layout instead of fresh phantoms")
-    bench.add_argument("--shifted-data", help="a second, shifted test set in the authors' layout")
-    bench.add_argument("--work", default="benchmark_data", help="where fresh phantom test sets are written")
-    bench.add_argument("--per-modality", type=int, default=30)
-    bench.add_argument("--num-samples", type=int, default=30)
-    bench.add_argument("--secondary-samples", type=int, default=8)
-    bench.add_argument("--device")
+def _add_benchmark(commands) -> None:
+    from medclipseg.evaluation.report import BenchmarkConfig as C
 
-    evaluate = commands.add_parser("evaluate", help="DSC/NSD of a model on a split")
-    _add_common_data(evaluate)
-    evaluate.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
-    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
-    evaluate.add_argument("--num-samples", type=int, default=30)
-    evaluate.add_argument("--threshold", type=float, default=0.5)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--mode", default="exact", choices=("exact", "fast"))
-    evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
-    evaluate.add_argument("--out", default="results.json", help="results JSON")
-    evaluate.add_argument("--device")
+    parser = commands.add_parser("benchmark", help="regenerate the results report (docs/results.md)",
+                                 description="Evaluate a model on fresh phantom test sets (or given ones) and "
+                                             "write the results report with its JSON beside it.")
+    defaults = _field_defaults(C)
+    parser.add_argument("--out", default=defaults["out"], help="report to write (default: %(default)s)")
+    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    parser.add_argument("--runs", help="folder with ablation and data-fraction runs (<name>/best)")
+    parser.add_argument("--data", help="test set in the authors' layout instead of fresh phantoms")
+    parser.add_argument("--shifted-data", help="a second, shifted test set in the authors' layout")
+    parser.add_argument("--work", default=defaults["work"],
+                        help="where fresh phantom test sets are written (default: %(default)s)")
+    parser.add_argument("--per-modality", type=int, default=defaults["per_modality"],
+                        help="test phantoms per modality (default: %(default)s)")
+    parser.add_argument("--num-samples", type=int, default=defaults["num_samples"],
+                        help="Monte Carlo samples per image for the main table (default: %(default)s)")
+    parser.add_argument("--secondary-samples", type=int, default=defaults["secondary_samples"],
+                        help="samples per image for prompt designs, ablations and data fractions "
+                             "(default: %(default)s)")
+    _add_device(parser)
 
-    predict = commands.add_parser("predict", help="segment one image; writes mask and uncertainty maps")
-    predict.add_argument("--weights", default=None)
-    predict.add_argument("--image", required=True)
-    predict.add_argument("--prompt", required=True)
-    predict.add_argument("--num-samples", type=int, default=30)
-    predict.add_argument("--threshold", type=float, default=0.5)
-    predict.add_argument("--seed", type=int)
-    predict.add_argument("--mode", default="exact", choices=("exact", "fast"))
-    predict.add_argument("--out-dir", default=".")
-    predict.add_argument("--device")
 
-    export = commands.add_parser("export", help="export corrected annotations as a dataset in the authors' layout")
-    export.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB or feedback_db/annotations.db)")
-    export.add_argument("--out", required=True, help="export folder (must be new or empty, see --overwrite)")
-    export.add_argument("--val", type=float, default=0.1, help="fraction of images for validation")
-    export.add_argument("--test", type=float, default=0.2, help="fraction of images for testing")
-    export.add_argument("--seed", type=int, default=0, help="seed of the split")
-    export.add_argument("--status", action="append", choices=("corrected", "accepted"),
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="DSC/NSD of a model on a split",
+                                 description="Predict every row of a split's prompt table and write DSC and NSD "
+                                             "per image and overall.")
+    _add_data_options(parser)
+    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
+                        help="split to evaluate (default: %(default)s)")
+    _add_prediction_options(parser)
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    parser.add_argument("--out", default="results.json", help="results JSON (default: %(default)s)")
+    _add_device(parser)
+
+
+def _add_predict(commands) -> None:
+    parser = commands.add_parser("predict", help="segment one image; writes mask and uncertainty maps",
+                                 description="Segment one image with a text prompt; writes <stem>_mask.png and "
+                                             "<stem>_maps.npz (probability, entropy, mutual information).")
+    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    parser.add_argument("--image", required=True, help="image file (PNG, JPEG, TIFF, DICOM, ...)")
+    parser.add_argument("--prompt", required=True, help="text prompt describing the target")
+    _add_prediction_options(parser, seed_default=None)
+    parser.add_argument("--out-dir", default=".", help="folder for the mask and maps (default: %(default)s)")
+    _add_device(parser)
+
+
+def _add_export(commands) -> None:
+    from medclipseg.annotation.export import export_dataset
+
+    parser = commands.add_parser("export", help="export corrected annotations as a dataset in the authors' layout",
+                                 description="Write the latest corrected or accepted mask of every reviewed case "
+                                             "as a dataset that `medclipseg train --data` reads.")
+    parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB or feedback_db/annotations.db)")
+    parser.add_argument("--out", required=True, help="export folder (must be new or empty, see --overwrite)")
+    parser.add_argument("--val", type=float, default=_signature_default(export_dataset, "val_fraction"),
+                        help="fraction of images for validation (default: %(default)s)")
+    parser.add_argument("--test", type=float, default=_signature_default(export_dataset, "test_fraction"),
+                        help="fraction of images for testing (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=_signature_default(export_dataset, "seed"),
+                        help="seed of the split (default: %(default)s)")
+    parser.add_argument("--status", action="append", choices=("corrected", "accepted"),
                         help="export cases with this status (repeatable; default: corrected and accepted)")
-    export.add_argument("--annotator", help="export only this annotator's corrections")
-    export.add_argument("--zip", action="store_true", help="also write <out>.zip")
-    export.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+    parser.add_argument("--annotator", help="export only this annotator's corrections")
+    parser.add_argument("--zip", action="store_true", help="also write <out>.zip")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
 
-    ingest = commands.add_parser("ingest", help="add a folder or .zip of images to the review queue (predicted)")
-    ingest.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB, /data on Spaces, or "
+
+def _add_ingest(commands) -> None:
+    parser = commands.add_parser("ingest", help="add a folder or .zip of images to the review queue (predicted)",
+                                 description="Predict every image of a folder or .zip and add it to the "
+                                             "annotation database's review queue.")
+    parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB, /data on Spaces, or "
                                      "feedback_db/annotations.db)")
-    ingest.add_argument("--source", required=True, help="folder (searched recursively) or .zip of images")
-    prompt_source = ingest.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--source", required=True, help="folder (searched recursively) or .zip of images")
+    prompt_source = parser.add_mutually_exclusive_group(required=True)
     prompt_source.add_argument("--prompt", help="one prompt for every image")
     prompt_source.add_argument("--prompts-csv",
                                help="CSV with columns image,prompt (or the authors' Image,Description)")
-    ingest.add_argument("--batch", help="batch name stored with the cases (the queue can be limited to it)")
-    ingest.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
-    ingest.add_argument("--num-samples", type=int, default=30)
-    ingest.add_argument("--threshold", type=float, default=0.5)
-    ingest.add_argument("--batch-size", type=int, default=8)
-    ingest.add_argument("--seed", type=int, default=0)
-    ingest.add_argument("--mode", default="exact", choices=("exact", "fast"))
-    ingest.add_argument("--device")
+    parser.add_argument("--batch", help="batch name stored with the cases (the queue can be limited to it)")
+    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images read and stored at a time, then predicted one by one (default: %(default)s)")
+    _add_prediction_options(parser)
+    _add_device(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `medclipseg` parser with every command (imports the modules that declare the defaults)."""
+    parser = argparse.ArgumentParser(prog="medclipseg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="one of the commands below; `medclipseg COMMAND --help` lists its options")
+    for add in (_add_phantoms, _add_pretrain, _add_train, _add_ship, _add_evaluate, _add_benchmark, _add_predict,
+                _add_export, _add_ingest):
+        add(commands)
     return parser
+
+
+# --------------------------------------------------------------------------------------
+# the commands
 
 
 def run_train(args) -> int:
     from medclipseg.training.stage2 import TrainConfig, train
 
-    config = TrainConfig(data=args.data, out=args.out, backbone=args.backbone, init=args.init, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, seed=args.seed, pct=args.pct,
-                         design=args.design, max_steps_per_epoch=args.max_steps_per_epoch,
-                         validate=not args.no_validate, device=args.device, resume=not args.no_resume,
-                         contrastive_weight=args.contrastive_weight, stochastic=not args.means_only,
-                         fusion_layers=[] if args.head_only else None)
+    config = resolve_config(args, TrainConfig, "train")
     result = train(config)
     print(json.dumps({"best": result["best"], "last": result["last"], "epochs": len(result["history"])}))
     return 0
 
 
 def run_phantoms(args) -> int:
-    from medclipseg.phantoms import run_phantoms as write_phantoms
+    from medclipseg.phantoms import write_dataset
 
-    return write_phantoms(args)
+    if args.per_modality < 1:
+        raise ValueError(f"--per-modality must be at least 1, got {args.per_modality}")
+    summary = write_dataset(args.out, per_modality=args.per_modality, seed=args.seed, shift=args.shift,
+                            modalities=args.modalities, split_ratios=args.splits, progress=args.progress,
+                            target_count_probs=args.target_counts)
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0
 
 
 def run_pretrain(args) -> int:
     from medclipseg.training.stage1 import PretrainConfig, pretrain
 
-    try:
-        overrides = json.loads(args.model)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--model must be a JSON object: {exc}") from None
-    config = PretrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            dense_weight=args.dense_weight, seed=args.seed, max_steps=args.max_steps,
-                            model=overrides, device=args.device)
+    if args.model is not None:
+        try:
+            args.model = json.loads(args.model)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--model must be a JSON object: {exc}") from None
+        if not isinstance(args.model, dict):
+            raise ValueError(f"--model must be a JSON object, got {args.model!r}")
+    config = resolve_config(args, PretrainConfig, "pretrain")
     result = pretrain(config)
     print(json.dumps({"out": result["out"], "seconds": result["seconds"], "final": result["history"][-1]}))
+    return 0
+
+
+def run_ship(args) -> int:
+    from medclipseg.weights.ship import ship
+
+    print(ship(args.run, args.destination, args.stage1, args.data, args.results))
     return 0
 
 
@@ -209,7 +477,7 @@ def run_predict(args) -> int:
 
     predictor = Predictor.from_pretrained(args.weights, mode=args.mode, device=args.device)
     prediction = predictor.predict(args.image, args.prompt, num_samples=args.num_samples,
-                                   threshold=args.threshold, seed=args.seed, channel_order="bgr")
+                                   threshold=args.threshold, seed=args.seed)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
@@ -252,7 +520,7 @@ def run_export(args) -> int:
 
 
 def run_ingest(args) -> int:
-    from medclipseg.io.images import validate_prompt
+    from medclipseg.io.prompts import validate_prompt
     from medclipseg.inference.predictor import Predictor
     from medclipseg.annotation.ingest import ingest, read_prompt_csv, scan_source
     from medclipseg.annotation.store import AnnotationStore
@@ -281,13 +549,14 @@ def run_ingest(args) -> int:
 def main(argv=None) -> int:
     from medclipseg.weights.checkpoint import CheckpointMismatchError
     from medclipseg.datasets.layout import LayoutError
-    from medclipseg.io.images import ImageReadError, PromptError
+    from medclipseg.io.images import ImageReadError
+    from medclipseg.io.prompts import PromptError
     from medclipseg.weights.sources import WeightsSourceError
     from medclipseg.annotation.store import StorageError
 
     args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "phantoms": run_phantoms,
-                "pretrain": run_pretrain, "benchmark": run_benchmark, "export": run_export,
+                "pretrain": run_pretrain, "ship": run_ship, "benchmark": run_benchmark, "export": run_export,
                 "ingest": run_ingest}
     try:
         return handlers[args.command](args)

@@ -10,8 +10,10 @@ fi
 stamp=.venv/.requirements-stamp
 want="$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
+    # The build backend is installed here rather than in an isolated build environment, so
+    # that the editable install (and the wheel tests/test_packaging.py builds) use this one.
+    .venv/bin/python -m pip install --quiet --upgrade pip "setuptools>=77"
     .venv/bin/python -m pip install --quiet -r requirements-dev.txt
-    .venv/bin/python -m pip install --quiet --no-deps -e .
+    .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
     echo "$want" > "$stamp"
 fi

@@ -125,7 +125,8 @@ def test_split_cases_is_deterministic_and_partitions():
 @pytest.mark.parametrize("n, val, test, sizes", [
     (0, 0.1, 0.2, (0, 0, 0)),
     (1, 0.1, 0.2, (1, 0, 0)),
-    (2, 0.1, 0.2, (2, 0, 0)),
+    (2, 0.1, 0.2, (1, 0, 1)),  # largest remainders: 1.4 / 0.2 / 0.4, the last item to test
+    (2, 0.05, 0.05, (2, 0, 0)),
     (3, 0.1, 0.2, (1, 1, 1)),
     (3, 0.0, 0.2, (2, 0, 1)),
     (3, 0.0, 0.0, (3, 0, 0)),
@@ -262,7 +263,7 @@ def test_filters_by_status_and_annotator(populated, tmp_path):
     bob = export_dataset(store, tmp_path / "bob", annotator="bob")
     cases = json.loads(bob.manifest_path.read_text())["cases"]
     assert sorted(expected[e["case_id"]]["index"] for e in cases) == [4, 5]
-    assert bob.counts == {"train": 2, "val": 0, "test": 0}  # n=2: both stay in train
+    assert bob.counts == {"train": 1, "val": 0, "test": 1}  # n=2: too few for a val case
     with pytest.raises(ValueError, match="status"):
         export_dataset(store, tmp_path / "bad", statuses=("skipped",))
 

@@ -1,20 +1,19 @@
-"""`medclipseg.annotation.store`: the annotation store on real SQLite files (schema, privacy, queue, concurrency, crashes)."""
+"""`medclipseg.annotation.store`: the AnnotationStore facade on real SQLite files (cases, privacy, predictions, corrections)."""
 from __future__ import annotations
 
-import random
-import signal
 import sqlite3
-import subprocess
-import sys
-import textwrap
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medclipseg.inference.predictor import Prediction
+from annotation_support import (  # noqa: F401  (store: fixture)
+    case_with_prediction,
+    image,
+    prediction,
+    store,
+    stored_files,
+)
 from medclipseg.annotation.store import (
     ACQUISITION_SCORES,
     SCHEMA_VERSION,
@@ -22,107 +21,14 @@ from medclipseg.annotation.store import (
     StorageError,
     default_db_path,
 )
-from app_support import prediction_from_probability
+from medclipseg.inference.predictor import Prediction
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _image(seed: int, shape=(24, 32)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
-
-
-def _prediction(shape=(24, 32), seed: int = 0, prompt: str = "a round lesion", scores=None,
-                threshold: float = 0.5) -> Prediction:
-    """A real Prediction built by hand; probabilities avoid 0.3 and 0.5 so float16 storage cannot flip masks."""
-    rng = np.random.default_rng(seed)
-    probability = rng.choice(np.array([0.05, 0.2, 0.4, 0.6, 0.8, 0.95], np.float32), size=shape).astype(np.float32)
-    return prediction_from_probability(probability, mutual_fraction=rng.uniform(0.1, 0.5, size=shape),
-                                       threshold=threshold, prompt=prompt, model_id="test-model", num_samples=4,
-                                       seconds=0.01, scores=scores,
-                                       conversions=["grey image replicated to 3 channels"])
-
-
-def _case_with_prediction(store, seed, *, prompt="a round lesion", scores=None, batch=None, shape=(24, 32)):
-    case = store.add_case(_image(seed, shape), prompt=prompt, original_name=f"img_{seed}.png", batch=batch)
-    prediction_id = store.add_prediction(case.id, _prediction(shape, seed, prompt, scores))
-    return case, prediction_id
-
-
-def _files(store) -> list:
-    return sorted(p for p in store.files_dir.rglob("*") if p.is_file())
-
-
-@pytest.fixture()
-def store(tmp_path):
-    store = AnnotationStore(tmp_path / "annotations.db")
-    yield store
-    store.close()
-
-
-# ------------------------------------------------------------------------------ schema
-
-
-def test_schema_created_in_wal_mode(tmp_path):
-    path = tmp_path / "sub" / "annotations.db"
-    with AnnotationStore(path) as store:
-        assert store.path == path and path.is_file()
-        assert store.files_dir == tmp_path / "sub" / "annotations_files"
-        assert all((store.files_dir / sub).is_dir() for sub in ("images", "maps", "masks"))
-        assert store.schema_version == SCHEMA_VERSION == 1
-        assert store.integrity_check() == "ok"
-        assert store.counts() == {"unreviewed": 0, "corrected": 0, "accepted": 0, "skipped": 0,
-                                  "corrections": 0, "predictions": 0}
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"meta", "cases", "predictions", "corrections"} <= tables
-    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert len(indexes) >= 10
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-    assert set(ACQUISITION_SCORES.values()) - {"random_key"} <= columns
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
-    conn.close()
-
-
-def test_reopen_keeps_data(tmp_path):
-    path = tmp_path / "annotations.db"
-    with AnnotationStore(path) as store:
-        case, _ = _case_with_prediction(store, 1)
-    with AnnotationStore(path) as again:
-        assert again.get_case(case.id) == case
-        assert again.counts()["predictions"] == 1
-        np.testing.assert_array_equal(again.load_image(case.id), _image(1))
-
-
-def test_newer_schema_refused(tmp_path):
-    path = tmp_path / "annotations.db"
-    AnnotationStore(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
-    with pytest.raises(StorageError, match="schema version 7, newer"):
-        AnnotationStore(path)
-
-
-def test_migration_from_version_zero(tmp_path):
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '0')")
-    conn.commit()
-    conn.close()
-    with AnnotationStore(path) as store:
-        assert store.schema_version == 1
-        case, _ = _case_with_prediction(store, 2)
-        assert store.get_case(case.id).status == "unreviewed"
-
-
-def test_not_a_database(tmp_path):
-    path = tmp_path / "notes.db"
-    path.write_bytes(b"this is not sqlite " * 100)
-    with pytest.raises(StorageError, match="Could not"):
-        AnnotationStore(path)
+def test_public_names_still_importable_from_store():
+    assert SCHEMA_VERSION == 1 and "random" in ACQUISITION_SCORES and issubclass(StorageError, RuntimeError)
+    assert callable(AnnotationStore.queue_summary)
 
 
 def test_default_db_path(monkeypatch, tmp_path):
@@ -137,26 +43,28 @@ def test_default_db_path(monkeypatch, tmp_path):
 
 
 def test_add_case_dedupes_on_pixels_and_prompt(store):
-    first = store.add_case(_image(3), prompt="a round lesion", original_name="a.png", batch="b1")
-    again = store.add_case(_image(3).copy(), prompt="  a round lesion ", original_name="renamed.png")
+    first = store.add_case(image(3), prompt="a round lesion", original_name="a.png", batch="b1")
+    again = store.add_case(image(3).copy(), prompt="  a round lesion ", original_name="renamed.png")
     assert again.id == first.id and again.original_name == "a.png"
-    other_prompt = store.add_case(_image(3), prompt="the left kidney", original_name="a.png")
+    other_prompt = store.add_case(image(3), prompt="the left kidney", original_name="a.png")
     assert other_prompt.id != first.id and other_prompt.content_hash == first.content_hash
-    other_pixels = store.add_case(_image(4), prompt="a round lesion", original_name="b.png")
+    other_pixels = store.add_case(image(4), prompt="a round lesion", original_name="b.png")
     assert other_pixels.content_hash != first.content_hash
     assert store.counts()["unreviewed"] == 3
     assert len(list((store.files_dir / "images").glob("*.png"))) == 2  # content-addressed
     assert (first.width, first.height, first.status, first.batch, first.source) == (32, 24, "unreviewed", "b1",
                                                                                   "upload")
-    np.testing.assert_array_equal(store.load_image(first.id), _image(3))
+    np.testing.assert_array_equal(store.load_image(first.id), image(3))
     with pytest.raises(StorageError, match="does not exist"):
         store.get_case(999)
+    with pytest.raises(StorageError, match="does not exist"):
+        store.load_image(999)
     with pytest.raises(StorageError, match="8-bit colour"):
         store.add_case(np.zeros((8, 8), np.uint8), prompt="x", original_name="g.png")
     with pytest.raises(StorageError, match="Prompt is empty"):
-        store.add_case(_image(5), prompt="   ", original_name="e.png")
+        store.add_case(image(5), prompt="   ", original_name="e.png")
     with pytest.raises(StorageError, match="source"):
-        store.add_case(_image(5), prompt="x", original_name="e.png", source="email")
+        store.add_case(image(5), prompt="x", original_name="e.png", source="email")
 
 
 def test_metadata_whitelist_keeps_identifiers_out(store):
@@ -164,14 +72,14 @@ def test_metadata_whitelist_keeps_identifiers_out(store):
                 "modality": "CT", "pixel_spacing": (0.5, 0.75), "window_center": np.float32(40),
                 "window_width": 400.0, "photometric_interpretation": "MONOCHROME2",
                 "conversions": ["window applied (header: center 40, width 400)"]}
-    case = store.add_case(_image(6), prompt="the liver", original_name="scan.dcm", metadata=metadata)
-    prediction_id = store.add_prediction(case.id, _prediction(seed=6, prompt="the liver"))
+    case = store.add_case(image(6), prompt="the liver", original_name="scan.dcm", metadata=metadata)
+    prediction_id = store.add_prediction(case.id, prediction(seed=6, prompt="the liver"))
     store.save_correction(case.id, np.ones((24, 32), bool), annotator="alice", prediction_id=prediction_id)
     assert case.metadata == {"modality": "CT", "pixel_spacing": [0.5, 0.75], "window_center": 40.0,
                              "window_width": 400.0, "photometric_interpretation": "MONOCHROME2",
                              "conversions": ["window applied (header: center 40, width 400)"]}
     assert store.corrections()[0]["metadata"] == case.metadata
-    blobs = [store.path, Path(f"{store.path}-wal"), *_files(store)]
+    blobs = [store.path, Path(f"{store.path}-wal"), *stored_files(store)]
     assert Path(f"{store.path}-wal").is_file()
     for path in blobs:
         if path.is_file():
@@ -184,12 +92,12 @@ def test_metadata_whitelist_keeps_identifiers_out(store):
 
 
 def test_prediction_round_trip(store):
-    case = store.add_case(_image(7), prompt="a round lesion", original_name="p.png",
+    case = store.add_case(image(7), prompt="a round lesion", original_name="p.png",
                           metadata={"conversions": ["grey image replicated to 3 channels"]})
     assert store.latest_prediction_id(case.id) is None
-    original = _prediction(seed=7)
+    original = prediction(seed=7)
     first = store.add_prediction(case.id, original)
-    second = store.add_prediction(case.id, _prediction(seed=8))
+    second = store.add_prediction(case.id, prediction(seed=8))
     assert store.latest_prediction_id(case.id) == second > first
     loaded = store.load_prediction(first)
     assert isinstance(loaded, Prediction)
@@ -211,22 +119,37 @@ def test_prediction_round_trip(store):
     assert row == (pytest.approx(original.scores["mean_entropy_foreground"]),
                    pytest.approx(original.scores["mean_entropy"]), int(original.mask.sum()))
     with pytest.raises(StorageError, match="shape"):
-        store.add_prediction(case.id, _prediction(shape=(10, 10)))
+        store.add_prediction(case.id, prediction(shape=(10, 10)))
     with pytest.raises(StorageError, match="does not exist"):
         store.load_prediction(12345)
+
+
+def test_store_does_not_import_the_predictor(tmp_path):
+    """Opening a store and saving cases and corrections needs no model code (and so no torch)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np\n"
+              "from medclipseg.annotation.store import AnnotationStore\n"
+              f"store = AnnotationStore({str(tmp_path / 'a.db')!r})\n"
+              "case = store.add_case(np.zeros((4, 4, 3), np.uint8), prompt='a lesion', original_name='x.png')\n"
+              "store.save_correction(case.id, np.ones((4, 4), bool), annotator='alice')\n"
+              "store.next_case('bob'); store.queue_summary(); store.close()\n"
+              "assert 'medclipseg.inference.predictor' not in sys.modules and 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)
 
 
 # ------------------------------------------------------------------------- corrections
 
 
 def test_correction_versions_and_pixel_counts(store):
-    case = store.add_case(_image(9, (20, 30)), prompt="a round lesion", original_name="c.png")
-    prediction = _prediction((20, 30), seed=9)
+    case = store.add_case(image(9, (20, 30)), prompt="a round lesion", original_name="c.png")
+    predicted = prediction((20, 30), seed=9)
     # Predicted: left half (columns < 15). Corrected: top half (rows < 10).
-    prediction.probability[:] = 0.1
-    prediction.probability[:, :15] = 0.9
-    prediction.mask = prediction.probability > 0.5
-    prediction_id = store.add_prediction(case.id, prediction)
+    predicted.probability[:] = 0.1
+    predicted.probability[:, :15] = 0.9
+    predicted.mask = predicted.probability > 0.5
+    prediction_id = store.add_prediction(case.id, predicted)
     corrected = np.zeros((20, 30), np.uint8)
     corrected[:10] = 255
     first = store.save_correction(case.id, corrected, annotator="  alice ")
@@ -235,7 +158,7 @@ def test_correction_versions_and_pixel_counts(store):
     assert (first.pixels_added, first.pixels_erased, first.pixels_changed) == (150, 150, 300)
     assert store.get_case(case.id).status == "corrected"
 
-    accepted = store.save_correction(case.id, prediction.mask.astype(np.float32), annotator="bob",
+    accepted = store.save_correction(case.id, predicted.mask.astype(np.float32), annotator="bob",
                                      prediction_id=prediction_id, status="accepted")
     assert (accepted.version, accepted.pixels_changed, accepted.status) == (2, 0, "accepted")
     assert store.get_case(case.id).status == "accepted"
@@ -253,16 +176,39 @@ def test_correction_versions_and_pixel_counts(store):
     assert latest[0]["scores"]["foreground_pixels"] == 0
     assert [row["version"] for row in store.corrections(annotator="alice")] == [1]
     assert [row["version"] for row in store.corrections(statuses=("accepted",))] == [2]
+    assert [row["version"] for row in store.corrections(statuses="accepted")] == [2]
+    assert store.corrections(statuses=()) == []
     first_row = everything[0]
     np.testing.assert_array_equal(store.load_mask(first_row["mask_path"]), corrected > 0)
-    np.testing.assert_array_equal(store.load_mask(first_row["predicted_mask_path"]), prediction.mask)
+    np.testing.assert_array_equal(store.load_mask(first_row["predicted_mask_path"]), predicted.mask)
     assert first_row["prediction_id"] == prediction_id and first_row["model_id"] == "test-model"
     with pytest.raises(StorageError):
         store.load_mask("../annotations.db")
 
 
+def test_correction_at_another_threshold_matches_with_threshold(store):
+    """The comparison mask and scores at a new threshold are Prediction.with_threshold's."""
+    case, prediction_id = case_with_prediction(store, 21)
+    saved = store.save_correction(case.id, np.zeros((24, 32), bool), annotator="alice", threshold=0.7)
+    expected = store.load_prediction(prediction_id).with_threshold(0.7)
+    row = store.corrections()[0]
+    np.testing.assert_array_equal(store.load_mask(row["predicted_mask_path"]), expected.mask)
+    assert saved.pixels_erased == int(expected.mask.sum())
+    assert row["scores"] == pytest.approx(expected.scores)
+    with pytest.raises(StorageError, match="between 0 and 1"):
+        store.save_correction(case.id, np.zeros((24, 32), bool), annotator="alice", threshold=1.5)
+    # A prediction stored without its boundary band (not made by the Predictor) keeps its own threshold.
+    banded = prediction(seed=22)
+    banded.scores = {key: value for key, value in banded.scores.items() if key != "boundary_band_px"}
+    other = store.add_case(image(22), prompt="a round lesion", original_name="b.png")
+    store.add_prediction(other.id, banded)
+    with pytest.raises(StorageError, match="boundary band"):
+        store.save_correction(other.id, np.zeros((24, 32), bool), annotator="alice", threshold=0.7)
+    assert store.save_correction(other.id, np.zeros((24, 32), bool), annotator="alice", threshold=0.5).version == 1
+
+
 def test_correction_without_prediction(store):
-    case = store.add_case(_image(10), prompt="a round lesion", original_name="n.png")
+    case = store.add_case(image(10), prompt="a round lesion", original_name="n.png")
     mask = np.zeros((24, 32), bool)
     mask[2:5, 3:7] = True
     correction = store.save_correction(case.id, mask, annotator="alice")
@@ -270,11 +216,13 @@ def test_correction_without_prediction(store):
     row = store.corrections()[0]
     assert row["prediction_id"] is None and row["scores"] is None
     assert not store.load_mask(row["predicted_mask_path"]).any()
+    with pytest.raises(StorageError, match="between 0 and 1"):
+        store.save_correction(case.id, mask, annotator="alice", threshold=0.0)
 
 
 def test_refused_corrections_leave_nothing(store):
-    case, prediction_id = _case_with_prediction(store, 11)
-    before = _files(store)
+    case, prediction_id = case_with_prediction(store, 11)
+    before = stored_files(store)
     good = np.zeros((24, 32), bool)
     with pytest.raises(StorageError, match="shape"):
         store.save_correction(case.id, np.zeros((32, 24), bool), annotator="alice")
@@ -288,207 +236,13 @@ def test_refused_corrections_leave_nothing(store):
         store.save_correction(case.id, good, annotator="alice", status="skipped")
     with pytest.raises(StorageError, match="between 0 and 255"):
         store.save_correction(case.id, np.full((24, 32), -1.0), annotator="alice")
-    other, other_prediction = _case_with_prediction(store, 12)
-    before = _files(store)
+    assert stored_files(store) == before
+    other, other_prediction = case_with_prediction(store, 12)
+    before = stored_files(store)
     with pytest.raises(StorageError, match="belongs to case"):
         store.save_correction(case.id, good, annotator="alice", prediction_id=other_prediction)
-    assert _files(store) == before
+    with pytest.raises(StorageError, match="does not exist"):
+        store.save_correction(case.id, good, annotator="alice", prediction_id=9999)
+    assert stored_files(store) == before
     assert store.counts()["corrections"] == 0
     assert store.get_case(case.id).status == "unreviewed"
-
-
-# ------------------------------------------------------------------------------- queue
-
-# Scores per case (foreground, boundary, mutual information, image): every order differs.
-QUEUE_SCORES = [(0.1, 0.4, 0.3, 0.2), (0.4, 0.1, 0.2, 0.3), (0.3, 0.2, 0.1, 0.4), (0.2, 0.3, 0.4, 0.1)]
-SCORE_KEYS = ("mean_entropy_foreground", "mean_entropy_boundary", "mean_mutual_information", "mean_entropy")
-
-
-def _queue(store, count=4, batch=None, offset=0):
-    cases = []
-    for index in range(count):
-        scores = dict(zip(SCORE_KEYS, QUEUE_SCORES[index % 4]))
-        case, _ = _case_with_prediction(store, 100 + offset + index, scores=scores, batch=batch)
-        cases.append(case)
-    return cases
-
-
-@pytest.mark.parametrize("acquisition", ["foreground_entropy", "boundary_entropy", "mutual_information",
-                                         "image_entropy"])
-def test_next_case_orders_by_score(store, acquisition):
-    cases = _queue(store)
-    column = list(ACQUISITION_SCORES).index(acquisition)
-    expected = [cases[i].id for i in sorted(range(4), key=lambda i: -QUEUE_SCORES[i][column])]
-    # Four annotators in turn: each lease is live, so each gets the next case in score order.
-    served = [store.next_case(f"annotator{i}", acquisition=acquisition).id for i in range(4)]
-    assert served == expected
-    assert store.next_case("annotator4", acquisition=acquisition) is None
-    assert store.get_case(expected[0]).assigned_to == "annotator0"
-
-
-def test_next_case_random_baseline_and_statuses(store):
-    cases = _queue(store, 6)
-    no_prediction = store.add_case(_image(999), prompt="a round lesion", original_name="np.png")
-    store.set_status(cases[0].id, "skipped", annotator="alice")
-    store.save_correction(cases[1].id, np.zeros((24, 32), bool), annotator="alice", status="accepted")
-    store.save_correction(cases[2].id, np.zeros((24, 32), bool), annotator="alice")
-    conn = sqlite3.connect(store.path)
-    keys = dict(conn.execute("SELECT id, random_key FROM cases").fetchall())
-    conn.close()
-    expected = sorted((c.id for c in cases[3:]), key=lambda i: -keys[i])
-    served = [store.next_case(f"a{i}", acquisition="random").id for i in range(3)]
-    assert served == expected
-    assert store.next_case("a3", acquisition="random") is None
-    assert no_prediction.id not in served
-    with pytest.raises(StorageError, match="Unknown case order"):
-        store.next_case("alice", acquisition="loudest")
-    counts = store.counts()
-    assert (counts["skipped"], counts["accepted"], counts["corrected"], counts["unreviewed"]) == (1, 1, 1, 4)
-
-
-def test_next_case_same_annotator_batch_and_release(store):
-    first_batch = _queue(store, 2, batch="week1")
-    second_batch = _queue(store, 2, batch="week2", offset=50)
-    case = store.next_case("alice", batch="week2")
-    assert case.id in {c.id for c in second_batch} and case.batch == "week2"
-    # Asking again re-serves alice's own lease (one lease per annotator), not a new case.
-    assert store.next_case("alice", batch="week2").id == case.id
-    other = store.next_case("bob", batch="week2")
-    assert other.id != case.id
-    assert store.next_case("carol", batch="week2") is None
-    store.release(case.id, annotator="bob")  # not bob's lease: no effect
-    assert store.next_case("carol", batch="week2") is None
-    store.release(case.id, annotator="alice")
-    assert store.next_case("carol", batch="week2").id == case.id
-    daves = store.next_case("dave", batch="week1")
-    assert daves.id == first_batch[1].id  # the higher foreground score
-    # claim: an uploaded case is leased to its uploader and kept from others.
-    assert store.claim(first_batch[0].id, annotator="erin") is True
-    assert store.claim(first_batch[0].id, annotator="frank") is False
-    assert store.claim(daves.id, annotator="frank") is False
-    assert store.next_case("frank", batch="week1") is None
-    assert store.claim(first_batch[0].id, annotator="erin") is True  # own lease: renewed
-
-
-def test_lease_expiry(tmp_path):
-    with AnnotationStore(tmp_path / "annotations.db", lease_seconds=0.05) as store:
-        (case,) = _queue(store, 1)
-        assert store.next_case("alice").id == case.id
-        assert store.next_case("bob") is None
-        time.sleep(0.1)
-        assert store.next_case("bob").id == case.id
-        assert store.get_case(case.id).assigned_to == "bob"
-
-
-# ------------------------------------------------------------------------- concurrency
-
-
-def test_concurrent_threads_and_second_store(tmp_path):
-    path = tmp_path / "annotations.db"
-    store = AnnotationStore(path)
-    threads_count, rounds = 8, 25
-    for index in range(threads_count * rounds):
-        _case_with_prediction(store, 1000 + index, shape=(8, 8),
-                              scores={"mean_entropy_foreground": random.Random(index).random()})
-    shared = store.add_case(_image(5000, (8, 8)), prompt="shared case", original_name="shared.png")
-    second = AnnotationStore(path)  # like a second process
-    served, errors = [], []
-    barrier = threading.Barrier(threads_count)
-
-    def work(worker: int) -> None:
-        target = store if worker % 2 == 0 else second
-        annotator = f"annotator{worker}"
-        rng = np.random.default_rng(worker)
-        try:
-            barrier.wait()
-            for _ in range(rounds):
-                acquisition = str(rng.choice(list(ACQUISITION_SCORES)))
-                case = target.next_case(annotator, acquisition=acquisition)
-                assert case is not None and case.assigned_to == annotator
-                served.append(case.id)
-                target.save_correction(case.id, rng.random((8, 8)) > 0.5, annotator=annotator)
-                target.save_correction(shared.id, rng.random((8, 8)) > 0.5, annotator=annotator)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    total = threads_count * rounds
-    # Each served case was corrected at once, so serving one twice would mean two annotators got it.
-    assert len(served) == total and len(set(served)) == total
-    conn = sqlite3.connect(path)
-    versions = [row[0] for row in conn.execute("SELECT version FROM corrections WHERE case_id = ? ORDER BY version",
-                                               [shared.id])]
-    assert versions == list(range(1, total + 1))
-    assert conn.execute("SELECT count(*) FROM corrections").fetchone()[0] == 2 * total
-    assert conn.execute("SELECT count(*) FROM (SELECT case_id, version FROM corrections "
-                        "GROUP BY case_id, version HAVING count(*) > 1)").fetchone()[0] == 0
-    conn.close()
-    assert store.counts()["corrected"] == total + 1 and store.counts()["unreviewed"] == 0
-    assert store.next_case("late") is None
-    assert store.integrity_check() == "ok" and second.integrity_check() == "ok"
-    second.close()
-    store.close()
-    with pytest.raises(StorageError, match="closed"):
-        store.counts()
-
-
-# ------------------------------------------------------------------------ crash safety
-
-CRASH_SCRIPT = textwrap.dedent("""
-    import sys
-    import numpy as np
-    from medclipseg.annotation.store import AnnotationStore
-
-    store = AnnotationStore(sys.argv[1])
-    case_id = int(sys.argv[2])
-    rng = np.random.default_rng(0)
-    print("ready", flush=True)
-    index = 0
-    while True:
-        index += 1
-        store.add_case(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8), prompt="crash test",
-                       original_name=f"c{index}.png")
-        correction = store.save_correction(case_id, rng.random((32, 32)) > 0.5, annotator="crasher")
-        print(correction.id, flush=True)
-""")
-
-
-def test_crash_mid_write_keeps_committed_corrections(tmp_path):
-    path = tmp_path / "annotations.db"
-    with AnnotationStore(path) as store:
-        case, _ = _case_with_prediction(store, 77, shape=(32, 32))
-    script = tmp_path / "crash.py"
-    script.write_text(CRASH_SCRIPT)
-    process = subprocess.Popen([sys.executable, str(script), str(path), str(case.id)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=REPO)
-    committed = []
-    try:
-        assert process.stdout.readline().strip() == "ready", process.stderr.read()
-        while len(committed) < 40:
-            line = process.stdout.readline()
-            assert line, process.stderr.read()
-            committed.append(int(line.split()[0]))
-        time.sleep(random.Random(1).uniform(0.0, 0.05))  # land somewhere inside a write
-    finally:
-        process.send_signal(signal.SIGKILL)
-        rest, _ = process.communicate(timeout=30)
-    committed += [int(line.split()[0]) for line in rest.splitlines() if line.strip()]
-    assert process.returncode == -signal.SIGKILL
-
-    with AnnotationStore(path) as reopened:
-        assert reopened.integrity_check() == "ok"
-        rows = {row["id"]: row for row in reopened.corrections(latest_only=False)}
-        assert set(committed) <= set(rows)
-        for correction_id in committed:
-            assert reopened.load_mask(rows[correction_id]["mask_path"]).shape == (32, 32)
-            assert reopened.load_mask(rows[correction_id]["predicted_mask_path"]).shape == (32, 32)
-        assert sorted(row["version"] for row in rows.values()) == list(range(1, len(rows) + 1))
-        # The store still takes writes after the crash.
-        assert reopened.save_correction(case.id, np.zeros((32, 32), bool), annotator="after").version == len(rows) + 1
-    for row_path in (path.parent / "annotations_files" / "masks").glob("*.png"):
-        assert row_path.stat().st_size > 0

@@ -1,8 +1,9 @@
 """The app's named endpoints through gradio_client against a live `python app.py` on 127.0.0.1.
 
 Covers the load test (8 annotators x 25 saves, no case served twice), a server killed in the
-middle of saving, the segment and export endpoints, login, and a DICOM carrying patient
-identifiers that must never reach the database, the files beside it or an export.
+middle of saving, the segment, skip, ingest and export endpoints, bad requests answered in words,
+login, a DICOM carrying patient identifiers that must never reach the database, the files beside
+it or an export, and that no file the app wrote outlives the servers in the temp directory.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import signal
 import sqlite3
+import tempfile
 import threading
 import time
 import zipfile
@@ -34,6 +36,21 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 EXAMPLE = ROOT / "assets" / "examples" / "brain_mri.png"
+PROMPT = "Axial brain MRI showing one small lobulated meningioma on the left."
+APP_PREFIXES = ("medclipseg-",)  # every folder the app (or an older version of it) made in the temp dir
+
+
+def app_temp_entries() -> set:
+    return {entry for entry in os.listdir(tempfile.gettempdir()) if entry.startswith(APP_PREFIXES)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def temp_dir_left_clean():
+    """After every server of this module has stopped, the temp dir holds no new folder of the app."""
+    before = app_temp_entries()
+    yield
+    left = app_temp_entries() - before
+    assert not left, f"left in {tempfile.gettempdir()}: {sorted(left)}"
 
 
 def client_for(url, auth=None):
@@ -182,8 +199,7 @@ def test_segment_endpoint_returns_maps_and_stores_the_case(live):
     url, db_path, folder = live
     client = client_for(url)
     summary, mask_path, maps_path = client.predict(
-        handle_file(str(EXAMPLE)), "Axial brain MRI showing one small lobulated meningioma on the left.", 8, 0.5,
-        "carol", api_name="/segment")
+        handle_file(str(EXAMPLE)), PROMPT, 8, 0.5, "carol", True, api_name="/segment")
     image = cv2.imread(str(EXAMPLE))
     mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE)
     maps = np.load(maps_path)
@@ -191,11 +207,42 @@ def test_segment_endpoint_returns_maps_and_stores_the_case(live):
     assert maps["entropy"].shape == image.shape[:2]
     assert float(maps["entropy"].max()) <= np.log(2) + 1e-5
     assert summary["model_id"].startswith("demo-tiny@") and summary["num_samples"] == 8
+    assert summary["added_to_queue"] is True
     assert set(summary["scores"]) >= {"mean_entropy", "mean_entropy_foreground", "mean_entropy_boundary"}
     store = AnnotationStore(db_path)
     case = store.get_case(summary["case_id"])
-    assert case.original_name == "brain_mri.png" and case.assigned_to == "carol"
+    assert case.original_name == "brain_mri.png" and case.assigned_to == "carol" and case.source == "api"
     assert store.latest_prediction_id(case.id) == summary["prediction_id"]
+
+
+def test_segment_endpoint_stores_nothing_unless_asked(live):
+    """Checking a held-out image must not put it in the review queue (and so in an export)."""
+    url, db_path, _ = live
+    store = AnnotationStore(db_path)
+    before = store.counts()
+    summary, mask_path, maps_path = client_for(url).predict(handle_file(str(EXAMPLE)), PROMPT, samples=4,
+                                                            api_name="/segment")
+    assert (summary["case_id"], summary["prediction_id"], summary["added_to_queue"]) == (None, None, False)
+    assert cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE).shape == cv2.imread(str(EXAMPLE)).shape[:2]
+    assert np.load(maps_path)["probability"].shape == cv2.imread(str(EXAMPLE)).shape[:2]
+    assert store.counts() == before
+
+
+def test_skip_and_ingest_endpoints(live, tmp_path):
+    url, db_path, _ = live
+    client = client_for(url)
+    store = AnnotationStore(db_path)
+    images = [ROOT / "assets" / "examples" / name for name in ("dermoscopy.png", "chest_xray.png")]
+    report = client.predict([handle_file(str(path)) for path in images], "A lesion in the image.",
+                            batch="api-batch", samples=4, api_name="/ingest")
+    assert len(report["added"]) == 2 and not report["failed"] and report["summary"].startswith("2 images added")
+    assert {store.get_case(case_id).batch for case_id in report["added"]} == {"api-batch"}
+    result = client.predict(report["added"][0], "ivan", api_name="/skip")
+    assert result == {"case_id": report["added"][0], "status": "skipped", "annotator": "ivan"}
+    assert store.get_case(report["added"][0]).status == "skipped"
+    # save_correction with the status 'skipped', as the UI's Skip button does, works too.
+    result = client.predict(report["added"][1], None, "ivan", "skipped", api_name="/save_correction")
+    assert result["status"] == "skipped" and store.get_case(report["added"][1]).status == "skipped"
 
 
 def test_endpoint_errors_are_clear_and_write_nothing(live, tmp_path):
@@ -212,6 +259,48 @@ def test_endpoint_errors_are_clear_and_write_nothing(live, tmp_path):
     with pytest.raises(Exception, match="name"):
         client.predict(1, handle_file(str(mask_file(tmp_path))), "", "corrected", None, api_name="/save_correction")
     assert store.counts() == before
+
+
+def refusal(client, *args, api_name, **kwargs) -> str:
+    with pytest.raises(Exception) as refused:
+        client.predict(*args, api_name=api_name, **kwargs)
+    return str(refused.value)
+
+
+def test_bad_requests_are_answered_in_words(live, tmp_path):
+    url, db_path, _ = live
+    client = client_for(url)
+    store = AnnotationStore(db_path)
+    before = store.counts()
+    message = refusal(client, None, PROMPT, api_name="/segment")
+    assert "No image given" in message and "NoneType" not in message
+    message = refusal(client, handle_file(str(EXAMPLE)), PROMPT, 100_000, api_name="/segment")
+    assert "between 1 and 64" in message
+    message = refusal(client, handle_file(str(EXAMPLE)), PROMPT, 8, 1.5, api_name="/segment")
+    assert "threshold must lie strictly between 0 and 1" in message
+    message = refusal(client, str(EXAMPLE), PROMPT, api_name="/segment")
+    assert "as a file" in message  # a text path could point anywhere on the server
+    message = refusal(client, None, handle_file(str(mask_file(tmp_path))), "dave", api_name="/save_correction")
+    assert "No case given" in message and "int()" not in message
+    message = refusal(client, "seven", None, "dave", "accepted", api_name="/save_correction")
+    assert "case_id must be a whole number" in message
+    case_id = fill_queue(store, 1, seed=7)[0]
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    message = refusal(client, case_id, handle_file(str(notes)), "dave", api_name="/save_correction")
+    assert "'notes.png' is not a readable image" in message
+    assert tempfile.gettempdir() not in message and "gradio" not in message
+    message = refusal(client, case_id, None, "dave", "corrected", api_name="/save_correction")
+    assert "Send the corrected mask" in message
+    message = refusal(client, case_id, None, "dave", "finished", api_name="/save_correction")
+    assert "status must be one of corrected, accepted, skipped" in message
+    assert "No case given" in refusal(client, None, "dave", api_name="/skip")
+    assert "Unknown case order" in refusal(client, "dave", "loudest", api_name="/next_case")
+    assert "annotator name is required" in refusal(client, "", api_name="/next_case")
+    assert "Choose images" in refusal(client, [], "A lesion.", api_name="/ingest")
+    store.set_status(case_id, "skipped", annotator="dave")  # out of the shared queue of later tests
+    after = store.counts()
+    assert after["corrections"] == before["corrections"] and after["predictions"] == before["predictions"] + 1
 
 
 def test_dicom_identifiers_never_stored_or_exported(live, tmp_path):
@@ -232,7 +321,8 @@ def test_dicom_identifiers_never_stored_or_exported(live, tmp_path):
 
     client = client_for(url)
     summary, _mask, _maps = client.predict(handle_file(str(tmp_path / "scan-0002.dcm")),
-                                           "A round lesion in the CT slice.", 4, 0.5, "dave", api_name="/segment")
+                                           "A round lesion in the CT slice.", 4, 0.5, "dave", True,
+                                           api_name="/segment")
     mask = tmp_path / "dicom-mask.png"
     cv2.imwrite(str(mask), np.pad(np.full((20, 20), 255, np.uint8), 30))
     client.predict(summary["case_id"], handle_file(str(mask)), "dave", "corrected", None, api_name="/save_correction")

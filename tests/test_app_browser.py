@@ -221,6 +221,10 @@ def test_review_queue_serves_the_most_uncertain_case(server, page):
     assert store.get_case(ranked[0]).status == "accepted"
     page.click("#next-case")
     page.wait_for_selector(f"#status :text('Case #{ranked[1]}')")
+    page.click("#skip")
+    page.wait_for_selector(f"#status :text('Case #{ranked[1]} skipped')")
+    assert store.get_case(ranked[1]).status == "skipped"
+    assert db_rows(db_path, f"select count(*) from corrections where case_id = {ranked[1]}") == [(0,)]
 
 
 def test_ingest_then_export_from_the_browser(server, page, tmp_path):

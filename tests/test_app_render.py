@@ -75,3 +75,23 @@ def test_numbers_match_direct_computation():
     assert (uncertain_region(prediction.entropy, threshold) == (prediction.entropy >= threshold)).all()
     text = numbers_markdown(numbers, model_id="m@1", seconds=0.5)
     assert "Mask area" in text and "mm²" in text and "m@1" in text
+
+
+def test_numbers_of_the_own_mask_are_the_predictions_scores():
+    """The prediction already carries its image scores: they are shown, not computed again."""
+    prediction = make_prediction()
+    prediction.scores.update(mean_entropy=0.123, mean_entropy_foreground=0.456, mean_entropy_boundary=0.321,
+                             mean_mutual_information=0.0789)
+    numbers = image_numbers(prediction, uncertainty_threshold=0.3)
+    assert (numbers["mean_entropy_image"], numbers["mean_entropy_foreground"], numbers["mean_entropy_boundary"],
+            numbers["mean_mutual_information"]) == (0.123, 0.456, 0.321, 0.0789)
+    assert image_numbers(prediction, uncertainty_threshold=0.3, mask=prediction.mask.copy()) == numbers
+    # A corrected mask has its own scores, from the same function the prediction's came from.
+    from medclipseg.inference.uncertainty import image_scores
+
+    corrected = prediction.mask.copy()
+    corrected[:5, :5] = True
+    expected = image_scores(prediction.entropy, prediction.mutual_information, corrected,
+                            prediction.scores["boundary_band_px"])
+    numbers = image_numbers(prediction, uncertainty_threshold=0.3, mask=corrected)
+    assert numbers["mean_entropy_boundary"] == pytest.approx(expected["mean_entropy_boundary"])

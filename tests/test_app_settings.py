@@ -9,9 +9,12 @@ from app_support import ROOT
 
 @pytest.fixture(scope="module")
 def app_module():
-    from medclipseg.app import layout
+    from types import SimpleNamespace
 
-    return layout
+    from medclipseg.app.handlers import load_examples
+    from medclipseg.app.launch import parse_auth
+
+    return SimpleNamespace(parse_auth=parse_auth, load_examples=load_examples)
 
 
 def test_parse_auth_pairs(app_module):
@@ -37,3 +40,17 @@ def test_bad_login_setting_stops_with_a_clear_message(tmp_path):
     assert result.returncode != 0
     assert "MEDCLIPSEG_AUTH must be user:password pairs" in result.stderr
     assert not (tmp_path / "a.db").exists()
+
+
+def test_too_many_samples_stops_with_a_clear_message(tmp_path):
+    env = {"MEDCLIPSEG_SAMPLES": "100000", "MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "number of samples must lie between 1 and 64" in result.stderr
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_importing_the_app_package_does_not_import_gradio():
+    code = "import medclipseg.app, sys; assert 'gradio' not in sys.modules, 'gradio imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT), timeout=120)

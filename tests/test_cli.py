@@ -115,8 +115,9 @@ def test_evaluate_writes_results(trained_run, dataset, tmp_path, capsys):
     assert 0.0 <= summary["mean_dsc"] <= 1.0 and 0.0 <= summary["mean_nsd"] <= 1.0
     rows = results["per_image"]
     assert [r["image"] for r in rows] == ["case_06.png", "case_07.png"]
+    assert 0.0 <= summary["mean_nsd_authors"] <= 1.0
     for row in rows:
-        assert {"dsc", "nsd", "prompt", "mean_entropy"} <= set(row)
+        assert {"dsc", "nsd", "nsd_authors", "prompt", "mean_entropy"} <= set(row)
     assert results["config"]["num_samples"] == 2 and results["config"]["split"] == "test"
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["results"] == str(results_path)

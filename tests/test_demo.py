@@ -7,7 +7,8 @@ import pytest
 
 from medclipseg.phantoms import MODALITIES, generate_phantom
 from medclipseg.evaluation.metrics import dice_score
-from medclipseg.inference.predictor import DEMO_WEIGHTS_DIR, Predictor
+from medclipseg.inference.predictor import Predictor
+from medclipseg.registry import demo_weights_dir
 from medclipseg.weights.sources import WeightsSourceError
 
 
@@ -17,9 +18,9 @@ def demo():
 
 
 def test_demo_files_and_card():
-    weights = DEMO_WEIGHTS_DIR / "model.safetensors"
+    weights = demo_weights_dir() / "model.safetensors"
     assert weights.stat().st_size < 50e6
-    card = (DEMO_WEIGHTS_DIR / "README.md").read_text()
+    card = (demo_weights_dir() / "README.md").read_text()
     assert "Not for clinical use" in card
     assert hashlib.sha256(weights.read_bytes()).hexdigest() in card
 
@@ -60,7 +61,8 @@ def test_weights_setting_switches_to_a_folder(tmp_path, monkeypatch, small_tiny_
     save_pretrained(small_tiny_model, tmp_path / "other")
     monkeypatch.setenv("MEDCLIPSEG_WEIGHTS", str(tmp_path / "other"))
     predictor = Predictor.from_pretrained(device="cpu")
-    assert predictor.model_id == str(tmp_path / "other")
+    # Named by content, not by path.
+    assert predictor.model_id.startswith("tiny@") and str(tmp_path) not in predictor.model_id
     assert predictor.model.config.vision.width == small_tiny_model.config.vision.width
 
 

@@ -1,9 +1,11 @@
 """Tests for medclipseg.evaluation.metrics against hand-computed and brute-force references."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medclipseg.evaluation.metrics import dice_score, normalized_surface_dice, resize_prediction_to
 
@@ -127,6 +129,135 @@ def test_nsd_matches_brute_force_on_random_masks():
             truth = rng.random((9, 11)) > 0.5
             expected = _brute_force_nsd(pred, truth, tolerance)
             assert normalized_surface_dice(pred, truth, tolerance=tolerance) == pytest.approx(expected)
+
+
+# ------------------------------------------- NSD against reference implementations
+
+
+def _blob(rng, shape):
+    """A smooth random blob covering 5 to 50 % of the image."""
+    noise = ndimage.gaussian_filter(rng.random(shape), sigma=rng.uniform(1.5, 5.0))
+    return noise > np.quantile(noise, rng.uniform(0.5, 0.95))
+
+
+def _blob_pairs(count=60, seed=0):
+    """Truth blobs with predictions that are near misses (shifted, grown, shrunk) or unrelated."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for index in range(count):
+        shape = tuple(int(v) for v in rng.integers(16, 72, 2))
+        truth = _blob(rng, shape)
+        kind = index % 3
+        if kind == 0:
+            pred = np.roll(truth, tuple(int(v) for v in rng.integers(-3, 4, 2)), axis=(0, 1))
+        elif kind == 1:
+            pred = ndimage.binary_dilation(truth, iterations=int(rng.integers(1, 4)))
+            pred = ndimage.binary_erosion(pred, iterations=int(rng.integers(0, 5)))
+        else:
+            pred = _blob(rng, shape)
+        if pred.any() and truth.any():
+            pairs.append((pred, truth))
+    return pairs
+
+
+def _deepmind_nsd(pred, truth, tolerance):
+    """The MedCLIPSeg evaluation's call: the pair as a one-slice volume, spacing 1 x 1 x 1."""
+    surface_distance = pytest.importorskip(
+        "surface_distance", reason="the reference needs the surface-distance package (requirements-dev.txt)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 0/0 when both masks are empty; old scipy namespaces
+        distances = surface_distance.compute_surface_distances(truth[..., None], pred[..., None], [1, 1, 1])
+        return float(surface_distance.compute_surface_dice_at_tolerance(distances, tolerance))
+
+
+def _monai_nsd(pred, truth, tolerance):
+    """MONAI's 2-D NSD: boundary pixels by erosion, Euclidean distances, one class."""
+    pytest.importorskip("monai", reason="the reference needs MONAI (requirements-dev.txt)")
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns on empty classes and deprecated defaults
+        value = compute_surface_dice(torch.as_tensor(pred)[None, None].float(),
+                                     torch.as_tensor(truth)[None, None].float(), [tolerance],
+                                     include_background=True)
+    return float(value.item())
+
+
+def test_authors_nsd_matches_deepmind_surface_distance_on_random_blobs():
+    pairs = _blob_pairs()
+    for pred, truth in pairs:
+        for tolerance in (1.0, 2.0):
+            expected = _deepmind_nsd(pred, truth, tolerance)
+            assert normalized_surface_dice(pred, truth, tolerance=tolerance, rule="authors") == pytest.approx(
+                expected, abs=1e-6)
+
+
+def test_contour_nsd_matches_monai_on_random_blobs():
+    for pred, truth in _blob_pairs(seed=1):
+        expected = _monai_nsd(pred, truth, 2.0)
+        assert normalized_surface_dice(pred, truth, tolerance=2.0) == pytest.approx(expected, abs=1e-6)
+        assert normalized_surface_dice(pred, truth, tolerance=2.0, rule="contour") == pytest.approx(
+            expected, abs=1e-6)
+
+
+def test_authors_and_contour_rules_differ_on_random_blobs():
+    differences = [abs(normalized_surface_dice(p, t, rule="authors") - normalized_surface_dice(p, t))
+                   for p, t in _blob_pairs(count=150, seed=2)]
+    largest = max(differences)
+    print(f"largest |authors - contour| NSD difference over {len(differences)} blob pairs: {largest:.3f}")
+    assert largest > 0.25
+    assert np.mean(differences) > 0.02
+
+
+def test_authors_nsd_is_exactly_the_public_call():
+    """``medclipseg.metrics.normalized_surface_dice(pred, truth, tolerance=2.0, rule="authors")``."""
+    from medclipseg import metrics
+
+    truth = _square((12, 12), (2, 8), (2, 8))
+    pred = _square((12, 12), (3, 9), (2, 8))
+    value = metrics.normalized_surface_dice(pred, truth, tolerance=2.0, rule="authors")
+    assert value == pytest.approx(_deepmind_nsd(pred, truth, 2.0), abs=1e-6)
+    assert metrics.normalized_surface_dice(pred, truth) == normalized_surface_dice(pred, truth, rule="contour")
+
+
+def test_authors_nsd_counts_the_slab_faces():
+    # A 4x4 square against itself shifted by 3 columns. The contour rule scores the rims only:
+    # 8 of 12 rim pixels of each square are within 2 of the other rim (2/3). The authors' rule also
+    # weighs the cells of the slab's flat faces, most of which lie within 2 of the other square.
+    truth = _square((8, 12), (2, 6), (1, 5))
+    pred = _square((8, 12), (2, 6), (4, 8))
+    assert normalized_surface_dice(pred, truth) == pytest.approx(2 / 3)
+    authors = normalized_surface_dice(pred, truth, rule="authors")
+    assert authors == pytest.approx(_deepmind_nsd(pred, truth, 2.0), abs=1e-6)
+    assert authors == pytest.approx(0.8608, abs=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["contour", "authors"])
+def test_nsd_empty_mask_rules(rule):
+    empty = np.zeros((10, 10), dtype=bool)
+    blob = _square((10, 10), (2, 6), (3, 8))
+    assert normalized_surface_dice(empty, empty, rule=rule) == 1.0  # nothing to find, nothing found
+    assert normalized_surface_dice(blob, empty, rule=rule) == 0.0  # empty truth, something predicted
+    assert normalized_surface_dice(empty, blob, rule=rule) == 0.0  # a missed structure
+
+
+def test_empty_mask_rules_agree_with_the_references(monkeypatch):
+    """Where the references define a value (one mask empty) ours is the same; both empty is
+    undefined there (nan) and 1.0 here, as in the authors' evaluation and the spec."""
+    empty = np.zeros((10, 10), dtype=bool)
+    blob = _square((10, 10), (2, 6), (3, 8))
+    # The package still spells infinity np.Inf, which NumPy 2 removed; only its empty-mask branch uses it.
+    monkeypatch.setattr(np, "Inf", np.inf, raising=False)
+    for pred, truth in ((blob, empty), (empty, blob)):
+        assert _deepmind_nsd(pred, truth, 2.0) == normalized_surface_dice(pred, truth, rule="authors") == 0.0
+        assert _monai_nsd(pred, truth, 2.0) == normalized_surface_dice(pred, truth) == 0.0
+    assert math.isnan(_deepmind_nsd(empty, empty, 2.0)) and math.isnan(_monai_nsd(empty, empty, 2.0))
+
+
+def test_nsd_rejects_unknown_rule():
+    with pytest.raises(ValueError, match="rule must be one of contour, authors"):
+        normalized_surface_dice(np.ones((3, 3)), np.ones((3, 3)), rule="3d")
 
 
 # -------------------------------------------------------------- validation

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from medclipseg.evaluation.report import BenchmarkConfig, coverage, modality_of, run_benchmark, selection_correct
+from medclipseg.evaluation.evaluate import coverage, modality_of, selection_correct
+from medclipseg.evaluation.report import BenchmarkConfig, run_benchmark
 
 SMALL = dict(width=32, heads=2, embed_dim=16, adapter_dim=8, patch_size=32, image_size=160)
 
@@ -58,6 +59,10 @@ def test_report_on_fresh_phantoms(small_weights, tmp_path):
                     "## Ablations", "## Latency", "## Reproduce"):
         assert heading in report
     assert 0.0 <= results["uncertainty"]["ece"] <= 1.0
+    overall = results["in_distribution"]["overall"]
+    assert 0.0 <= overall["nsd"] <= 1.0 and 0.0 <= overall["nsd_authors"] <= 1.0
+    assert all("nsd_authors" in row for row in results["designs"].values())
+    assert "NSD (authors) in distribution" in report and "| NSD | NSD (authors) |" in report
 
 
 def test_report_on_a_given_layout_without_manifest(small_weights, tmp_path):
@@ -72,3 +77,21 @@ def test_report_on_a_given_layout_without_manifest(small_weights, tmp_path):
     results = run_benchmark(config)
     assert "shifted" not in results and list(results["in_distribution"]["by_modality"]) == ["dermoscopy"]
     assert "DSC shifted" in (tmp_path / "r.md").read_text()
+
+
+def test_report_of_older_results_without_the_authors_nsd():
+    """A results.json written before the authors' NSD existed still renders, with n/a there."""
+    from medclipseg.evaluation.report import render_markdown
+
+    overall = {"rows": 2, "dsc": 0.8, "nsd": 0.7}
+    results = {
+        "config": {"data": "x", "num_samples": 2, "secondary_samples": 2, "runs": None},
+        "model_id": "m", "seconds": 1.0,
+        "machine": {"cpu": "cpu", "threads": 1, "torch": "2", "device": "cpu"},
+        "in_distribution": {"overall": overall, "by_modality": {"all": overall}},
+        "uncertainty": {"spearman_entropy_vs_error": 0.5, "pixel_auroc": 0.9, "ece": 0.01, "pixel_error_rate": 0.1},
+        "designs": {"original": overall},
+        "latency": {"plain_30": 0.4, "antithetic_30": 0.4, "adaptive_antithetic": 0.3},
+    }
+    report = render_markdown(results)
+    assert "| all | 2 | 0.800 | 0.700 | n/a |" in report

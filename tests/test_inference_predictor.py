@@ -143,16 +143,38 @@ def test_antithetic_rounds_odd_counts_up(small_tiny_predictor, rgb_image):
 # -- inputs ----------------------------------------------------------------------------------------
 
 def test_channel_order_and_path_inputs_agree(small_tiny_predictor, rgb_image, tmp_path):
-    from_rgb = _predict(small_tiny_predictor, rgb_image, channel_order="rgb")
+    """One default channel order: arrays are BGR, as read_image and cv2.imread return them, so the
+    same file gives the same prediction whichever way it is read."""
+    from medclipseg.io.images import read_image
+
     bgr = np.ascontiguousarray(rgb_image[:, :, ::-1])
-    from_bgr = _predict(small_tiny_predictor, bgr, channel_order="bgr")
     path = tmp_path / "scan.png"
     cv2.imwrite(str(path), bgr)
     from_path = _predict(small_tiny_predictor, path)
-    np.testing.assert_array_equal(from_rgb.probability, from_bgr.probability)
-    np.testing.assert_array_equal(from_rgb.probability, from_path.probability)
+    from_read_image = _predict(small_tiny_predictor, read_image(path).bgr)
+    from_imread = _predict(small_tiny_predictor, cv2.imread(str(path)))
+    from_loaded = _predict(small_tiny_predictor, read_image(path))
+    from_rgb = _predict(small_tiny_predictor, rgb_image, channel_order="rgb")
+    from_bgr = _predict(small_tiny_predictor, bgr, channel_order="bgr")
+    for other in (from_read_image, from_imread, from_loaded, from_rgb, from_bgr):
+        np.testing.assert_array_equal(other.probability, from_path.probability)
     assert "RGB channel order converted to BGR" in from_rgb.conversions
-    assert from_path.conversions == []
+    assert from_path.conversions == [] and from_read_image.conversions == []
+
+
+def test_preprocessing_lives_in_transforms():
+    """Training and inference share one pre-processing function."""
+    from medclipseg.datasets import torch_dataset
+    from medclipseg.inference import predictor, transforms
+    from medclipseg.training import stage1
+
+    assert predictor.preprocess_bgr is transforms.preprocess_bgr
+    assert torch_dataset.preprocess_bgr is transforms.preprocess_bgr
+    assert stage1.preprocess_bgr is transforms.preprocess_bgr
+    tensor = transforms.preprocess_bgr(np.full((10, 20, 3), 255, np.uint8), 32)
+    assert tuple(tensor.shape) == (1, 3, 32, 32)
+    expected = (1.0 - np.array(transforms.IMAGENET_MEAN)) / np.array(transforms.IMAGENET_STD)
+    np.testing.assert_allclose(tensor[0, :, 0, 0].numpy(), expected, rtol=1e-6)
 
 
 def test_grey_array_is_replicated(small_tiny_predictor):

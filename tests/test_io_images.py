@@ -1,4 +1,4 @@
-"""Tests for medclipseg.io.images: formats, conversions, refusals, DICOM and prompts."""
+"""Tests for medclipseg.io.images: formats, conversions, refusals, size limits."""
 
 from __future__ import annotations
 
@@ -12,16 +12,7 @@ import pytest
 from PIL import Image
 
 from medclipseg.io import images as imageio
-from medclipseg.io.images import (
-    ImageReadError,
-    PromptError,
-    dicom_to_8bit,
-    read_dicom,
-    read_dicom_pixels,
-    read_image,
-    read_mask,
-    validate_prompt,
-)
+from medclipseg.io.images import ImageReadError, read_image
 
 
 def _gradient(height=20, width=24, channels=None, dtype=np.uint8, scale=1):
@@ -214,147 +205,33 @@ def test_bad_channel_layouts():
         read_image(np.zeros((3, 16, 16, 3), np.uint8))
 
 
-# ---------------------------------------------------------------- DICOM
-
-
-def _write_dicom(path, pixels, *, with_pixels=True, photometric="MONOCHROME2", window=(40, 400)):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = CTImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.PatientName = "DOE^JOHN"
-    dataset.PatientID = "PID-12345"
-    dataset.Modality = "CT"
-    dataset.PixelSpacing = [0.5, 0.75]
-    dataset.RescaleIntercept = -1024
-    dataset.RescaleSlope = 1
-    if window is not None:
-        dataset.WindowCenter = window[0]
-        dataset.WindowWidth = window[1]
-    dataset.Rows, dataset.Columns = pixels.shape[-2:]
-    if pixels.ndim == 3:
-        dataset.NumberOfFrames = pixels.shape[0]
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 0
-    if with_pixels:
-        dataset.PixelData = pixels.astype(np.uint16).tobytes()
-    dataset.save_as(str(path), enforce_file_format=True)
-    return path
-
-
-def _ct_pixels():
-    # stored values; Hounsfield = stored - 1024
-    stored = np.full((16, 16), 1024, np.uint16)  # water, 0 HU
-    stored[0, :] = 0  # -1024 HU, air
-    stored[1, :] = 1024 + 40 - 200  # lower edge of the window -> 0
-    stored[2, :] = 1024 + 40 + 200  # upper edge -> 255
-    stored[3, :] = 3000  # bone, clipped
-    return stored
-
-
-def test_dicom_window_and_no_identifiers(tmp_path):
-    path = _write_dicom(tmp_path / "scan.dcm", _ct_pixels())
-    loaded = read_image(path)
-    grey = loaded.bgr[:, :, 0]
-    assert loaded.bgr.shape == (16, 16, 3)
-    assert grey[0, 0] == 0 and grey[1, 0] == 0
-    assert grey[2, 0] == 255 and grey[3, 0] == 255
-    assert abs(int(grey[8, 8]) - int(round((0 - (40 - 200)) * 255 / 400))) <= 1
-    assert loaded.metadata["modality"] == "CT"
-    assert loaded.metadata["pixel_spacing"] == (0.5, 0.75)
-    assert loaded.metadata["window_center"] == 40 and loaded.metadata["window_width"] == 400
-    assert loaded.metadata["photometric_interpretation"] == "MONOCHROME2"
-    text = repr(loaded.metadata) + repr(loaded.conversions)
-    assert "DOE" not in text and "JOHN" not in text and "PID-12345" not in text
-    assert set(loaded.metadata) <= {
-        "modality",
-        "pixel_spacing",
-        "window_center",
-        "window_width",
-        "photometric_interpretation",
-    }
-
-
-def test_dicom_detected_by_magic_and_window_override(tmp_path):
-    path = _write_dicom(tmp_path / "scan_without_suffix", _ct_pixels())
-    loaded = read_dicom(path, window=(0, 2))
-    grey = loaded.bgr[:, :, 0]
-    assert grey[0, 0] == 0 and grey[3, 0] == 255 and grey[8, 8] == 128
-    pixels = read_dicom_pixels(path)
-    assert pixels.values[0, 0] == -1024 and pixels.header_window == (40.0, 400.0)
-    np.testing.assert_array_equal(dicom_to_8bit(pixels.values, 0, 2), grey)
-    from_bytes = read_image(path.read_bytes())
-    assert from_bytes.metadata["modality"] == "CT"
-
-
-def test_dicom_min_max_monochrome1_and_multiframe(tmp_path):
-    mono1 = _write_dicom(
-        tmp_path / "mono1.dcm", _ct_pixels(), photometric="MONOCHROME1", window=None
-    )
-    loaded = read_image(mono1)
-    grey = loaded.bgr[:, :, 0]
-    assert grey[0, 0] == 255 and grey[3, 0] == 0  # inverted min..max
-    assert any("MONOCHROME1" in note for note in loaded.conversions)
-
-    frames = np.stack([np.full((16, 16), value, np.uint16) for value in (0, 1000, 2000)])
-    frames[1, 0, 0] = 0
-    multi = read_image(_write_dicom(tmp_path / "multi.dcm", frames, window=None))
-    assert any("middle frame 1" in note for note in multi.conversions)
-    assert multi.bgr[0, 0, 0] == 0 and multi.bgr[5, 5, 0] == 255
-
-
-def test_dicom_without_pixel_data(tmp_path):
-    path = _write_dicom(tmp_path / "nopixels.dcm", _ct_pixels(), with_pixels=False)
-    with pytest.raises(ImageReadError, match="DICOM file has no pixel data"):
-        read_image(path)
-
-
-def test_dicom_to_8bit_rejects_bad_width():
-    with pytest.raises(ValueError):
-        dicom_to_8bit(np.zeros((2, 2)), 0, 0)
-
-
-# ---------------------------------------------------------------- masks and prompts
-
-
-def test_read_mask_threshold(tmp_path):
-    label = np.zeros((10, 10), np.uint8)
-    label[:, 5:] = 255
-    label[0, 0] = 126
-    label[0, 1] = 127
-    mask = read_mask(_write_cv(tmp_path / "label.png", label))
-    assert mask.dtype == bool and mask.shape == (10, 10)
-    assert mask[:, 5:].all() and not mask[0, 0] and mask[0, 1]
-    colour = read_mask(_write_cv(tmp_path / "label_rgb.png", np.repeat(label[:, :, None], 3, 2)))
-    np.testing.assert_array_equal(colour, mask)
-
-
-def test_validate_prompt():
-    assert validate_prompt("  polyp in the lower left\n") == "polyp in the lower left"
-    assert validate_prompt("a\x00b\x07c\td") == "abc d"
-    with pytest.raises(PromptError, match="Prompt is empty"):
-        validate_prompt("   \n\t ")
-    with pytest.raises(PromptError, match="Prompt is empty"):
-        validate_prompt("\x00\x01")
-    with pytest.raises(PromptError, match="1000"):
-        validate_prompt("x" * 1001)
-    assert len(validate_prompt("x" * 1000)) == 1000
-    with pytest.raises(PromptError, match="limit is 10"):
-        validate_prompt("y" * 11, max_chars=10)
-    assert isinstance(PromptError("x"), ValueError)
-    assert isinstance(ImageReadError("x"), ValueError)
-
-
 def test_module_constants():
     assert imageio.MIN_IMAGE_SIDE == 8
     assert imageio.MAX_IMAGE_PIXELS > 0
+
+
+def test_arrays_are_bgr_unless_told_otherwise():
+    rgb = np.zeros((10, 10, 3), np.uint8)
+    rgb[..., 0] = 200  # red in RGB order
+    assert imageio.DEFAULT_CHANNEL_ORDER == "bgr"
+    assert read_image(rgb).bgr[0, 0].tolist() == [200, 0, 0]
+    assert read_image(rgb, channel_order="rgb").bgr[0, 0].tolist() == [0, 0, 200]
+
+
+def test_image_suffixes_cover_every_readable_kind():
+    assert imageio.IMAGE_SUFFIXES == (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+    assert all(suffix == suffix.lower() for suffix in imageio.IMAGE_SUFFIXES)
+
+
+def test_moved_names_stay_importable_from_images():
+    from medclipseg import io
+    from medclipseg.io import dicom, masks, prompts
+    from medclipseg.io.images import (  # noqa: F401
+        CT_WINDOW_PRESETS, DicomPixels, PromptError, dicom_to_8bit, is_dicom, read_dicom, read_dicom_pixels,
+        read_mask, validate_prompt)
+
+    assert read_dicom is dicom.read_dicom and read_mask is masks.read_mask
+    assert validate_prompt is prompts.validate_prompt and PromptError is prompts.PromptError
+    assert io.read_image is read_image and io.IMAGE_SUFFIXES is imageio.IMAGE_SUFFIXES
+    with pytest.raises(AttributeError):
+        imageio.no_such_name  # noqa: B018

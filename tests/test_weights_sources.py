@@ -113,7 +113,10 @@ def _place_in_hf_cache(cache, repo_id, filename, content, revision_ref="main"):
     snapshot = repo_folder / "snapshots" / FAKE_COMMIT
     target = snapshot / filename
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(content)
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content)
     (repo_folder / "refs").mkdir(parents=True, exist_ok=True)
     (repo_folder / "refs" / revision_ref).write_text(FAKE_COMMIT)
     return target
@@ -135,6 +138,26 @@ def test_cached_file_offline_other_name_still_missing(empty_hf_cache, hub_offlin
     _place_in_hf_cache(empty_hf_cache, "o/r", "f.txt", "cached")
     with pytest.raises(WeightsSourceError, match="not in the local Hugging Face cache"):
         resolve_file("hf://o/r/other.txt")
+
+
+def test_cached_model_folder_loads_offline(empty_hf_cache, hub_offline, tmp_path, small_tiny_model):
+    """A folder of ours on the hub (config.json + model.safetensors) through registry.load_model."""
+    from medclipseg.registry import load_model
+    from medclipseg.weights.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
+
+    local = save_pretrained(small_tiny_model, tmp_path / "local")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        _place_in_hf_cache(empty_hf_cache, "o/r", f"runs/best/{name}", (local / name).read_bytes())
+    from_hub = load_model("hf://o/r/runs/best", device="cpu")
+    assert from_hub.model_id == load_model(str(local), device="cpu").model_id
+    assert from_hub.source == "hf://o/r/runs/best"
+
+
+def test_assets_found_in_the_checkout():
+    from medclipseg.weights.sources import assets_dir
+
+    assert (assets_dir() / "demo-tiny" / "config.json").is_file()
+    assert (assets_dir() / "examples").is_dir()
 
 
 # -- package:// ----------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from medclipseg.datasets.layout import (
@@ -44,6 +43,8 @@ from medclipseg.datasets.layout import (
     TABLE_SUFFIXES,
     write_prompt_table,
 )
+from medclipseg.datasets.splits import check_destination, split_sizes
+from medclipseg.io.png import PNGError, encode_png
 
 __all__ = [
     "FORMAT_NAME",
@@ -100,34 +101,17 @@ def _check_fractions(val_fraction, test_fraction) -> tuple:
     return val_fraction, test_fraction
 
 
-def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple:
-    """(val, test) sizes for n items; see split_cases for the rules."""
-    val = int(round(n * val_fraction))
-    test = int(round(n * test_fraction))
-    minimum_val = 1 if n >= 3 and val_fraction > 0 else 0
-    minimum_test = 1 if n >= 3 and test_fraction > 0 else 0
-    val, test = max(val, minimum_val), max(test, minimum_test)
-    # Train keeps at least one item: shrink the larger held-out split first (val on ties).
-    while n >= 1 and n - val - test < 1:
-        if test > val and test > minimum_test:
-            test -= 1
-        elif val > minimum_val:
-            val -= 1
-        else:
-            test -= 1
-    return val, test
-
-
 def split_cases(case_ids: Iterable[int], *, val_fraction: float = 0.1, test_fraction: float = 0.2,
                 seed: int = 0) -> dict:
     """Split case ids into ``{'train': [...], 'val': [...], 'test': [...]}`` (each list sorted).
 
     Deterministic for the same set of ids and seed: the sorted ids are shuffled with
     ``numpy.random.default_rng(seed)``, then the first ``val`` go to val, the next ``test`` to
-    test and the rest to train. ``val = round(n * val_fraction)`` and
-    ``test = round(n * test_fraction)``, except that with ``n >= 3`` a split whose fraction is
-    above 0 gets at least one case, and train always keeps at least one case. Fractions must lie
-    in [0, 1) with a sum below 1 (``ValueError`` otherwise); ids must be distinct integers.
+    test and the rest to train. The sizes are ``medclipseg.datasets.splits.split_sizes`` of the
+    ratios (train, val, test) = (1 - val_fraction - test_fraction, val_fraction, test_fraction):
+    largest remainders; with ``n >= 3`` a split whose fraction is above 0 gets at least one case,
+    and train always keeps at least one case. Fractions must lie in [0, 1) with a sum below 1
+    (``ValueError`` otherwise); ids must be distinct integers.
     """
     val_fraction, test_fraction = _check_fractions(val_fraction, test_fraction)
     ids = []
@@ -139,7 +123,7 @@ def split_cases(case_ids: Iterable[int], *, val_fraction: float = 0.1, test_frac
     if len(set(ids)) != len(ids):
         raise ValueError("Case ids must be distinct.")
     n = len(ids)
-    val, test = _split_sizes(n, val_fraction, test_fraction)
+    _, val, test = split_sizes(n, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction))
     order = np.random.default_rng(seed).permutation(n)
     shuffled = [ids[i] for i in order]
     return {
@@ -181,29 +165,6 @@ def read_manifest(folder) -> Optional[dict]:
     return manifest
 
 
-def _check_destination(out_dir: Path, overwrite: bool) -> bool:
-    """True when out_dir holds something that will be replaced."""
-    if not out_dir.exists():
-        if out_dir.is_symlink():
-            raise ValueError(f"Export folder '{out_dir}' is a broken symbolic link.")
-        return False
-    if not out_dir.is_dir():
-        raise ValueError(f"Export destination '{out_dir}' exists and is not a folder.")
-    if not any(out_dir.iterdir()):
-        return True
-    if not overwrite:
-        raise ValueError(
-            f"Export folder '{out_dir}' is not empty. Choose a new folder, or pass overwrite "
-            f"(--overwrite) to replace a previous export."
-        )
-    if read_manifest(out_dir) is None:
-        raise ValueError(
-            f"Refusing to overwrite '{out_dir}': it is not empty and is not a previous MedCLIPSeg export "
-            f"(no {MANIFEST_FILE} with format '{FORMAT_NAME}'). Choose an empty or new folder."
-        )
-    return True
-
-
 def _is_previous_export_zip(path: Path, name: str) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -214,10 +175,11 @@ def _is_previous_export_zip(path: Path, name: str) -> bool:
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError(f"Could not encode {path.name} as PNG.")
-    path.write_bytes(encoded.tobytes())
+    try:
+        data = encode_png(array)
+    except PNGError:
+        raise OSError(f"Could not encode {path.name} as PNG.") from None
+    path.write_bytes(data)
 
 
 def _decoded(value, default):
@@ -293,7 +255,9 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
     out_dir = Path(out_dir).expanduser().absolute()
     if not out_dir.name or out_dir.name in (".", ".."):
         raise ValueError(f"'{out_dir}' cannot be used as an export folder: give a folder name.")
-    replace_existing = _check_destination(out_dir, overwrite)
+    replace_existing = check_destination(
+        out_dir, is_ours=lambda folder: read_manifest(folder) is not None, what="a previous MedCLIPSeg export",
+        marker=f"{MANIFEST_FILE} with format '{FORMAT_NAME}'", overwrite=overwrite) != "missing"
     zip_path = out_dir.with_name(out_dir.name + ".zip")
     if make_zip and (zip_path.exists() or zip_path.is_symlink()):
         if not overwrite:

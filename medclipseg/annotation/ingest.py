@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Optional, Union
 
-from medclipseg.io.images import ImageReadError, PromptError, read_image, validate_prompt
+from medclipseg.io.images import IMAGE_SUFFIXES, ImageReadError, PromptError, read_image, validate_prompt
 
 ACQUISITION_LABELS = {  # UI labels for storage.ACQUISITION_SCORES keys
     "foreground_entropy": "Mean entropy on the predicted foreground",
@@ -28,7 +28,6 @@ ACQUISITION_LABELS = {  # UI labels for storage.ACQUISITION_SCORES keys
     "image_entropy": "Mean entropy over the whole image",
     "random": "Random order (baseline)",
 }
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 MAX_ARCHIVE_MEMBERS = 10000
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
 # How many failed files the one-line summary names before "and N more".

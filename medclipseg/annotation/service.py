@@ -1,29 +1,66 @@
 """The annotation workflow shared by the app, its API and scripts: read, segment, store, review.
 
-``AnnotationService`` owns one ``Predictor`` (loaded lazily, used by one caller at a time) and
-one ``AnnotationStore``. Every step validates its input before it writes anything, so a bad
-upload or prompt leaves the database untouched.
+``AnnotationService`` owns one ``Predictor`` (loaded lazily, used by one caller at a time), one
+``AnnotationStore`` and one ``ScratchSpace`` for files handed out to users (API masks and maps,
+queue images, export archives). Every step validates its input before it writes anything, so a
+bad upload, prompt or argument leaves the database untouched and is answered in words.
+
+One model, one lock: every prediction (an interactive segmentation, one image of an ingest) holds
+``model_lock`` for all of its Monte-Carlo samples, so requests take turns; ``MAX_SAMPLES`` bounds
+how long one request can hold it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import shutil
+import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from medclipseg.io.images import LoadedImage, read_dicom, read_image, validate_prompt
+from medclipseg.annotation.ingest import ACQUISITION_LABELS
+from medclipseg.annotation.store import ACQUISITION_SCORES
+from medclipseg.io.dicom import read_dicom
+from medclipseg.io.images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, read_image
+from medclipseg.io.masks import read_mask
+from medclipseg.io.prompts import validate_prompt
+
+__all__ = [
+    "ACQUISITION_LABELS",
+    "ACQUISITION_SCORES",
+    "AnnotationService",
+    "CaseView",
+    "IMAGE_SUFFIXES",
+    "MAX_SAMPLES",
+    "MIN_SAMPLES",
+    "REVIEW_STATUSES",
+    "RequestError",
+    "ScratchSpace",
+    "SegmentResult",
+]
+
+MIN_SAMPLES = 1
+MAX_SAMPLES = 64          # the app's slider maximum: about 2 s of model time on a CPU per request
+REVIEW_STATUSES = ("corrected", "accepted", "skipped")
+
+
+class RequestError(ValueError):
+    """A request the service refuses; the message is written for the person who sent it."""
 
 
 @dataclass
 class SegmentResult:
-    case: object            # storage.Case
-    prediction_id: int
-    prediction: object      # predictor.Prediction
+    case: Optional[object]          # store.Case; None when the image was not added to the queue
+    prediction_id: Optional[int]
+    prediction: object              # inference.predictor.Prediction
     image_bgr: np.ndarray
 
 
@@ -37,22 +74,176 @@ class CaseView:
     image_bgr: np.ndarray
 
 
+# ------------------------------------------------------------------------------------ validation
+
+
+def check_samples(value) -> int:
+    """A Monte-Carlo sample count in MIN_SAMPLES..MAX_SAMPLES (one request must not hold the model for long)."""
+    number = _whole_number(value, "The number of samples")
+    if not MIN_SAMPLES <= number <= MAX_SAMPLES:
+        raise RequestError(f"The number of samples must lie between {MIN_SAMPLES} and {MAX_SAMPLES} "
+                           f"(got {number:,}); the model is shared, one request at a time.")
+    return number
+
+
+def check_threshold(value) -> float:
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"The mask threshold must be a number between 0 and 1, not {value!r}.") from None
+    if not 0.0 < threshold < 1.0:
+        raise RequestError(f"The mask threshold must lie strictly between 0 and 1 (got {threshold:g}).")
+    return threshold
+
+
+def check_case_id(value) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RequestError("No case given: send the case_id that /segment or /next_case returned "
+                           "(/next_case answers null when the queue is empty).")
+    return _whole_number(value, "The case_id")
+
+
+def check_annotator(value) -> str:
+    name = (value or "").strip() if isinstance(value, str) or value is None else str(value).strip()
+    if not name:
+        raise RequestError("An annotator name is required: type it in the 'Annotator' box (API: the "
+                           "annotator argument); every save records who made it.")
+    return name
+
+
+def check_acquisition(value) -> str:
+    key = (value or "foreground_entropy") if isinstance(value, str) or value is None else str(value)
+    if key not in ACQUISITION_SCORES:
+        raise RequestError(f"Unknown case order {key!r}; use one of {', '.join(ACQUISITION_SCORES)}.")
+    return key
+
+
+def _whole_number(value, what: str) -> int:
+    if isinstance(value, bool):
+        raise RequestError(f"{what} must be a whole number, not {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{what} must be a whole number, not {value!r}.") from None
+    if not np.isfinite(number) or number != int(number):
+        raise RequestError(f"{what} must be a whole number, not {value!r}.")
+    return int(number)
+
+
+# ------------------------------------------------------------------------------------ scratch files
+
+
+class ScratchSpace:
+    """Short-lived folders for files handed to users, under one root in the system temp dir.
+
+    The web server copies a returned file into its own cache as soon as the handler returns, so a
+    folder is only needed until then: each one is removed ``keep_seconds`` after it was filled (on
+    the next ``folder()`` call), the root when the process exits, and roots left by processes that
+    no longer run (a killed server) when a new root is made.
+    """
+
+    PREFIX = "medclipseg-app-"
+
+    def __init__(self, keep_seconds: float = 300.0, parent=None):
+        self.keep_seconds = float(keep_seconds)
+        self._parent = Path(parent) if parent is not None else None
+        self._root: Optional[Path] = None
+        self._finished: "dict[Path, float]" = {}
+        self._lock = threading.Lock()
+
+    @property
+    def parent(self) -> Path:
+        return self._parent or Path(tempfile.gettempdir())
+
+    @property
+    def root(self) -> Path:
+        with self._lock:
+            if self._root is None or not self._root.is_dir():
+                self.remove_orphans()
+                self._root = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=self.parent))
+                atexit.register(self.close)
+            return self._root
+
+    @contextlib.contextmanager
+    def folder(self) -> Iterator[Path]:
+        """A fresh folder; it counts as in use until the ``with`` block ends."""
+        self.purge()
+        path = Path(tempfile.mkdtemp(dir=self.root))
+        try:
+            yield path
+        finally:
+            with self._lock:
+                self._finished[path] = time.monotonic()
+
+    def purge(self, *, older_than: Optional[float] = None) -> int:
+        """Remove finished folders older than ``older_than`` seconds (default keep_seconds)."""
+        limit = self.keep_seconds if older_than is None else float(older_than)
+        now = time.monotonic()
+        with self._lock:
+            old = [path for path, finished in self._finished.items() if now - finished >= limit]
+            for path in old:
+                del self._finished[path]
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(old)
+
+    def close(self) -> None:
+        with self._lock:
+            root, self._root = self._root, None
+            self._finished.clear()
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def remove_orphans(self) -> None:
+        """Remove roots whose process is gone (killed before it could clean up)."""
+        for candidate in self.parent.glob(f"{self.PREFIX}*"):
+            pid_text = candidate.name[len(self.PREFIX):].split("-", 1)[0]
+            if candidate.is_dir() and pid_text.isdigit() and not _process_alive(int(pid_text)):
+                shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _upload_name(path, name: Optional[str]) -> str:
+    """The name to show for an upload: the one given, else the file's own name (never its folder)."""
+    return (name or "").strip() or Path(path).name
+
+
+# ------------------------------------------------------------------------------------ the service
+
+
 class AnnotationService:
     def __init__(self, store=None, predictor=None, *, weights: Optional[str] = None,
-                 device: Optional[str] = None, num_samples: int = 30, cache_size: int = 16):
+                 device: Optional[str] = None, num_samples: int = 30, cache_size: int = 16,
+                 scratch: Optional[ScratchSpace] = None):
         from medclipseg.annotation.store import AnnotationStore
 
+        self.num_samples = check_samples(num_samples)  # before the store, so a refusal creates nothing
         self.store = store if store is not None else AnnotationStore()
         self._predictor = predictor
         self._weights = weights
         self._device = device
-        self.num_samples = int(num_samples)
+        self.scratch = scratch if scratch is not None else ScratchSpace()
         self._load_lock = threading.Lock()
         # One model call at a time: torch already uses every core, and sampling state stays private.
         self.model_lock = threading.Lock()
         self._cache: "OrderedDict[int, object]" = OrderedDict()
         self._cache_size = int(cache_size)
         self._cache_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Remove the scratch files; the store stays open (it may be shared)."""
+        self.scratch.close()
 
     # -- model -----------------------------------------------------------------------------
     @property
@@ -73,12 +264,34 @@ class AnnotationService:
     @staticmethod
     def read(source, *, name: Optional[str] = None, window: Optional[Sequence[float]] = None) -> LoadedImage:
         """Any supported file (path or bytes) as 8-bit BGR; ``window`` applies to grey DICOM."""
+        if source is None or (isinstance(source, str) and not source.strip()):
+            raise RequestError("No image given: upload an image (PNG, JPEG, BMP, TIFF or DICOM) first.")
         if isinstance(source, (str, os.PathLike)):
-            name = name or Path(source).name
+            name = _upload_name(source, name)
         # read_image recognises DICOM itself (header window); only an explicit window needs read_dicom.
         if window is not None:
             return read_dicom(source, window=window, name=name)
         return read_image(source, name=name)
+
+    @staticmethod
+    def read_mask_file(path, *, name: Optional[str] = None) -> np.ndarray:
+        """A 0/255 (white = foreground) mask upload; messages name the file, never the server's folders."""
+        if path is None or (isinstance(path, str) and not path.strip()):
+            raise RequestError("No mask given: send the corrected mask as a PNG (white = foreground).")
+        shown = _upload_name(path, name)
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            raise RequestError(f"The mask '{shown}' could not be read.") from None
+        try:
+            return read_mask(data)
+        except ImageReadError as exc:
+            message = str(exc)
+            for size in ("too large", "too small"):
+                if size in message:
+                    raise RequestError(f"The mask '{shown}' is {message.split(' is ', 1)[-1]}") from None
+            raise RequestError(f"The mask '{shown}' is not a readable image (empty, truncated or another kind "
+                               f"of file); send a PNG, white = foreground.") from None
 
     # -- predictions -----------------------------------------------------------------------
     def _remember(self, prediction_id: int, prediction) -> None:
@@ -102,20 +315,25 @@ class AnnotationService:
     def segment(self, source, prompt: str, *, name: Optional[str] = None,
                 window: Optional[Sequence[float]] = None, num_samples: Optional[int] = None,
                 threshold: float = 0.5, seed: Optional[int] = 0, origin: str = "upload",
-                annotator: Optional[str] = None, progress=None) -> SegmentResult:
-        """Validate, read, predict, then store the case and its prediction (in that order).
+                annotator: Optional[str] = None, add_to_queue: bool = True,
+                progress: Optional[Callable[[float, str], None]] = None) -> SegmentResult:
+        """Validate, read, predict, then (``add_to_queue``) store the case and its prediction.
 
-        ``annotator`` claims the new case for that person, so that the review queue does not
-        hand it to someone else while it is being corrected.
+        Without ``add_to_queue`` nothing is stored: the image is only looked at, so a held-out
+        image never reaches the review queue or an export. ``annotator`` claims a stored case
+        for that person, so that the queue does not hand it to someone else meanwhile.
         """
         prompt = validate_prompt(prompt)
+        samples = self.num_samples if num_samples is None else check_samples(num_samples)
+        threshold = check_threshold(threshold)
         loaded = source if isinstance(source, LoadedImage) else self.read(source, name=name, window=window)
         if progress:
             progress(0.2, "Sampling uncertainty maps")
-        samples = int(num_samples or self.num_samples)
         predictor = self.predictor
         with self.model_lock:
             prediction = predictor.predict(loaded, prompt, num_samples=samples, threshold=threshold, seed=seed)
+        if not add_to_queue:
+            return SegmentResult(case=None, prediction_id=None, prediction=prediction, image_bgr=loaded.bgr)
         if progress:
             progress(0.8, "Saving the case")
         metadata = dict(loaded.metadata)
@@ -128,7 +346,48 @@ class AnnotationService:
             self.store.claim(case.id, annotator=annotator)
         return SegmentResult(case=case, prediction_id=prediction_id, prediction=prediction, image_bgr=loaded.bgr)
 
+    # -- files handed out ------------------------------------------------------------------
+    def prediction_files(self, prediction) -> tuple:
+        """(mask.png, maps.npz) of a prediction in a scratch folder: 0/255 mask; probability,
+        entropy and mutual_information maps (float32, nats)."""
+        import cv2
+
+        with self.scratch.folder() as out:
+            mask_path, maps_path = out / "mask.png", out / "maps.npz"
+            cv2.imwrite(str(mask_path), prediction.mask.astype(np.uint8) * 255)
+            np.savez_compressed(maps_path, probability=prediction.probability, entropy=prediction.entropy,
+                                mutual_information=prediction.mutual_information)
+        return mask_path, maps_path
+
+    def case_image_file(self, view: CaseView) -> Path:
+        """The case's pixels as ``case<id>.png`` in a scratch folder."""
+        import cv2
+
+        with self.scratch.folder() as out:
+            path = out / f"case{view.case.id:06d}.png"
+            cv2.imwrite(str(path), view.image_bgr)
+        return path
+
+    def export_archive(self, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                       statuses: Sequence[str] = ("corrected", "accepted")):
+        """Export the reviewed cases into a scratch folder and zip them, for download."""
+        if not statuses:
+            raise RequestError("Choose which cases to export: corrected, accepted or both.")
+        try:
+            val, test = float(val_fraction), float(test_fraction)
+        except (TypeError, ValueError):
+            raise RequestError("The validation and test fractions must be numbers between 0 and 0.5.") from None
+        seed = 0 if seed is None or seed == "" else _whole_number(seed, "The split seed")
+        with self.scratch.folder() as out:
+            target = out / f"medclipseg-export-{time.strftime('%Y%m%d-%H%M%S')}"
+            return self.export(target, val_fraction=val, test_fraction=test, seed=seed,
+                               statuses=tuple(statuses), make_zip=True)
+
     # -- review queue ----------------------------------------------------------------------
+    def queue_summary(self):
+        """The store's ``QueueSummary``: cases per review status, saved versions, cases in review."""
+        return self.store.queue_summary()
+
     def open_case(self, case_id: int) -> CaseView:
         case = self.store.get_case(case_id)
         prediction_id = self.store.latest_prediction_id(case_id)
@@ -138,20 +397,88 @@ class AnnotationService:
 
     def next_case(self, annotator: str, *, acquisition: str = "foreground_entropy",
                   batch: Optional[str] = None) -> Optional[CaseView]:
+        annotator, acquisition = check_annotator(annotator), check_acquisition(acquisition)
         case = self.store.next_case(annotator, acquisition=acquisition, batch=batch)
         return None if case is None else self.open_case(case.id)
 
-    def save(self, case_id: int, corrected_mask: np.ndarray, *, annotator: str,
-             prediction_id: Optional[int] = None, threshold: Optional[float] = None,
-             status: str = "corrected"):
-        return self.store.save_correction(case_id, corrected_mask, annotator=annotator,
-                                          prediction_id=prediction_id, status=status, threshold=threshold)
+    def save(self, case_id: int, mask: Optional[np.ndarray] = None, *, annotator: str,
+             status: str = "corrected", prediction_id: Optional[int] = None,
+             threshold: Optional[float] = None):
+        """Record a review. The status chooses the mask: 'corrected' saves ``mask`` (required),
+        'accepted' the prediction's own mask at ``threshold`` (no mask may be sent), 'skipped'
+        none (the case leaves the queue; returns None). Otherwise returns the store's Correction."""
+        case_id, annotator = check_case_id(case_id), check_annotator(annotator)
+        if status not in REVIEW_STATUSES:
+            raise RequestError(f"The status must be one of {', '.join(REVIEW_STATUSES)}, not {status!r}.")
+        if prediction_id is not None and prediction_id != "":
+            prediction_id = _whole_number(prediction_id, "The prediction_id")
+        else:
+            prediction_id = None
+        if threshold is not None:
+            threshold = check_threshold(threshold)
+        if status == "skipped":
+            self.skip(case_id, annotator=annotator)
+            return None
+        if status == "corrected":
+            if mask is None:
+                raise RequestError("Send the corrected mask as a PNG (white = foreground), or use the "
+                                   "status 'accepted' to keep the prediction as it is.")
+        else:
+            if mask is not None:
+                raise RequestError("An accepted case keeps the predicted mask: send no mask with the status "
+                                   "'accepted', or use the status 'corrected'.")
+            mask = self.predicted_mask(case_id, prediction_id, threshold)
+        return self.store.save_correction(case_id, mask, annotator=annotator, prediction_id=prediction_id,
+                                          status=status, threshold=threshold)
+
+    def predicted_mask(self, case_id: int, prediction_id: Optional[int] = None,
+                       threshold: Optional[float] = None) -> np.ndarray:
+        """The model's mask of a case (its latest prediction unless one is named), at ``threshold``."""
+        if prediction_id is None:
+            prediction_id = self.store.latest_prediction_id(case_id)
+        if prediction_id is None:
+            raise RequestError(f"Case {case_id} has no prediction to accept; segment it first.")
+        prediction = self.prediction(prediction_id)
+        if threshold is not None and float(threshold) != float(prediction.threshold):
+            prediction = prediction.with_threshold(float(threshold))
+        return prediction.mask
+
+    def skip(self, case_id: int, *, annotator: str) -> None:
+        """Take a case out of the queue without a mask (status 'skipped'; it is never exported)."""
+        self.store.set_status(check_case_id(case_id), "skipped", annotator=check_annotator(annotator))
 
     def ingest(self, source, **kwargs):
         from medclipseg.annotation.ingest import ingest
 
+        if "num_samples" in kwargs:
+            kwargs["num_samples"] = check_samples(kwargs["num_samples"])
         # The lock is taken per image, so that interactive segmentations interleave with a long ingest.
         return ingest(self.store, _LockedPredictor(self.predictor, self.model_lock), source, **kwargs)
+
+    def ingest_uploads(self, paths: Sequence, *, prompt: Optional[str] = None, prompts_csv=None,
+                       batch: Optional[str] = None, num_samples: Optional[int] = None,
+                       progress: Optional[Callable[[int, int, str], None]] = None):
+        """Ingest uploaded files: one .zip as it is, else the images copied into one scratch folder
+        (uploads sit in separate folders of the web server's cache)."""
+        paths = [Path(p) for p in (paths or []) if p]
+        if not paths:
+            raise RequestError("Choose images or one .zip to ingest.")
+        prompt = (prompt or "").strip() or None
+        if prompts_csv:
+            prompt = None  # the CSV wins over the one-prompt box
+        if prompt is None and not prompts_csv:
+            raise RequestError("Give one prompt for every image, or a CSV with columns image, prompt.")
+        options = dict(prompt=prompt, prompts_csv=prompts_csv or None, batch=(batch or "").strip() or None,
+                       num_samples=self.num_samples if num_samples is None else num_samples, progress=progress)
+        if len(paths) == 1 and paths[0].suffix.lower() == ".zip":
+            return self.ingest(paths[0], **options)
+        with self.scratch.folder() as staging:
+            for path in paths:
+                shutil.copy(path, staging / path.name)
+            try:
+                return self.ingest(staging, **options)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def export(self, out_dir, **kwargs):
         from medclipseg.annotation.export import export_dataset

@@ -14,7 +14,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY, boundary_band
+from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY, image_scores
+from medclipseg.io.png import decode_png
 
 MASK_COLOUR = (255, 196, 0)          # amber fill + contour of the predicted/corrected mask
 UNCERTAIN_COLOUR = (0, 200, 255)     # cyan outline of the area above the uncertainty threshold
@@ -140,7 +141,7 @@ def entropy_heatmap(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     buffer.seek(0)
-    decoded = cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_COLOR)
+    decoded = decode_png(buffer.getvalue())
     return np.ascontiguousarray(decoded[..., ::-1])
 
 
@@ -148,21 +149,24 @@ def image_numbers(prediction, *, uncertainty_threshold: float, mask: Optional[np
                   pixel_spacing: Optional[tuple] = None) -> dict:
     """Image-level numbers for the current mask and uncertainty threshold.
 
-    ``mask`` defaults to the prediction's own (a corrected mask may be passed instead). Areas
-    are also given in mm^2 when the pixel spacing (row, column, in mm) is known.
+    ``mask`` defaults to the prediction's own (a corrected mask may be passed instead). The
+    entropy means are the prediction's ``scores`` for its own mask, and ``image_scores`` of the
+    corrected one otherwise. Areas are also given in mm^2 when the pixel spacing (row, column,
+    in mm) is known.
     """
-    shown = prediction.mask if mask is None else mask.astype(bool)
-    entropy = prediction.entropy
-    band = boundary_band(shown, int(prediction.scores.get("boundary_band_px", 3)))
-    uncertain = uncertain_region(entropy, uncertainty_threshold)
+    own = mask is None or np.array_equal(np.asarray(mask, bool), prediction.mask)
+    shown = prediction.mask if mask is None else np.asarray(mask, bool)
+    scores = prediction.scores if own else image_scores(
+        prediction.entropy, prediction.mutual_information, shown, int(prediction.scores.get("boundary_band_px", 3)))
+    uncertain = uncertain_region(prediction.entropy, uncertainty_threshold)
     total = float(shown.size)
     numbers = {
         "area_px": int(shown.sum()),
         "area_fraction": float(shown.sum() / total),
-        "mean_entropy_foreground": float(entropy[shown].mean()) if shown.any() else 0.0,
-        "mean_entropy_boundary": float(entropy[band].mean()) if band.any() else 0.0,
-        "mean_entropy_image": float(entropy.mean()),
-        "mean_mutual_information": float(prediction.mutual_information.mean()),
+        "mean_entropy_foreground": float(scores["mean_entropy_foreground"]),
+        "mean_entropy_boundary": float(scores["mean_entropy_boundary"]),
+        "mean_entropy_image": float(scores["mean_entropy"]),
+        "mean_mutual_information": float(scores["mean_mutual_information"]),
         "uncertain_px": int(uncertain.sum()),
         "uncertain_fraction": float(uncertain.sum() / total),
         "uncertainty_threshold_nats": float(uncertainty_threshold),

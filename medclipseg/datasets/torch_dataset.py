@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medclipseg.io.images import read_image, read_mask
-from medclipseg.inference.predictor import preprocess_bgr
+from medclipseg.io.images import read_image
+from medclipseg.io.masks import read_mask
+from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.inference.tokenization import PromptTokenizer
 from medclipseg.datasets.layout import Sample
 

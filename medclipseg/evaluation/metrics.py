@@ -4,17 +4,35 @@ Inputs may be any array-like convertible to a 2-D numpy array (bool, uint8
 0/255, float, ...); a pixel is foreground when its value is ``> 0``.
 Predictions are resized to the ground-truth size (nearest neighbour) before
 scoring; see :func:`resize_prediction_to`.
+
+Normalised surface Dice comes in two rules (``rule=``):
+
+* ``"contour"`` (default): the 2-D contour NSD. The surface is the set of
+  foreground pixels with a 4-neighbour in the background, every surface pixel
+  weighs one, distances are Euclidean between pixel centres.
+* ``"authors"``: how the MedCLIPSeg authors score a 2-D pair, and so how the
+  paper's NSD numbers are computed. They hand the masks to DeepMind's
+  surface-distance code as a one-slice volume (``mask[..., None]``, spacing
+  1 x 1 x 1). Its surface elements are the 2 x 2 x 2 cells of the zero-extended
+  volume that hold both foreground and background, each weighted by the area of
+  the marching-cubes surface inside it. In a one-slice slab every cell touching
+  a foreground pixel is such a cell, so the slab's top and bottom faces count as
+  surface as much as its rim: the two rules differ, by several tenths on
+  some random blob pairs (tests/test_evaluation_metrics.py prints the largest).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["dice_score", "normalized_surface_dice", "resize_prediction_to"]
+__all__ = ["NSD_RULES", "dice_score", "normalized_surface_dice", "resize_prediction_to"]
+
+NSD_RULES = ("contour", "authors")
 
 
 def _as_mask(array, name: str) -> np.ndarray:
@@ -45,27 +63,67 @@ def dice_score(pred, truth) -> float:
     return 2.0 * intersection / total
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Foreground pixels with at least one 4-neighbour in the background.
+def _surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Contour rule: foreground pixels with at least one 4-neighbour in the background.
 
     Pixels outside the image count as background, so foreground pixels on the
-    image border are surface pixels.
+    image border are surface pixels. Returns the surface and its weights (one
+    per surface pixel, zero elsewhere).
     """
     padded = np.pad(mask, 1, constant_values=False)
     interior = (
         padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     )
-    return mask & ~interior
+    surface = mask & ~interior
+    return surface, surface.astype(np.float64)
 
 
-def normalized_surface_dice(pred, truth, tolerance: float = 2.0) -> float:
+# Marching-cubes surface area inside one 2 x 2 x 2 cell of a one-slice slab, by the 2 x 2 pattern
+# of mask pixels in the cell's slab layer (bit 1: top left, 2: top right, 4: bottom left,
+# 8: bottom right); the cell's other layer is always outside the slab, so empty. One corner is
+# cut off by a triangle of side sqrt(2)/2 (area sqrt(3)/8); two corners on an edge by a
+# 1 x sqrt(2)/2 rectangle; two diagonal corners by two separate corner triangles; three corners
+# by a right triangle of area 1/2 at mid-height plus triangles of sqrt(3)/4 and sqrt(3)/8; four
+# corners by the unit square at mid-height (the slab's flat face).
+_CORNER = math.sqrt(3.0) / 8.0
+_EDGE = math.sqrt(2.0) / 2.0
+_THREE = 0.5 + 3.0 * _CORNER
+_SLAB_CELL_AREA = np.array([
+    0.0, _CORNER, _CORNER, _EDGE,            # 0000, 0001, 0010, 0011
+    _CORNER, _EDGE, 2 * _CORNER, _THREE,     # 0100, 0101, 0110, 0111
+    _CORNER, 2 * _CORNER, _EDGE, _THREE,     # 1000, 1001, 1010, 1011
+    _EDGE, _THREE, _THREE, 1.0,              # 1100, 1101, 1110, 1111
+])
+
+
+def _slab_surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Authors' rule: surface cells of the mask taken as a one-slice 3-D volume.
+
+    A cell is a 2 x 2 window of the zero-extended mask ((H+1) x (W+1) windows);
+    every window holding a foreground pixel is a surface cell, the window of the
+    four pixels of a full 2 x 2 block included. The slab has two layers of cells,
+    one above and one below the slice, with the same patterns, so the same
+    weights and, between two masks, the same in-plane distances: one layer gives
+    the same ratio.
+    """
+    padded = np.pad(mask, 1, constant_values=False).astype(np.uint8)
+    pattern = padded[:-1, :-1] + 2 * padded[:-1, 1:] + 4 * padded[1:, :-1] + 8 * padded[1:, 1:]
+    return pattern > 0, _SLAB_CELL_AREA[pattern]
+
+
+def normalized_surface_dice(pred, truth, tolerance: float = 2.0, rule: str = "contour") -> float:
     """Normalised surface Dice (Nikolov et al.) at a pixel ``tolerance``.
 
-    ``NSD = (#pred-surface pixels within tolerance of the truth surface
-    + #truth-surface pixels within tolerance of the pred surface)
-    / (#pred-surface + #truth-surface)``, using Euclidean pixel distances.
-    Both masks empty gives 1.0; exactly one empty gives 0.0.
+    ``NSD = (weight of pred-surface elements within tolerance of the truth
+    surface + weight of truth-surface elements within tolerance of the pred
+    surface) / (total pred-surface weight + total truth-surface weight)``, with
+    Euclidean distances. ``rule`` picks the surface elements and their weights:
+    ``"contour"`` (default, boundary pixels of weight one) or ``"authors"`` (the
+    one-slice slab of the MedCLIPSeg evaluation; see the module docstring).
+    Both masks empty gives 1.0; exactly one empty gives 0.0 (both rules).
     """
+    if rule not in NSD_RULES:
+        raise ValueError(f"rule must be one of {', '.join(NSD_RULES)}; got {rule!r}")
     pred_mask, truth_mask = _as_mask_pair(pred, truth)
     pred_empty = not pred_mask.any()
     truth_empty = not truth_mask.any()
@@ -73,17 +131,18 @@ def normalized_surface_dice(pred, truth, tolerance: float = 2.0) -> float:
         return 1.0
     if pred_empty or truth_empty:
         return 0.0
-
-    pred_surface = _surface(pred_mask)
-    truth_surface = _surface(truth_mask)
-    # Distance of every pixel to the nearest surface pixel of each mask.
+    surface = _surface if rule == "contour" else _slab_surface
+    pred_surface, pred_weight = surface(pred_mask)
+    truth_surface, truth_weight = surface(truth_mask)
+    # Distance of every element to the nearest surface element of each mask.
     distance_to_truth_surface = ndimage.distance_transform_edt(~truth_surface)
     distance_to_pred_surface = ndimage.distance_transform_edt(~pred_surface)
 
-    pred_within = int((distance_to_truth_surface[pred_surface] <= tolerance).sum())
-    truth_within = int((distance_to_pred_surface[truth_surface] <= tolerance).sum())
-    total = int(pred_surface.sum()) + int(truth_surface.sum())
-    return (pred_within + truth_within) / total
+    # Within and total sum the same elements in the same order, so a perfect match gives exactly 1.
+    pred_within = pred_weight[pred_surface & (distance_to_truth_surface <= tolerance)].sum()
+    truth_within = truth_weight[truth_surface & (distance_to_pred_surface <= tolerance)].sum()
+    total = pred_weight[pred_surface].sum() + truth_weight[truth_surface].sum()
+    return float((pred_within + truth_within) / total)
 
 
 def resize_prediction_to(pred, shape: Sequence[int]) -> np.ndarray:

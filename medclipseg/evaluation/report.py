@@ -10,16 +10,15 @@ produced on real data sets; per-modality rows, the text-selection check and the 
 appear when the data carry that information (a `phantoms.json` manifest, a second folder).
 
 Per image (row of the test table): 30-sample prediction, mask = p > 0.5, resized (nearest) to the
-ground truth; DSC and NSD (2 px). Uncertainty quality: Spearman between the image's mean entropy
+ground truth; DSC, the 2-D contour NSD and the NSD as the MedCLIPSeg authors compute it (both 2 px;
+see medclipseg.evaluation.metrics). Uncertainty quality: Spearman between the image's mean entropy
 and 1 - DSC; pixel AUROC of the entropy for error pixels; ECE of the probability (15 bins).
 """
 from __future__ import annotations
 
 import json
 import platform
-import re
 import shutil
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from medclipseg.datasets.layout import PROMPT_DESIGNS, load_split
-from medclipseg.io.images import read_mask
-from medclipseg.evaluation.metrics import PixelUncertaintyStats, dice_score, normalized_surface_dice, resize_prediction_to, spearman
+from medclipseg.evaluation.evaluate import evaluate_samples, load_manifest
+from medclipseg.evaluation.latency import median_predict_seconds
+from medclipseg.evaluation.metrics import PixelUncertaintyStats, spearman
 
 # Seeds of the test sets: the training data use other seeds (see docs/training.md).
 TEST_SEED = 90210
@@ -45,11 +44,6 @@ ABLATIONS = (
     ("head_only", "no adapters (upscaler and head only)"),
 )
 DATA_FRACTIONS = (("pct10", 10), ("pct25", 25), ("pct50", 50), ("pct100", 100))
-
-TARGETS = {  # the targets of the offline demo (issue text); reported beside the numbers
-    "id_dsc": 0.85, "shifted_dsc": 0.75, "selection_accuracy": 0.90, "spearman": 0.6, "auroc": 0.85,
-    "latency_s": 0.5,
-}
 
 
 @dataclass
@@ -71,84 +65,24 @@ class BenchmarkConfig:
     progress: bool = True
 
 
-# -- manifest -----------------------------------------------------------------------------------
-
-def load_manifest(root) -> dict:
-    """{(image, ground truth): record} from phantoms.json, or {} for other data sets."""
-    path = Path(root) / "phantoms.json"
-    if not path.exists():
-        return {}
-    records = json.loads(path.read_text()).get("records", [])
-    return {(r["image"], r["ground_truth"]): r for r in records}
-
-
-def modality_of(image_name: str, record: Optional[dict]) -> str:
-    if record and record.get("modality"):
-        return record["modality"]
-    match = re.match(r"(.+?)_\d+", Path(image_name).stem)
-    return match.group(1) if match else "all"
-
-
-def coverage(predicted: np.ndarray, target: np.ndarray) -> float:
-    area = target.sum()
-    return float((predicted & target).sum() / area) if area else float("nan")
-
-
-def selection_correct(predicted: np.ndarray, described: np.ndarray, others: list) -> bool:
-    """The mask covers at least half of the described target and less than half of every other."""
-    return coverage(predicted, described) >= 0.5 and all(coverage(predicted, o) < 0.5 for o in others)
-
-
 # -- evaluation ---------------------------------------------------------------------------------
 
 def evaluate_split(predictor, root, design: str = "original", num_samples: int = 30, seed: int = 0,
                    pixel_stats: Optional[PixelUncertaintyStats] = None, progress: bool = True,
                    label: str = "") -> list:
-    """One row per test-table row: dsc, nsd, modality, entropies and, for selection rows, whether
-    the text picked the right target."""
+    """The rows of :func:`evaluate_samples` for the test split of `root` with one prompt design,
+    with the phantom manifest when the folder has one (modalities, the text-selection check)."""
     samples = load_split(root, "test", design=design)
-    manifest = load_manifest(root)
-    rows = []
-    for sample in tqdm(samples, desc=label or f"{Path(root).name}/{design}", disable=not progress, leave=False):
-        record = manifest.get((sample.image_name, sample.mask_path.name))
-        prediction = predictor.predict(sample.image_path, sample.prompt, num_samples=num_samples, seed=seed,
-                                       channel_order="bgr")
-        truth = read_mask(sample.mask_path)
-        predicted = resize_prediction_to(prediction.mask, truth.shape)
-        row = {
-            "image": sample.image_name, "ground_truth": sample.mask_path.name, "prompt": sample.prompt,
-            "modality": modality_of(sample.image_name, record),
-            "dsc": dice_score(predicted, truth),
-            "nsd": normalized_surface_dice(predicted, truth, tolerance=2.0),
-            "mean_entropy": prediction.scores["mean_entropy"],
-            "seconds": prediction.seconds,
-        }
-        if record and record.get("selection") and record.get("other_targets"):
-            folder = sample.mask_path.parent.parent / "targets"
-            others = [read_mask(folder / name) > 0 for name in record["other_targets"]]
-            others = [resize_prediction_to(o, truth.shape) for o in others]
-            row["selection_correct"] = selection_correct(predicted, truth > 0, others)
-        if pixel_stats is not None:
-            probability = resize_prediction_to_float(prediction.probability, truth.shape)
-            entropy = resize_prediction_to_float(prediction.entropy, truth.shape)
-            pixel_stats.add(probability, entropy, truth > 0)
-        rows.append(row)
-    return rows
-
-
-def resize_prediction_to_float(values: np.ndarray, shape) -> np.ndarray:
-    import cv2
-
-    if values.shape == tuple(shape):
-        return values
-    return cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return evaluate_samples(predictor, samples, num_samples=num_samples, seed=seed, progress=progress,
+                            manifest=load_manifest(root), pixel_stats=pixel_stats,
+                            label=label or f"{Path(root).name}/{design}")["per_image"]
 
 
 def summarise(rows: list) -> dict:
     if not rows:
         return {"rows": 0}
-    out = {"rows": len(rows), "dsc": float(np.mean([r["dsc"] for r in rows])),
-           "nsd": float(np.mean([r["nsd"] for r in rows]))}
+    out = {"rows": len(rows)}
+    out.update({key: float(np.mean([r[key] for r in rows])) for key in ("dsc", "nsd", "nsd_authors")})
     selection = [r["selection_correct"] for r in rows if "selection_correct" in r]
     if selection:
         out["selection_accuracy"] = float(np.mean(selection))
@@ -161,17 +95,6 @@ def by_modality(rows: list) -> dict:
     for row in rows:
         groups.setdefault(row["modality"], []).append(row)
     return {name: summarise(group) for name, group in sorted(groups.items())}
-
-
-def measure_latency(predictor, image_path, prompt: str, num_samples: int, repeats: int, **options) -> float:
-    """Median seconds of a whole predict() call (read, pre-process, samples, maps at full size)."""
-    predictor.predict(image_path, prompt, num_samples=num_samples, seed=0, channel_order="bgr", **options)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        predictor.predict(image_path, prompt, num_samples=num_samples, seed=0, channel_order="bgr", **options)
-        times.append(time.perf_counter() - started)
-    return float(statistics.median(times))
 
 
 def generate_test_sets(config: BenchmarkConfig) -> tuple:
@@ -235,11 +158,11 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
     first = load_split(id_root, "test")[0]
     results["latency"] = {
         "image": first.image_name,
-        "plain_30": measure_latency(predictor, first.image_path, first.prompt, 30, config.latency_repeats),
-        "antithetic_30": measure_latency(predictor, first.image_path, first.prompt, 30, config.latency_repeats,
-                                         antithetic=True),
-        "adaptive_antithetic": measure_latency(predictor, first.image_path, first.prompt, 30,
-                                               config.latency_repeats, antithetic=True, adaptive=True),
+        "plain_30": median_predict_seconds(predictor, first.image_path, first.prompt, 30, config.latency_repeats),
+        "antithetic_30": median_predict_seconds(predictor, first.image_path, first.prompt, 30,
+                                                config.latency_repeats, antithetic=True),
+        "adaptive_antithetic": median_predict_seconds(predictor, first.image_path, first.prompt, 30,
+                                                      config.latency_repeats, antithetic=True, adaptive=True),
     }
 
     # Ablations and data fractions, from --runs.
@@ -317,20 +240,26 @@ def render_markdown(results: dict) -> str:
         "",
         "## Per modality (DSC / NSD)",
         "",
-        "| modality | rows | DSC in distribution | NSD in distribution | DSC shifted | NSD shifted |",
-        "|---|---|---|---|---|---|",
+        "NSD: the 2-D contour NSD at 2 px; NSD (authors): the same pair scored as the MedCLIPSeg authors "
+        "score it (a one-slice volume whose flat faces count as surface), the rule of the paper's NSD numbers.",
+        "",
+        "| modality | rows | DSC in distribution | NSD in distribution | NSD (authors) in distribution | "
+        "DSC shifted | NSD shifted | NSD (authors) shifted |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     shifted_modalities = results.get("shifted", {}).get("by_modality", {})
     for name, row in results["in_distribution"]["by_modality"].items():
         other = shifted_modalities.get(name, {})
-        lines.append(f"| {name} | {row['rows']} | {_f(row['dsc'])} | {_f(row['nsd'])} | {_f(other.get('dsc'))} | "
-                     f"{_f(other.get('nsd'))} |")
+        lines.append(f"| {name} | {row['rows']} | {_f(row['dsc'])} | {_f(row['nsd'])} | {_f(row.get('nsd_authors'))} | "
+                     f"{_f(other.get('dsc'))} | {_f(other.get('nsd'))} | {_f(other.get('nsd_authors'))} |")
     lines.append(f"| **all** | {id_all['rows']} | **{_f(id_all['dsc'])}** | **{_f(id_all['nsd'])}** | "
-                 f"**{_f(shifted.get('dsc'))}** | **{_f(shifted.get('nsd'))}** |")
-    lines += ["", "## Prompt designs (in distribution)", "", "| design | DSC | NSD | selection accuracy |",
-              "|---|---|---|---|"]
+                 f"**{_f(id_all.get('nsd_authors'))}** | **{_f(shifted.get('dsc'))}** | **{_f(shifted.get('nsd'))}** | "
+                 f"**{_f(shifted.get('nsd_authors'))}** |")
+    lines += ["", "## Prompt designs (in distribution)", "", "| design | DSC | NSD | NSD (authors) | selection accuracy |",
+              "|---|---|---|---|---|"]
     for design, row in results["designs"].items():
-        lines.append(f"| {design} | {_f(row.get('dsc'))} | {_f(row.get('nsd'))} | {_f(row.get('selection_accuracy'))} |")
+        lines.append(f"| {design} | {_f(row.get('dsc'))} | {_f(row.get('nsd'))} | {_f(row.get('nsd_authors'))} | "
+                     f"{_f(row.get('selection_accuracy'))} |")
     lines += ["", "## Uncertainty quality", "", "| test set | Spearman(mean entropy, 1 - DSC) | pixel AUROC | ECE | pixel error rate |",
               "|---|---|---|---|---|",
               f"| in distribution | {_f(unc['spearman_entropy_vs_error'])} | {_f(unc['pixel_auroc'])} | {_f(unc['ece'], 4)} | "

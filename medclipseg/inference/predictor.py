@@ -3,32 +3,35 @@
 Shared by the CLI and the app. It owns pre-processing, Monte-Carlo sampling and
 post-processing to the input image's resolution.
 
-Pre-processing modes
+Pre-processing modes (the image side is ``medclipseg.inference.transforms.preprocess_bgr``)
 - exact: the authors' pipeline. Image in BGR order (as OpenCV reads it, never converted),
   bilinear resize to 224x224, scaled to [0, 1], ImageNet mean/std per channel index; prompt
   padded with 0 to the tower's fixed length (256 for BiomedBERT).
 - fast: the same image pipeline; the prompt is not padded (padding tokens take part in the
   adapters, so logits differ slightly from exact mode, by up to a few hundredths).
+
+Channel order: files are decoded as OpenCV does (BGR), and numpy arrays are taken as BGR too,
+the one default shared with ``medclipseg.io.images.read_image``: an array from ``cv2.imread``
+or from ``read_image(...).bgr`` goes in as it is. Pass ``channel_order="rgb"`` for arrays from
+PIL or Gradio.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
 from medclipseg.io.images import LoadedImage, read_image, validate_prompt
-from medclipseg.inference.tokenization import MODES, PromptTokenizer, build_tokenizer
+from medclipseg.inference.tokenization import MODES, PromptTokenizer
+from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.inference.uncertainty import MonteCarloAccumulator, image_scores
+from medclipseg.registry import LoadedModel, default_device, load_model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_WEIGHTS_ENV = "MEDCLIPSEG_WEIGHTS"
-DEMO_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo-tiny"
+# How numpy arrays are read; the same as read_image's default (module docstring).
+DEFAULT_CHANNEL_ORDER = "bgr"
 # Boundary band half-width, in pixels of the model's 224 grid, scaled to the image size.
 BOUNDARY_BAND_224 = 3
 
@@ -62,16 +65,6 @@ class Prediction:
         return replace(self, mask=mask, threshold=threshold, scores=scores)
 
 
-def preprocess_bgr(bgr: np.ndarray, size: int = 224) -> torch.Tensor:
-    """uint8 HxWx3 (BGR, kept as is) -> normalised float tensor [1, 3, size, size]."""
-    import cv2
-
-    resized = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)
-    scaled = resized.astype(np.float32) / 255.0
-    normalised = (scaled - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1))).unsqueeze(0)
-
-
 def resize_map(values: np.ndarray, shape: tuple) -> np.ndarray:
     import cv2
 
@@ -79,10 +72,6 @@ def resize_map(values: np.ndarray, shape: tuple) -> np.ndarray:
     if values.shape == (height, width):
         return values
     return cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Predictor:
@@ -104,7 +93,7 @@ class Predictor:
         # Samples per forward pass. Small models run all 30 samples in one batch (fewer, larger
         # matrix products: 0.43 s instead of 0.52 s for the demo); large ones stay memory-bounded.
         self.chunk_size = chunk_size or (32 if model.vision_model.width <= 256 else 8)
-        self.model_id = model_id or getattr(model, "source", "") or model.config.backbone
+        self.model_id = model_id or getattr(model, "model_id", "") or model.config.backbone
         self.image_size = model.image_size
 
     # -- construction ---------------------------------------------------------------------------
@@ -118,45 +107,21 @@ class Predictor:
         trust_pickle: bool = False,
         **kwargs,
     ) -> "Predictor":
-        """source: "demo" (shipped weights), a model folder of ours, an authors' `.pth`, or an
-        `hf://` address of either; None reads MEDCLIPSEG_WEIGHTS and falls back to "demo".
-        tokenizer_source overrides where the tokenizer comes from (a vocab.txt or
+        """source: anything ``medclipseg.registry.load_model`` loads ("demo", a model folder of
+        ours, an authors' `.pth`, `hf://`, `package://`); None reads MEDCLIPSEG_WEIGHTS and falls
+        back to "demo". tokenizer_source overrides where the tokenizer comes from (a vocab.txt or
         tokenizer.json path, or an hf:// / package:// address)."""
-        from medclipseg.weights.checkpoint import CONFIG_FILE, load_pretrained
-        from medclipseg.weights.official import load_official_model, official_tokenizer_source
-        from medclipseg.weights.sources import resolve_file
+        loaded = load_model(source, device=device, tokenizer_source=tokenizer_source, trust_pickle=trust_pickle)
+        return cls.from_loaded(loaded, mode=mode, device=device, **kwargs)
 
-        source = source or os.environ.get(DEFAULT_WEIGHTS_ENV) or "demo"
-        if source == "demo":
-            if not (DEMO_WEIGHTS_DIR / CONFIG_FILE).exists():
-                raise FileNotFoundError(f"demo weights not found in {DEMO_WEIGHTS_DIR}")
-            path = DEMO_WEIGHTS_DIR
-        elif str(source).startswith("hf://") and not str(source).endswith((".pth", ".pt")):
-            # An hf:// folder of ours: fetch its config and weights.
-            config_path = resolve_file(str(source).rstrip("/") + "/" + CONFIG_FILE)
-            resolve_file(str(source).rstrip("/") + "/model.safetensors")
-            path = config_path.parent
-        else:
-            path = resolve_file(source)
-        if path.is_dir():
-            model = load_pretrained(path)
-            text = model.config.text
-            tokenizer = build_tokenizer(tokenizer_source or text.tokenizer, text.max_length)
-        else:
-            model = load_official_model(path, trust_pickle=trust_pickle)
-            tokenizer = build_tokenizer(tokenizer_source or official_tokenizer_source(), 256)
-        model_id = str(source)
-        if source == "demo":
-            # Name the exact weights, so that saved corrections say which demo produced them.
-            from medclipseg.weights.ship import sha256_of
-
-            model_id = f"demo-tiny@{sha256_of(path / 'model.safetensors')[:12]}"
-        return cls(model, tokenizer, mode=mode, device=device, model_id=model_id, **kwargs)
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, mode: str = "exact", device=None, **kwargs) -> "Predictor":
+        return cls(loaded.model, loaded.tokenizer, mode=mode, device=device, model_id=loaded.model_id, **kwargs)
 
     # -- pre-processing ---------------------------------------------------------------------------
-    def load_image(self, image, channel_order: str = "rgb") -> LoadedImage:
+    def load_image(self, image, channel_order: str = DEFAULT_CHANNEL_ORDER) -> LoadedImage:
         """Paths and bytes are decoded as OpenCV does (BGR). Arrays are taken as `channel_order`
-        ("rgb", the PIL/Gradio convention, or "bgr")."""
+        ("bgr", as OpenCV and read_image give them, or "rgb" for PIL/Gradio arrays)."""
         if isinstance(image, LoadedImage):
             return image
         if isinstance(image, np.ndarray):
@@ -181,7 +146,7 @@ class Predictor:
         min_samples: int = 8,
         entropy_tolerance: float = 1e-3,
         mask_tolerance: float = 1e-2,
-        channel_order: str = "rgb",
+        channel_order: str = DEFAULT_CHANNEL_ORDER,
         antithetic: bool = False,
     ) -> Prediction:
         """Monte-Carlo prediction.
@@ -191,6 +156,8 @@ class Predictor:
         mask_tolerance in Dice (1 - Dice of the masks before and after the chunk).
         antithetic=True: samples come in pairs (eps, -eps), which cancels most of the sampling
         error of the mean (sample counts are rounded up to even numbers).
+        channel_order: how a numpy array is read, "bgr" (default, as OpenCV) or "rgb"; files and
+        LoadedImage inputs ignore it.
         """
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must lie strictly between 0 and 1")

@@ -23,10 +23,8 @@ Conversions (each one applied is recorded in ``LoadedImage.conversions``)
   arrays (e.g. from Gradio or PIL).
 * JPEG EXIF orientation is *not* applied (``IMREAD_UNCHANGED`` ignores it), matching how the
   authors read images.
-* DICOM: RescaleSlope/RescaleIntercept are applied, then a linear window (the header's
-  WindowCenter/WindowWidth when present, else the min..max range, or an explicit override)
-  maps the values to 8 bit; MONOCHROME1 is inverted so that high values are bright; for a
-  multi-frame DICOM the middle frame is used.
+* DICOM files are handed to :mod:`medclipseg.io.dicom` (rescale, window, MONOCHROME1, the
+  middle frame of a multi-frame file; see there).
 
 Refused inputs (``ImageReadError``, a ``ValueError`` with a user-facing message)
 -------------------------------------------------------------------------------
@@ -35,6 +33,9 @@ Empty files, files that are not images, truncated/corrupt files, images smaller 
 file header before decoding, so a huge image is refused without allocating its pixels),
 2-channel arrays that are not declared grey+alpha, more than 4 channels, 3-D volumes (other
 than multi-frame DICOM), and DICOM files without pixel data.
+
+Label masks are read by :mod:`medclipseg.io.masks`, prompts checked by
+:mod:`medclipseg.io.prompts`; their names stay importable from this module.
 """
 
 from __future__ import annotations
@@ -42,73 +43,59 @@ from __future__ import annotations
 import io
 import os
 import struct
-import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence as SequenceABC
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import cv2
 import numpy as np
 
+from medclipseg import settings
+from medclipseg.io import _PUBLIC as _PACKAGE_NAMES
+from medclipseg.lazy import lazy_getattr
+
 __all__ = [
+    "DEFAULT_CHANNEL_ORDER",
+    "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
     "MIN_IMAGE_SIDE",
     "ImageReadError",
-    "PromptError",
     "LoadedImage",
-    "DicomPixels",
     "read_image",
+    # kept importable from here; defined in medclipseg.io.dicom, .masks and .prompts
+    "CT_WINDOW_PRESETS",
+    "DicomPixels",
+    "PromptError",
+    "dicom_to_8bit",
+    "is_dicom",
     "read_dicom",
     "read_dicom_pixels",
-    "dicom_to_8bit",
     "read_mask",
     "validate_prompt",
-    "is_dicom",
-    "CT_WINDOW_PRESETS",
 ]
 
-# Standard CT display windows, (center, width) in Hounsfield units.
-CT_WINDOW_PRESETS = {
-    "Soft tissue": (40.0, 400.0),
-    "Lung": (-600.0, 1500.0),
-    "Bone": (400.0, 1800.0),
-    "Brain": (40.0, 80.0),
-    "Liver": (60.0, 160.0),
-    "Mediastinum": (50.0, 350.0),
-}
+# How numpy arrays are read unless a caller says otherwise: BGR(A), as OpenCV returns them.
+DEFAULT_CHANNEL_ORDER = "bgr"
 
-_DEFAULT_MAX_PIXELS = 100_000_000
-_MAX_PIXELS_ENV = "MEDCLIPSEG_MAX_PIXELS"
+# File names an upload or an ingest folder may have: what read_image reads.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
-
-def _max_pixels_from_env(default: int) -> int:
-    raw = os.environ.get(_MAX_PIXELS_ENV)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw.strip().replace("_", ""))
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
-# Largest accepted image, in pixels (width * height). Override with MEDCLIPSEG_MAX_PIXELS.
-MAX_IMAGE_PIXELS = _max_pixels_from_env(_DEFAULT_MAX_PIXELS)
+# The default largest accepted image, in pixels (width * height); MEDCLIPSEG_MAX_PIXELS
+# overrides it at call time (medclipseg.settings.max_image_pixels).
+MAX_IMAGE_PIXELS = settings.DEFAULT_MAX_PIXELS
 # Smallest accepted side length, in pixels.
 MIN_IMAGE_SIDE = 8
 
-_DICOM_SUFFIXES = (".dcm", ".dicom")
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+
+# DICOM, mask and prompt names stay importable from here, resolved on first use (the package's
+# table of names): their modules import the helpers below, so a load-time import would be circular.
+__getattr__ = lazy_getattr(globals(), {name: module for name, module in _PACKAGE_NAMES.items() if module != __name__})
 
 
 class ImageReadError(ValueError):
     """An image could not be read; the message is meant to be shown to the user."""
-
-
-class PromptError(ValueError):
-    """A text prompt is unusable; the message is meant to be shown to the user."""
 
 
 @dataclass
@@ -137,23 +124,6 @@ class LoadedImage:
         return np.ascontiguousarray(self.bgr[..., ::-1])
 
 
-@dataclass
-class DicomPixels:
-    """One DICOM frame in modality units, for window/level controls.
-
-    ``values`` is float32 ``H x W`` after RescaleSlope/Intercept for grey images; for colour
-    DICOM it is ``H x W x 3`` in RGB order and the stored dtype (no windowing applies).
-    """
-
-    values: np.ndarray
-    is_colour: bool
-    photometric: str
-    header_window: Optional[tuple]  # (center, width) from the header, if any
-    metadata: dict
-    conversions: list
-    original_dtype: str
-    original_shape: tuple
-    source_name: Optional[str] = None
 
 
 # --------------------------------------------------------------------------------------
@@ -181,8 +151,8 @@ def _resolve_max_pixels(max_pixels: Optional[int]) -> int:
         if max_pixels <= 0:
             raise ValueError("max_pixels must be positive")
         return int(max_pixels)
-    # An environment variable set after import still wins over the module default.
-    return _max_pixels_from_env(MAX_IMAGE_PIXELS)
+    # Read at every call, so that a value set after import still counts.
+    return settings.max_image_pixels()
 
 
 def _check_size(width: int, height: int, name: Optional[str], max_pixels: int) -> None:
@@ -197,7 +167,7 @@ def _check_size(width: int, height: int, name: Optional[str], max_pixels: int) -
     if width * height > max_pixels:
         raise ImageReadError(
             f"{_subject(name)} is too large ({width}x{height} = {width * height:,} pixels); "
-            f"the limit is {max_pixels:,} pixels (set {_MAX_PIXELS_ENV} to change it)."
+            f"the limit is {max_pixels:,} pixels (set {settings.MAX_PIXELS_ENV} to change it)."
         )
 
 
@@ -219,11 +189,6 @@ def _read_source_bytes(source: Any, name: Optional[str]) -> bytes:
     return data
 
 
-def is_dicom(data: bytes, name: Optional[str] = None) -> bool:
-    """True for the DICOM 'DICM' magic at offset 128, or a .dcm/.dicom file name."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return True
-    return bool(name) and Path(name).suffix.lower() in _DICOM_SUFFIXES
 
 
 def _sniff_format(data: bytes) -> Optional[str]:
@@ -273,7 +238,7 @@ def _probe_header(data: bytes, fmt: Optional[str], name: Optional[str], limit: i
             if pil_limit and limit <= pil_limit:
                 raise ImageReadError(
                     f"{_subject(name)} is too large (more than {pil_limit:,} pixels); "
-                    f"the limit is {limit:,} pixels (set {_MAX_PIXELS_ENV} to change it)."
+                    f"the limit is {limit:,} pixels (set {settings.MAX_PIXELS_ENV} to change it)."
                 ) from exc
             # Our limit is above PIL's guard: let OpenCV decode and check afterwards.
         except Exception:
@@ -369,7 +334,7 @@ def _normalise_array(
     name: Optional[str],
     conversions: list,
     limit: int,
-    channel_order: str = "bgr",
+    channel_order: str = DEFAULT_CHANNEL_ORDER,
     has_alpha: Optional[bool] = None,
 ) -> tuple:
     """Convert a decoded array to uint8 HxWx3 BGR; returns (bgr, original_channels)."""
@@ -419,13 +384,13 @@ def read_image(
     source: ImageSource,
     *,
     max_pixels: Optional[int] = None,
-    channel_order: str = "bgr",
+    channel_order: str = DEFAULT_CHANNEL_ORDER,
     has_alpha: Optional[bool] = None,
     name: Optional[str] = None,
 ) -> LoadedImage:
     """Read an image file, file bytes or numpy array into uint8 HxWx3 BGR.
 
-    ``max_pixels`` defaults to ``MAX_IMAGE_PIXELS`` (env ``MEDCLIPSEG_MAX_PIXELS``).
+    ``max_pixels`` defaults to ``MEDCLIPSEG_MAX_PIXELS``, else ``MAX_IMAGE_PIXELS``.
     ``channel_order`` and ``has_alpha`` only apply to numpy arrays: arrays are BGR(A) unless
     ``channel_order="rgb"``; a 2-channel array is accepted only with ``has_alpha=True``
     (grey+alpha). ``name`` labels bytes/array sources in messages and ``source_name``.
@@ -456,6 +421,8 @@ def read_image(
         )
 
     data = _read_source_bytes(source, source_name)
+    from medclipseg.io.dicom import _dicom_from_bytes, is_dicom  # at call time: dicom imports this module
+
     if is_dicom(data, source_name):
         return _dicom_from_bytes(data, source_name, window=None, max_pixels=limit)
 
@@ -501,272 +468,7 @@ def read_image(
     )
 
 
-def dicom_to_8bit(pixel_array_float: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Linear window/level to uint8: ``center - width/2`` -> 0 and ``center + width/2`` -> 255.
-
-    Values outside the window are clipped. ``width`` must be positive.
-    """
-    width = float(width)
-    center = float(center)
-    if not np.isfinite(width) or width <= 0:
-        raise ValueError(f"window width must be positive, got {width:g}")
-    if not np.isfinite(center):
-        raise ValueError("window center must be finite")
-    values = np.asarray(pixel_array_float, dtype=np.float64)
-    lower = center - width / 2.0
-    scaled = (values - lower) * (255.0 / width)
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _first_number(value: Any) -> Optional[float]:
-    """First element of a (possibly multi-valued) DICOM number, or None."""
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, (str, bytes)) and isinstance(value, SequenceABC):
-            value = value[0]  # multi-valued element, e.g. several windows
-        number = float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return number if np.isfinite(number) else None
 
 
-def _dicom_metadata(dataset: Any) -> dict:
-    """Only technical fields: never patient, study or institution identifiers."""
-    metadata: dict = {}
-    modality = dataset.get("Modality")
-    if modality:
-        metadata["modality"] = str(modality)
-    spacing = dataset.get("PixelSpacing") or dataset.get("ImagerPixelSpacing")
-    if spacing is not None:
-        try:
-            metadata["pixel_spacing"] = tuple(float(v) for v in spacing)
-        except (TypeError, ValueError):
-            pass
-    center = _first_number(dataset.get("WindowCenter"))
-    width = _first_number(dataset.get("WindowWidth"))
-    if center is not None and width is not None and width > 0:
-        metadata["window_center"] = center
-        metadata["window_width"] = width
-    photometric = dataset.get("PhotometricInterpretation")
-    if photometric:
-        metadata["photometric_interpretation"] = str(photometric)
-    return metadata
-
-
-def _dicom_pixels_from_bytes(data: bytes, name: Optional[str], max_pixels: int) -> DicomPixels:
-    try:
-        import pydicom
-    except ImportError as exc:  # pragma: no cover - pydicom is a dependency
-        raise ImageReadError("Reading DICOM files needs the 'pydicom' package.") from exc
-
-    has_magic = len(data) >= 132 and data[128:132] == b"DICM"
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=not has_magic)
-    except Exception as exc:  # InvalidDicomError and parser errors alike
-        raise ImageReadError(f"{_subject(name)} is not a readable DICOM file ({exc}).") from exc
-
-    if not has_magic and "Rows" not in dataset and "SOPClassUID" not in dataset:
-        # Parsed without the DICM marker and nothing DICOM-like inside: not a DICOM at all.
-        raise ImageReadError(
-            f"{_subject(name)} is not a readable DICOM file (no 'DICM' marker, no image header)."
-        )
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset and (
-        "DoubleFloatPixelData" not in dataset
-    ):
-        prefix = f"{_subject(name)}: " if name else ""
-        raise ImageReadError(f"{prefix}DICOM file has no pixel data.")
-
-    rows = int(dataset.get("Rows", 0) or 0)
-    columns = int(dataset.get("Columns", 0) or 0)
-    if rows and columns:
-        _check_size(columns, rows, name, max_pixels)
-
-    try:
-        pixels = dataset.pixel_array
-    except Exception as exc:
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        syntax_text = f" (transfer syntax {syntax.name})" if syntax is not None else ""
-        raise ImageReadError(
-            f"Could not decode the pixel data of {_label(name)}{syntax_text}: {exc}"
-        ) from exc
-
-    original_shape = tuple(int(s) for s in pixels.shape)
-    original_dtype = str(pixels.dtype)
-    conversions: list = []
-    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
-    frames = int(_first_number(dataset.get("NumberOfFrames")) or 1)
-
-    expected_frame_ndim = 3 if samples > 1 else 2
-    if frames > 1 and pixels.ndim == expected_frame_ndim + 1:
-        middle = pixels.shape[0] // 2
-        pixels = pixels[middle]
-        conversions.append(
-            f"multi-frame DICOM ({original_shape[0]} frames): middle frame {middle} used"
-        )
-    elif pixels.ndim != expected_frame_ndim:
-        raise ImageReadError(
-            f"{_subject(name)} has pixel data of shape {original_shape}; only 2-D images "
-            "(or multi-frame DICOM) are supported."
-        )
-
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2") or "")
-    metadata = _dicom_metadata(dataset)
-    header_window = None
-    if "window_center" in metadata:
-        header_window = (metadata["window_center"], metadata["window_width"])
-
-    if samples > 1:
-        values = np.asarray(pixels)  # original dtype, RGB order
-        is_colour = True
-    else:
-        slope = _first_number(dataset.get("RescaleSlope"))
-        intercept = _first_number(dataset.get("RescaleIntercept"))
-        slope = 1.0 if slope is None else slope
-        intercept = 0.0 if intercept is None else intercept
-        values = pixels.astype(np.float32)
-        if slope != 1.0 or intercept != 0.0:
-            values = values * np.float32(slope) + np.float32(intercept)
-            conversions.append(f"rescale applied (slope {slope:g}, intercept {intercept:g})")
-        is_colour = False
-
-    _check_size(int(values.shape[1]), int(values.shape[0]), name, max_pixels)
-    return DicomPixels(
-        values=values,
-        is_colour=is_colour,
-        photometric=photometric,
-        header_window=header_window,
-        metadata=metadata,
-        conversions=conversions,
-        original_dtype=original_dtype,
-        original_shape=original_shape,
-        source_name=name,
-    )
-
-
-def read_dicom_pixels(
-    source: ImageSource, *, max_pixels: Optional[int] = None, name: Optional[str] = None
-) -> DicomPixels:
-    """Read one DICOM frame in modality units (for a window/level control + ``dicom_to_8bit``)."""
-    source_name = name or _name_of(source)
-    data = _read_source_bytes(source, source_name)
-    return _dicom_pixels_from_bytes(data, source_name, _resolve_max_pixels(max_pixels))
-
-
-def _window_dicom(pixels: DicomPixels, window: Optional[Sequence[float]]) -> LoadedImage:
-    conversions = list(pixels.conversions)
-    metadata = dict(pixels.metadata)
-    if pixels.is_colour:
-        colour = _to_uint8(pixels.values, conversions)
-        if window is not None:
-            conversions.append("window ignored for a colour DICOM")
-        bgr = np.ascontiguousarray(colour[:, :, ::-1])
-        conversions.append("RGB channel order converted to BGR")
-        channels = 3
-    else:
-        if window is not None:
-            center, width = float(window[0]), float(window[1])
-            origin = "requested"
-        elif pixels.header_window is not None:
-            center, width = pixels.header_window
-            origin = "header"
-        else:
-            low = float(np.nanmin(pixels.values))
-            high = float(np.nanmax(pixels.values))
-            center, width = (low + high) / 2.0, max(high - low, 1e-6)
-            origin = "min..max"
-        if width <= 0:
-            raise ImageReadError(f"Window width must be positive, got {width:g}.")
-        grey = dicom_to_8bit(pixels.values, center, width)
-        conversions.append(f"window applied ({origin}: center {center:g}, width {width:g})")
-        if pixels.photometric.upper() == "MONOCHROME1":
-            grey = 255 - grey
-            conversions.append("MONOCHROME1 inverted (high values shown bright)")
-        bgr = np.repeat(grey[:, :, None], 3, axis=2)
-        conversions.append("grey image replicated to 3 channels")
-        metadata["window_center"] = center
-        metadata["window_width"] = width
-        channels = 1
-    return LoadedImage(
-        bgr=bgr,
-        original_dtype=pixels.original_dtype,
-        original_channels=channels,
-        original_shape=pixels.original_shape,
-        conversions=conversions,
-        metadata=metadata,
-        source_name=pixels.source_name,
-    )
-
-
-def _dicom_from_bytes(
-    data: bytes, name: Optional[str], window: Optional[Sequence[float]], max_pixels: int
-) -> LoadedImage:
-    return _window_dicom(_dicom_pixels_from_bytes(data, name, max_pixels), window)
-
-
-def read_dicom(
-    source: ImageSource,
-    window: Optional[Sequence[float]] = None,
-    *,
-    max_pixels: Optional[int] = None,
-    name: Optional[str] = None,
-) -> LoadedImage:
-    """Read a DICOM file to uint8 BGR; ``window=(center, width)`` overrides the header window.
-
-    ``metadata`` holds only modality, pixel spacing, the window used (center/width) and the
-    photometric interpretation.
-    """
-    source_name = name or _name_of(source)
-    data = _read_source_bytes(source, source_name)
-    return _dicom_from_bytes(data, source_name, window, _resolve_max_pixels(max_pixels))
-
-
-def read_mask(
-    source: Union[str, os.PathLike, bytes], *, max_pixels: Optional[int] = None
-) -> np.ndarray:
-    """Read a label image as a boolean mask: grey value ``>= 127`` is foreground.
-
-    The file is read as grey like ``cv2.imread(path, 0)`` in the authors' pipeline (colour
-    labels are converted to grey first). Resizing (nearest neighbour) is left to the caller.
-    """
-    source_name = _name_of(source)
-    data = _read_source_bytes(source, source_name)
-    limit = _resolve_max_pixels(max_pixels)
-    _probe_header(data, _sniff_format(data), source_name, limit)
-    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if grey is None:
-        raise ImageReadError(
-            f"Could not decode the mask {_label(source_name)} (not an image, truncated or corrupt)."
-        )
-    _check_size(int(grey.shape[1]), int(grey.shape[0]), source_name, limit)
-    return grey >= 127
-
-
-_WHITESPACE_CONTROLS = {"\t", "\n", "\r", "\x0b", "\x0c"}
-
-
-def validate_prompt(prompt: str, max_chars: int = 1000) -> str:
-    """Clean a text prompt: control characters removed (tabs/newlines become spaces), stripped.
-
-    Raises ``PromptError`` for an empty prompt or one longer than ``max_chars`` characters
-    (no silent truncation here; the tokenizer later truncates to the model's token limit).
-    """
-    if not isinstance(prompt, str):
-        raise PromptError("Prompt must be text.")
-    cleaned = "".join(
-        " " if ch in _WHITESPACE_CONTROLS else ch
-        for ch in prompt
-        if ch in _WHITESPACE_CONTROLS or unicodedata.category(ch) != "Cc"
-    ).strip()
-    if not cleaned:
-        raise PromptError(
-            "Prompt is empty. Describe the structure to segment, e.g. "
-            "'a round polyp in the lower left'."
-        )
-    if len(cleaned) > max_chars:
-        raise PromptError(
-            f"Prompt is too long ({len(cleaned)} characters); the limit is {max_chars} "
-            "characters. Please shorten it."
-        )
-    return cleaned

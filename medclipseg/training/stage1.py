@@ -37,7 +37,7 @@ from medclipseg.weights.checkpoint import save_pretrained
 from medclipseg.datasets.torch_dataset import rotate_pair
 from medclipseg.datasets.layout import load_split
 from medclipseg.io.images import read_image, read_mask
-from medclipseg.inference.predictor import preprocess_bgr
+from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.training.stage2 import seed_everything
 
 
@@ -75,11 +75,9 @@ def load_pretrain_images(root, size: int, pct: int = 100) -> list:
     Rows of the same picture (one per selectable target) are grouped by the `image_id` of a
     `phantoms.json` manifest when there is one, otherwise by image file name."""
     samples = load_split(root, "train", pct=pct)
-    by_row = {}
-    manifest = Path(root) / "phantoms.json"
-    if manifest.exists():
-        for record in json.loads(manifest.read_text()).get("records", []):
-            by_row[(record["image"], record.get("ground_truth"))] = record
+    from medclipseg.phantoms.writer import records_by_row
+
+    by_row = records_by_row(root)
     grouped: dict = {}
     for sample in samples:
         record = by_row.get((sample.image_name, sample.mask_path.name), {})
@@ -140,11 +138,11 @@ def pretrain_losses(model, pixel_values, caption_features, caption_ids, patch_ta
 
 
 def pretrain(config: PretrainConfig) -> dict:
-    from medclipseg.registry import build_tiny
+    from medclipseg.registry import build_tiny, default_device
     from medclipseg.inference.tokenization import build_tokenizer
 
     seed_everything(config.seed)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(config.device) if config.device else default_device()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -28,6 +28,7 @@ from medclipseg.training.losses import segmentation_loss
 from medclipseg.evaluation.metrics import dice_score
 from medclipseg.modeling.medclipseg import TRAINABLE_PREFIXES
 from medclipseg.inference.tokenization import build_tokenizer
+from medclipseg.registry import default_device
 
 
 @dataclass
@@ -35,7 +36,7 @@ class TrainConfig:
     data: str
     out: str
     backbone: str = "tiny"
-    init: Optional[str] = None  # start from weights: our model folder, or an authors' .pth
+    init: Optional[str] = None  # start from weights: "demo", our model folder, an authors' .pth, hf://
     epochs: int = 100
     batch_size: int = 24
     lr: float = 3e-4
@@ -68,17 +69,11 @@ def seed_everything(seed: int) -> None:
 
 
 def initial_model(config: TrainConfig):
-    from medclipseg.registry import build_backbone
-    from medclipseg.weights.checkpoint import CONFIG_FILE, load_pretrained
-    from medclipseg.weights.official import load_official_model
-    from medclipseg.weights.sources import resolve_file
+    """The backbone to train: loaded from `init` (any source of registry.load_model), else fresh."""
+    from medclipseg.registry import build_backbone, load_model
 
     if config.init:
-        path = resolve_file(config.init)
-        if path.is_dir() and (path / CONFIG_FILE).exists():
-            model = load_pretrained(path)
-        else:
-            model = load_official_model(path)
+        model = load_model(config.init, device="cpu").model
     else:
         model = build_backbone(config.backbone)
     if config.fusion_layers is not None and tuple(config.fusion_layers) != tuple(model.fusion_layers):
@@ -121,7 +116,7 @@ def validation_dice(model, loader, device) -> float:
 
 def train(config: TrainConfig) -> dict:
     seed_everything(config.seed)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(config.device) if config.device else default_device()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 

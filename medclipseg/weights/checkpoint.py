@@ -143,11 +143,15 @@ def read_config(directory) -> dict:
     return config
 
 
-def load_pretrained(directory, device="cpu"):
-    """Build the model named by config.json, fill external towers, load the stored weights strictly."""
+def read_model_folder(directory):
+    """Build the model named by config.json, fill external towers, load the stored weights strictly.
+
+    The format reader behind ``medclipseg.registry.load_model``, which callers use: it also
+    names the model by its content and builds its tokenizer. Returns the model on the CPU."""
     from safetensors.torch import load_file
 
-    from medclipseg.registry import build_model, load_external_weights
+    from medclipseg.registry import build_model
+    from medclipseg.weights.external import fill_external_towers
 
     directory = Path(directory)
     config = read_config(directory)
@@ -158,7 +162,7 @@ def load_pretrained(directory, device="cpu"):
     if config.get("includes_external"):
         load_state_dict_strict(model, state)
     else:
-        load_external_weights(model)
+        fill_external_towers(model)
         load_state_dict_strict(model, state, ignore_missing=external)
     model.metadata = config.get("metadata", {})
-    return model.to(device).eval()
+    return model.eval()

@@ -6,12 +6,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from medclipseg.registry import BIOMEDBERT_TOKENIZER, build_unimedclip_vit_b16
+from medclipseg.registry import build_unimedclip_vit_b16
 from medclipseg.weights.checkpoint import load_state_dict_strict, read_torch_checkpoint
-from medclipseg.weights.sources import resolve_file
 
 HUB_REPO = "TahaKoleilat/MedCLIPSeg"
-KEYS_FILE = Path(__file__).with_name("resources") / "official_checkpoint_keys.json"
+KEYS_FILE = Path(__file__).resolve().parents[1] / "resources" / "official_checkpoint_keys.json"
 
 
 def official_checkpoint_uri(dataset: str, pct: Optional[int] = None, seed: int = 666) -> str:
@@ -27,22 +26,25 @@ def official_key_table() -> dict:
     return {e["key"]: (tuple(e["shape"]), bool(e["trainable"])) for e in data["keys"]}
 
 
+def read_official_checkpoint(path, text_config: Optional[dict] = None, trust_pickle: bool = False):
+    """Build the authors' layout and load their weights strictly (a local file; on the CPU).
+
+    The format reader behind ``medclipseg.registry.load_model``."""
+    state = read_torch_checkpoint(path, trust_pickle=trust_pickle)
+    model = build_unimedclip_vit_b16(text_config)
+    load_state_dict_strict(model, state)
+    return model.eval()
+
+
 def load_official_model(source, text_config: Optional[dict] = None, device="cpu", trust_pickle: bool = False):
-    """Build the authors' layout and load their weights strictly; returns the model in eval mode.
+    """An authors' checkpoint as a model in eval mode, through ``medclipseg.registry.load_model``.
 
     source: a local `.pth` or `hf://owner/repo/path`. text_config: BERT config fields overriding
     the built-in BiomedBERT-base configuration (no hub access is needed either way).
     """
-    path = resolve_file(source)
-    state = read_torch_checkpoint(path, trust_pickle=trust_pickle)
-    model = build_unimedclip_vit_b16(text_config)
-    load_state_dict_strict(model, state)
-    model.source = str(source)
-    return model.to(device).eval()
+    from medclipseg.registry import load_model
 
-
-def official_tokenizer_source() -> str:
-    return BIOMEDBERT_TOKENIZER
+    return load_model(source, device=device, text_config=text_config, trust_pickle=trust_pickle).model
 
 
 def random_official_state_dict(seed: int = 0) -> dict:

@@ -1,6 +1,6 @@
 """Copy a trained run into the shipped demo folder and write its model card.
 
-    python -m medclipseg.weights.ship runs/demo/pct100/best assets/demo-tiny --stage1 runs/demo/stage1 \
+    medclipseg ship runs/demo/pct100/best assets/demo-tiny --stage1 runs/demo/stage1 \
         --data data/phantoms [--results docs/results.json]
 
 The card is generated from what the run recorded (configs, loss histories, timings) and, when
@@ -8,24 +8,15 @@ given, from the benchmark's JSON, so that it never disagrees with the weights be
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Optional
 
 from medclipseg.weights.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config
+from medclipseg.weights.sources import sha256_of
 
 CARD_FILE = "README.md"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fmt(value, digits=3) -> str:
@@ -149,26 +140,24 @@ def ship(run: str, destination: str, stage1: Optional[str] = None, data: Optiona
     config = read_config(out)
     stage1_config = read_config(stage1) if stage1 else None
     data_manifest = None
-    if data and (Path(data) / "phantoms.json").exists():
-        manifest = json.loads((Path(data) / "phantoms.json").read_text())
-        manifest.pop("records", None)
-        data_manifest = manifest
+    if data:
+        from medclipseg.phantoms.writer import read_manifest
+
+        data_manifest = read_manifest(data)
+        if data_manifest is not None:
+            data_manifest.pop("records", None)
     results_data = json.loads(Path(results).read_text()) if results else None
     (out / CARD_FILE).write_text(model_card(config, out / WEIGHTS_FILE, stage1_config, data_manifest, results_data))
     return out
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medclipseg.weights.ship", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="trained model folder (config.json + model.safetensors)")
-    parser.add_argument("destination", help="e.g. assets/demo-tiny")
-    parser.add_argument("--stage1", help="the stage-1 model folder (for the card)")
-    parser.add_argument("--data", help="the training data folder (for the card)")
-    parser.add_argument("--results", help="benchmark JSON (docs/results.json) for the scores section")
-    args = parser.parse_args(argv)
-    print(ship(args.run, args.destination, args.stage1, args.data, args.results))
-    return 0
+    """``python -m medclipseg.weights.ship ...``: the same as ``medclipseg ship ...``."""
+    import sys
+
+    from medclipseg.cli import main as cli_main
+
+    return cli_main(["ship", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

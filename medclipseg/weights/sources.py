@@ -7,18 +7,23 @@
 
 `hf://` never hangs: with HF_HUB_OFFLINE=1, or when the hub cannot be reached within a few
 seconds, only the local cache is used, and a missing file raises WeightsSourceError.
+
+The shipped assets (demo weights, example images) are found by ``assets_dir()``.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
+from medclipseg import settings
+
 HUB_PROBE_TIMEOUT_S = 3.0
+ASSETS_MARKER = Path("demo-tiny") / "config.json"
 
 
 class WeightsSourceError(RuntimeError):
@@ -48,12 +53,12 @@ def parse_hf_uri(uri: str) -> HubFile:
 
 
 def hub_is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return settings.hub_offline()
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """A quick TCP probe of the hub endpoint, so that no download starts its slow retries."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = settings.hub_endpoint()
     parsed = urlparse(endpoint)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
@@ -113,3 +118,23 @@ def resolve_file(source) -> Path:
     if not path.exists():
         raise WeightsSourceError(f"weights source {text!r} does not exist")
     return path
+
+
+def sha256_of(path) -> str:
+    """Hex sha256 of a file's bytes (what `sha256sum` prints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def assets_dir() -> Path:
+    """The shipped assets: the package `medclipseg.assets` of an installed wheel, else the
+    repository's top-level assets/ (a checkout or an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    candidates = (package / "assets", package.parent / "assets")
+    for candidate in candidates:
+        if (candidate / ASSETS_MARKER).is_file():
+            return candidate
+    return candidates[-1]

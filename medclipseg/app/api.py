@@ -1,0 +1,162 @@
+"""The app's API for scripts (``gradio_client``): segment, save_correction, skip, next_case, ingest, export.
+
+Each endpoint is a typed function registered with ``gr.api``, which derives the API's
+parameters from the type hints; files travel as ``gradio.FileData`` (``handle_file(path)`` on
+the client side). Every endpoint checks its inputs before doing anything and answers a bad
+request with a ``gr.Error`` in words; files it returns are copied by Gradio into its cache
+and removed from the service's scratch space soon after.
+
+With logins on (``MEDCLIPSEG_AUTH``) the login name is the annotator, whatever is sent.
+"""
+
+import functools
+import json
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+from gradio.data_classes import FileData
+
+from medclipseg.annotation.service import AnnotationService, RequestError, check_case_id
+from medclipseg.app.handlers import USER_ERRORS
+
+API_NAMES = ("segment", "save_correction", "skip", "next_case", "ingest", "export")
+
+
+def annotator_of(typed_name: Optional[str], request: Optional[gr.Request]) -> Optional[str]:
+    """The login name when logins are on, else the name sent (None if empty)."""
+    if request is not None and getattr(request, "username", None):
+        return str(request.username)
+    return (typed_name or "").strip() if isinstance(typed_name, str) and typed_name.strip() else None
+
+
+def uploaded(value, what: str) -> Optional[tuple]:
+    """(server path, original name) of a file sent with ``handle_file``; None when nothing was sent.
+
+    Only file objects are accepted: Gradio has checked that their path is an upload, whereas a
+    plain text path would point anywhere on the server.
+    """
+    if value is None:
+        return None
+    if isinstance(value, FileData):
+        value = value.model_dump()
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        path = value["path"]
+        return path, (value.get("orig_name") or Path(path).name)
+    raise RequestError(f"Send the {what} as a file (gradio_client.handle_file(path)), not as {type(value).__name__}.")
+
+
+def _file(path) -> FileData:
+    return FileData(path=str(path), orig_name=Path(path).name)
+
+
+def _in_words(endpoint):
+    """Refusals become a gr.Error with the message only (no server paths, no traceback)."""
+    @functools.wraps(endpoint)
+    def wrapper(*args, **kwargs):
+        try:
+            return endpoint(*args, **kwargs)
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+    return wrapper
+
+
+def register(service: AnnotationService) -> None:
+    """Add the endpoints to the gr.Blocks being built (call inside its ``with`` block)."""
+
+    @_in_words
+    def segment(image: Optional[FileData], prompt: str, samples: int = service.num_samples,
+                threshold: float = 0.5, annotator: str = "", add_to_queue: bool = False,
+                request: gr.Request = None) -> tuple[dict, FileData, FileData]:
+        """Segment one image: a summary, the 0/255 mask (PNG) and the maps (npz: probability, entropy,
+        mutual_information). Nothing is stored unless add_to_queue is true; then the image becomes a
+        case in the review queue, claimed by the annotator, and case_id / prediction_id are set."""
+        sent = uploaded(image, "image")
+        if sent is None:
+            raise RequestError("No image given: send one with handle_file(path) (PNG, JPEG, BMP, TIFF or DICOM).")
+        path, name = sent
+        if not isinstance(add_to_queue, bool):
+            raise RequestError("add_to_queue must be true or false.")
+        result = service.segment(path, prompt, name=name, num_samples=samples, threshold=threshold,
+                                 annotator=annotator_of(annotator, request), add_to_queue=add_to_queue,
+                                 origin="api")
+        prediction = result.prediction
+        mask_path, maps_path = service.prediction_files(prediction)
+        summary = {"case_id": result.case.id if result.case is not None else None,
+                   "prediction_id": result.prediction_id, "added_to_queue": result.case is not None,
+                   "model_id": prediction.model_id, "prompt": prediction.prompt,
+                   "num_samples": prediction.num_samples, "threshold": prediction.threshold,
+                   "seconds": prediction.seconds, "scores": prediction.scores}
+        return summary, _file(mask_path), _file(maps_path)
+
+    @_in_words
+    def save_correction(case_id: Optional[int], mask: Optional[FileData] = None, annotator: str = "",
+                        status: str = "corrected", prediction_id: Optional[int] = None,
+                        request: gr.Request = None) -> dict:
+        """Record a review of a case: 'corrected' with the mask (PNG, white = foreground), 'accepted'
+        (the predicted mask, no file) or 'skipped' (no mask; the case leaves the queue)."""
+        status = (status or "corrected").strip() if isinstance(status, str) else status
+        name = annotator_of(annotator, request)
+        sent = uploaded(mask, "mask")
+        corrected = service.read_mask_file(sent[0], name=sent[1]) if sent is not None else None
+        correction = service.save(case_id, corrected, annotator=name, status=status, prediction_id=prediction_id)
+        if correction is None:
+            return {"correction_id": None, "case_id": check_case_id(case_id), "version": None, "annotator": name,
+                    "status": "skipped"}
+        return {"correction_id": correction.id, "case_id": correction.case_id, "version": correction.version,
+                "annotator": correction.annotator, "status": correction.status,
+                "pixels_added": correction.pixels_added, "pixels_erased": correction.pixels_erased,
+                "pixels_changed": correction.pixels_changed, "created_at": correction.created_at}
+
+    @_in_words
+    def skip(case_id: Optional[int], annotator: str = "", request: gr.Request = None) -> dict:
+        """Take a case out of the review queue without a mask (it is never exported)."""
+        name = annotator_of(annotator, request)
+        service.skip(case_id, annotator=name)
+        return {"case_id": check_case_id(case_id), "status": "skipped", "annotator": name}
+
+    @_in_words
+    def next_case(annotator: str = "", acquisition: str = "foreground_entropy",
+                  request: gr.Request = None) -> tuple[dict, Optional[FileData]]:
+        """Lease the unreviewed case ranked first by `acquisition` to the annotator: its summary and
+        image (PNG); case_id null and no image when the queue is empty."""
+        name = annotator_of(annotator, request)
+        view = service.next_case(name, acquisition=acquisition or "foreground_entropy")
+        if view is None:
+            return {"case_id": None, "message": "No unreviewed cases left."}, None
+        image = service.case_image_file(view)
+        summary = {"case_id": view.case.id, "prediction_id": view.prediction_id, "prompt": view.case.prompt,
+                   "original_name": view.case.original_name, "width": view.case.width,
+                   "height": view.case.height, "assigned_to": name, "acquisition": acquisition,
+                   "scores": view.prediction.scores if view.prediction is not None else {}}
+        return summary, _file(image)
+
+    @_in_words
+    def ingest(files: list[FileData], prompt: str = "", prompts_csv: Optional[FileData] = None,
+               batch: str = "", samples: int = service.num_samples) -> dict:
+        """Add images (or one .zip) to the review queue, each predicted and ranked by uncertainty.
+        Give one prompt for all, or a CSV with columns image, prompt."""
+        if files is not None and not isinstance(files, (list, tuple)):
+            files = [files]
+        sent = [uploaded(item, "image") for item in files or []]
+        paths = [item[0] for item in sent if item is not None]
+        csv = uploaded(prompts_csv, "prompt table")
+        report = service.ingest_uploads(paths, prompt=prompt, prompts_csv=csv[0] if csv else None,
+                                        batch=batch, num_samples=samples)
+        return {"added": list(report.added), "duplicates": list(report.duplicates),
+                "failed": [{"name": name, "message": message} for name, message in report.failed],
+                "seconds": report.seconds, "summary": report.summary()}
+
+    @_in_words
+    def export(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> tuple[FileData, str]:
+        """Zip the corrected and accepted cases in the authors' layout (Train/Val/Test folders)."""
+        result = service.export_archive(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        return _file(result.zip_path), json.dumps({"counts": result.counts, "manifest": "manifest.json"})
+
+    gr.api(segment, api_name="segment", concurrency_id="model", concurrency_limit=1)
+    gr.api(save_correction, api_name="save_correction")
+    gr.api(skip, api_name="skip")
+    gr.api(next_case, api_name="next_case")
+    gr.api(ingest, api_name="ingest", concurrency_id="ingest", concurrency_limit=1)
+    gr.api(export, api_name="export")
+

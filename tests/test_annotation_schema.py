@@ -1,0 +1,186 @@
+"""`medclipseg.annotation.schema`: tables, indexes, schema version, migrations and databases of older versions."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import cv2
+import numpy as np
+import pytest
+
+from annotation_support import case_with_prediction, image
+from medclipseg.annotation.queue import ACQUISITION_SCORES
+from medclipseg.annotation.schema import SCHEMA_VERSION
+from medclipseg.annotation.store import AnnotationStore, StorageError
+
+# Schema version 1 exactly as the first release of the store wrote it (sqlite_master of a new database).
+VERSION_1_SQL = """
+CREATE TABLE "meta" ("key" TEXT PRIMARY KEY, "value" TEXT);
+CREATE TABLE "cases" (
+   "id" INTEGER PRIMARY KEY, "content_hash" TEXT NOT NULL, "prompt" TEXT NOT NULL,
+   "original_name" TEXT NOT NULL, "width" INTEGER NOT NULL, "height" INTEGER NOT NULL,
+   "source" TEXT NOT NULL, "batch" TEXT, "image_path" TEXT NOT NULL,
+   "metadata" TEXT NOT NULL DEFAULT '{}', "status" TEXT NOT NULL DEFAULT 'unreviewed',
+   "created_at" TEXT NOT NULL, "updated_at" TEXT NOT NULL, "assigned_to" TEXT, "lease_expires" REAL,
+   "random_key" REAL NOT NULL);
+CREATE UNIQUE INDEX "idx_cases_content_prompt" ON "cases" ("content_hash", "prompt");
+CREATE INDEX "idx_cases_status_lease" ON "cases" ("status", "lease_expires");
+CREATE INDEX "idx_cases_batch" ON "cases" ("batch");
+CREATE TABLE "predictions" (
+   "id" INTEGER PRIMARY KEY, "case_id" INTEGER NOT NULL REFERENCES "cases"("id"), "model_id" TEXT NOT NULL,
+   "prompt" TEXT NOT NULL, "threshold" REAL NOT NULL, "num_samples" INTEGER NOT NULL, "seconds" REAL,
+   "created_at" TEXT NOT NULL, "maps_path" TEXT NOT NULL, "mask_path" TEXT NOT NULL, "scores" TEXT NOT NULL,
+   "score_foreground_entropy" REAL, "score_boundary_entropy" REAL, "score_mutual_information" REAL,
+   "score_image_entropy" REAL, "foreground_pixels" INTEGER);
+CREATE INDEX "idx_predictions_case" ON "predictions" ("case_id");
+CREATE INDEX "idx_predictions_score_foreground_entropy" ON "predictions" ("score_foreground_entropy");
+CREATE INDEX "idx_predictions_score_boundary_entropy" ON "predictions" ("score_boundary_entropy");
+CREATE INDEX "idx_predictions_score_mutual_information" ON "predictions" ("score_mutual_information");
+CREATE INDEX "idx_predictions_score_image_entropy" ON "predictions" ("score_image_entropy");
+CREATE TABLE "corrections" (
+   "id" INTEGER PRIMARY KEY, "case_id" INTEGER NOT NULL REFERENCES "cases"("id"),
+   "prediction_id" INTEGER REFERENCES "predictions"("id"), "version" INTEGER NOT NULL,
+   "annotator" TEXT NOT NULL, "prompt" TEXT NOT NULL, "status" TEXT NOT NULL, "mask_path" TEXT NOT NULL,
+   "predicted_mask_path" TEXT NOT NULL, "pixels_added" INTEGER NOT NULL, "pixels_erased" INTEGER NOT NULL,
+   "pixels_changed" INTEGER NOT NULL, "threshold" REAL, "model_id" TEXT, "scores" TEXT,
+   "created_at" TEXT NOT NULL);
+CREATE UNIQUE INDEX "idx_corrections_case_version" ON "corrections" ("case_id", "version");
+CREATE INDEX "idx_corrections_case" ON "corrections" ("case_id");
+CREATE INDEX "idx_corrections_annotator" ON "corrections" ("annotator");
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def test_schema_created_in_wal_mode(tmp_path):
+    path = tmp_path / "sub" / "annotations.db"
+    with AnnotationStore(path) as store:
+        assert store.path == path and path.is_file()
+        assert store.files_dir == tmp_path / "sub" / "annotations_files"
+        assert all((store.files_dir / sub).is_dir() for sub in ("images", "maps", "masks"))
+        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.integrity_check() == "ok"
+        assert store.counts() == {"unreviewed": 0, "corrected": 0, "accepted": 0, "skipped": 0,
+                                  "corrections": 0, "predictions": 0}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"meta", "cases", "predictions", "corrections"} <= tables
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert len(indexes) >= 10
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+    assert set(ACQUISITION_SCORES.values()) - {"random_key"} <= columns
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    conn.close()
+
+
+def test_new_schema_matches_version_1(tmp_path):
+    """The tables and indexes a new store makes are those of version 1, column for column."""
+    written = sqlite3.connect(tmp_path / "written.db")
+    written.executescript(VERSION_1_SQL)
+    AnnotationStore(tmp_path / "new.db").close()
+    made = sqlite3.connect(tmp_path / "new.db")
+
+    def layout(conn):
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') "
+                                                "AND name NOT LIKE 'sqlite_%'")]
+        return {name: (conn.execute(f'PRAGMA table_info("{name}")').fetchall()
+                       or conn.execute(f'PRAGMA index_info("{name}")').fetchall()) for name in names}
+
+    assert layout(made) == layout(written)
+    written.close()
+    made.close()
+
+
+def test_reopen_keeps_data(tmp_path):
+    path = tmp_path / "annotations.db"
+    with AnnotationStore(path) as store:
+        case, _ = case_with_prediction(store, 1)
+    with AnnotationStore(path) as again:
+        assert again.get_case(case.id) == case
+        assert again.counts()["predictions"] == 1
+        np.testing.assert_array_equal(again.load_image(case.id), image(1))
+
+
+def test_existing_version_1_database_opens(tmp_path):
+    """A database and files as version 1 wrote them open in this store, are read and take new writes."""
+    path = tmp_path / "annotations.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(VERSION_1_SQL)
+    files = tmp_path / "annotations_files"
+    for sub in ("images", "maps", "masks"):
+        (files / sub).mkdir(parents=True)
+    pixels = image(40)
+    cv2.imwrite(str(files / "images" / "abc.png"), pixels)
+    probability = np.full((24, 32), 0.2, np.float32)
+    probability[4:12, 6:20] = 0.9
+    entropy = np.full((24, 32), 0.1, np.float16)
+    np.savez_compressed(files / "maps" / "p1.npz", probability=probability, entropy=entropy,
+                        mutual_information=entropy)
+    cv2.imwrite(str(files / "masks" / "p1-predicted.png"), (probability > 0.5).astype(np.uint8) * 255)
+    conn.execute("INSERT INTO cases (id, content_hash, prompt, original_name, width, height, source, batch, "
+                 "image_path, metadata, status, created_at, updated_at, random_key) VALUES (1, 'abc', 'a lesion', "
+                 "'old.png', 32, 24, 'upload', 'week1', 'images/abc.png', ?, 'unreviewed', '2026-01-01T00:00:00Z', "
+                 "'2026-01-01T00:00:00Z', 0.5)", [json.dumps({"modality": "CT"})])
+    conn.execute("INSERT INTO predictions (id, case_id, model_id, prompt, threshold, num_samples, seconds, "
+                 "created_at, maps_path, mask_path, scores, score_foreground_entropy, foreground_pixels) VALUES "
+                 "(1, 1, 'old-model', 'a lesion', 0.5, 4, 0.1, '2026-01-01T00:00:00Z', 'maps/p1.npz', "
+                 "'masks/p1-predicted.png', ?, 0.3, 112)",
+                 [json.dumps({"mean_entropy_foreground": 0.3, "boundary_band_px": 2})])
+    conn.commit()
+    conn.close()
+
+    with AnnotationStore(path) as store:
+        assert store.schema_version == 1 and store.integrity_check() == "ok"
+        case = store.get_case(1)
+        assert (case.original_name, case.batch, case.metadata, case.status) == ("old.png", "week1",
+                                                                                {"modality": "CT"}, "unreviewed")
+        np.testing.assert_array_equal(store.load_image(1), pixels)
+        loaded = store.load_prediction(1)
+        np.testing.assert_array_equal(loaded.mask, probability > 0.5)
+        assert loaded.model_id == "old-model" and store.latest_prediction_id(1) == 1
+        assert store.next_case("alice").id == 1
+        saved = store.save_correction(1, np.zeros((24, 32), bool), annotator="alice")
+        assert (saved.version, saved.pixels_erased) == (1, 112)
+        assert store.counts()["corrected"] == 1
+
+
+def test_newer_schema_refused(tmp_path):
+    path = tmp_path / "annotations.db"
+    AnnotationStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="schema version 7, newer"):
+        AnnotationStore(path)
+
+
+def test_unreadable_schema_version_refused(tmp_path):
+    path = tmp_path / "annotations.db"
+    AnnotationStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = 'seven' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="unreadable schema version"):
+        AnnotationStore(path)
+
+
+def test_migration_from_version_zero(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '0')")
+    conn.commit()
+    conn.close()
+    with AnnotationStore(path) as store:
+        assert store.schema_version == 1
+        case, _ = case_with_prediction(store, 2)
+        assert store.get_case(case.id).status == "unreviewed"
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"this is not sqlite " * 100)
+    with pytest.raises(StorageError, match="Could not"):
+        AnnotationStore(path)
