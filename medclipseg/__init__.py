@@ -5,24 +5,17 @@
 """
 from __future__ import annotations
 
+from medclipseg.lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Predictor": ("medclipseg.inference.predictor", "Predictor"),
-    "Prediction": ("medclipseg.inference.predictor", "Prediction"),
-    "load_model": ("medclipseg.registry", "load_model"),
-    "LoadedModel": ("medclipseg.registry", "LoadedModel"),
+    "Predictor": "medclipseg.inference.predictor",
+    "Prediction": "medclipseg.inference.predictor",
+    "load_model": "medclipseg.registry",
+    "LoadedModel": "medclipseg.registry",
 }
 
 __all__ = ["Predictor", "Prediction", "load_model", "LoadedModel", "__version__"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module_name, attribute = _LAZY[name]
-        value = getattr(importlib.import_module(module_name), attribute)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medclipseg' has no attribute {name!r}")
+__getattr__ = lazy_getattr(globals(), _LAZY)

@@ -184,6 +184,11 @@ def _add_data_options(parser, setting=None) -> None:
                         help="prompt design of the test table (default: %(default)s)")
 
 
+def _add_weights(parser) -> None:
+    """--weights, worded alike for every command that loads a model."""
+    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+
+
 def _add_device(parser) -> None:
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available, else cpu)")
 
@@ -225,7 +230,7 @@ def _add_phantoms(commands) -> None:
 
 
 def _add_pretrain(commands) -> None:
-    from medclipseg.training.stage1 import PretrainConfig as C
+    from medclipseg.training.config import PretrainConfig as C
 
     parser = commands.add_parser("pretrain", help="stage 1: align the tiny ViT with the frozen MiniLM text tower",
                                  description="Stage 1: train the tiny backbone's image tower against the frozen "
@@ -245,7 +250,7 @@ def _add_pretrain(commands) -> None:
 
 def _add_train(commands) -> None:
     from medclipseg.registry import BACKBONES
-    from medclipseg.training.stage2 import TrainConfig as C
+    from medclipseg.training.config import TrainConfig as C
 
     parser = commands.add_parser("train", help="stage 2: train adapters and head on a dataset in the authors' layout",
                                  description="Stage 2: train the adapters, upscaler and mask head with both towers "
@@ -295,7 +300,7 @@ def _add_benchmark(commands) -> None:
                                              "write the results report with its JSON beside it.")
     defaults = _field_defaults(C)
     parser.add_argument("--out", default=defaults["out"], help="report to write (default: %(default)s)")
-    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    _add_weights(parser)
     parser.add_argument("--runs", help="folder with ablation and data-fraction runs (<name>/best)")
     parser.add_argument("--data", help="test set in the authors' layout instead of fresh phantoms")
     parser.add_argument("--shifted-data", help="a second, shifted test set in the authors' layout")
@@ -316,7 +321,7 @@ def _add_evaluate(commands) -> None:
                                  description="Predict every row of a split's prompt table and write DSC and NSD "
                                              "per image and overall.")
     _add_data_options(parser)
-    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    _add_weights(parser)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"),
                         help="split to evaluate (default: %(default)s)")
     _add_prediction_options(parser)
@@ -329,7 +334,7 @@ def _add_predict(commands) -> None:
     parser = commands.add_parser("predict", help="segment one image; writes mask and uncertainty maps",
                                  description="Segment one image with a text prompt; writes <stem>_mask.png and "
                                              "<stem>_maps.npz (probability, entropy, mutual information).")
-    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    _add_weights(parser)
     parser.add_argument("--image", required=True, help="image file (PNG, JPEG, TIFF, DICOM, ...)")
     parser.add_argument("--prompt", required=True, help="text prompt describing the target")
     _add_prediction_options(parser, seed_default=None)
@@ -370,7 +375,7 @@ def _add_ingest(commands) -> None:
     prompt_source.add_argument("--prompts-csv",
                                help="CSV with columns image,prompt (or the authors' Image,Description)")
     parser.add_argument("--batch", help="batch name stored with the cases (the queue can be limited to it)")
-    parser.add_argument("--weights", default=None, help="model source (default: MEDCLIPSEG_WEIGHTS or demo)")
+    _add_weights(parser)
     parser.add_argument("--batch-size", type=int, default=8,
                         help="images read and stored at a time, then predicted one by one (default: %(default)s)")
     _add_prediction_options(parser)
@@ -394,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args) -> int:
-    from medclipseg.training.stage2 import TrainConfig, train
+    from medclipseg.training.config import TrainConfig
+    from medclipseg.training.stage2 import train
 
     config = resolve_config(args, TrainConfig, "train")
     result = train(config)
@@ -415,7 +421,8 @@ def run_phantoms(args) -> int:
 
 
 def run_pretrain(args) -> int:
-    from medclipseg.training.stage1 import PretrainConfig, pretrain
+    from medclipseg.training.config import PretrainConfig
+    from medclipseg.training.stage1 import pretrain
 
     if args.model is not None:
         try:

@@ -1,6 +1,8 @@
 """Shared by the annotation store tests: small images, hand-built Predictions, a store fixture."""
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,16 @@ def case_with_prediction(store, seed, *, prompt="a round lesion", scores=None, b
     case = store.add_case(image(seed, shape), prompt=prompt, original_name=f"img_{seed}.png", batch=batch)
     prediction_id = store.add_prediction(case.id, prediction(shape, seed, prompt, scores))
     return case, prediction_id
+
+
+def database_with_schema_version(path, value: str):
+    """A new store's database at ``path`` whose recorded schema version is then set to ``value``."""
+    AnnotationStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (value,))
+    conn.commit()
+    conn.close()
+    return path
 
 
 def stored_files(store) -> list:

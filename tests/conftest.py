@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+# Fixtures shared by the annotation tests (`store`: an AnnotationStore on a fresh SQLite file).
+pytest_plugins = ("annotation_support",)
+
 # A tiny backbone shrunk further: 7x7 patches of 32 px, a 64-wide ViT, 32-d embeddings.
 # The MiniLM text tower keeps its fixed shape (384 wide, 6 layers).
 SMALL_TINY_OVERRIDES = dict(width=64, heads=2, embed_dim=32, adapter_dim=16, patch_size=32, image_size=224,
@@ -63,3 +66,30 @@ def small_tiny_backbone(monkeypatch):
 
     monkeypatch.setitem(build.BACKBONES, "tiny", small_tiny_builder)
     return small_tiny_builder
+
+
+# -- nothing the package writes to the system temp directory outlives the test run ----------------
+
+_TEMP_PREFIXES = ("medclipseg",)
+
+
+def _package_temp_entries() -> set:
+    import tempfile
+    from pathlib import Path
+
+    return {path.name for path in Path(tempfile.gettempdir()).iterdir() if path.name.startswith(_TEMP_PREFIXES)}
+
+
+def pytest_sessionstart(session):
+    session.config._medclipseg_temp_before = _package_temp_entries()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_medclipseg_temp_before", set())
+    left = sorted(_package_temp_entries() - before)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the test run left {len(left)} entries in the temp directory: {', '.join(left[:10])}"
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {message}", red=True)
+        session.exitstatus = 1

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from annotation_support import database_with_schema_version
 from app_support import write_dicom
 from medclipseg.annotation import ingest as queue_module
 from medclipseg.cli import main
@@ -329,12 +330,7 @@ def test_cli_ingest(tmp_path, small_tiny_predictor, monkeypatch, capsys):
     (tmp_path / "p.csv").write_text("name,text\n")
     assert main(["ingest", "--source", str(source), "--prompts-csv", str(tmp_path / "p.csv")]) == 2
     assert "needs columns" in capsys.readouterr().err
-    newer = tmp_path / "newer.db"
-    AnnotationStore(newer).close()
-    conn = sqlite3.connect(newer)
-    conn.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    newer = database_with_schema_version(tmp_path / "newer.db", "9")
     assert main(["ingest", "--db", str(newer), "--source", str(source), "--prompt", "x"]) == 2
     assert "newer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:

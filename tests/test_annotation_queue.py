@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from annotation_support import QUEUE_SCORES, fill_scored_queue, image, store  # noqa: F401  (store: fixture)
+from annotation_support import QUEUE_SCORES, fill_scored_queue, image
 from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.store import AnnotationStore, QueueSummary, StorageError
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from annotation_support import case_with_prediction, image
+from annotation_support import case_with_prediction, database_with_schema_version, image
 from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.schema import SCHEMA_VERSION
 from medclipseg.annotation.store import AnnotationStore, StorageError
@@ -144,25 +144,13 @@ def test_existing_version_1_database_opens(tmp_path):
         assert store.counts()["corrected"] == 1
 
 
-def test_newer_schema_refused(tmp_path):
-    path = tmp_path / "annotations.db"
-    AnnotationStore(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
-    with pytest.raises(StorageError, match="schema version 7, newer"):
-        AnnotationStore(path)
-
-
-def test_unreadable_schema_version_refused(tmp_path):
-    path = tmp_path / "annotations.db"
-    AnnotationStore(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = 'seven' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
-    with pytest.raises(StorageError, match="unreadable schema version"):
+@pytest.mark.parametrize("recorded, message", [
+    ("7", "schema version 7, newer"),
+    ("seven", "unreadable schema version"),
+], ids=["newer", "unreadable"])
+def test_schema_version_refused(tmp_path, recorded, message):
+    path = database_with_schema_version(tmp_path / "annotations.db", recorded)
+    with pytest.raises(StorageError, match=message):
         AnnotationStore(path)
 
 

@@ -7,13 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotation_support import (  # noqa: F401  (store: fixture)
-    case_with_prediction,
-    image,
-    prediction,
-    store,
-    stored_files,
-)
+from annotation_support import case_with_prediction, image, prediction, stored_files
 from medclipseg.annotation.store import (
     ACQUISITION_SCORES,
     SCHEMA_VERSION,

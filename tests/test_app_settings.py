@@ -33,21 +33,16 @@ def test_examples_exist_with_prompts(app_module):
         assert (ROOT / "assets" / "examples").joinpath(path).exists() and len(prompt) > 20
 
 
-def test_bad_login_setting_stops_with_a_clear_message(tmp_path):
-    env = {"MEDCLIPSEG_AUTH": "nopassword", "MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
+@pytest.mark.parametrize("setting, value, message", [
+    ("MEDCLIPSEG_AUTH", "nopassword", "MEDCLIPSEG_AUTH must be user:password pairs"),
+    ("MEDCLIPSEG_SAMPLES", "100000", "number of samples must lie between 1 and 64"),
+], ids=["bad_login", "too_many_samples"])
+def test_bad_setting_stops_with_a_clear_message(tmp_path, setting, value, message):
+    env = {setting: value, "MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode != 0
-    assert "MEDCLIPSEG_AUTH must be user:password pairs" in result.stderr
-    assert not (tmp_path / "a.db").exists()
-
-
-def test_too_many_samples_stops_with_a_clear_message(tmp_path):
-    env = {"MEDCLIPSEG_SAMPLES": "100000", "MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode != 0
-    assert "number of samples must lie between 1 and 64" in result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "a.db").exists()
 
 

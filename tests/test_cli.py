@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from app_support import ROOT
 from medclipseg.cli import main
 from medclipseg.datasets.layout import write_prompt_table
 
@@ -189,3 +192,10 @@ def test_evaluate_missing_test_table_exit_code(trained_run, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "Test_text_original" in err and not (tmp_path / "r.json").exists()
+
+
+def test_building_the_parser_does_not_import_torch():
+    # A fresh interpreter: this test module has imported torch already.
+    code = ("import medclipseg.cli, sys; medclipseg.cli.build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT), timeout=120)

@@ -120,7 +120,7 @@ def test_prob_cross_attention_properties(sd):
     torch.testing.assert_close(res, gt * parts["out"] + (1 - gt) * q)
 
     # brute-force per-element score for one entry
-    b, i, j = 1, 3, 4
+    b, i = 1, 3
     d = 256
     qi = parts["q"][b, i]
     s = lambda jj: (qi @ parts["k_mu"][b, jj]) / d ** 0.5 - 2.35 * torch.sqrt((qi ** 2 * parts["k_var"][b, jj]).sum() / d)

@@ -19,15 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Optional, Union
 
+from medclipseg.annotation.queue import ACQUISITION_LABELS  # noqa: F401  (re-exported)
 from medclipseg.io.images import IMAGE_SUFFIXES, ImageReadError, PromptError, read_image, validate_prompt
 
-ACQUISITION_LABELS = {  # UI labels for storage.ACQUISITION_SCORES keys
-    "foreground_entropy": "Mean entropy on the predicted foreground",
-    "boundary_entropy": "Mean entropy on the predicted boundary",
-    "mutual_information": "Mutual information (model uncertainty)",
-    "image_entropy": "Mean entropy over the whole image",
-    "random": "Random order (baseline)",
-}
 MAX_ARCHIVE_MEMBERS = 10000
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
 # How many failed files the one-line summary names before "and N more".

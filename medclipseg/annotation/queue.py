@@ -23,6 +23,13 @@ ACQUISITION_SCORES = {  # name shown in the UI -> column used to rank (descendin
     "image_entropy": "score_image_entropy",
     "random": "random_key",  # baseline
 }
+ACQUISITION_LABELS = {  # what the app's order menu shows for each
+    "foreground_entropy": "Mean entropy on the predicted foreground",
+    "boundary_entropy": "Mean entropy on the predicted boundary",
+    "mutual_information": "Mutual information (model uncertainty)",
+    "image_entropy": "Mean entropy over the whole image",
+    "random": "Random order (baseline)",
+}
 NO_LEASE = {"assigned_to": None, "lease_expires": None}
 
 

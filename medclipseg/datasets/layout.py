@@ -277,6 +277,15 @@ def _missing_file_note(name: str, lowered: dict) -> str:
     return ""
 
 
+def _file_problem(kind: str, name: str, names: set, lowered: dict, folder_shown: str) -> Optional[str]:
+    """What is wrong with a table cell naming an image or label file; None when the file is there."""
+    if not _is_plain_name(name):
+        return f"{kind} '{name}' must be a plain file name"
+    if name not in names:
+        return f"{kind} '{name}' not found in {folder_shown}{_missing_file_note(name, lowered)}"
+    return None
+
+
 def _raise_problems(shown_table: str, problems: list) -> None:
     if not problems:
         return
@@ -348,13 +357,9 @@ def load_split(
             if not value:
                 row_problems.append(f"row {row}: empty '{column}' cell")
         if image_name:
-            if not _is_plain_name(image_name):
-                row_problems.append(f"row {row}: image '{image_name}' must be a plain file name")
-            elif image_name not in image_names:
-                note = _missing_file_note(image_name, image_lower)
-                row_problems.append(
-                    f"row {row}: image '{image_name}' not found in {image_folder_shown}{note}"
-                )
+            problem = _file_problem("image", image_name, image_names, image_lower, image_folder_shown)
+            if problem:
+                row_problems.append(f"row {row}: {problem}")
             if image_name in first_row_of:
                 row_problems.append(
                     f"row {row}: duplicate image name '{image_name}' "
@@ -363,13 +368,9 @@ def load_split(
             else:
                 first_row_of[image_name] = row
         if label_name:
-            if not _is_plain_name(label_name):
-                row_problems.append(f"row {row}: label '{label_name}' must be a plain file name")
-            elif label_name not in label_names:
-                note = _missing_file_note(label_name, label_lower)
-                row_problems.append(
-                    f"row {row}: label '{label_name}' not found in {label_folder_shown}{note}"
-                )
+            problem = _file_problem("label", label_name, label_names, label_lower, label_folder_shown)
+            if problem:
+                row_problems.append(f"row {row}: {problem}")
         if row_problems:
             problems.extend(row_problems)
             continue

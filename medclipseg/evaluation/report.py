@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from medclipseg.datasets.layout import PROMPT_DESIGNS, load_split
 from medclipseg.evaluation.evaluate import evaluate_samples, load_manifest
@@ -113,6 +112,8 @@ def generate_test_sets(config: BenchmarkConfig) -> tuple:
 
 
 def run_benchmark(config: BenchmarkConfig) -> dict:
+    import torch  # here, not at the top: the CLI imports BenchmarkConfig to build its parser
+
     from medclipseg.inference.predictor import Predictor
 
     started = time.perf_counter()

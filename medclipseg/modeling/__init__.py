@@ -5,6 +5,8 @@ importable without torch.
 """
 from __future__ import annotations
 
+from medclipseg.lazy import lazy_getattr
+
 _PARTS = {
     "ProbabilisticCrossAttention": "medclipseg.modeling.prob_attention",
     "TwoWayLayer": "medclipseg.modeling.two_way",
@@ -17,12 +19,4 @@ _PARTS = {
 
 __all__ = list(_PARTS)
 
-
-def __getattr__(name: str):
-    if name in _PARTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_PARTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'medclipseg.modeling' has no attribute {name!r}")
+__getattr__ = lazy_getattr(globals(), _PARTS)

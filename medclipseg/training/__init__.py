@@ -1,1 +1,2 @@
-"""Stage 1 (backbone alignment for the tiny demo), stage 2 (the paper's training loop) and the losses."""
+"""Stage 1 (backbone alignment for the tiny demo), stage 2 (the paper's training loop), their
+settings (``config``, importable without torch) and the losses."""

@@ -23,9 +23,8 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -38,27 +37,8 @@ from medclipseg.datasets.torch_dataset import rotate_pair
 from medclipseg.datasets.layout import load_split
 from medclipseg.io.images import read_image, read_mask
 from medclipseg.inference.transforms import preprocess_bgr
+from medclipseg.training.config import PretrainConfig  # still importable from here
 from medclipseg.training.stage2 import seed_everything
-
-
-@dataclass
-class PretrainConfig:
-    data: str
-    out: str
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
-    dense_weight: float = 1.0
-    pct: int = 100
-    seed: int = 0
-    rotation_degrees: float = 15.0
-    rotation_probability: float = 0.5
-    max_steps: Optional[int] = None
-    model: dict = field(default_factory=dict)  # overrides of medclipseg.registry.tiny_config
-    device: Optional[str] = None
-    progress: bool = True
 
 
 @dataclass

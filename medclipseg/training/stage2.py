@@ -12,9 +12,8 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -24,42 +23,12 @@ from tqdm.auto import tqdm
 from medclipseg.weights.checkpoint import save_pretrained
 from medclipseg.datasets.torch_dataset import SegmentationDataset, collate
 from medclipseg.datasets.layout import load_split
+from medclipseg.training.config import TrainConfig  # still importable from here
 from medclipseg.training.losses import segmentation_loss
 from medclipseg.evaluation.metrics import dice_score
 from medclipseg.modeling.medclipseg import TRAINABLE_PREFIXES
 from medclipseg.inference.tokenization import build_tokenizer
 from medclipseg.registry import default_device
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    backbone: str = "tiny"
-    init: Optional[str] = None  # start from weights: "demo", our model folder, an authors' .pth, hf://
-    epochs: int = 100
-    batch_size: int = 24
-    lr: float = 3e-4
-    min_lr: float = 1e-4
-    seed: int = 666
-    pct: int = 100
-    design: str = "original"
-    tokenizer_mode: str = "exact"
-    dice_weight: float = 0.5
-    bce_weight: float = 0.5
-    contrastive_weight: float = 0.1
-    temperature: float = 0.2
-    rotation_probability: float = 0.5
-    rotation_degrees: float = 20.0
-    max_steps_per_epoch: Optional[int] = None
-    validate: bool = True
-    device: Optional[str] = None
-    resume: bool = True
-    progress: bool = True
-    # Ablations: stochastic=False trains with the value means only (no probabilistic attention);
-    # fusion_layers=[] drops the adapters (head and upscaler only); None keeps the model's own.
-    stochastic: bool = True
-    fusion_layers: Optional[list] = None
 
 
 def seed_everything(seed: int) -> None:
