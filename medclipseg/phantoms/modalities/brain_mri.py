@@ -11,23 +11,11 @@ import cv2
 import numpy as np
 
 from medclipseg.phantoms.geometry import PLACE_STEP, Target
-from medclipseg.phantoms.raster import (
-    coords,
-    smooth_noise,
-    gaussian_blur,
-    bounding_window,
-    soft_mask,
-    inner_distance,
-    smoothstep,
-    ramp,
-    erode,
-    dilate,
-    grey_to_bgr,
-)
+from medclipseg.phantoms import raster
 
 
 def layout(rng, height, width) -> dict:
-    ys, xs = coords(height, width)
+    ys, xs = raster.coords(height, width)
     cx = width / 2.0 + rng.uniform(-0.025, 0.025) * width
     cy = height / 2.0 + rng.uniform(-0.025, 0.025) * height
     ax = rng.uniform(0.36, 0.42) * width
@@ -37,7 +25,7 @@ def layout(rng, height, width) -> dict:
     xr = dx * math.cos(angle) + dy * math.sin(angle)
     yr = -dx * math.sin(angle) + dy * math.cos(angle)
     rho = np.sqrt((xr / ax) ** 2 + (yr / ay) ** 2)
-    rho *= 1.0 + 0.012 * smooth_noise(rng, height, width, 60)
+    rho *= 1.0 + 0.012 * raster.smooth_noise(rng, height, width, 60)
     mean_axis = 0.5 * (ax + ay)
     scalp_t, skull_t, csf_t = (rng.uniform(5, 8) / mean_axis, rng.uniform(5, 8) / mean_axis,
                                rng.uniform(1.5, 3) / mean_axis)
@@ -59,7 +47,7 @@ def layout(rng, height, width) -> dict:
             cv2.line(ventricles, (int(x0), int(y0)), (int(x1), int(y1)), 1, max(2, int(0.5 * (t0 + t1))), cv2.LINE_8)
     ventricles = ventricles.astype(bool) & brain
     # Tumours may abut the ventricles but do not cross the falx (midline).
-    region = erode(brain, 4) & ~dilate(ventricles, 1) & (np.abs(xr) > 3.0)
+    region = raster.erode(brain, 4) & ~raster.dilate(ventricles, 1) & (np.abs(xr) > 3.0)
     brain_distance = cv2.distanceTransform(brain.astype(np.uint8), cv2.DIST_L2, 3)[::PLACE_STEP, ::PLACE_STEP]
 
     def prefer(category, inscribed, outer):
@@ -100,14 +88,14 @@ def render(rng, anatomy: dict, targets: list) -> np.ndarray:
     conditions = [rho >= 1.0, rho >= scalp_in, rho >= outer_table, rho >= diploe, rho >= inner_table]
     values = [0.0, 0.72, 0.07, 0.58, 0.07]
     head = np.select(conditions, values, default=0.13).astype(np.float32)
-    head += 0.06 * smooth_noise(rng, height, width, 4) * (rho < 1.0) * (rho >= inner_table)
-    head = gaussian_blur(head, 0.7)
+    head += 0.06 * raster.smooth_noise(rng, height, width, 4) * (rho < 1.0) * (rho >= inner_table)
+    head = raster.gaussian_blur(head, 0.7)
     # Brain: grey matter cortex with gyri over brighter white matter; dark sulci and fissure.
     rb = rho / brain_edge
-    wiggle = 0.6 * smooth_noise(rng, height, width, 13) + 0.4 * smooth_noise(rng, height, width, 6)
-    white = ramp((0.8 + 0.08 * wiggle - rb) / 0.025)
-    tissue = 0.40 + 0.2 * white + 0.02 * smooth_noise(rng, height, width, 3)
-    sulci = np.exp(-(smooth_noise(rng, height, width, 9) / 0.17) ** 2) * smoothstep(rb, 0.66, 0.93)
+    wiggle = 0.6 * raster.smooth_noise(rng, height, width, 13) + 0.4 * raster.smooth_noise(rng, height, width, 6)
+    white = raster.ramp((0.8 + 0.08 * wiggle - rb) / 0.025)
+    tissue = 0.40 + 0.2 * white + 0.02 * raster.smooth_noise(rng, height, width, 3)
+    sulci = np.exp(-(raster.smooth_noise(rng, height, width, 9) / 0.17) ** 2) * raster.smoothstep(rb, 0.66, 0.93)
     tissue += (0.12 - tissue) * 0.8 * sulci
     fissure = np.maximum(0.0, 1.0 - (xr / 1.6) ** 2) * (np.abs(yr) > 0.28 * anatomy["ay"])
     tissue += (0.12 - tissue) * fissure
@@ -117,25 +105,25 @@ def render(rng, anatomy: dict, targets: list) -> np.ndarray:
             centre = (int(anatomy["cx"] + side * 0.24 * anatomy["ax"]), int(anatomy["cy"] + offset_y * anatomy["ay"]))
             cv2.ellipse(nuclei, centre, (int(0.09 * anatomy["ax"]), int(size * anatomy["ay"])),
                         math.degrees(anatomy["angle"]) + side * 10, 0, 360, 1, -1)
-    tissue += (0.46 - tissue) * gaussian_blur(nuclei.astype(np.float32), 2.5)
-    tissue += (0.1 - tissue) * soft_mask(anatomy["ventricles"], 0.8)
+    tissue += (0.46 - tissue) * raster.gaussian_blur(nuclei.astype(np.float32), 2.5)
+    tissue += (0.1 - tissue) * raster.soft_mask(anatomy["ventricles"], 0.8)
     for target in targets:
         details = target.details
         if details["oedema"] > 0:  # oedema is dark on T1; it never enters the ground truth mask
-            oedema = np.clip(soft_mask(target.mask, details["oedema"]) * 2.5, 0, 1) * (~target.mask)
+            oedema = np.clip(raster.soft_mask(target.mask, details["oedema"]) * 2.5, 0, 1) * (~target.mask)
             tissue += (0.3 - tissue) * 0.75 * oedema * anatomy["brain"]
-        y0, y1, x0, x1 = bounding_window(target.mask, 4)
+        y0, y1, x0, x1 = raster.bounding_window(target.mask, 4)
         mask = target.mask[y0:y1, x0:x1]
-        texture = smooth_noise(rng, y1 - y0, x1 - x0, 4)
+        texture = raster.smooth_noise(rng, y1 - y0, x1 - x0, 4)
         if details["ring"]:
-            depth = inner_distance(mask)
+            depth = raster.inner_distance(mask)
             lesion = np.where(depth <= details["rim"], 0.93, 0.24 + 0.04 * texture)
         else:
             lesion = 0.84 + 0.05 * texture
         patch = tissue[y0:y1, x0:x1]
-        patch += (lesion - patch) * gaussian_blur(mask.astype(np.float32), 0.7)
-    image = head + (tissue - head) * ramp((brain_edge - rho) / (0.7 / (0.5 * (anatomy["ax"] + anatomy["ay"]))))
-    image *= 1.0 + 0.08 * smooth_noise(rng, height, width, width / 2)  # coil bias field
+        patch += (lesion - patch) * raster.gaussian_blur(mask.astype(np.float32), 0.7)
+    image = head + (tissue - head) * raster.ramp((brain_edge - rho) / (0.7 / (0.5 * (anatomy["ax"] + anatomy["ay"]))))
+    image *= 1.0 + 0.08 * raster.smooth_noise(rng, height, width, width / 2)  # coil bias field
     # Magnitude-image noise: |signal + noise| is Rician-like (half-normal in the background).
     image += 0.02 * rng.standard_normal((height, width), dtype=np.float32)
-    return grey_to_bgr(np.abs(image) * (1 / 0.95))
+    return raster.grey_to_bgr(np.abs(image) * (1 / 0.95))

@@ -11,21 +11,11 @@ import cv2
 import numpy as np
 
 from medclipseg.phantoms.geometry import Target
-from medclipseg.phantoms.raster import (
-    coords,
-    smooth_noise,
-    fractal_noise,
-    bounding_window,
-    soft_mask,
-    ramp,
-    erode,
-    smooth_curve,
-    grey_to_bgr,
-)
+from medclipseg.phantoms import raster
 
 
 def layout(rng, height, width) -> dict:
-    ys, xs = coords(height, width)
+    ys, xs = raster.coords(height, width)
     # Beam space: rows = depth, columns = scan lines; fewer lines than image columns, as on a
     # scanner (and 40% less work).
     beam_h, beam_w = height, max(96, int(0.6 * width))
@@ -55,13 +45,13 @@ def layout(rng, height, width) -> dict:
     map_v = np.ascontiguousarray(map_v, dtype=np.float32)
     field_ = (map_u >= 0) & (map_u <= beam_w - 1) & (map_v >= 0) & (map_v <= beam_h - 1)
     # Layer boundaries (beam rows) per beam column: skin, fat, gland, muscle.
-    skin = (0.03 + 0.006 * smooth_curve(rng, beam_w, 40)) * beam_h
-    fat = (rng.uniform(0.14, 0.26) + 0.025 * smooth_curve(rng, beam_w, 60)) * beam_h
-    gland = (rng.uniform(0.66, 0.8) + 0.035 * smooth_curve(rng, beam_w, 70)) * beam_h
-    muscle = gland + (rng.uniform(0.08, 0.13) + 0.01 * smooth_curve(rng, beam_w, 50)) * beam_h
+    skin = (0.03 + 0.006 * raster.smooth_curve(rng, beam_w, 40)) * beam_h
+    fat = (rng.uniform(0.14, 0.26) + 0.025 * raster.smooth_curve(rng, beam_w, 60)) * beam_h
+    gland = (rng.uniform(0.66, 0.8) + 0.035 * raster.smooth_curve(rng, beam_w, 70)) * beam_h
+    muscle = gland + (rng.uniform(0.08, 0.13) + 0.01 * raster.smooth_curve(rng, beam_w, 50)) * beam_h
     column = np.clip(np.round(map_u), 0, beam_w - 1).astype(np.int32)
     region = field_ & (map_v > 0.75 * fat[column]) & (map_v < gland[column] + 0.02 * beam_h)
-    region &= erode(field_, 6)
+    region &= raster.erode(field_, 6)
     return {
         "region": region, "field": field_, "map_u": map_u, "map_v": map_v,
         "inv_x": np.ascontiguousarray(inv_x, dtype=np.float32),
@@ -95,18 +85,18 @@ def render(rng, anatomy: dict, targets: list) -> np.ndarray:
     skin, fat, gland, muscle = anatomy["layers"]
     v = np.arange(beam_h, dtype=np.float32)[:, None]
     # Tissue echogenicity in beam space (rows = depth): layered bands with their own texture.
-    ligaments = np.exp(-(smooth_noise(rng, beam_h, beam_w, 9, 12) / 0.16) ** 2)  # Cooper's ligaments
-    fat_echo = 0.28 + 0.05 * smooth_noise(rng, beam_h, beam_w, 10) + 0.45 * ligaments
-    gland_echo = 0.62 + 0.16 * fractal_noise(rng, beam_h, beam_w, (24, 10, 5)) + 0.2 * ligaments
-    gland_echo -= 0.3 * np.clip(smooth_noise(rng, beam_h, beam_w, 14, 30) - 1.2, 0, 1)  # ducts / fat islands
-    stripes = np.sin(2 * np.pi * v / rng.uniform(5, 8) + 2.0 * smooth_noise(rng, beam_h, beam_w, 20, 36))
+    ligaments = np.exp(-(raster.smooth_noise(rng, beam_h, beam_w, 9, 12) / 0.16) ** 2)  # Cooper's ligaments
+    fat_echo = 0.28 + 0.05 * raster.smooth_noise(rng, beam_h, beam_w, 10) + 0.45 * ligaments
+    gland_echo = 0.62 + 0.16 * raster.fractal_noise(rng, beam_h, beam_w, (24, 10, 5)) + 0.2 * ligaments
+    gland_echo -= 0.3 * np.clip(raster.smooth_noise(rng, beam_h, beam_w, 14, 30) - 1.2, 0, 1)  # ducts / fat islands
+    stripes = np.sin(2 * np.pi * v / rng.uniform(5, 8) + 2.0 * raster.smooth_noise(rng, beam_h, beam_w, 20, 36))
     muscle_echo = 0.42 + 0.15 * stripes
     deep_echo = 0.07 + 0.55 * np.exp(-((v - muscle[None, :] - 0.03 * beam_h) / 2.0) ** 2)  # pleura/rib line
     echo = 0.9 + np.zeros((beam_h, beam_w), np.float32)
-    echo += (fat_echo - echo) * ramp((v - skin[None, :]) / 1.5)
-    echo += (gland_echo - echo) * ramp((v - fat[None, :]) / 3.0)
-    echo += (muscle_echo - echo) * ramp((v - gland[None, :]) / 3.0)
-    echo += (deep_echo - echo) * ramp((v - muscle[None, :]) / 2.0)
+    echo += (fat_echo - echo) * raster.ramp((v - skin[None, :]) / 1.5)
+    echo += (gland_echo - echo) * raster.ramp((v - fat[None, :]) / 3.0)
+    echo += (muscle_echo - echo) * raster.ramp((v - gland[None, :]) / 3.0)
+    echo += (deep_echo - echo) * raster.ramp((v - muscle[None, :]) / 2.0)
     # Lesions: masks mapped into beam space, where posterior effects run straight down the beam.
     for target in targets:
         details = target.details
@@ -115,13 +105,13 @@ def render(rng, anatomy: dict, targets: list) -> np.ndarray:
         inside = beam_mask > 0.5
         if not inside.any():
             continue
-        alpha = soft_mask(inside, details["edge"])
-        y0, y1, x0, x1 = bounding_window(inside, int(3 * details["edge"]) + 3)
-        texture = 1.0 + (0.35 if target.category == "malignant" else 0.15) * smooth_noise(rng, y1 - y0, x1 - x0, 5)
+        alpha = raster.soft_mask(inside, details["edge"])
+        y0, y1, x0, x1 = raster.bounding_window(inside, int(3 * details["edge"]) + 3)
+        texture = 1.0 + (0.35 if target.category == "malignant" else 0.15) * raster.smooth_noise(rng, y1 - y0, x1 - x0, 5)
         patch = echo[y0:y1, x0:x1]
         patch += (details["level"] * texture - patch) * alpha[y0:y1, x0:x1]
         if details["halo"]:
-            ring = np.clip(soft_mask(inside, 2.5) * 2.2, 0, 1) * (1 - alpha)
+            ring = np.clip(raster.soft_mask(inside, 2.5) * 2.2, 0, 1) * (1 - alpha)
             echo += 0.35 * ring
         if details["posterior"] != "none":
             rows = np.arange(beam_h)[:, None]
@@ -149,4 +139,4 @@ def render(rng, anatomy: dict, targets: list) -> np.ndarray:
     x = min(width - 3, int(columns.max()) + 4) if len(columns) else width - 4
     for row in range(int(0.12 * height), height - 4, max(12, height // 9)):
         image[row:row + 2, x:x + 2] = 0.75
-    return grey_to_bgr(image)
+    return raster.grey_to_bgr(image)

@@ -11,25 +11,15 @@ import cv2
 import numpy as np
 
 from medclipseg.phantoms.geometry import Target
-from medclipseg.phantoms.raster import (
-    coords,
-    smooth_noise,
-    fractal_noise,
-    gaussian_blur,
-    soft_mask,
-    inner_distance,
-    smoothstep,
-    erode,
-    grey_to_bgr,
-)
+from medclipseg.phantoms import raster
 
 
 def layout(rng, height, width) -> dict:
-    ys, xs = coords(height, width)
+    ys, xs = raster.coords(height, width)
     cx = width / 2.0 + rng.uniform(-0.02, 0.02) * width
     half = rng.uniform(0.42, 0.48) * width
     neck = rng.uniform(0.1, 0.13) * width
-    body = np.abs(xs - cx) < neck + (half - neck) * smoothstep(ys, 0.02 * height, 0.16 * height)
+    body = np.abs(xs - cx) < neck + (half - neck) * raster.smoothstep(ys, 0.02 * height, 0.16 * height)
     heart_c = (cx + rng.uniform(0.03, 0.07) * width, rng.uniform(0.62, 0.67) * height)
     heart_axes = (rng.uniform(0.16, 0.2) * width, rng.uniform(0.11, 0.14) * height)
     heart_mask = np.zeros((height, width), np.uint8)
@@ -47,7 +37,7 @@ def layout(rng, height, width) -> dict:
         medial = side * (xs - cx) > rng.uniform(0.055, 0.075) * width
         lungs |= shape & (ys < dome) & medial
     lungs &= ~heart & body
-    region = erode(lungs, 4)
+    region = raster.erode(lungs, 4)
     return {
         "region": region, "lungs": lungs, "body": body, "heart": heart, "cx": cx,
         "facts": {"projection": "frontal"},
@@ -66,11 +56,11 @@ def appearance(rng, target: Target, anatomy: dict) -> None:
 def render(rng, anatomy: dict, targets: list) -> np.ndarray:
     body, lungs, heart, cx = anatomy["body"], anatomy["lungs"], anatomy["heart"], anatomy["cx"]
     height, width = body.shape
-    ys, xs = coords(height, width)
+    ys, xs = raster.coords(height, width)
     image = np.where(body, 0.5 + 0.18 * ys / height, 0.05).astype(np.float32)
-    image += 0.03 * fractal_noise(rng, height, width, (40, 12))
-    lung_soft = gaussian_blur(lungs.astype(np.float32), 3.0)
-    lung_value = 0.14 + 0.05 * (ys / height) + 0.025 * fractal_noise(rng, height, width, (20, 8, 4))
+    image += 0.03 * raster.fractal_noise(rng, height, width, (40, 12))
+    lung_soft = raster.gaussian_blur(lungs.astype(np.float32), 3.0)
+    lung_value = 0.14 + 0.05 * (ys / height) + 0.025 * raster.fractal_noise(rng, height, width, (20, 8, 4))
     image += (lung_value - image) * 0.92 * lung_soft
     # Vessels branching out of the hila.
     vessels = np.zeros((height, width), np.float32)
@@ -85,7 +75,7 @@ def render(rng, anatomy: dict, targets: list) -> np.ndarray:
                 points.append(point.copy())
             cv2.polylines(vessels, [np.round(np.asarray(points) * 16).astype(np.int32)], False, 1.0,
                           int(rng.integers(1, 3)), cv2.LINE_AA, shift=4)
-    image += 0.07 * gaussian_blur(vessels, 1.0) * lung_soft
+    image += 0.07 * raster.gaussian_blur(vessels, 1.0) * lung_soft
     # Ribs: posterior ribs arch out and down from the spine, anterior ones are fainter.
     ribs = np.zeros((height, width), np.float32)
     thickness = max(3, int(0.018 * height))
@@ -105,21 +95,21 @@ def render(rng, anatomy: dict, targets: list) -> np.ndarray:
         start = (cx + side * 0.05 * width, 0.15 * height)
         end = (cx + side * rng.uniform(0.3, 0.38) * width, rng.uniform(0.07, 0.1) * height)
         cv2.line(ribs, (int(start[0]), int(start[1])), (int(end[0]), int(end[1])), 1.4, thickness + 2, cv2.LINE_AA)
-    image += 0.1 * gaussian_blur(ribs, 1.0) * body * (0.45 + 0.55 * lung_soft)
+    image += 0.1 * raster.gaussian_blur(ribs, 1.0) * body * (0.45 + 0.55 * lung_soft)
     # Spine and mediastinum (bright centre), dark trachea, heart shadow.
     spine = np.exp(-((xs - cx) / (0.05 * width)) ** 4) * body
     image += (0.72 + 0.04 * np.sin(2 * np.pi * ys / (0.045 * height)) - image) * spine * 0.85
     trachea = np.exp(-((xs - cx) / (0.016 * width)) ** 2) * (ys < 0.38 * height) * body
-    image += (0.35 - image) * 0.6 * gaussian_blur(trachea.astype(np.float32), 1.5)
-    image += (0.7 - image) * 0.9 * gaussian_blur(heart.astype(np.float32), 4.0)
+    image += (0.35 - image) * 0.6 * raster.gaussian_blur(trachea.astype(np.float32), 1.5)
+    image += (0.7 - image) * 0.9 * raster.gaussian_blur(heart.astype(np.float32), 4.0)
     for target in targets:
         details = target.details
-        alpha = soft_mask(target.mask, details["edge"])
+        alpha = raster.soft_mask(target.mask, details["edge"])
         if target.category == "pneumonia":
-            patchy = 0.75 + 0.25 * np.clip(smooth_noise(rng, height, width, 9), -1.5, 1.5) / 1.5
+            patchy = 0.75 + 0.25 * np.clip(raster.smooth_noise(rng, height, width, 9), -1.5, 1.5) / 1.5
             image += details["density"] * np.clip(alpha * 1.1, 0, 1) * patchy
         else:
-            dome = np.sqrt(np.clip(inner_distance(target.mask) / 4.0, 0, 1))
+            dome = np.sqrt(np.clip(raster.inner_distance(target.mask) / 4.0, 0, 1))
             image += details["density"] * alpha * (0.75 + 0.25 * dome)
     image += 0.012 * rng.standard_normal((height, width), dtype=np.float32)
-    return grey_to_bgr(np.clip(gaussian_blur(image, 0.6), 0, 1))
+    return raster.grey_to_bgr(np.clip(raster.gaussian_blur(image, 0.6), 0, 1))

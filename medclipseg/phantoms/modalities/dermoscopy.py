@@ -11,16 +11,7 @@ import cv2
 import numpy as np
 
 from medclipseg.phantoms.geometry import Target
-from medclipseg.phantoms.raster import (
-    coords,
-    smooth_noise,
-    fractal_noise,
-    gaussian_blur,
-    bounding_window,
-    inner_distance,
-    erode,
-    to_uint8,
-)
+from medclipseg.phantoms import raster
 
 
 _SKIN_TONES = {  # RGB of the skin at tone 0 (fair) ... 1 (tan)
@@ -29,7 +20,7 @@ _SKIN_TONES = {  # RGB of the skin at tone 0 (fair) ... 1 (tan)
 
 
 def layout(rng, height, width) -> dict:
-    ys, xs = coords(height, width)
+    ys, xs = raster.coords(height, width)
     aperture = rng.random() < 0.4
     field_ = np.ones((height, width), bool)
     radius = None
@@ -39,7 +30,7 @@ def layout(rng, height, width) -> dict:
         field_ = (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 < radius ** 2
     else:
         centre = (width / 2.0, height / 2.0)
-    region = erode(field_, 8)
+    region = raster.erode(field_, 8)
     region[:6] = region[-6:] = False
     region[:, :6] = region[:, -6:] = False
     tone = str(rng.choice(list(_SKIN_TONES)))
@@ -61,19 +52,19 @@ def appearance(rng, target: Target, anatomy: dict) -> None:
 def render(rng, anatomy: dict, targets: list) -> np.ndarray:
     field_ = anatomy["field"]
     height, width = field_.shape
-    ys, xs = coords(height, width)
+    ys, xs = raster.coords(height, width)
     rgb = np.asarray(_SKIN_TONES[anatomy["facts"]["skin"]], np.float32) / 255.0
     rgb = rgb * rng.uniform(0.94, 1.04, size=3).astype(np.float32)
     # Skin: mottled luminance, patchy redness, fine crease lines and pores.
-    shade = 1.0 + 0.035 * fractal_noise(rng, height, width, (40, 16, 6))
-    creases = np.exp(-(smooth_noise(rng, height, width, 14, 40) / 0.09) ** 2) + np.exp(-(smooth_noise(rng, height, width, 40, 14) / 0.09) ** 2)
+    shade = 1.0 + 0.035 * raster.fractal_noise(rng, height, width, (40, 16, 6))
+    creases = np.exp(-(raster.smooth_noise(rng, height, width, 14, 40) / 0.09) ** 2) + np.exp(-(raster.smooth_noise(rng, height, width, 40, 14) / 0.09) ** 2)
     shade -= 0.05 * creases
     pores = np.zeros((height, width), np.float32)
     count = int(rng.integers(30, 120))
     for x, y in zip(rng.integers(0, width, count), rng.integers(0, height, count)):
         pores[y, x] = 1.0
-    shade -= 0.9 * gaussian_blur(pores, 0.9)
-    redness = 0.035 * np.maximum(smooth_noise(rng, height, width, 50), 0.0)  # patchy erythema, never green
+    shade -= 0.9 * raster.gaussian_blur(pores, 0.9)
+    redness = 0.035 * np.maximum(raster.smooth_noise(rng, height, width, 50), 0.0)  # patchy erythema, never green
     image = np.empty((height, width, 3), np.float32)
     image[..., 0] = rgb[2] * shade * (1 - redness)  # B
     image[..., 1] = rgb[1] * shade * (1 - redness)  # G
@@ -85,44 +76,44 @@ def render(rng, anatomy: dict, targets: list) -> np.ndarray:
     r2 = ((xs - cx) ** 2 + (ys - cy) ** 2) / (0.25 * (height * height + width * width))
     image *= (1.0 - 0.22 * r2 ** 1.3)[..., None]
     if anatomy["aperture"]:
-        image *= gaussian_blur(field_.astype(np.float32), 2.0)[..., None]
+        image *= raster.gaussian_blur(field_.astype(np.float32), 2.0)[..., None]
         image += 0.02 * (~field_)[..., None]
-    out = to_uint8(gaussian_blur(image, 0.6))
+    out = raster.to_uint8(raster.gaussian_blur(image, 0.6))
     _draw_hairs(rng, out, anatomy["facts"]["hair_count"])
     return out
 
 
 def _paint_skin_lesion(rng, image: np.ndarray, target: Target) -> None:
     details = target.details
-    y0, y1, x0, x1 = bounding_window(target.mask, int(3 * details["edge"]) + 6)
+    y0, y1, x0, x1 = raster.bounding_window(target.mask, int(3 * details["edge"]) + 6)
     mask = target.mask[y0:y1, x0:x1]
     h, w = mask.shape
-    depth = inner_distance(mask)
+    depth = raster.inner_distance(mask)
     centre = np.clip(depth / (float(depth.max()) + 1e-6), 0, 1)
     lesion_scale = max(6.0, math.sqrt(mask.sum()) / 3.0)
     if details["variegated"]:  # melanoma: dark brown, black, blue-grey, red and regression areas
         palette = np.asarray([(35, 55, 90), (25, 28, 40), (60, 90, 140), (120, 100, 95),
                               (75, 85, 160), (175, 180, 200)], np.float32) / 255.0  # BGR
         chosen = np.concatenate([[int(rng.integers(0, 2))], 2 + rng.choice(4, size=3, replace=False)])
-        logits = np.stack([1.7 * smooth_noise(rng, h, w, 1.5 * lesion_scale) for _ in chosen], axis=-1)
+        logits = np.stack([1.7 * raster.smooth_noise(rng, h, w, 1.5 * lesion_scale) for _ in chosen], axis=-1)
         logits[..., 0] += 1.5 * centre - 0.5
         weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
         weights /= weights.sum(axis=-1, keepdims=True)
         colour = weights @ palette[chosen]
-        dots = (smooth_noise(rng, h, w, 2.5) > 2.1) & (depth > 0) & (centre < 0.5)  # peripheral dots
+        dots = (raster.smooth_noise(rng, h, w, 2.5) > 2.1) & (depth > 0) & (centre < 0.5)  # peripheral dots
         colour[dots] = (25 / 255, 25 / 255, 35 / 255)
-        edge_noise = smooth_noise(rng, h, w, lesion_scale)
-        sharp, fuzzy = gaussian_blur(mask.astype(np.float32), 0.8), gaussian_blur(mask.astype(np.float32), details["edge"] + 1.5)
+        edge_noise = raster.smooth_noise(rng, h, w, lesion_scale)
+        sharp, fuzzy = raster.gaussian_blur(mask.astype(np.float32), 0.8), raster.gaussian_blur(mask.astype(np.float32), details["edge"] + 1.5)
         alpha = np.where(edge_noise > 0, sharp, fuzzy)
     else:  # nevus: uniform brown, darker centre, regular pigment network
         base = np.asarray((60, 100, 158), np.float32) / 255.0 * (1.0 - 0.4 * details["darkness"])
         colour = base[None, None, :] * (1.0 - 0.28 * centre[..., None] ** 0.7)
-        colour = colour * (1.0 + 0.05 * smooth_noise(rng, h, w, lesion_scale))[..., None]
+        colour = colour * (1.0 + 0.05 * raster.smooth_noise(rng, h, w, lesion_scale))[..., None]
         if details["network"]:  # pigment network: an irregular mesh of darker lines
-            mesh = np.exp(-(smooth_noise(rng, h, w, rng.uniform(3.0, 4.5)) / 0.3) ** 2)
+            mesh = np.exp(-(raster.smooth_noise(rng, h, w, rng.uniform(3.0, 4.5)) / 0.3) ** 2)
             fade = np.clip(centre * 2.5, 0, 1)  # the network thins out towards the border
             colour *= (1.0 - 0.22 * fade * mesh)[..., None]
-        alpha = gaussian_blur(mask.astype(np.float32), details["edge"])
+        alpha = raster.gaussian_blur(mask.astype(np.float32), details["edge"])
     alpha = np.clip(alpha * 1.08, 0, 1) * (0.9 + 0.1 * np.clip(centre * 3, 0, 1))
     patch = image[y0:y1, x0:x1]
     patch += (colour.astype(np.float32) - patch) * alpha[..., None]
