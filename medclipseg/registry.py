@@ -173,7 +173,6 @@ class LoadedModel:
     source: str             # as given, e.g. "demo", "runs/busi/best", "hf://owner/repo/file.pth"
     path: Path              # the local folder or file it was read from
     tokenizer_source: str
-    max_length: int
     metadata: dict = field(default_factory=dict)  # what a folder of ours recorded (training, history)
 
     @property
@@ -185,7 +184,7 @@ class LoadedModel:
         """Built on first use: an authors' tokenizer may have to come from the hub."""
         from medclipseg.inference.tokenization import build_tokenizer
 
-        return build_tokenizer(self.tokenizer_source, self.max_length)
+        return build_tokenizer(self.tokenizer_source, self.config.text.max_length)
 
 
 def demo_weights_dir() -> Path:
@@ -261,7 +260,6 @@ def load_model(source: Optional[str] = None, *, device=None, tokenizer_source: O
     model_id = f"{name}@{digest[:MODEL_ID_DIGITS]}"
     model.model_id = model_id
     model = model.to(device if device is not None else default_device()).eval()
-    text = model.config.text
     return LoadedModel(model=model, model_id=model_id, sha256=digest, source=source, path=path,
-                       tokenizer_source=tokenizer_source or text.tokenizer, max_length=text.max_length,
+                       tokenizer_source=tokenizer_source or model.config.text.tokenizer,
                        metadata=dict(getattr(model, "metadata", {}) or {}))

@@ -13,16 +13,17 @@ from annotation_support import database_with_schema_version
 from app_support import write_dicom
 from medclipseg.annotation import ingest as queue_module
 from medclipseg.cli import main
-from medclipseg.io.images import ImageReadError, PromptError
+from medclipseg.io.images import ImageReadError
+from medclipseg.io.prompts import PromptError
 from medclipseg.annotation.ingest import (
-    ACQUISITION_LABELS,
     IngestReport,
     ingest,
     iter_sources,
     read_prompt_csv,
     scan_source,
 )
-from medclipseg.annotation.store import ACQUISITION_SCORES, AnnotationStore
+from medclipseg.annotation.queue import ACQUISITION_LABELS, ACQUISITION_SCORES
+from medclipseg.annotation.store import AnnotationStore
 
 SECRETS = (b"DOE^JANE", b"ID-12345")
 

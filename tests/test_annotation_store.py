@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from annotation_support import case_with_prediction, image, prediction, stored_files
+from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.store import (
-    ACQUISITION_SCORES,
     SCHEMA_VERSION,
     AnnotationStore,
     StorageError,

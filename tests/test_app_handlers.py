@@ -37,7 +37,8 @@ def predictor():
 
 @pytest.fixture()
 def service(tmp_path, predictor):
-    from medclipseg.annotation.service import AnnotationService, ScratchSpace
+    from medclipseg.annotation.scratch import ScratchSpace
+    from medclipseg.annotation.service import AnnotationService
     from medclipseg.annotation.store import AnnotationStore
 
     store = AnnotationStore(tmp_path / "db" / "annotations.db")
@@ -247,7 +248,7 @@ def test_mask_upload_errors_name_the_file_not_the_folder(service, tmp_path):
 
 
 def test_scratch_folders_are_removed_after_use(tmp_path):
-    from medclipseg.annotation.service import ScratchSpace
+    from medclipseg.annotation.scratch import ScratchSpace
 
     scratch = ScratchSpace(keep_seconds=3600, parent=tmp_path)
     with scratch.folder() as first:

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from medclipseg.io.images import ImageReadError, PromptError
+from medclipseg.io.images import ImageReadError
+from medclipseg.io.prompts import PromptError
 from medclipseg.inference.predictor import Prediction, Predictor
 
 PROMPT = "a round polyp in the lower left"

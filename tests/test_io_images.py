@@ -223,15 +223,12 @@ def test_image_suffixes_cover_every_readable_kind():
     assert all(suffix == suffix.lower() for suffix in imageio.IMAGE_SUFFIXES)
 
 
-def test_moved_names_stay_importable_from_images():
+def test_the_io_package_exposes_each_modules_public_names():
     from medclipseg import io
     from medclipseg.io import dicom, masks, prompts
-    from medclipseg.io.images import (  # noqa: F401
-        CT_WINDOW_PRESETS, DicomPixels, PromptError, dicom_to_8bit, is_dicom, read_dicom, read_dicom_pixels,
-        read_mask, validate_prompt)
 
-    assert read_dicom is dicom.read_dicom and read_mask is masks.read_mask
-    assert validate_prompt is prompts.validate_prompt and PromptError is prompts.PromptError
+    assert io.read_dicom is dicom.read_dicom and io.read_mask is masks.read_mask
+    assert io.validate_prompt is prompts.validate_prompt and io.PromptError is prompts.PromptError
     assert io.read_image is read_image and io.IMAGE_SUFFIXES is imageio.IMAGE_SUFFIXES
     with pytest.raises(AttributeError):
-        imageio.no_such_name  # noqa: B018
+        io.no_such_name  # noqa: B018

@@ -182,24 +182,6 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     path.write_bytes(data)
 
 
-def _decoded(value, default):
-    if value is None:
-        return default
-    if isinstance(value, (str, bytes)):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return default
-    return value
-
-
-def _kept_metadata(metadata) -> dict:
-    metadata = _decoded(metadata, {})
-    if not isinstance(metadata, dict):
-        return {}
-    return {key: metadata[key] for key in KEPT_METADATA_KEYS if key in metadata}
-
-
 def _check_statuses(statuses) -> tuple:
     if isinstance(statuses, str):
         statuses = (statuses,)
@@ -266,14 +248,13 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
             raise ValueError(f"Refusing to overwrite '{zip_path}': it is not a previous MedCLIPSeg export.")
 
     rows = store.corrections(latest_only=True, statuses=statuses, annotator=annotator)
-    rows = [row for row in rows if store.get_case(int(row["case_id"])).status != "skipped"]
+    rows = [row for row in rows if row["case_status"] != "skipped"]
     if not rows:
         who = f" by annotator '{annotator}'" if annotator else ""
         raise ValueError(
             f"There are no corrected or accepted cases to export yet (looked for status "
             f"{' or '.join(statuses)}{who}). Review some cases in the annotation app first."
         )
-    rows.sort(key=lambda row: int(row["case_id"]))
     split_of = _split_by_image(rows, val_fraction, test_fraction, seed)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -323,7 +304,7 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
                 "status": row.get("status"),
                 "version": int(row["version"]),
                 "model_id": row.get("model_id"),
-                "scores": _decoded(row.get("scores"), {}) or {},
+                "scores": row["scores"] or {},
                 "pixels_added": row.get("pixels_added"),
                 "pixels_erased": row.get("pixels_erased"),
                 "pixels_changed": row.get("pixels_changed"),
@@ -333,7 +314,7 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
                 "height": height,
                 "corrected_at": row.get("created_at"),
             }
-            metadata = _kept_metadata(row.get("metadata"))
+            metadata = {key: row["metadata"][key] for key in KEPT_METADATA_KEYS if key in row["metadata"]}
             if metadata:
                 entry["metadata"] = metadata
             entries.append(entry)

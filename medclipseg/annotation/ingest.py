@@ -3,7 +3,7 @@
 ``ingest`` reads every image of a folder or a .zip archive, stores it as a case with its prompt,
 runs the model once (Monte-Carlo maps and image-level uncertainty scores) and stores the
 prediction. ``AnnotationStore.next_case`` then serves the unreviewed cases most uncertain first,
-by one of the scores in ``ACQUISITION_LABELS`` (or in random order, the baseline to compare with).
+by one of the scores in ``medclipseg.annotation.queue.ACQUISITION_SCORES`` (or in random order, the baseline to compare with).
 
 A file that cannot be read (corrupt, not an image, too large, no prompt) is reported and skipped;
 the other files go on. Ingesting the same folder again adds nothing: an image already in the store
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Optional, Union
 
-from medclipseg.annotation.queue import ACQUISITION_LABELS  # noqa: F401  (re-exported)
-from medclipseg.io.images import IMAGE_SUFFIXES, ImageReadError, PromptError, read_image, validate_prompt
+from medclipseg.io.images import IMAGE_SUFFIXES, ImageReadError, read_image
+from medclipseg.io.prompts import PromptError, validate_prompt
 
 MAX_ARCHIVE_MEMBERS = 10000
 MAX_MEMBER_BYTES = 512 * 1024 * 1024

@@ -23,24 +23,21 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from medclipseg.annotation.queue import ACQUISITION_LABELS, ACQUISITION_SCORES
+from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.scratch import ScratchSpace
 from medclipseg.io.dicom import read_dicom
-from medclipseg.io.images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, read_image
+from medclipseg.io.images import ImageReadError, LoadedImage, read_image
 from medclipseg.io.masks import read_mask
+from medclipseg.io.png import encode_png
 from medclipseg.io.prompts import validate_prompt
 
 __all__ = [
-    "ACQUISITION_LABELS",
-    "ACQUISITION_SCORES",
     "AnnotationService",
     "CaseView",
-    "IMAGE_SUFFIXES",
     "MAX_SAMPLES",
     "MIN_SAMPLES",
     "REVIEW_STATUSES",
     "RequestError",
-    "ScratchSpace",
     "SegmentResult",
 ]
 
@@ -263,22 +260,18 @@ class AnnotationService:
     def prediction_files(self, prediction) -> tuple:
         """(mask.png, maps.npz) of a prediction in a scratch folder: 0/255 mask; probability,
         entropy and mutual_information maps (float32, nats)."""
-        import cv2
-
         with self.scratch.folder() as out:
             mask_path, maps_path = out / "mask.png", out / "maps.npz"
-            cv2.imwrite(str(mask_path), prediction.mask.astype(np.uint8) * 255)
+            mask_path.write_bytes(encode_png(prediction.mask.astype(np.uint8) * 255))
             np.savez_compressed(maps_path, probability=prediction.probability, entropy=prediction.entropy,
                                 mutual_information=prediction.mutual_information)
         return mask_path, maps_path
 
     def case_image_file(self, view: CaseView) -> Path:
         """The case's pixels as ``case<id>.png`` in a scratch folder."""
-        import cv2
-
         with self.scratch.folder() as out:
             path = out / f"case{view.case.id:06d}.png"
-            cv2.imwrite(str(path), view.image_bgr)
+            path.write_bytes(encode_png(view.image_bgr))
         return path
 
     def export_archive(self, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
@@ -332,29 +325,18 @@ class AnnotationService:
         if status == "skipped":
             self.skip(case_id, annotator=annotator)
             return None
-        if status == "corrected":
-            if mask is None:
-                raise RequestError("Send the corrected mask as a PNG (white = foreground), or use the "
-                                   "status 'accepted' to keep the prediction as it is.")
-        else:
+        if status == "corrected" and mask is None:
+            raise RequestError("Send the corrected mask as a PNG (white = foreground), or use the "
+                               "status 'accepted' to keep the prediction as it is.")
+        if status == "accepted":
             if mask is not None:
                 raise RequestError("An accepted case keeps the predicted mask: send no mask with the status "
                                    "'accepted', or use the status 'corrected'.")
-            mask = self.predicted_mask(case_id, prediction_id, threshold)
+            if prediction_id is None and self.store.latest_prediction_id(case_id) is None:
+                raise RequestError(f"Case {case_id} has no prediction to accept; segment it first.")
+        # For 'accepted' (mask None) the store saves the very mask it compares with.
         return self.store.save_correction(case_id, mask, annotator=annotator, prediction_id=prediction_id,
                                           status=status, threshold=threshold)
-
-    def predicted_mask(self, case_id: int, prediction_id: Optional[int] = None,
-                       threshold: Optional[float] = None) -> np.ndarray:
-        """The model's mask of a case (its latest prediction unless one is named), at ``threshold``."""
-        if prediction_id is None:
-            prediction_id = self.store.latest_prediction_id(case_id)
-        if prediction_id is None:
-            raise RequestError(f"Case {case_id} has no prediction to accept; segment it first.")
-        prediction = self.prediction(prediction_id)
-        if threshold is not None and float(threshold) != float(prediction.threshold):
-            prediction = prediction.with_threshold(float(threshold))
-        return prediction.mask
 
     def skip(self, case_id: int, *, annotator: str) -> None:
         """Take a case out of the queue without a mask (status 'skipped'; it is never exported)."""
@@ -400,7 +382,7 @@ class AnnotationService:
 
 
 class _LockedPredictor:
-    """A predictor whose ``predict`` holds the service's model lock."""
+    """A predictor whose ``predict`` holds the service's model lock (all that ``ingest`` calls)."""
 
     def __init__(self, predictor, lock):
         self._predictor = predictor
@@ -409,6 +391,3 @@ class _LockedPredictor:
     def predict(self, *args, **kwargs):
         with self._lock:
             return self._predictor.predict(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._predictor, name)

@@ -34,8 +34,7 @@ from medclipseg import settings
 from medclipseg.annotation import queue
 from medclipseg.annotation.database import Connections
 from medclipseg.annotation.errors import StorageError
-from medclipseg.annotation.files import FileStore, new_stem
-from medclipseg.annotation.queue import ACQUISITION_SCORES
+from medclipseg.annotation.files import MAP_NAMES, FileStore, new_stem
 from medclipseg.annotation.schema import (
     CORRECTION_STATUSES,
     SCHEMA_VERSION,
@@ -49,7 +48,6 @@ from medclipseg.io.prompts import PromptError, validate_prompt
 
 # The names other modules import from here; the constants live in the modules that own them.
 __all__ = [
-    "ACQUISITION_SCORES",
     "ALLOWED_METADATA_KEYS",
     "CORRECTION_STATUSES",
     "SCHEMA_VERSION",
@@ -285,7 +283,7 @@ class AnnotationStore:
         case = self.get_case(case_id)
         shape = (case.height, case.width)
         maps = {}
-        for name in ("probability", "entropy", "mutual_information"):
+        for name in MAP_NAMES:
             values = np.asarray(getattr(prediction, name))
             if values.shape != shape:
                 raise StorageError(f"The prediction's {name} map has shape {values.shape} but case {case_id} "
@@ -356,16 +354,25 @@ class AnnotationStore:
         prediction = prediction.with_threshold(threshold)
         return prediction.mask, row, threshold, prediction.scores
 
-    def save_correction(self, case_id: int, corrected_mask: np.ndarray, *, annotator: str,
+    def save_correction(self, case_id: int, corrected_mask: Optional[np.ndarray], *, annotator: str,
                         prediction_id: Optional[int] = None, status: str = "corrected",
                         threshold: Optional[float] = None) -> Correction:
+        """Save a new version; ``corrected_mask`` None (status 'accepted' only) saves the compared
+        prediction's own mask at ``threshold``."""
         # Everything is validated before any file is written, so a refused save leaves no trace.
         annotator = _clean_annotator(annotator)
         if status not in CORRECTION_STATUSES:
             raise StorageError(f"A correction's status must be 'corrected' or 'accepted', not {status!r}.")
+        if corrected_mask is None and status != "accepted":
+            raise StorageError("A corrected case needs its corrected mask.")
         case = self.get_case(case_id)
-        corrected = _binary_mask(corrected_mask, (case.height, case.width), "corrected mask")
+        corrected = None if corrected_mask is None else _binary_mask(corrected_mask, (case.height, case.width),
+                                                                     "corrected mask")
         predicted, prediction, threshold, scores = self._compared_mask(case, prediction_id, threshold)
+        if corrected is None:
+            if prediction is None:
+                raise StorageError(f"Case {case.id} has no prediction to accept; segment it first.")
+            corrected = predicted
         added = int(np.count_nonzero(corrected & ~predicted))
         erased = int(np.count_nonzero(predicted & ~corrected))
         stem = new_stem(case.id)
@@ -431,8 +438,9 @@ class AnnotationStore:
     def corrections(self, *, latest_only: bool = True, statuses=CORRECTION_STATUSES,
                     annotator: Optional[str] = None) -> list:
         """Correction rows (oldest case first, then version) with the case's original_name, width, height,
-        content_hash, image_path, metadata (dict), batch and source; scores decoded. latest_only keeps the
-        highest version per case among the rows that match `statuses` and `annotator`."""
+        content_hash, image_path, metadata (dict), batch, source and current status (case_status); scores
+        decoded. latest_only keeps the highest version per case among the rows that match `statuses` and
+        `annotator`."""
         statuses = [statuses] if isinstance(statuses, str) else list(statuses)
         if not statuses:
             return []
@@ -448,7 +456,7 @@ class AnnotationStore:
             params = params + params
         rows = list(self._db().query(
             "SELECT k.*, c.original_name, c.width, c.height, c.content_hash, c.image_path, c.metadata, c.batch, "
-            f"c.source FROM corrections k JOIN cases c ON c.id = k.case_id WHERE {where} "
+            f"c.source, c.status AS case_status FROM corrections k JOIN cases c ON c.id = k.case_id WHERE {where} "
             "ORDER BY k.case_id, k.version", params))
         for row in rows:
             row["metadata"] = json.loads(row["metadata"] or "{}")

@@ -17,7 +17,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from medclipseg.annotation.correction import EditHistory, changed_pixels, masks_from_layer_images
-from medclipseg.annotation.service import ACQUISITION_LABELS, AnnotationService, RequestError
+from medclipseg.annotation.queue import ACQUISITION_LABELS
+from medclipseg.annotation.service import AnnotationService, RequestError
 from medclipseg.annotation.store import StorageError
 from medclipseg.app.render import (
     entropy_heatmap,

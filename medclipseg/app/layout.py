@@ -12,12 +12,14 @@ from pathlib import Path
 import gradio as gr
 
 from medclipseg.annotation.correction import ADD_COLOUR_HEX, ERASE_COLOUR_HEX
-from medclipseg.annotation.service import ACQUISITION_SCORES, IMAGE_SUFFIXES, MAX_SAMPLES, AnnotationService
+from medclipseg.annotation.queue import ACQUISITION_SCORES
+from medclipseg.annotation.service import MAX_SAMPLES, AnnotationService
 from medclipseg.app import api, handlers
 from medclipseg.app.api import annotator_of
 from medclipseg.app.handlers import HEADER_WINDOW, Screen
 from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY
 from medclipseg.io.dicom import CT_WINDOW_PRESETS
+from medclipseg.io.images import IMAGE_SUFFIXES
 
 __all__ = ["build_app"]
 

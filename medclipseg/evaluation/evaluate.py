@@ -26,19 +26,12 @@ from medclipseg.evaluation.metrics import (
     normalized_surface_dice,
     resize_prediction_to,
 )
-from medclipseg.io.images import read_mask
+from medclipseg.io.masks import read_mask
 
-__all__ = ["coverage", "evaluate_samples", "load_manifest", "modality_of", "selection_correct", "write_results"]
+__all__ = ["coverage", "evaluate_samples", "modality_of", "selection_correct", "write_results"]
 
 
 # -- what a phantom manifest adds -------------------------------------------------------------
-
-def load_manifest(root) -> dict:
-    """{(image, ground truth): record} from phantoms.json, or {} for other data sets."""
-    from medclipseg.phantoms.writer import records_by_row
-
-    return records_by_row(root)
-
 
 def modality_of(image_name: str, record: Optional[dict]) -> str:
     if record and record.get("modality"):
@@ -80,9 +73,10 @@ def evaluate_samples(
 
     A row holds image, ground truth, prompt, modality, dsc, nsd, nsd_authors, the prediction's
     seconds and its image-level uncertainty scores (``mean_*``, ``mutual_*``). With a phantom
-    ``manifest`` (:func:`load_manifest`), rows of selection cases also say whether the text
-    picked the described target (``selection_correct``). ``pixel_stats`` accumulates the
-    pixel-level uncertainty quality (entropy AUROC, calibration) over all images.
+    ``manifest`` (:func:`medclipseg.phantoms.writer.records_by_row`), rows of selection cases
+    also say whether the text picked the described target (``selection_correct``).
+    ``pixel_stats`` accumulates the pixel-level uncertainty quality (entropy AUROC,
+    calibration) over all images.
     """
     manifest = manifest or {}
     rows = []

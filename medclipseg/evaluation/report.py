@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from medclipseg.datasets.layout import PROMPT_DESIGNS, load_split
-from medclipseg.evaluation.evaluate import evaluate_samples, load_manifest
+from medclipseg.evaluation.evaluate import evaluate_samples
 from medclipseg.evaluation.latency import median_predict_seconds
 from medclipseg.evaluation.metrics import PixelUncertaintyStats, spearman
 
@@ -71,9 +71,11 @@ def evaluate_split(predictor, root, design: str = "original", num_samples: int =
                    label: str = "") -> list:
     """The rows of :func:`evaluate_samples` for the test split of `root` with one prompt design,
     with the phantom manifest when the folder has one (modalities, the text-selection check)."""
+    from medclipseg.phantoms.writer import records_by_row
+
     samples = load_split(root, "test", design=design)
     return evaluate_samples(predictor, samples, num_samples=num_samples, seed=seed, progress=progress,
-                            manifest=load_manifest(root), pixel_stats=pixel_stats,
+                            manifest=records_by_row(root), pixel_stats=pixel_stats,
                             label=label or f"{Path(root).name}/{design}")["per_image"]
 
 

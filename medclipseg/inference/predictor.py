@@ -24,7 +24,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from medclipseg.io.images import LoadedImage, read_image, validate_prompt
+from medclipseg.io.images import LoadedImage, read_image
+from medclipseg.io.prompts import validate_prompt
 from medclipseg.inference.tokenization import MODES, PromptTokenizer
 from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.inference.uncertainty import MonteCarloAccumulator, image_scores

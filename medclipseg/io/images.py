@@ -52,8 +52,6 @@ import cv2
 import numpy as np
 
 from medclipseg import settings
-from medclipseg.io import _PUBLIC as _PACKAGE_NAMES
-from medclipseg.lazy import lazy_getattr
 
 __all__ = [
     "DEFAULT_CHANNEL_ORDER",
@@ -63,16 +61,6 @@ __all__ = [
     "ImageReadError",
     "LoadedImage",
     "read_image",
-    # kept importable from here; defined in medclipseg.io.dicom, .masks and .prompts
-    "CT_WINDOW_PRESETS",
-    "DicomPixels",
-    "PromptError",
-    "dicom_to_8bit",
-    "is_dicom",
-    "read_dicom",
-    "read_dicom_pixels",
-    "read_mask",
-    "validate_prompt",
 ]
 
 # How numpy arrays are read unless a caller says otherwise: BGR(A), as OpenCV returns them.
@@ -88,10 +76,6 @@ MAX_IMAGE_PIXELS = settings.DEFAULT_MAX_PIXELS
 MIN_IMAGE_SIDE = 8
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
-
-# DICOM, mask and prompt names stay importable from here, resolved on first use (the package's
-# table of names): their modules import the helpers below, so a load-time import would be circular.
-__getattr__ = lazy_getattr(globals(), {name: module for name, module in _PACKAGE_NAMES.items() if module != __name__})
 
 
 class ImageReadError(ValueError):

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from medclipseg.weights.checkpoint import save_pretrained
 from medclipseg.datasets.torch_dataset import rotate_pair
 from medclipseg.datasets.layout import load_split
-from medclipseg.io.images import read_image, read_mask
+from medclipseg.io.images import read_image
+from medclipseg.io.masks import read_mask
 from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.training.config import PretrainConfig  # still importable from here
 from medclipseg.training.stage2 import seed_everything

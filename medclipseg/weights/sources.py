@@ -52,10 +52,6 @@ def parse_hf_uri(uri: str) -> HubFile:
     return HubFile(f"{owner}/{repo}", "/".join(parts[2:]), revision)
 
 
-def hub_is_offline() -> bool:
-    return settings.hub_offline()
-
-
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """A quick TCP probe of the hub endpoint, so that no download starts its slow retries."""
     endpoint = settings.hub_endpoint()
@@ -72,7 +68,8 @@ def download_hub_file(uri: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     hub_file = parse_hf_uri(uri)
-    offline = hub_is_offline() or not hub_reachable()
+    offline_setting = settings.hub_offline()
+    offline = offline_setting or not hub_reachable()
     try:
         path = hf_hub_download(
             hub_file.repo_id,
@@ -82,7 +79,7 @@ def download_hub_file(uri: str) -> Path:
             etag_timeout=10,
         )
     except Exception as exc:
-        reason = "the hub is offline (HF_HUB_OFFLINE=1)" if hub_is_offline() else (
+        reason = "the hub is offline (HF_HUB_OFFLINE=1)" if offline_setting else (
             "the hub cannot be reached" if offline else f"the download failed ({type(exc).__name__}: {exc})"
         )
         raise WeightsSourceError(
