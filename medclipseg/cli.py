@@ -1,4 +1,4 @@
-"""`medclipseg` command line: phantoms, pretrain, train, ship, evaluate, benchmark, predict, export, ingest.
+"""`medclipseg` command line: data, training, evaluation, prediction, the annotation queue and its models.
 
     medclipseg phantoms  --out data/phantoms --per-modality 400 --seed 0 [--shift]
     medclipseg pretrain  --config configs/demo/stage1.toml --data data/phantoms --out runs/demo/stage1
@@ -9,6 +9,11 @@
     medclipseg predict   --weights SOURCE --image scan.png --prompt "..." [--out-dir out/]
     medclipseg export    --out exports/v1 [--db feedback_db/annotations.db] [--val 0.1] [--test 0.2] [--zip]
     medclipseg ingest    --source FOLDER_OR_ZIP (--prompt "..." | --prompts-csv prompts.csv) [--db annotations.db]
+    medclipseg realdata  --out data/realdata [--structures brain,putamen] [--stride 2]   (needs mricron-data)
+    medclipseg retrain   --db annotations.db [--epochs 12] [--promote auto|yes|no]
+    medclipseg models    --db annotations.db [--json]
+    medclipseg promote   --db annotations.db VERSION        medclipseg rollback --db annotations.db
+    medclipseg rescore   --db annotations.db [--limit N]
 
 `train` and `pretrain` read their settings from TOML files (`--config`, repeatable, later files
 win) and then from the command line, which wins over every file. See docs/cli.md.
@@ -229,6 +234,40 @@ def _add_phantoms(commands) -> None:
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
 
 
+def _parse_structures(text: str) -> tuple:
+    from medclipseg.datasets.realdata import STRUCTURES
+
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in STRUCTURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown structure {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(STRUCTURES)}")
+    return names
+
+
+def _add_realdata(commands) -> None:
+    from medclipseg.datasets.realdata import DEFAULT_STRUCTURES, DEFAULT_TEMPLATES_DIR, write_realdata
+
+    parser = commands.add_parser("realdata", help="write axial MRI slices with atlas masks (Debian mricron-data) "
+                                                  "in the authors' layout",
+                                 description="Write 2-D axial slices of one subject's T1 MRI (Colin27, from the "
+                                             "Debian package mricron-data) with masks of the brain and atlas "
+                                             "structures, prompt tables and a realdata.json manifest.")
+    parser.add_argument("--out", required=True, help="output folder (new, empty, or a previous realdata output)")
+    parser.add_argument("--templates", default=str(DEFAULT_TEMPLATES_DIR),
+                        help="folder of ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz and aal.nii.txt (default: %(default)s)")
+    parser.add_argument("--structures", type=_parse_structures, default=DEFAULT_STRUCTURES,
+                        help=f"comma-separated subset of {','.join(DEFAULT_STRUCTURES)} (default: all)")
+    for name, text in (("stride", "keep every N-th axial slice"),
+                       ("margin", "absent slices written above and below each structure's extent, in slices (1 mm)"),
+                       ("block", "slices per contiguous block of the split")):
+        parser.add_argument(f"--{name}", type=int, default=_signature_default(write_realdata, name),
+                            help=f"{text} (default: %(default)s)")
+    splits = _signature_default(write_realdata, "split_ratios")
+    parser.add_argument("--splits", type=_parse_floats(3, "train,val,test"), default=splits,
+                        help=f"train,val,test ratios of the blocks (default: {_comma_separated(splits)})")
+
+
 def _add_pretrain(commands) -> None:
     from medclipseg.training.config import PretrainConfig as C
 
@@ -382,6 +421,71 @@ def _add_ingest(commands) -> None:
     _add_device(parser)
 
 
+def _add_db(parser) -> None:
+    parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB, /data on Spaces, or "
+                                     "feedback_db/annotations.db)")
+
+
+def _add_by(parser) -> None:
+    parser.add_argument("--by", help="who does it, recorded with the version (default: the login name)")
+
+
+def _add_retrain(commands) -> None:
+    from medclipseg.annotation.retraining import PROMOTE_CHOICES
+
+    parser = commands.add_parser("retrain", help="fine-tune the current model on the reviewed cases (blocking)",
+                                 description="Fine-tune the database's current model on its corrected and accepted "
+                                             "cases (gold cases held out), score it on the gold split and record "
+                                             "it as a model version. The last line reads version=... parent=... "
+                                             "gold_dsc=... parent_gold_dsc=... promoted=yes|no.")
+    _add_db(parser)
+    parser.add_argument("--epochs", type=int, help="epochs of the round (default: the recipe's)")
+    parser.add_argument("--recipe", help="a TOML file of RetrainRecipe fields (default: the built-in recipe, "
+                                         "configs/retrain/coffee-break.toml)")
+    parser.add_argument("--promote", choices=PROMOTE_CHOICES, default="auto",
+                        help="auto: promote only when it beats the current version on the gold split "
+                             "(default: %(default)s)")
+    _add_by(parser)
+    parser.add_argument("--job", type=int, help="run the job row the app made (the app's worker uses this)")
+    _add_weights(parser)
+    _add_device(parser)
+
+
+def _add_models(commands) -> None:
+    parser = commands.add_parser("models", help="list the database's model versions (the current one marked *)",
+                                 description="Every model version: id, parent, who made it, training and gold "
+                                             "cases, gold DSC/NSD and uncertainty quality.")
+    _add_db(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_promote(commands) -> None:
+    parser = commands.add_parser("promote", help="make a model version current (the queue re-ranks by it)",
+                                 description="Make VERSION the current model of the database.")
+    _add_db(parser)
+    parser.add_argument("version", help="a version id as `medclipseg models` lists it")
+    _add_by(parser)
+
+
+def _add_rollback(commands) -> None:
+    parser = commands.add_parser("rollback", help="make the previously current model version current again",
+                                 description="Undo the last promotion.")
+    _add_db(parser)
+    _add_by(parser)
+
+
+def _add_rescore(commands) -> None:
+    parser = commands.add_parser("rescore", help="predict unreviewed cases again with the current model version",
+                                 description="Re-rank the queue by the current model: every unreviewed case not "
+                                             "yet predicted by it is predicted again (the app does this in the "
+                                             "background after a promotion).")
+    _add_db(parser)
+    parser.add_argument("--limit", type=int, help="re-score at most this many cases (default: all)")
+    parser.add_argument("--num-samples", type=int, default=16,
+                        help="Monte-Carlo samples per case (default: %(default)s)")
+    _add_device(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `medclipseg` parser with every command (imports the modules that declare the defaults)."""
     parser = argparse.ArgumentParser(prog="medclipseg", description=__doc__,
@@ -389,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      help="one of the commands below; `medclipseg COMMAND --help` lists its options")
     for add in (_add_phantoms, _add_pretrain, _add_train, _add_ship, _add_evaluate, _add_benchmark, _add_predict,
-                _add_export, _add_ingest):
+                _add_export, _add_ingest, _add_realdata, _add_retrain, _add_models, _add_promote, _add_rollback,
+                _add_rescore):
         add(commands)
     return parser
 
@@ -417,6 +522,15 @@ def run_phantoms(args) -> int:
                             modalities=args.modalities, split_ratios=args.splits, progress=args.progress,
                             target_count_probs=args.target_counts)
     print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
+def run_realdata(args) -> int:
+    from medclipseg.datasets.realdata import write_realdata
+
+    result = write_realdata(args.out, templates=args.templates, structures=args.structures, stride=args.stride,
+                            margin=args.margin, block=args.block, split_ratios=args.splits)
+    print(json.dumps(result.summary(), separators=(",", ":")))
     return 0
 
 
@@ -536,10 +650,18 @@ def run_ingest(args) -> int:
     prompts = read_prompt_csv(args.prompts_csv) if args.prompts_csv else None
     prompt = validate_prompt(args.prompt) if args.prompt is not None else None
     total = len(scan_source(args.source))
-    store = AnnotationStore(args.db)
+    store = _store_with_model(args)
     try:
         print(f"{total} images in {args.source}; database {store.path}", flush=True)
-        predictor = Predictor.from_pretrained(args.weights, mode=args.mode, device=args.device)
+        # The database's current version unless --weights names another model.
+        source = args.weights if args.weights else store.model_source(store.current_model_id())
+        predictor = Predictor.from_pretrained(source, mode=args.mode, device=args.device)
+        if predictor.model_id != store.current_model_id():
+            print(f"note: the queue ranks by the current version {store.current_model_id()}; predictions by "
+                  f"{predictor.model_id} are stored but not ranked until it is promoted", flush=True)
+            # Recorded as a version, so that it can be promoted by its id.
+            store.add_base_version(predictor.model_id, source=str(predictor.source or args.weights),
+                                   name=predictor.model_id.split("@")[0], by=_who(args))
 
         def progress(done: int, total: int, message: str) -> None:
             print(f"[{done}/{total}] {message}", flush=True)
@@ -550,6 +672,107 @@ def run_ingest(args) -> int:
     finally:
         store.close()
     print(report.summary())
+    return 0
+
+
+def _who(args) -> str:
+    import getpass
+
+    if getattr(args, "by", None):
+        return args.by
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (some containers)
+        return "cli"
+
+
+def _store_with_model(args):
+    """The database, with a current model version: a new one records --weights (or the configured
+    model) as its base version, which is then the model every command uses."""
+    from medclipseg.annotation.store import AnnotationStore
+
+    store = AnnotationStore(args.db)
+    if store.current_model_id() is None:
+        from medclipseg.registry import load_model
+
+        loaded = load_model(getattr(args, "weights", None), device="cpu")
+        store.ensure_base_version(loaded.model_id, source=str(loaded.source), name=loaded.model_id.split("@")[0],
+                                  by=_who(args))
+    return store
+
+
+def run_retrain(args) -> int:
+    from medclipseg.annotation.retraining import run_retrain as retrain
+    from medclipseg.training.config import load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    store = _store_with_model(args)
+    try:
+        outcome = retrain(store, by=_who(args), recipe=recipe, epochs=args.epochs, promote=args.promote,
+                          job_id=args.job, device=args.device, log=lambda line: print(line, flush=True))
+    finally:
+        store.close()
+    print(outcome.summary_line(), flush=True)
+    return 0
+
+
+def _format(value, digits: int = 3) -> str:
+    return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def run_models(args) -> int:
+    store = _store_with_model(args)
+    try:
+        versions = store.model_versions()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(version) for version in versions], indent=2))
+        return 0
+    print(f"{'':1} {'version':24} {'parent':24} {'kind':7} {'created (UTC)':19} {'by':12} {'train':>5} "
+          f"{'gold':>4} {'gold DSC':>8} {'gold NSD':>8} {'unc. rho':>8}")
+    for version in versions:
+        print(f"{'*' if version.current else ' '} {version.id:24} {version.parent_id or '-':24} {version.kind:7} "
+              f"{version.created_at[:19].replace('T', ' '):19} {version.created_by[:12]:12} "
+              f"{_format(version.train_cases):>5} {_format(version.gold_cases):>4} {_format(version.gold_dsc):>8} "
+              f"{_format(version.gold_nsd):>8} {_format(version.gold_uncertainty_spearman):>8}")
+    return 0
+
+
+def run_promote(args) -> int:
+    store = _store_with_model(args)
+    try:
+        version = store.promote(args.version, by=_who(args))
+    finally:
+        store.close()
+    print(f"current={version.id}")
+    return 0
+
+
+def run_rollback(args) -> int:
+    store = _store_with_model(args)
+    try:
+        version = store.rollback(by=_who(args))
+    finally:
+        store.close()
+    print(f"current={version.id}")
+    return 0
+
+
+def run_rescore(args) -> int:
+    from medclipseg.annotation.service import AnnotationService
+
+    store = _store_with_model(args)
+    service = AnnotationService(store, device=args.device, num_samples=args.num_samples)
+    try:
+        backlog = service.rescore_backlog()
+        print(f"{backlog} unreviewed cases to re-score with {service.model_id}", flush=True)
+        done = service.rescore_pending(limit=args.limit)
+        model = service.model_id
+    finally:
+        service.close()
+        store.close()
+    print(f"rescored={done} model={model}")
     return 0
 
 
@@ -564,7 +787,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "phantoms": run_phantoms,
                 "pretrain": run_pretrain, "ship": run_ship, "benchmark": run_benchmark, "export": run_export,
-                "ingest": run_ingest}
+                "ingest": run_ingest, "realdata": run_realdata, "retrain": run_retrain, "models": run_models,
+                "promote": run_promote, "rollback": run_rollback, "rescore": run_rescore}
     try:
         return handlers[args.command](args)
     except (LayoutError, ImageReadError, PromptError, WeightsSourceError, CheckpointMismatchError,

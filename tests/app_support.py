@@ -34,7 +34,7 @@ def prediction_from_probability(probability, *, mutual_fraction=0.2, threshold=0
     entropy = (-(p * np.log(p) + (1 - p) * np.log(1 - p))).astype(np.float32)
     mutual = (entropy * mutual_fraction).astype(np.float32)
     mask = probability > threshold
-    computed = image_scores(entropy, mutual, mask, band_width)
+    computed = image_scores(entropy, mutual, mask, band_width, probability=probability)
     computed.update(scores or {})
     return Prediction(probability=probability, mask=mask, entropy=entropy, mutual_information=mutual,
                       scores=computed, num_samples=num_samples, threshold=threshold, prompt=prompt,

@@ -1,6 +1,7 @@
 """`medclipseg.annotation.ingest`: sources (folder, zip), prompt CSVs, ingest with a real small model, the review queue order."""
 from __future__ import annotations
 
+import json
 import sqlite3
 import zipfile
 from pathlib import Path
@@ -22,7 +23,8 @@ from medclipseg.annotation.ingest import (
     read_prompt_csv,
     scan_source,
 )
-from medclipseg.annotation.queue import ACQUISITION_LABELS, ACQUISITION_SCORES
+from medclipseg.annotation.queue import ACQUISITION_LABELS, ACQUISITION_SCORES, ACQUISITIONS
+from medclipseg.io.prompts import states_absence
 from medclipseg.annotation.store import AnnotationStore
 
 SECRETS = (b"DOE^JANE", b"ID-12345")
@@ -244,14 +246,20 @@ def test_ingest_twice_counts_duplicates(ingested, small_tiny_predictor):
 
 @pytest.mark.parametrize("acquisition", list(ACQUISITION_SCORES))
 def test_queue_serves_ingested_cases_by_score(ingested, acquisition):
+    """The queue's order equals the order of the predictions' own scores (or the random keys)."""
     store = ingested["store"]
-    column = ACQUISITION_SCORES[acquisition]
+    score_key = ACQUISITIONS[acquisition].score_key
     conn = sqlite3.connect(store.path)
-    table = "c" if column == "random_key" else "p"
-    rows = conn.execute(f"SELECT c.id, {table}.{column} FROM cases c JOIN predictions p ON p.case_id = c.id "
-                        "WHERE c.batch = 'week1'").fetchall()
+    rows = conn.execute("SELECT c.id, c.prompt, c.random_key, p.scores FROM cases c JOIN predictions p "
+                        "ON p.case_id = c.id WHERE c.batch = 'week1'").fetchall()
     conn.close()
-    expected = [case_id for case_id, _ in sorted(rows, key=lambda row: (-row[1], row[0]))]
+    if score_key is not None:
+        keyed = [(case_id, json.loads(scores)[score_key]) for case_id, _prompt, _key, scores in rows]
+    elif acquisition == "random":
+        keyed = [(case_id, key) for case_id, _prompt, key, _scores in rows]
+    else:  # foreground-aware random: prompts stating absence after the others
+        keyed = [(case_id, key + (0 if states_absence(prompt) else 1)) for case_id, prompt, key, _scores in rows]
+    expected = [case_id for case_id, _ in sorted(keyed, key=lambda row: (-row[1], row[0]))]
     served = []
     for index in range(len(expected)):
         case = store.next_case(f"{acquisition}-{index}", acquisition=acquisition, batch="week1")

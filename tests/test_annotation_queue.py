@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from annotation_support import QUEUE_SCORES, fill_scored_queue, image
-from medclipseg.annotation.queue import ACQUISITION_SCORES
+from annotation_support import QUEUE_SCORES, SCORE_KEYS, fill_scored_queue, image
+from medclipseg.annotation.queue import ACQUISITIONS
 from medclipseg.annotation.store import AnnotationStore, QueueSummary, StorageError
 
 
@@ -16,7 +16,7 @@ from medclipseg.annotation.store import AnnotationStore, QueueSummary, StorageEr
                                          "image_entropy"])
 def test_next_case_orders_by_score(store, acquisition):
     cases = fill_scored_queue(store)
-    column = list(ACQUISITION_SCORES).index(acquisition)
+    column = SCORE_KEYS.index(ACQUISITIONS[acquisition].score_key)
     expected = [cases[i].id for i in sorted(range(4), key=lambda i: -QUEUE_SCORES[i][column])]
     # Four annotators in turn: each lease is live, so each gets the next case in score order.
     served = [store.next_case(f"annotator{i}", acquisition=acquisition).id for i in range(4)]
@@ -73,7 +73,7 @@ def test_next_case_same_annotator_batch_and_release(store):
     assert store.next_case("carol", batch="week2") is None
     store.release(case.id, annotator="alice")
     assert store.next_case("carol", batch="week2").id == case.id
-    daves = store.next_case("dave", batch="week1")
+    daves = store.next_case("dave", batch="week1", acquisition="foreground_entropy")
     assert daves.id == first_batch[1].id  # the higher foreground score
     # claim: an uploaded case is leased to its uploader and kept from others.
     assert store.claim(first_batch[0].id, annotator="erin") is True

@@ -57,26 +57,30 @@ def test_schema_created_in_wal_mode(tmp_path):
         assert store.path == path and path.is_file()
         assert store.files_dir == tmp_path / "sub" / "annotations_files"
         assert all((store.files_dir / sub).is_dir() for sub in ("images", "maps", "masks"))
-        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
         assert store.integrity_check() == "ok"
         assert store.counts() == {"unreviewed": 0, "corrected": 0, "accepted": 0, "skipped": 0,
                                   "corrections": 0, "predictions": 0}
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"meta", "cases", "predictions", "corrections"} <= tables
+    assert {"meta", "cases", "predictions", "corrections", "model_versions", "promotions", "jobs"} <= tables
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert len(indexes) >= 10
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-    assert set(ACQUISITION_SCORES.values()) - {"random_key"} <= columns
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(cases)")}
+    assert set(ACQUISITION_SCORES.values()) <= columns
+    assert {f"idx_queue_{column}" for column in ACQUISITION_SCORES.values()} <= indexes
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
     conn.close()
 
 
-def test_new_schema_matches_version_1(tmp_path):
-    """The tables and indexes a new store makes are those of version 1, column for column."""
+def test_version_1_database_migrates_to_the_new_layout(tmp_path):
+    """A version 1 database, once opened, has the tables and indexes of a new one, column for column."""
     written = sqlite3.connect(tmp_path / "written.db")
     written.executescript(VERSION_1_SQL)
+    written.close()
+    AnnotationStore(tmp_path / "written.db").close()
+    written = sqlite3.connect(tmp_path / "written.db")
     AnnotationStore(tmp_path / "new.db").close()
     made = sqlite3.connect(tmp_path / "new.db")
 
@@ -130,7 +134,7 @@ def test_existing_version_1_database_opens(tmp_path):
     conn.close()
 
     with AnnotationStore(path) as store:
-        assert store.schema_version == 1 and store.integrity_check() == "ok"
+        assert store.schema_version == 2 and store.integrity_check() == "ok"
         case = store.get_case(1)
         assert (case.original_name, case.batch, case.metadata, case.status) == ("old.png", "week1",
                                                                                 {"modality": "CT"}, "unreviewed")
@@ -162,7 +166,7 @@ def test_migration_from_version_zero(tmp_path):
     conn.commit()
     conn.close()
     with AnnotationStore(path) as store:
-        assert store.schema_version == 1
+        assert store.schema_version == 2
         case, _ = case_with_prediction(store, 2)
         assert store.get_case(case.id).status == "unreviewed"
 

@@ -74,6 +74,12 @@ def test_scores(seeded_prediction):
     assert scores["mean_entropy"] == pytest.approx(float(seeded_prediction.entropy.mean()), rel=1e-6)
     assert 0.0 <= scores["uncertain_fraction"] <= 1.0
     assert scores["boundary_band_px"] >= 1
+    probability = seeded_prediction.probability.astype(np.float64)
+    assert scores["soft_foreground_pixels"] == pytest.approx(probability.sum(), rel=1e-6)
+    assert scores["expected_dice"] == pytest.approx(
+        (2 * probability[mask].sum() + 1) / (probability.sum() + mask.sum() + 1), rel=1e-6)
+    for key in ("band_entropy", "band_mutual_information", "top_entropy", "expected_dice_miss"):
+        assert key in scores, key
 
 
 # -- reproducibility and thresholds ---------------------------------------------------------------
@@ -98,6 +104,13 @@ def test_with_threshold_rethresholds_cached_maps(seeded_prediction):
     assert rethresholded.probability is seeded_prediction.probability  # no new model run
     assert rethresholded.num_samples == seeded_prediction.num_samples
     assert rethresholded.scores["foreground_pixels"] == int(rethresholded.mask.sum())
+    # Every score, the acquisition ones included, is recomputed for the new mask.
+    from medclipseg.inference.uncertainty import image_scores
+
+    expected = image_scores(seeded_prediction.entropy, seeded_prediction.mutual_information, rethresholded.mask,
+                            seeded_prediction.scores["boundary_band_px"], probability=seeded_prediction.probability)
+    assert rethresholded.scores == expected
+    assert rethresholded.scores["expected_dice"] != seeded_prediction.scores["expected_dice"]
     # The original is unchanged.
     np.testing.assert_array_equal(seeded_prediction.mask, seeded_prediction.probability > 0.5)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medclipseg.io.images import ImageReadError
-from medclipseg.io.prompts import PromptError, validate_prompt
+from medclipseg.io.prompts import PromptError, states_absence, validate_prompt
 
 
 def test_validate_prompt():
@@ -22,3 +22,30 @@ def test_validate_prompt():
         validate_prompt("y" * 11, max_chars=10)
     assert isinstance(PromptError("x"), ValueError)
     assert isinstance(ImageReadError("x"), ValueError)
+
+
+@pytest.mark.parametrize("prompt", [
+    "No putamen in the brain MRI image.",
+    "no polyp in this colonoscopy frame",
+    "  NO thalamus visible",
+    "There is no polyp in the image.",
+    "there  is\tno tumour",
+])
+def test_states_absence_for_authors_empty_mask_prompts(prompt):
+    assert states_absence(prompt)
+
+
+@pytest.mark.parametrize("prompt", [
+    "Putamen in the brain MRI image.",
+    "Nodule in the left lung",
+    "None of the tissue is abnormal",
+    "Not a polyp",
+    "No, the polyp is in the lower left",
+    "No.",
+    "There is nothing here",
+    "There is a polyp with no stalk",
+    "A lesion with no clear boundary",
+    "",
+])
+def test_states_absence_false_when_presence_is_asserted(prompt):
+    assert not states_absence(prompt)

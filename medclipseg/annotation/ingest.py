@@ -209,13 +209,16 @@ def _plural(number: int, word: str) -> str:
 @dataclass
 class IngestReport:
     added: list = field(default_factory=list)  # case ids predicted in this run
-    duplicates: list = field(default_factory=list)  # case ids already in the store with a prediction
+    duplicates: list = field(default_factory=list)  # case ids already predicted by this model, or reviewed
     failed: list = field(default_factory=list)  # (file name, message)
     seconds: float = 0.0
+    rescored: list = field(default_factory=list)  # case ids in the queue before, predicted anew by this model
 
     def summary(self) -> str:
-        parts = [f"{_plural(len(self.added), 'image')} added",
-                 f"{len(self.duplicates)} already in the queue",
+        parts = [f"{_plural(len(self.added), 'image')} added"]
+        if self.rescored:
+            parts.append(f"{len(self.rescored)} re-scored by this model")
+        parts += [f"{len(self.duplicates)} already in the queue",
                  f"{len(self.failed)} failed"]
         text = ", ".join(parts)
         if self.failed:
@@ -236,6 +239,7 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
     called after each file. Failing files are listed in the report; the others go on.
     """
     started = time.perf_counter()
+    model_id = str(getattr(predictor, "model_id", "") or "")
     if (prompt is None) == (prompts_csv is None):
         raise ValueError("Give exactly one of a prompt for all images or a CSV file of prompts.")
     if batch_size < 1:
@@ -262,7 +266,7 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
             progress(done, total, message)
 
     for start in range(0, total, batch_size):
-        pending = []  # (file name, case, loaded image, prompt) to predict
+        pending = []  # (file name, case, loaded image, prompt, predicted before) to predict
         for item in files[start:start + batch_size]:
             try:
                 text = prompt
@@ -280,17 +284,21 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
             metadata = {**loaded.metadata, "conversions": list(loaded.conversions)}
             case = store.add_case(loaded.bgr, prompt=text, original_name=item.name, source="ingest", batch=batch,
                                   metadata=metadata)
-            if case.id in seen or store.latest_prediction_id(case.id) is not None:
+            predicted_before = store.latest_prediction_id(case.id) is not None
+            # A case already in the queue is predicted again only by another model, while unreviewed.
+            if case.id in seen or (predicted_before and (case.status != "unreviewed" or
+                                                        store.has_prediction_by(case.id, model_id))):
                 report.duplicates.append(case.id)
                 tick(f"{item.name}: already in the queue (case {case.id})")
                 continue
             seen.add(case.id)
-            pending.append((item.name, case, loaded, text))
-        for name, case, loaded, text in pending:
+            pending.append((item.name, case, loaded, text, predicted_before))
+        for name, case, loaded, text, predicted_before in pending:
             prediction = predictor.predict(loaded.bgr, text, num_samples=num_samples, threshold=threshold,
                                            seed=seed, channel_order="bgr")
             store.add_prediction(case.id, prediction)
-            report.added.append(case.id)
-            tick(f"{name}: added as case {case.id} ({prediction.seconds:.2f} s)")
+            (report.rescored if predicted_before else report.added).append(case.id)
+            verb = "re-scored" if predicted_before else "added as"
+            tick(f"{name}: {verb} case {case.id} ({prediction.seconds:.2f} s)")
     report.seconds = time.perf_counter() - started
     return report

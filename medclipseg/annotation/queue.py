@@ -1,7 +1,9 @@
 """The review queue: which unreviewed case an annotator gets next, and the leases that keep two apart.
 
-Order: the case whose latest prediction scores highest on the chosen acquisition score (most
-uncertain first; ``random`` is the baseline), cases without a score last, then the oldest.
+Order: the case whose latest prediction by the current model ranks highest on the chosen
+acquisition (most uncertain or most likely missed first; ``random`` and ``random_foreground`` are
+the baselines), cases not yet ranked by the current model last, then the oldest. The ranks are
+columns of ``cases`` (see medclipseg.annotation.schema), so serving the top is an index lookup.
 
 Leases: serving or claiming a case leases it to the annotator for ``lease_seconds``; while the
 lease is live nobody else is served it. An annotator holds one lease at a time (a new one clears
@@ -12,33 +14,76 @@ Every function here takes the ``sqlite_utils.Database`` of an open write transac
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
 
 from medclipseg.annotation.errors import StorageError
 
-ACQUISITION_SCORES = {  # name shown in the UI -> column used to rank (descending)
-    "foreground_entropy": "score_foreground_entropy",
-    "boundary_entropy": "score_boundary_entropy",
-    "mutual_information": "score_mutual_information",
-    "image_entropy": "score_image_entropy",
-    "random": "random_key",  # baseline
+@dataclass(frozen=True)
+class Acquisition:
+    """One way to order the queue: rank cases by ``column`` (descending, NULL last)."""
+
+    column: str                # cases column holding the rank
+    score_key: Optional[str]   # the Prediction.scores key copied into it; None: not made by the model
+    label: str                 # what the app's order menu shows
+
+
+# The first entry is the default order; docs/results.md gives the study that chose it.
+ACQUISITIONS = {
+    "expected_dice_miss": Acquisition("rank_expected_dice_miss", "expected_dice_miss",
+                                      "Likely misses first (1 - expected Dice from the samples)"),
+    "band_entropy": Acquisition("rank_band_entropy", "band_entropy",
+                                "Mean entropy on the foreground and its uncertain band"),
+    "top_entropy": Acquisition("rank_top_entropy", "top_entropy", "Mean entropy of the 1 % most uncertain pixels"),
+    "band_mutual_information": Acquisition("rank_band_mutual_information", "band_mutual_information",
+                                           "Mutual information on the foreground and its band"),
+    "foreground_entropy": Acquisition("rank_foreground_entropy", "mean_entropy_foreground",
+                                      "Mean entropy on the predicted foreground"),
+    "boundary_entropy": Acquisition("rank_boundary_entropy", "mean_entropy_boundary",
+                                    "Mean entropy on the predicted boundary"),
+    "mutual_information": Acquisition("rank_mutual_information", "mean_mutual_information",
+                                      "Mutual information (model uncertainty)"),
+    "image_entropy": Acquisition("rank_image_entropy", "mean_entropy", "Mean entropy over the whole image"),
+    "random_foreground": Acquisition("rank_random_foreground", None,
+                                     "Random, cases whose prompt names a present target first (baseline)"),
+    "random": Acquisition("random_key", None, "Random order (baseline)"),
 }
-ACQUISITION_LABELS = {  # what the app's order menu shows for each
-    "foreground_entropy": "Mean entropy on the predicted foreground",
-    "boundary_entropy": "Mean entropy on the predicted boundary",
-    "mutual_information": "Mutual information (model uncertainty)",
-    "image_entropy": "Mean entropy over the whole image",
-    "random": "Random order (baseline)",
-}
+DEFAULT_ACQUISITION = next(iter(ACQUISITIONS))
+ACQUISITION_SCORES = {name: a.column for name, a in ACQUISITIONS.items()}  # name -> cases column
+ACQUISITION_LABELS = {name: a.label for name, a in ACQUISITIONS.items()}
+# cases rank column -> Prediction.scores key, for the orders the model's scores make.
+RANKED_BY_MODEL = {a.column: a.score_key for a in ACQUISITIONS.values() if a.score_key}
+
+
+def rank_random_foreground(prompt: str, random_key: float) -> float:
+    """Foreground-aware random: a prompt that names a present target ranks above every prompt that
+    states absence ("No putamen in ..."), in random order within each group."""
+    from medclipseg.io.prompts import states_absence
+
+    return float(random_key) + (0.0 if states_absence(prompt) else 1.0)
+
+
+def rank_values(scores: dict) -> dict:
+    """The rank columns a prediction with these scores gives its case (non-finite scores -> NULL)."""
+    values = {}
+    for column, key in RANKED_BY_MODEL.items():
+        try:
+            value = float(scores.get(key))
+        except (TypeError, ValueError):
+            value = None
+        values[column] = value if value is not None and math.isfinite(value) else None
+    return values
+
+
 NO_LEASE = {"assigned_to": None, "lease_expires": None}
 
 
 def order_column(acquisition: str) -> str:
-    """The column that ranks cases for `acquisition`, qualified for the queue query."""
+    """The cases column that ranks the queue for `acquisition`."""
     if acquisition not in ACQUISITION_SCORES:
         raise StorageError(f"Unknown case order {acquisition!r}; use one of {', '.join(ACQUISITION_SCORES)}.")
-    column = ACQUISITION_SCORES[acquisition]
-    return "c.random_key" if column == "random_key" else f"p.{column}"
+    return ACQUISITION_SCORES[acquisition]
 
 
 def clear_leases(db, annotator: str) -> None:
@@ -58,13 +103,15 @@ def next_case_id(db, annotator: str, *, acquisition: str, batch: Optional[str], 
     order = order_column(acquisition)  # from the fixed ACQUISITION_SCORES table, never user input
     clear_leases(db, annotator)
     where_batch = "AND c.batch = :batch" if batch is not None else ""
+    # Walks the partial index idx_queue_<column> from its top (NULL ranks sort last in DESC order),
+    # skipping live leases of others and cases that have no prediction to show.
     rows = list(db.query(
-        "SELECT c.id FROM cases c JOIN predictions p "
-        "ON p.id = (SELECT max(id) FROM predictions WHERE case_id = c.id) "
+        f'SELECT c.id FROM cases c INDEXED BY "idx_queue_{order}" '
         "WHERE c.status = 'unreviewed' "
         "AND (c.assigned_to IS NULL OR c.lease_expires IS NULL OR c.lease_expires <= :now "
         "     OR c.assigned_to = :annotator) "
-        f"{where_batch} ORDER BY {order} IS NULL, {order} DESC, c.id ASC LIMIT 1",
+        "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id) "
+        f'{where_batch} ORDER BY c."{order}" DESC, c.id ASC LIMIT 1',
         {"annotator": annotator, "now": now, "batch": batch}))
     if not rows:
         return None

@@ -1,9 +1,19 @@
 """Tables, indexes and schema version of the annotation database, and the migrations between versions.
 
-Tables (``SCHEMA_VERSION`` 1): ``meta`` (key/value; ``schema_version``), ``cases`` (one per
-distinct image pixels + prompt, with review status and the annotator lease), ``predictions`` (one
-per model run, with the image-level uncertainty scores that order the review queue) and
-``corrections`` (every saved version, numbered 1, 2, ... per case; nothing is overwritten).
+Tables (``SCHEMA_VERSION`` 2): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
+``gold_seed``, ``gold_fraction``), ``cases`` (one per distinct image pixels + prompt, with review
+status, the annotator lease, the gold flag and the queue ranks of the current model),
+``predictions`` (one per model run, with its image-level uncertainty scores), ``corrections``
+(every saved version, numbered 1, 2, ... per case; nothing is overwritten), ``model_versions``
+(every model the database has served or trained: content-hash id, parent, training cases,
+recipe, gold-split scores), ``promotions`` (who made which version current, when) and ``jobs``
+(background retraining runs, at most one active).
+
+Queue ranks (version 2): each case carries ``rank_<acquisition>`` columns copied from the scores
+of its latest prediction *by the current model* (``ranked_model_id``), with one partial index per
+acquisition over unreviewed cases, so the top of the queue is an index lookup rather than a join
+over every prediction. Promoting another model clears the ranks that model did not make; the
+app re-scores those cases in the background.
 
 Migrations are our own short list, ``MIGRATIONS[i]`` upgrading version i to i + 1, rather than
 sqlite-utils' ``Migrations`` (the former sqlite-migrate): that one records migrations by name in
@@ -15,17 +25,20 @@ processes opening a new database at once cannot both create the tables.
 """
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 
 from medclipseg.annotation.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
 SOURCES = ("upload", "ingest", "api")
-# predictions column -> the Prediction.scores key stored in it (indexed: the queue sorts on them).
+JOB_STATUSES = ("running", "succeeded", "failed", "cancelled")
+ACTIVE_JOB_STATUSES = ("running",)
+# predictions column -> the Prediction.scores key stored in it (version 1's queue sorted on them).
 SCORE_COLUMNS = {
     "score_foreground_entropy": "mean_entropy_foreground",
     "score_boundary_entropy": "mean_entropy_boundary",
@@ -94,8 +107,63 @@ def _create_tables(db) -> None:
     db["corrections"].create_index(["annotator"], index_name="idx_corrections_annotator")
 
 
+def _add_versions_jobs_and_ranks(db) -> None:
+    """Version 2: model versions, promotions, jobs, the gold flag and per-case queue ranks."""
+    # Imported here: queue imports this module's constants.
+    from medclipseg.annotation.queue import RANKED_BY_MODEL, rank_random_foreground
+
+    cases = db["cases"]
+    cases.add_column("gold", int)
+    cases.add_column("ranked_model_id", str)
+    cases.add_column("ranked_prediction_id", int)
+    for column in RANKED_BY_MODEL:
+        cases.add_column(column, float)
+    cases.add_column("rank_random_foreground", float)
+    for column in (*RANKED_BY_MODEL, "rank_random_foreground", "random_key"):
+        # Partial index over the queue only, in serving order: the top of the queue is its first entry.
+        db.execute(f'CREATE INDEX "idx_queue_{column}" ON cases ("{column}" DESC, id) '
+                   "WHERE status = 'unreviewed'")
+    db.execute('CREATE INDEX "idx_cases_ranked_model" ON cases (ranked_model_id) WHERE status = \'unreviewed\'')
+    # Leases are looked up by holder on every next_case; few cases hold one at a time.
+    db.execute('CREATE INDEX "idx_cases_assigned" ON cases (assigned_to) WHERE assigned_to IS NOT NULL')
+    for column in SCORE_COLUMNS:  # ranks now live on cases; these only slowed every insert
+        db.execute(f'DROP INDEX IF EXISTS "idx_predictions_{column}"')
+
+    # Existing cases: foreground-aware random key, and ranks from their latest prediction.
+    for row in list(db.query("SELECT id, prompt, random_key FROM cases")):
+        cases.update(row["id"], {"rank_random_foreground": rank_random_foreground(row["prompt"], row["random_key"])})
+    db.execute("UPDATE cases SET ranked_prediction_id = (SELECT max(id) FROM predictions WHERE case_id = cases.id)")
+    db.execute("UPDATE cases SET ranked_model_id = (SELECT model_id FROM predictions "
+               "WHERE id = cases.ranked_prediction_id)")
+    for column, key in RANKED_BY_MODEL.items():
+        db.execute(f'UPDATE cases SET "{column}" = (SELECT json_extract(scores, \'$.{key}\') FROM predictions '
+                   "WHERE id = cases.ranked_prediction_id)")
+
+    db["model_versions"].create(
+        {"id": str, "name": str, "parent_id": str, "kind": str, "path": str, "recipe": str, "correction_ids": str,
+         "train_cases": int, "gold_cases": int, "gold_dsc": float, "gold_nsd": float,
+         "gold_uncertainty_spearman": float, "parent_gold_dsc": float, "job_id": int, "seconds": float,
+         "created_at": str, "created_by": str},
+        pk="id", not_null=["name", "kind", "path", "created_at", "created_by"])
+    db["promotions"].create(
+        {"id": int, "version_id": str, "previous_id": str, "promoted_by": str, "reason": str, "created_at": str},
+        pk="id", not_null=["version_id", "promoted_by", "reason", "created_at"])
+    db["jobs"].create(
+        {"id": int, "kind": str, "status": str, "created_by": str, "created_at": str, "started_at": str,
+         "finished_at": str, "pid": int, "heartbeat": float, "progress": float, "eta_seconds": float,
+         "message": str, "log_path": str, "params": str, "parent_id": str, "version_id": str,
+         "cancel_requested": int},
+        pk="id", not_null=["kind", "status", "created_by", "created_at", "params"],
+        defaults={"progress": 0.0, "cancel_requested": 0, "message": ""})
+    # The database itself keeps a second retraining from starting while one is active.
+    db.execute("CREATE UNIQUE INDEX idx_jobs_one_active ON jobs (kind) WHERE status = 'running'")
+    for key, value in (("gold_seed", str(random.SystemRandom().randrange(2**31))), ("gold_fraction", "0.2")):
+        if not list(db["meta"].rows_where("key = ?", [key])):
+            db["meta"].insert({"key": key, "value": value})
+
+
 # Index i migrates schema version i to i + 1.
-MIGRATIONS = [_create_tables]
+MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from medclipseg.annotation.queue import ACQUISITION_SCORES
+from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
 from medclipseg.annotation.scratch import ScratchSpace
 from medclipseg.io.dicom import read_dicom
 from medclipseg.io.images import ImageReadError, LoadedImage, read_image
@@ -106,7 +106,7 @@ def check_annotator(value) -> str:
 
 
 def check_acquisition(value) -> str:
-    key = (value or "foreground_entropy") if isinstance(value, str) or value is None else str(value)
+    key = (value or DEFAULT_ACQUISITION) if isinstance(value, str) or value is None else str(value)
     if key not in ACQUISITION_SCORES:
         raise RequestError(f"Unknown case order {key!r}; use one of {', '.join(ACQUISITION_SCORES)}.")
     return key
@@ -150,25 +150,136 @@ class AnnotationService:
         self._cache: "OrderedDict[int, object]" = OrderedDict()
         self._cache_size = int(cache_size)
         self._cache_lock = threading.Lock()
+        self._unloadable: set = set()
+        self.model_warning: Optional[str] = None
+        self.rescore_error: Optional[str] = None
+        self._rescorer: Optional[threading.Thread] = None
+        self._stop_rescoring = threading.Event()
+        if predictor is not None:
+            self.use_injected_predictor()
 
     def close(self) -> None:
-        """Remove the scratch files; the store stays open (it may be shared)."""
+        """Stop background re-scoring and remove the scratch files; the store stays open (it may be shared)."""
+        self._stop_rescoring.set()
+        if self._rescorer is not None:
+            self._rescorer.join(timeout=30)
         self.scratch.close()
 
     # -- model -----------------------------------------------------------------------------
     @property
     def predictor(self):
+        """The model the database's current version names (loaded on first use; swapped, without a
+        restart, when another version is promoted, by this process or another)."""
         if self._predictor is None:
             with self._load_lock:
                 if self._predictor is None:
-                    from medclipseg.inference.predictor import Predictor
-
-                    self._predictor = Predictor.from_pretrained(self._weights, device=self._device)
+                    self._predictor = self._first_predictor()
+        else:
+            self._follow_current_version()
         return self._predictor
 
     @property
     def model_id(self) -> str:
         return str(getattr(self.predictor, "model_id", "unknown"))
+
+    def _load(self, source):
+        from medclipseg.inference.predictor import Predictor
+
+        return Predictor.from_pretrained(source, device=self._device)
+
+    def _first_predictor(self):
+        """The database's current version; a database without one records the configured model
+        (MEDCLIPSEG_WEIGHTS, else the demo) as its base version."""
+        current = self.store.current_model_id()
+        if current is not None:
+            try:
+                predictor = self._load(self.store.model_source(current))
+                if predictor.model_id == current:
+                    return predictor
+                self.model_warning = (f"Model version {current} loads as {predictor.model_id}; serving the "
+                                      "configured model instead.")
+            except Exception as exc:  # a lost or unreadable version must not keep the app from starting
+                self.model_warning = f"Model version {current} could not be loaded ({exc}); serving the configured model."
+        predictor = self._load(self._weights)
+        self._record_base(predictor)
+        return predictor
+
+    def _record_base(self, predictor) -> None:
+        source = getattr(predictor, "source", None) or self._weights or "demo"
+        model_id = str(getattr(predictor, "model_id", "") or "unknown")
+        self.store.ensure_base_version(model_id, source=str(source), name=model_id.split("@")[0])
+
+    def _follow_current_version(self) -> None:
+        current = self.store.current_model_id()
+        serving = getattr(self._predictor, "model_id", None)
+        if current is None or current == serving or current in self._unloadable:
+            return
+        with self._load_lock:
+            if current == getattr(self._predictor, "model_id", None):
+                return
+            try:
+                predictor = self._load(self.store.model_source(current))
+            except Exception as exc:
+                self._unloadable.add(current)
+                self.model_warning = f"Model version {current} could not be loaded ({exc}); still serving {self._predictor.model_id}."
+                return
+            with self.model_lock:  # no prediction is half-way through the old model
+                self._predictor = predictor
+            self.model_warning = None
+
+    def use_injected_predictor(self) -> None:
+        """Record an injected predictor (tests, scripts) as the database's base version."""
+        if self._predictor is not None:
+            self._record_base(self._predictor)
+
+    # -- background re-scoring -------------------------------------------------------------
+    def rescore_pending(self, *, limit: Optional[int] = None, num_samples: Optional[int] = None,
+                        stop: Optional[threading.Event] = None) -> int:
+        """Predict unreviewed cases again with the current model until none is left unranked by it
+        (or `limit` cases); returns how many were re-scored. Each case holds the model lock for one
+        prediction only, so interactive requests interleave."""
+        samples = self.num_samples if num_samples is None else check_samples(num_samples)
+        done = 0
+        while limit is None or done < limit:
+            predictor = self.predictor
+            pending = self.store.cases_to_rescore(predictor.model_id, limit=8)
+            if not pending:
+                break
+            for case_id in pending:
+                if (stop is not None and stop.is_set()) or (limit is not None and done >= limit):
+                    return done
+                case = self.store.get_case(case_id)
+                image = self.store.load_image(case_id)
+                with self.model_lock:
+                    if predictor is not self._predictor:
+                        break  # another version was promoted meanwhile: fetch its backlog
+                    prediction = predictor.predict(image, case.prompt, num_samples=samples, seed=0)
+                prediction_id = self.store.add_prediction(case_id, prediction)
+                self._remember(prediction_id, prediction)
+                done += 1
+        return done
+
+    def start_background_rescoring(self, *, interval: float = 2.0) -> threading.Thread:
+        """A daemon thread that keeps the queue ranked by the current model (see rescore_pending)."""
+        if self._rescorer is not None and self._rescorer.is_alive():
+            return self._rescorer
+
+        def loop():
+            while not self._stop_rescoring.is_set():
+                try:
+                    self.rescore_pending(stop=self._stop_rescoring)
+                except Exception as exc:  # keep serving; the status shows what went wrong
+                    self.rescore_error = f"{type(exc).__name__}: {exc}"
+                self._stop_rescoring.wait(interval)
+
+        self._rescorer = threading.Thread(target=loop, daemon=True, name="medclipseg-rescoring")
+        self._rescorer.start()
+        return self._rescorer
+
+    def rescore_backlog(self) -> int:
+        """Unreviewed cases the current model has not ranked yet."""
+        current = self.store.current_model_id()
+        return 0 if current is None else self.store.rescore_backlog(current)
 
     # -- images ----------------------------------------------------------------------------
     @staticmethod
@@ -301,7 +412,7 @@ class AnnotationService:
         return CaseView(case=case, prediction_id=prediction_id, prediction=prediction,
                         image_bgr=self.store.load_image(case_id))
 
-    def next_case(self, annotator: str, *, acquisition: str = "foreground_entropy",
+    def next_case(self, annotator: str, *, acquisition: str = DEFAULT_ACQUISITION,
                   batch: Optional[str] = None) -> Optional[CaseView]:
         annotator, acquisition = check_annotator(annotator), check_acquisition(acquisition)
         case = self.store.next_case(annotator, acquisition=acquisition, batch=batch)
@@ -387,6 +498,10 @@ class _LockedPredictor:
     def __init__(self, predictor, lock):
         self._predictor = predictor
         self._lock = lock
+
+    @property
+    def model_id(self) -> str:
+        return str(getattr(self._predictor, "model_id", "") or "")
 
     def predict(self, *args, **kwargs):
         with self._lock:

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from medclipseg import settings
-from medclipseg.annotation import queue
+from medclipseg.annotation import gold, jobs, queue, versions
 from medclipseg.annotation.database import Connections
 from medclipseg.annotation.errors import StorageError
 from medclipseg.annotation.files import MAP_NAMES, FileStore, new_stem
@@ -189,6 +189,11 @@ def _case_from_row(row: dict) -> Case:
                 assigned_to=row["assigned_to"])
 
 
+def _meta(db, key: str) -> Optional[str]:
+    rows = list(db["meta"].rows_where("key = ?", [key], select="value"))
+    return rows[0]["value"] if rows else None
+
+
 def _get(db, table: str, row_id, what: str) -> dict:
     """The row with primary key `row_id`; StorageError in words when there is none."""
     from sqlite_utils.db import NotFoundError
@@ -265,11 +270,13 @@ class AnnotationStore:
             if existing:
                 case_id = existing[0]["id"]
             else:
+                random_key = random.random()
                 case_id = db["cases"].insert({
                     "content_hash": content_hash, "prompt": prompt, "original_name": original_name,
                     "width": width, "height": height, "source": source, "batch": batch, "image_path": image_path,
                     "metadata": json.dumps(kept), "status": "unreviewed", "created_at": now, "updated_at": now,
-                    "random_key": random.random()}).last_rowid
+                    "random_key": random_key,
+                    "rank_random_foreground": queue.rank_random_foreground(prompt, random_key)}).last_rowid
         return self.get_case(case_id)
 
     def get_case(self, case_id: int) -> Case:
@@ -305,7 +312,13 @@ class AnnotationStore:
                    "scores": json.dumps(scores), "foreground_pixels": int(mask.sum())}
             row.update({column: _finite_or_none(scores.get(key)) for column, key in SCORE_COLUMNS.items()})
             with self._connections.write() as db:
-                return int(db["predictions"].insert(row).last_rowid)
+                prediction_id = int(db["predictions"].insert(row).last_rowid)
+                current = _meta(db, "current_model_id")
+                # The queue ranks by the current model only; other models' predictions are kept, not ranked.
+                if current is None or row["model_id"] == current:
+                    db["cases"].update(case.id, {"ranked_model_id": row["model_id"],
+                                                 "ranked_prediction_id": prediction_id, **queue.rank_values(scores)})
+                return prediction_id
         except BaseException:
             self._files.discard(maps_path, mask_path)
             raise
@@ -314,6 +327,9 @@ class AnnotationStore:
         rows = list(self._db()["predictions"].rows_where("case_id = ?", [int(case_id)], select="id",
                                                          order_by="id DESC", limit=1))
         return int(rows[0]["id"]) if rows else None
+
+    def has_prediction_by(self, case_id: int, model_id: str) -> bool:
+        return bool(self._db()["predictions"].count_where("case_id = ? AND model_id = ?", [int(case_id), str(model_id)]))
 
     def load_prediction(self, prediction_id: int):
         """The stored prediction as a medclipseg.inference.predictor.Prediction (maps as float32; mask =
@@ -394,7 +410,11 @@ class AnnotationStore:
                     "model_id": prediction["model_id"] if prediction else None,
                     "scores": None if scores is None else json.dumps(_json_value(scores)),
                     "created_at": now}).last_rowid
-                db["cases"].update(case.id, {"status": status, "updated_at": now, **queue.NO_LEASE})
+                changes = {"status": status, "updated_at": now, **queue.NO_LEASE}
+                if db["cases"].get(case.id)["gold"] is None:  # chosen once, when first corrected
+                    changes["gold"] = int(gold.is_gold(case.content_hash, seed=_meta(db, "gold_seed"),
+                                                       fraction=float(_meta(db, "gold_fraction") or 0.0)))
+                db["cases"].update(case.id, changes)
         except BaseException:
             self._files.discard(mask_path, predicted_path)
             raise
@@ -411,7 +431,7 @@ class AnnotationStore:
             db["cases"].update(int(case_id), {"status": status, "updated_at": _now_iso(), **queue.NO_LEASE})
 
     # -- review queue ---------------------------------------------------------------------------
-    def next_case(self, annotator: str, *, acquisition: str = "foreground_entropy",
+    def next_case(self, annotator: str, *, acquisition: str = queue.DEFAULT_ACQUISITION,
                   batch: Optional[str] = None) -> Optional[Case]:
         """Lease the next unreviewed case to `annotator` (see medclipseg.annotation.queue); None when none is left."""
         annotator = _clean_annotator(annotator)
@@ -434,7 +454,162 @@ class AnnotationStore:
         with self._connections.write() as db:
             queue.release(db, case_id, annotator)
 
-    # -- reading back ---------------------------------------------------------------------------
+    # -- model versions -------------------------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        """Where trained versions live, one complete folder each (see medclipseg.annotation.versions)."""
+        return self.files_dir / "models"
+
+    def current_model_id(self) -> Optional[str]:
+        return versions.current_id(self._db())
+
+    def model_versions(self) -> list:
+        """Every version, oldest first; ``current`` marks the promoted one."""
+        return versions.all_versions(self._db())
+
+    def model_version(self, version_id: str):
+        return versions.get(self._db(), version_id)
+
+    def model_source(self, version) -> str:
+        """What registry.load_model loads for a version: its source (base) or its folder (trained)."""
+        version = version if isinstance(version, versions.ModelVersion) else self.model_version(version)
+        return version.path if version.kind == "base" else str(self.files_dir / version.path)
+
+    def ensure_base_version(self, model_id: str, *, source: str, name: str, by: str = "system"):
+        """Record the model a database starts with and make it current, once; afterwards a no-op
+        that returns the current version (which may be a trained one)."""
+        with self._connections.write() as db:
+            if versions.current_id(db) is None:
+                versions.insert(db, {"id": model_id, "name": name, "parent_id": None, "kind": "base",
+                                     "path": str(source), "created_at": _now_iso(), "created_by": by})
+                versions.promote(db, model_id, by=by, reason="the model this database started with",
+                                 now=_now_iso())
+            return versions.get(db, versions.current_id(db))
+
+    def add_base_version(self, model_id: str, *, source: str, name: str, by: str = "system"):
+        """Record a model loaded from `source` (not trained here) as a version, without promoting it."""
+        with self._connections.write() as db:
+            versions.insert(db, {"id": model_id, "name": name, "parent_id": None, "kind": "base",
+                                 "path": str(source), "created_at": _now_iso(), "created_by": by})
+            return versions.get(db, model_id)
+
+    def add_trained_version(self, folder: Path, *, model_id: str, name: str, parent_id: Optional[str],
+                            created_by: str, recipe: dict, correction_ids, train_cases: int,
+                            gold: Optional[dict] = None, parent_gold_dsc: Optional[float] = None,
+                            job_id: Optional[int] = None, seconds: Optional[float] = None):
+        """Record a trained model already written completely into ``folder`` (inside models_dir)."""
+        folder = Path(folder)
+        if folder.parent != self.models_dir or not (folder / "config.json").is_file():
+            raise StorageError(f"A trained version must be a complete model folder inside {self.models_dir}.")
+        gold = gold or {}
+        with self._connections.write() as db:
+            versions.insert(db, {
+                "id": model_id, "name": name, "parent_id": parent_id, "kind": "trained",
+                "path": f"models/{folder.name}", "recipe": recipe, "correction_ids": list(correction_ids),
+                "train_cases": int(train_cases), "gold_cases": gold.get("cases"),
+                "gold_dsc": _finite_or_none(gold.get("dsc")), "gold_nsd": _finite_or_none(gold.get("nsd")),
+                "gold_uncertainty_spearman": _finite_or_none(gold.get("uncertainty_spearman")),
+                "parent_gold_dsc": _finite_or_none(parent_gold_dsc), "job_id": job_id, "seconds": seconds,
+                "created_at": _now_iso(), "created_by": created_by})
+            return versions.get(db, model_id)
+
+    def promote(self, version_id: str, *, by: str, reason: str = "promoted by hand"):
+        """Make a version current (the queue then ranks by it); returns the version."""
+        by = _clean_annotator(by)
+        version = self.model_version(version_id)
+        if version.kind == "trained" and not (self.files_dir / version.path / "config.json").is_file():
+            raise StorageError(f"Model version {version_id} has lost its files ({version.path}); it cannot serve.")
+        with self._connections.write() as db:
+            versions.promote(db, version.id, by=by, reason=reason, now=_now_iso())
+        return self.model_version(version.id)
+
+    def rollback(self, *, by: str):
+        """Make the version that was current before the current one current again."""
+        target = versions.rollback_target(self._db())
+        if target is None:
+            raise StorageError("There is no earlier model version to roll back to.")
+        return self.promote(target, by=by, reason="rollback")
+
+    def promotion_log(self) -> list:
+        return versions.promotion_log(self._db())
+
+    def cases_to_rescore(self, model_id: str, *, limit: int = 50) -> list:
+        """Unreviewed cases (with a prediction) not yet ranked by `model_id`, oldest first."""
+        rows = self._db().query(
+            "SELECT id FROM cases WHERE status = 'unreviewed' AND ranked_model_id IS NOT ? "
+            "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = cases.id) ORDER BY id LIMIT ?",
+            [model_id, int(limit)])
+        return [int(row["id"]) for row in rows]
+
+    def rescore_backlog(self, model_id: str) -> int:
+        return int(self._db()["cases"].count_where(
+            "status = 'unreviewed' AND ranked_model_id IS NOT ? "
+            "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = cases.id)", [model_id]))
+
+    def top_rank(self, acquisition: str = queue.DEFAULT_ACQUISITION) -> Optional[float]:
+        """The highest rank in the queue for `acquisition` (the next case's uncertainty), None when empty."""
+        column = queue.order_column(acquisition)
+        rows = list(self._db().query(f'SELECT max("{column}") AS top FROM cases WHERE status = \'unreviewed\''))
+        return rows[0]["top"] if rows else None
+
+    def set_gold_fraction(self, fraction: float, *, seed: Optional[int] = None) -> None:
+        """The share of images that join the gold split when first corrected, and optionally the seed
+        of the draw (a new database draws its own); cases already assigned keep their side."""
+        fraction = float(fraction)
+        if not 0.0 <= fraction < 1.0:
+            raise StorageError("The gold fraction must lie in [0, 1).")
+        with self._connections.write() as db:
+            db["meta"].insert({"key": "gold_fraction", "value": repr(fraction)}, replace=True)
+            if seed is not None:
+                db["meta"].insert({"key": "gold_seed", "value": str(int(seed))}, replace=True)
+
+    def gold_settings(self) -> dict:
+        db = self._db()
+        return {"fraction": float(_meta(db, "gold_fraction") or 0.0), "seed": _meta(db, "gold_seed")}
+
+        # -- background jobs --------------------------------------------------------------------------
+    def start_job(self, kind: str, *, by: str, params: dict, parent_id: Optional[str] = None,
+                  pid: Optional[int] = None) -> int:
+        """Insert a running job (refused in words while another is active); returns its id."""
+        by = _clean_annotator(by)
+        with self._connections.write() as db:
+            return jobs.start(db, kind=kind, by=by, params=_json_value(params), parent_id=parent_id,
+                              now=time.time(), now_iso=_now_iso(), pid=pid)
+
+    def job(self, job_id: int):
+        return jobs.get(self._db(), job_id)
+
+    def recent_jobs(self, limit: int = 20) -> list:
+        return jobs.recent(self._db(), limit)
+
+    def active_job(self):
+        """The running job, after marking jobs whose worker is gone as failed."""
+        self.reap_jobs()
+        return jobs.active(self._db())
+
+    def reap_jobs(self) -> list:
+        db = self._db()
+        if jobs.active(db) is None:
+            return []
+        with self._connections.write() as db:
+            return jobs.reap(db, now=time.time(), now_iso=_now_iso())
+
+    def update_job(self, job_id: int, **fields) -> None:
+        """Progress of a running job; also refreshes its heartbeat."""
+        fields.setdefault("heartbeat", time.time())
+        with self._connections.write() as db:
+            jobs.update(db, job_id, **fields)
+
+    def finish_job(self, job_id: int, *, status: str, message: str, version_id: Optional[str] = None) -> None:
+        with self._connections.write() as db:
+            jobs.finish(db, job_id, status=status, message=message, now_iso=_now_iso(), version_id=version_id)
+
+    def request_cancel(self, job_id: int, *, by: str) -> bool:
+        _clean_annotator(by)
+        with self._connections.write() as db:
+            return jobs.request_cancel(db, job_id)
+
+        # -- reading back ---------------------------------------------------------------------------
     def corrections(self, *, latest_only: bool = True, statuses=CORRECTION_STATUSES,
                     annotator: Optional[str] = None) -> list:
         """Correction rows (oldest case first, then version) with the case's original_name, width, height,
@@ -456,7 +631,7 @@ class AnnotationStore:
             params = params + params
         rows = list(self._db().query(
             "SELECT k.*, c.original_name, c.width, c.height, c.content_hash, c.image_path, c.metadata, c.batch, "
-            f"c.source, c.status AS case_status FROM corrections k JOIN cases c ON c.id = k.case_id WHERE {where} "
+            f"c.source, c.gold, c.status AS case_status FROM corrections k JOIN cases c ON c.id = k.case_id WHERE {where} "
             "ORDER BY k.case_id, k.version", params))
         for row in rows:
             row["metadata"] = json.loads(row["metadata"] or "{}")

@@ -17,6 +17,7 @@ from typing import Optional
 import gradio as gr
 from gradio.data_classes import FileData
 
+from medclipseg.annotation.queue import DEFAULT_ACQUISITION
 from medclipseg.annotation.service import AnnotationService, RequestError, check_case_id
 from medclipseg.app.handlers import USER_ERRORS
 
@@ -116,18 +117,19 @@ def register(service: AnnotationService) -> None:
         return {"case_id": check_case_id(case_id), "status": "skipped", "annotator": name}
 
     @_in_words
-    def next_case(annotator: str = "", acquisition: str = "foreground_entropy",
+    def next_case(annotator: str = "", acquisition: str = DEFAULT_ACQUISITION,
                   request: gr.Request = None) -> tuple[dict, Optional[FileData]]:
         """Lease the unreviewed case ranked first by `acquisition` to the annotator: its summary and
         image (PNG); case_id null and no image when the queue is empty."""
         name = annotator_of(annotator, request)
-        view = service.next_case(name, acquisition=acquisition or "foreground_entropy")
+        view = service.next_case(name, acquisition=acquisition or DEFAULT_ACQUISITION)
         if view is None:
             return {"case_id": None, "message": "No unreviewed cases left."}, None
         image = service.case_image_file(view)
         summary = {"case_id": view.case.id, "prediction_id": view.prediction_id, "prompt": view.case.prompt,
                    "original_name": view.case.original_name, "width": view.case.width,
                    "height": view.case.height, "assigned_to": name, "acquisition": acquisition,
+                   "model_id": view.prediction.model_id if view.prediction is not None else None,
                    "scores": view.prediction.scores if view.prediction is not None else {}}
         return summary, _file(image)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from medclipseg.annotation.correction import ADD_COLOUR_HEX, ERASE_COLOUR_HEX
-from medclipseg.annotation.queue import ACQUISITION_SCORES
+from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
 from medclipseg.annotation.service import MAX_SAMPLES, AnnotationService
 from medclipseg.app import api, handlers
 from medclipseg.app.api import annotator_of
@@ -68,7 +68,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                         samples = gr.Slider(4, MAX_SAMPLES, value=service.num_samples, step=2, label="Monte-Carlo samples")
                         segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
                     with gr.Tab("Review queue"):
-                        acquisition = gr.Dropdown(acquisition_choices, value="foreground_entropy",
+                        acquisition = gr.Dropdown(acquisition_choices, value=DEFAULT_ACQUISITION,
                                                   label="Rank unreviewed cases by")
                         next_button = gr.Button("Next most uncertain case", variant="primary", elem_id="next-case")
                         skip_button = gr.Button("Skip this case", elem_id="skip")

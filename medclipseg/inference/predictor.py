@@ -62,7 +62,8 @@ class Prediction:
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must lie strictly between 0 and 1")
         mask = self.probability > threshold
-        scores = image_scores(self.entropy, self.mutual_information, mask, self.scores["boundary_band_px"])
+        scores = image_scores(self.entropy, self.mutual_information, mask, self.scores["boundary_band_px"],
+                              probability=self.probability)
         return replace(self, mask=mask, threshold=threshold, scores=scores)
 
 
@@ -95,6 +96,7 @@ class Predictor:
         # matrix products: 0.43 s instead of 0.52 s for the demo); large ones stay memory-bounded.
         self.chunk_size = chunk_size or (32 if model.vision_model.width <= 256 else 8)
         self.model_id = model_id or getattr(model, "model_id", "") or model.config.backbone
+        self.source: Optional[str] = None
         self.image_size = model.image_size
 
     # -- construction ---------------------------------------------------------------------------
@@ -117,7 +119,9 @@ class Predictor:
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, mode: str = "exact", device=None, **kwargs) -> "Predictor":
-        return cls(loaded.model, loaded.tokenizer, mode=mode, device=device, model_id=loaded.model_id, **kwargs)
+        predictor = cls(loaded.model, loaded.tokenizer, mode=mode, device=device, model_id=loaded.model_id, **kwargs)
+        predictor.source = loaded.source  # what load_model loads again (recorded with model versions)
+        return predictor
 
     # -- pre-processing ---------------------------------------------------------------------------
     def load_image(self, image, channel_order: str = DEFAULT_CHANNEL_ORDER) -> LoadedImage:
@@ -200,7 +204,7 @@ class Predictor:
             mask=mask,
             entropy=entropy,
             mutual_information=mutual_information,
-            scores=image_scores(entropy, mutual_information, mask, band),
+            scores=image_scores(entropy, mutual_information, mask, band, probability=probability),
             num_samples=accumulator.count,
             threshold=threshold,
             prompt=prompt,

@@ -1,9 +1,10 @@
 """Checking a user's text prompt before it reaches the tokenizer."""
 from __future__ import annotations
 
+import re
 import unicodedata
 
-__all__ = ["PromptError", "validate_prompt"]
+__all__ = ["PromptError", "states_absence", "validate_prompt"]
 
 
 class PromptError(ValueError):
@@ -37,3 +38,20 @@ def validate_prompt(prompt: str, max_chars: int = 1000) -> str:
             "characters. Please shorten it."
         )
     return cleaned
+
+
+# "No" as the first word, or "There is no", then a word: how the authors' prompts for empty masks
+# read ("No putamen in the brain MRI image."). Kept narrow on purpose: "None", "Not", "Nodule",
+# "No, ..." and negations later in the sentence do not count.
+_ABSENCE_PREFIX = re.compile(r"(?:no|there\s+is\s+no)\s+\w", re.IGNORECASE)
+
+
+def states_absence(prompt: str) -> bool:
+    """True when the prompt states that the target is absent.
+
+    That is, after leading whitespace, it starts with the word "No" or with "There is no",
+    followed by a word (case-insensitive): "No putamen in the brain MRI image.", "there is no
+    polyp". Anything else, e.g. "Nodule in the left lung" or "Not a polyp", counts as asserting
+    presence.
+    """
+    return bool(_ABSENCE_PREFIX.match(prompt.lstrip()))

@@ -5,6 +5,10 @@
 
 Resumable: `<out>/last.pt` holds the trainable weights, optimiser, scheduler, epoch and RNG
 states; `<out>/best/` and `<out>/last/` hold the model in our safetensors format.
+
+Hooks for callers that run training as a job: `on_progress(TrainProgress)` after every optimiser
+step, and `should_stop()` checked after every step (True raises TrainingCancelled before the
+epoch's files are written, so the folder keeps the last complete epoch and nothing half-written).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import random
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -25,6 +30,7 @@ from medclipseg.datasets.torch_dataset import SegmentationDataset, collate
 from medclipseg.datasets.layout import load_split
 from medclipseg.training.config import TrainConfig  # still importable from here
 from medclipseg.training.losses import segmentation_loss
+from medclipseg.training.progress import ProgressClock, TrainingCancelled, TrainProgress  # noqa: F401
 from medclipseg.evaluation.metrics import dice_score
 from medclipseg.modeling.medclipseg import TRAINABLE_PREFIXES
 from medclipseg.inference.tokenization import build_tokenizer
@@ -83,7 +89,13 @@ def validation_dice(model, loader, device) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, *, on_progress: Optional[Callable[[TrainProgress], None]] = None,
+          should_stop: Optional[Callable[[], bool]] = None, metadata: Optional[dict] = None) -> dict:
+    """Run stage 2 as configured; returns the history and the folders of the best and last model.
+
+    metadata: extra entries recorded in every saved model's metadata (beside train_config,
+    epoch, history and, when training starts from `init`, init_model_id).
+    """
     seed_everything(config.seed)
     device = torch.device(config.device) if config.device else default_device()
     out = Path(config.out)
@@ -122,6 +134,15 @@ def train(config: TrainConfig) -> dict:
         generator.set_state(state["loader_rng"])
         train_set.rng.setstate(state["augment_rng"])
 
+    steps_per_epoch = len(train_loader)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    clock = ProgressClock(total_steps, already_done=steps_per_epoch * start_epoch)
+    extra_metadata = dict(metadata or {})
+    if config.init and getattr(model, "model_id", None):
+        extra_metadata.setdefault("init_model_id", model.model_id)
+
     for epoch in range(start_epoch, config.epochs):
         model.train()
         started, totals, steps = time.perf_counter(), {}, 0
@@ -140,7 +161,16 @@ def train(config: TrainConfig) -> dict:
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach())
             steps += 1
-            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+            step_loss = float(losses["loss"].detach())
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            if on_progress is not None:
+                done = epoch * steps_per_epoch + steps
+                elapsed, eta = clock.times(done)
+                on_progress(TrainProgress(step=done, total_steps=total_steps, epoch=epoch + 1, epochs=config.epochs,
+                                          loss=step_loss, elapsed_seconds=elapsed, eta_seconds=eta))
+            if should_stop is not None and should_stop():
+                bar.close()
+                raise TrainingCancelled(f"training stopped on request after step {steps} of epoch {epoch + 1}")
             if config.max_steps_per_epoch and steps >= config.max_steps_per_epoch:
                 break
         scheduler.step()
@@ -150,11 +180,11 @@ def train(config: TrainConfig) -> dict:
             record["val_dice"] = validation_dice(model, val_loader, device)
         history.append(record)
         score = record.get("val_dice", -record["loss"])
-        metadata = {"train_config": asdict(config), "epoch": epoch + 1, "history": history}
+        saved = {"train_config": asdict(config), "epoch": epoch + 1, "history": history, **extra_metadata}
         if score > best_dice:
             best_dice = score
-            save_pretrained(model, out / "best", metadata=metadata)
-        save_pretrained(model, out / "last", metadata=metadata)
+            save_pretrained(model, out / "best", metadata=saved)
+        save_pretrained(model, out / "last", metadata=saved)
         # Written last and atomically: a crash leaves the previous resumable state intact.
         tmp = out / "last.pt.tmp"
         torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),

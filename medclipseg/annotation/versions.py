@@ -1,0 +1,116 @@
+"""Model versions of an annotation database: which model serves, where each came from, how it scored.
+
+``model_versions`` holds one row per model the database has served or trained; the id is the
+model's content-hash id (``medclipseg.registry.LoadedModel.model_id``), so a row names exactly one
+set of weights. ``base`` versions are the model the database started with (``path`` is its
+``load_model`` source, e.g. ``demo``); ``trained`` versions live in ``<files>/models/<folder>/``,
+written completely before their row is inserted, so a row always points at a whole model.
+
+``meta.current_model_id`` names the promoted version; ``promotions`` logs every change of it
+(who, when, why), which is what a rollback walks back along. Every function takes the
+``sqlite_utils.Database`` of an open write transaction, except the readers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+from medclipseg.annotation.errors import StorageError
+from medclipseg.annotation.queue import RANKED_BY_MODEL
+
+KINDS = ("base", "trained")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    id: str
+    name: str
+    parent_id: Optional[str]
+    kind: str
+    path: str
+    recipe: dict
+    correction_ids: list
+    train_cases: Optional[int]
+    gold_cases: Optional[int]
+    gold_dsc: Optional[float]
+    gold_nsd: Optional[float]
+    gold_uncertainty_spearman: Optional[float]
+    parent_gold_dsc: Optional[float]
+    job_id: Optional[int]
+    seconds: Optional[float]
+    created_at: str
+    created_by: str
+    current: bool = False
+
+
+def version_from_row(row: dict, current_id: Optional[str]) -> ModelVersion:
+    return ModelVersion(
+        id=row["id"], name=row["name"], parent_id=row["parent_id"], kind=row["kind"], path=row["path"],
+        recipe=json.loads(row["recipe"] or "{}"), correction_ids=json.loads(row["correction_ids"] or "[]"),
+        train_cases=row["train_cases"], gold_cases=row["gold_cases"], gold_dsc=row["gold_dsc"],
+        gold_nsd=row["gold_nsd"], gold_uncertainty_spearman=row["gold_uncertainty_spearman"],
+        parent_gold_dsc=row["parent_gold_dsc"], job_id=row["job_id"], seconds=row["seconds"],
+        created_at=row["created_at"], created_by=row["created_by"], current=row["id"] == current_id)
+
+
+def current_id(db) -> Optional[str]:
+    rows = list(db["meta"].rows_where("key = 'current_model_id'", select="value"))
+    return rows[0]["value"] if rows and rows[0]["value"] else None
+
+
+def get(db, version_id: str) -> ModelVersion:
+    rows = list(db["model_versions"].rows_where("id = ?", [str(version_id)]))
+    if not rows:
+        raise StorageError(f"There is no model version {version_id!r} in this annotation database; "
+                           "`medclipseg models` lists them.")
+    return version_from_row(rows[0], current_id(db))
+
+
+def all_versions(db) -> list:
+    current = current_id(db)
+    return [version_from_row(row, current)
+            for row in db["model_versions"].rows_where(order_by="created_at, rowid")]
+
+
+def insert(db, row: dict) -> None:
+    """Add a version row (an existing id is the same weights: kept as it is)."""
+    if row["kind"] not in KINDS:
+        raise StorageError(f"Unknown model version kind {row['kind']!r}.")
+    if list(db["model_versions"].rows_where("id = ?", [row["id"]], select="id")):
+        return
+    row = dict(row)
+    row["recipe"] = json.dumps(row.get("recipe") or {})
+    row["correction_ids"] = json.dumps(list(row.get("correction_ids") or []))
+    db["model_versions"].insert(row)
+
+
+def promote(db, version_id: str, *, by: str, reason: str, now: str) -> Optional[str]:
+    """Make `version_id` the current model; returns the previous one. Unreviewed cases keep a rank
+    only where the new model already made their latest prediction; the rest wait to be re-scored."""
+    get(db, version_id)  # refuses an unknown id
+    previous = current_id(db)
+    if previous == version_id:
+        return previous
+    db["meta"].insert({"key": "current_model_id", "value": version_id}, replace=True)
+    db["promotions"].insert({"version_id": version_id, "previous_id": previous, "promoted_by": by,
+                             "reason": reason, "created_at": now})
+    db.execute("UPDATE cases SET ranked_prediction_id = (SELECT max(id) FROM predictions p "
+               "WHERE p.case_id = cases.id AND p.model_id = ?) WHERE status = 'unreviewed'", [version_id])
+    db.execute("UPDATE cases SET ranked_model_id = CASE WHEN ranked_prediction_id IS NULL THEN NULL ELSE ? END "
+               "WHERE status = 'unreviewed'", [version_id])
+    for column, key in RANKED_BY_MODEL.items():
+        db.execute(f'UPDATE cases SET "{column}" = (SELECT json_extract(scores, \'$.{key}\') FROM predictions '
+                   "WHERE id = cases.ranked_prediction_id) WHERE status = 'unreviewed'")
+    return previous
+
+
+def rollback_target(db) -> Optional[str]:
+    """The version that was current before the current one (None when there is none)."""
+    rows = list(db.query("SELECT previous_id FROM promotions WHERE version_id = ? ORDER BY id DESC LIMIT 1",
+                         [current_id(db)]))
+    return rows[0]["previous_id"] if rows else None
+
+
+def promotion_log(db) -> list:
+    return list(db["promotions"].rows_where(order_by="id"))
