@@ -84,6 +84,7 @@ def main(argv=None) -> int:
                 gold = score_examples(str(out), held_out, num_samples=recipe.eval_samples,
                                       threshold=recipe.threshold, nsd_tolerance=recipe.nsd_tolerance, device=device)
         seconds[count] = retrain
+        print(f"round of {count}: retrain {retrain:.1f} s, MC predict pass {baseline:.1f} s", flush=True)
         rows.append((count, retrain, retrain / count, steps[-1].step, baseline, retrain / baseline, gold))
 
     print()

@@ -51,16 +51,35 @@ def synthetic_prediction(height=48, width=64, seed=0, model_id="synthetic@0"):
     return prediction_from_probability(probability, mutual_fraction=rng.uniform(0.05, 0.3), model_id=model_id)
 
 
-def fill_queue(store, count, *, height=48, width=64, seed=0):
-    """`count` unreviewed cases with predictions; returns their ids."""
+def fill_queue(store, count, *, height=48, width=64, seed=0, model_id=None):
+    """`count` unreviewed cases with predictions; returns their ids. The predictions carry
+    `model_id` (default: the database's current version, so the queue ranks them and a server's
+    background re-scoring leaves them alone; "synthetic@0" in a database without one)."""
+    model_id = model_id or store.current_model_id() or "synthetic@0"
     rng = np.random.default_rng(seed)
     ids = []
     for index in range(count):
         image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
         case = store.add_case(image, prompt=f"lesion {index}", original_name=f"img{index:04d}.png", source="ingest")
-        store.add_prediction(case.id, synthetic_prediction(height, width, seed=seed + index))
+        store.add_prediction(case.id, synthetic_prediction(height, width, seed=seed + index, model_id=model_id))
         ids.append(case.id)
     return ids
+
+
+def demo_model_id() -> str:
+    """The demo model's content-hash id, computed from its files (no torch import)."""
+    from medclipseg.registry import DEMO_NAME, MODEL_ID_DIGITS, content_hash, demo_weights_dir, model_files
+
+    return f"{DEMO_NAME}@{content_hash(model_files(demo_weights_dir()))[:MODEL_ID_DIGITS]}"
+
+
+def demo_database(db_path):
+    """A database whose base version is the demo model, as `python app.py` records it."""
+    from medclipseg.annotation.store import AnnotationStore
+
+    store = AnnotationStore(db_path)
+    store.ensure_base_version(demo_model_id(), source="demo", name="demo-tiny")
+    return store
 
 
 @contextmanager
@@ -103,6 +122,48 @@ def app_server(db_path, *, env=None, startup_timeout=240.0, log_path=None):
                 process.kill()
                 process.wait()
         log.close()
+
+
+# --------------------------------------------------------------------------------------
+# the browser: Debian's Chromium driven by Playwright (never Playwright's own downloads)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def browser_or_skip():
+    """Skip without Playwright or Chromium, unless MEDCLIPSEG_REQUIRE_BROWSER=1 makes it a failure."""
+    import pytest
+
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: F401
+    except ImportError:
+        missing = "the playwright package"
+    else:
+        missing = None if CHROMIUM.exists() else str(CHROMIUM)
+    if missing:
+        message = f"{missing} is not installed (bash .ci/run installs both)"
+        if os.environ.get("MEDCLIPSEG_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def screenshot_dir(tmp_path) -> Path:
+    """MEDCLIPSEG_SCREENSHOTS, else the test's tmp folder."""
+    folder = Path(os.environ.get("MEDCLIPSEG_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def db_rows(db_path, sql, params=()):
+    import sqlite3
+
+    connection = sqlite3.connect(db_path)
+    try:
+        return connection.execute(sql, params).fetchall()
+    finally:
+        connection.close()
 
 
 # --------------------------------------------------------------------------------------

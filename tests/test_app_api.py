@@ -3,7 +3,8 @@
 Covers the load test (8 annotators x 25 saves, no case served twice), a server killed in the
 middle of saving, the segment, skip, ingest and export endpoints, bad requests answered in words,
 login, a DICOM carrying patient identifiers that must never reach the database, the files beside
-it or an export, and that no file the app wrote outlives the servers in the temp directory.
+it or an export, that no file the app wrote outlives the servers in the temp directory, and the
+model endpoints: retrain (a real worker process), job, models, promote, rollback, cancel_job.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from app_support import (
     PATIENT_NAME,
     ROOT,
     app_server,
+    demo_database,
     fill_queue,
     write_dicom,
 )
@@ -129,9 +131,10 @@ def test_eight_annotators_save_concurrently(tmp_path):
 
 
 def queued_db(tmp_path, count):
-    """A database file holding `count` unreviewed cases with predictions."""
+    """A database file holding `count` unreviewed cases with predictions by the demo model (so the
+    server ranks them as they are instead of re-scoring them in the background)."""
     db_path = tmp_path / "db" / "annotations.db"
-    store = AnnotationStore(db_path)
+    store = demo_database(db_path)
     fill_queue(store, count)
     store.close()
     return db_path
@@ -363,3 +366,77 @@ def test_login_names_the_annotator(tmp_path):
         result = client.predict(case["case_id"], handle_file(str(mask)), "someone-else", "corrected", None,
                                 api_name="/save_correction")
         assert result["annotator"] == "erin"
+
+
+def wait_for(condition, *, timeout, interval=0.5, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def test_model_endpoints_retrain_promote_rollback(tmp_path):
+    """Retrain through the API (a real worker, one epoch), then promote, re-score and roll back."""
+    from medclipseg.app.api import API_NAMES
+
+    db_path = tmp_path / "db" / "annotations.db"
+    store = demo_database(db_path)
+    base = store.current_model_id()
+    store.set_gold_fraction(0.0)
+    reviewed = fill_queue(store, 3, seed=10)
+    waiting = fill_queue(store, 3, seed=20)
+    for case_id in reviewed:
+        mask = np.zeros((48, 64), bool)
+        mask[8:30, 10:44] = True
+        store.save_correction(case_id, mask, annotator="alice", status="corrected")
+
+    with app_server(db_path) as (url, _process):
+        client = client_for(url)
+        listed = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+        assert {f"/{name}" for name in API_NAMES} <= listed
+        versions = client.predict(api_name="/models")
+        assert [(v["id"], v["current"], v["kind"]) for v in versions] == [(base, True, "base")]
+        assert client.predict(api_name="/job") == {"job_id": None, "status": None,
+                                                   "message": "No retraining has run yet."}
+        assert "annotator name is required" in refusal(client, 1, "no", "", api_name="/retrain")
+        assert "Choose a model version" in refusal(client, "", "alice", api_name="/promote")
+        assert "no earlier model version" in refusal(client, "alice", api_name="/rollback")
+        assert "No retraining is running" in refusal(client, None, "alice", api_name="/cancel_job")
+        assert "between 1 and 500" in refusal(client, 0, "no", "alice", api_name="/retrain")
+
+        started = client.predict(1, "no", "alice", api_name="/retrain")
+        assert (started["train_cases"], started["gold_cases"], started["epochs"], started["promote"]) == (3, 0, 1, "no")
+        assert started["estimate_seconds"] is None and "no estimate until the first round" in started["message"]
+        assert "already running" in refusal(client, 1, "no", "bob", api_name="/retrain")
+        job = wait_for(lambda: (lambda j: j if j["status"] != "running" else None)(client.predict(api_name="/job")),
+                       timeout=240, interval=1.0, what="the retraining job")
+        assert job["job_id"] == started["job_id"] and job["status"] == "succeeded", job
+        assert job["progress"] == 1.0 and job["version_id"] and job["created_by"] == "alice"
+        assert f"version {job['version_id']} recorded; not promoted" in job["log_tail"]
+        assert client.predict(started["job_id"], api_name="/job")["version_id"] == job["version_id"]
+
+        versions = client.predict(api_name="/models")
+        new = versions[-1]
+        assert [v["id"] for v in versions] == [base, job["version_id"]] and new["id"] == job["version_id"]
+        assert (new["current"], new["kind"], new["parent_id"], new["train_cases"], new["created_by"]) == (
+            False, "trained", base, 3, "alice")
+
+        promoted = client.predict(new["id"], "bob", api_name="/promote")
+        assert promoted["current"] == promoted["serving"] == new["id"], promoted
+        assert "3 case(s) will be re-scored" in promoted["message"]
+        # The server's background re-scoring ranks the waiting cases by the promoted version.
+        wait_for(lambda: store.rescore_backlog(new["id"]) == 0, timeout=120, what="re-scoring")
+        for case_id in waiting:
+            assert store.load_prediction(store.latest_prediction_id(case_id)).model_id == new["id"]
+        case, _image = client.predict("carol", "expected_dice_miss", api_name="/next_case")
+        assert case["case_id"] in waiting and case["model_id"] == new["id"]
+        summary, _mask, _maps = client.predict(handle_file(str(EXAMPLE)), PROMPT, 4, api_name="/segment")
+        assert summary["model_id"] == new["id"]
+
+        rolled = client.predict("bob", api_name="/rollback")
+        assert rolled["current"] == rolled["serving"] == base
+        assert [v["current"] for v in client.predict(api_name="/models")] == [True, False]

@@ -8,46 +8,32 @@ Screenshots go to MEDCLIPSEG_SCREENSHOTS (default: the test's tmp folder).
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from app_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     ROOT,
     app_server,
+    browser_or_skip,
+    db_rows,
     files_under,
+    screenshot_dir,
     write_dicom,
     write_huge_png,
     write_text_as_png,
     write_truncated_png,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
 EXAMPLE = ROOT / "assets" / "examples" / "colonoscopy.png"
 EXAMPLE_PROMPT = "Endoscopic colon image showing one medium oval-shaped hyperplastic growth on the left."
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _browser_or_skip():
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: F401
-    except ImportError:
-        missing = "the playwright package"
-    else:
-        missing = None if CHROMIUM.exists() else str(CHROMIUM)
-    if missing:
-        message = f"{missing} is not installed (bash .ci/run installs both)"
-        if os.environ.get("MEDCLIPSEG_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _browser_or_skip()
+    browser_or_skip()
     folder = tmp_path_factory.mktemp("browser")
     with app_server(folder / "db" / "annotations.db") as (url, _process):
         yield url, folder / "db" / "annotations.db"
@@ -68,12 +54,6 @@ def page(server):
         browser.close()
 
 
-def screenshot_dir(tmp_path) -> Path:
-    folder = Path(os.environ.get("MEDCLIPSEG_SCREENSHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def numbers_text(page) -> str:
     return page.inner_text("#numbers")
 
@@ -84,14 +64,6 @@ def press_slider(page, elem_id: str, key: str, times: int) -> None:
     handle.focus()
     for _ in range(times):
         handle.press(key)
-
-
-def db_rows(db_path, sql):
-    connection = sqlite3.connect(db_path)
-    try:
-        return connection.execute(sql).fetchall()
-    finally:
-        connection.close()
 
 
 def test_segment_threshold_paint_and_save(server, page, tmp_path):

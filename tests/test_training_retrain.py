@@ -43,11 +43,14 @@ def leftovers(folder: Path, out_name: str) -> list:
 
 @pytest.fixture(scope="module")
 def round_one(tmp_path_factory):
+    from medclipseg.registry import load_model
     from medclipseg.training.retrain import fine_tune
 
     parent = tmp_path_factory.mktemp("round")
     reports = []
-    out = fine_tune("demo", make_examples(5), QUICK, parent / "v1", on_progress=reports.append)
+    # A LoadedModel as the parent: fine_tune trains from its source.
+    out = fine_tune(load_model("demo", device="cpu"), make_examples(5), QUICK, parent / "v1",
+                    on_progress=reports.append)
     return parent, out, reports
 
 
@@ -75,6 +78,8 @@ def test_recipe_refuses_unknown_keys_and_bad_values(tmp_path):
         load_recipe(path)
     with pytest.raises(ValueError, match="threshold must lie strictly between 0 and 1"):
         RetrainRecipe(threshold=1.0)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        RetrainRecipe(lr=float("inf"))
     with pytest.raises(ValueError, match="not found"):
         load_recipe(tmp_path / "missing.toml")
 
@@ -124,13 +129,14 @@ def test_progress_steps_rise_to_the_total(round_one):
 def test_cancel_leaves_no_loadable_model(tmp_path):
     from medclipseg.registry import load_model
     from medclipseg.training.retrain import TrainingCancelled, fine_tune
+    from medclipseg.weights.sources import WeightsSourceError
 
     calls = []
     with pytest.raises(TrainingCancelled):
         fine_tune("demo", make_examples(4), QUICK, tmp_path / "v2", should_stop=lambda: calls.append(1) or True)
     assert len(calls) == 1  # stopped after the first step
     assert not (tmp_path / "v2").exists() and leftovers(tmp_path, "v2") == []
-    with pytest.raises(Exception):
+    with pytest.raises(WeightsSourceError):
         load_model(str(tmp_path / "v2"))
 
 

@@ -160,7 +160,7 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
     else:
         store.update_job(job_id, message="starting", parent_id=parent)
     started = time.perf_counter()
-    work = store.files_dir / "jobs" / f"{job_id:06d}"
+    work = store.job_folder(job_id)
 
     def should_stop() -> bool:
         return store.job(job_id).cancel_requested
@@ -284,7 +284,7 @@ def launch_worker(store, *, by: str, epochs=None, promote: str = "auto") -> int:
     job_id = store.start_job("retrain", by=by, params={"recipe": asdict(recipe), "promote": promote,
                                                        "train_cases": len(train), "gold_cases": len(gold)},
                              parent_id=store.current_model_id())
-    log_path = store.files_dir / "jobs" / f"{job_id:06d}.log"
+    log_path = store.job_folder(job_id).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "medclipseg", "retrain", "--db", str(store.path), "--job", str(job_id),
                "--by", by, "--epochs", str(recipe.epochs), "--promote", promote]

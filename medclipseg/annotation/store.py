@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -534,17 +535,17 @@ class AnnotationStore:
         return versions.promotion_log(self._db())
 
     def cases_to_rescore(self, model_id: str, *, limit: int = 50) -> list:
-        """Unreviewed cases (with a prediction) not yet ranked by `model_id`, oldest first."""
+        """Unreviewed cases not yet ranked by `model_id` (including any never predicted), oldest first."""
         rows = self._db().query(
-            "SELECT id FROM cases WHERE status = 'unreviewed' AND ranked_model_id IS NOT ? "
-            "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = cases.id) ORDER BY id LIMIT ?",
-            [model_id, int(limit)])
+            "SELECT id FROM cases WHERE status = 'unreviewed' AND (ranked_model_id IS NULL OR ranked_model_id != ?) "
+            "ORDER BY id LIMIT ?", [model_id, int(limit)])
         return [int(row["id"]) for row in rows]
 
     def rescore_backlog(self, model_id: str) -> int:
-        return int(self._db()["cases"].count_where(
-            "status = 'unreviewed' AND ranked_model_id IS NOT ? "
-            "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = cases.id)", [model_id]))
+        """How many cases cases_to_rescore would still return; two index-served counts."""
+        cases = self._db()["cases"]
+        return int(cases.count_where("status = 'unreviewed'")
+                   - cases.count_where("status = 'unreviewed' AND ranked_model_id = ?", [model_id]))
 
     def top_rank(self, acquisition: str = queue.DEFAULT_ACQUISITION) -> Optional[float]:
         """The highest rank in the queue for `acquisition` (the next case's uncertainty), None when empty."""
@@ -592,7 +593,14 @@ class AnnotationStore:
         if jobs.active(db) is None:
             return []
         with self._connections.write() as db:
-            return jobs.reap(db, now=time.time(), now_iso=_now_iso())
+            reaped = jobs.reap(db, now=time.time(), now_iso=_now_iso())
+        for job_id in reaped:  # the dead worker's scratch (its log, beside the folder, stays)
+            shutil.rmtree(self.job_folder(job_id), ignore_errors=True)
+        return reaped
+
+    def job_folder(self, job_id: int) -> Path:
+        """A job's scratch folder; its log is the ``.log`` file beside it."""
+        return self.files_dir / "jobs" / f"{int(job_id):06d}"
 
     def update_job(self, job_id: int, **fields) -> None:
         """Progress of a running job; also refreshes its heartbeat."""

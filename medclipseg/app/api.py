@@ -1,4 +1,5 @@
-"""The app's API for scripts (``gradio_client``): segment, save_correction, skip, next_case, ingest, export.
+"""The app's API for scripts (``gradio_client``): segment, save_correction, skip, next_case, ingest, export,
+and the model endpoints retrain, job, cancel_job, models, promote, rollback.
 
 Each endpoint is a typed function registered with ``gr.api``, which derives the API's
 parameters from the type hints; files travel as ``gradio.FileData`` (``handle_file(path)`` on
@@ -19,9 +20,11 @@ from gradio.data_classes import FileData
 
 from medclipseg.annotation.queue import DEFAULT_ACQUISITION
 from medclipseg.annotation.service import AnnotationService, RequestError, check_case_id
+from medclipseg.app import model_tab
 from medclipseg.app.handlers import USER_ERRORS
 
-API_NAMES = ("segment", "save_correction", "skip", "next_case", "ingest", "export")
+API_NAMES = ("segment", "save_correction", "skip", "next_case", "ingest", "export", "retrain", "job", "cancel_job",
+             "models", "promote", "rollback")
 
 
 def annotator_of(typed_name: Optional[str], request: Optional[gr.Request]) -> Optional[str]:
@@ -155,10 +158,61 @@ def register(service: AnnotationService) -> None:
         result = service.export_archive(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         return _file(result.zip_path), json.dumps({"counts": result.counts, "manifest": "manifest.json"})
 
+    @_in_words
+    def retrain(epochs: Optional[int] = None, promote: str = "auto", annotator: str = "",
+                request: gr.Request = None) -> dict:
+        """Start retraining the current model on the corrected and accepted cases (gold cases held out)
+        in a background process; answers at once with the job id and the estimate (null before the
+        first round). promote: auto (when it beats the current version on the gold split), yes or no.
+        Refused while a job runs or with nothing to train on. Follow it with /job."""
+        started = model_tab.start_retrain(service, annotator_of(annotator, request), epochs, promote)
+        return {"job_id": started.job_id, "estimate_seconds": started.estimate_seconds, "epochs": started.epochs,
+                "promote": started.promote, "train_cases": started.train_cases, "gold_cases": started.gold_cases,
+                "message": started.message()}
+
+    @_in_words
+    def job(job_id: Optional[int] = None) -> dict:
+        """A retraining job: status (running, succeeded, failed, cancelled), progress 0-1, message,
+        eta_seconds, version_id (once recorded) and the log's tail; without job_id the running job,
+        else the latest (job_id null when none has run)."""
+        return model_tab.job_summary(service, job_id)
+
+    @_in_words
+    def cancel_job(job_id: Optional[int] = None, annotator: str = "", request: gr.Request = None) -> dict:
+        """Ask the running retraining (or job_id) to stop at its next step; it records no version."""
+        message = model_tab.cancel_retrain(service, annotator_of(annotator, request), job_id)
+        return {"message": message, **model_tab.job_summary(service, job_id)}
+
+    @_in_words
+    def models() -> list[dict]:
+        """Every model version, oldest first: id, current (the promoted one), kind, parent_id,
+        created_at/by, train_cases, gold_cases, gold_dsc, gold_nsd, gold_uncertainty_spearman."""
+        service.model_id  # a new database records its base version first
+        return [model_tab.version_summary(version) for version in service.store.model_versions()]
+
+    @_in_words
+    def promote(version_id: str, annotator: str = "", request: gr.Request = None) -> dict:
+        """Make a version current: predictions carry its id from now on and the unreviewed cases are
+        re-scored by it in the background."""
+        message = model_tab.promote_version(service, version_id, annotator_of(annotator, request))
+        return {"current": service.store.current_model_id(), "serving": service.model_id, "message": message}
+
+    @_in_words
+    def rollback(annotator: str = "", request: gr.Request = None) -> dict:
+        """Make the version that was current before the current one current again."""
+        message = model_tab.roll_back(service, annotator_of(annotator, request))
+        return {"current": service.store.current_model_id(), "serving": service.model_id, "message": message}
+
     gr.api(segment, api_name="segment", concurrency_id="model", concurrency_limit=1)
     gr.api(save_correction, api_name="save_correction")
     gr.api(skip, api_name="skip")
     gr.api(next_case, api_name="next_case")
     gr.api(ingest, api_name="ingest", concurrency_id="ingest", concurrency_limit=1)
     gr.api(export, api_name="export")
+    gr.api(retrain, api_name="retrain", concurrency_id="model-actions", concurrency_limit=1)
+    gr.api(job, api_name="job")
+    gr.api(cancel_job, api_name="cancel_job")
+    gr.api(models, api_name="models")
+    gr.api(promote, api_name="promote", concurrency_id="model-actions", concurrency_limit=1)
+    gr.api(rollback, api_name="rollback", concurrency_id="model-actions", concurrency_limit=1)
 

@@ -259,7 +259,8 @@ def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *
     note = " (prompt truncated to the model's token limit)" if result.prediction.prompt_truncated else ""
     screen.session = session
     screen.status = (f"Segmented **{name}** in {result.prediction.seconds:.2f} s with "
-                     f"{result.prediction.num_samples} samples{note}. Correct it below, then save.")
+                     f"{result.prediction.num_samples} samples by `{result.prediction.model_id}`{note}. "
+                     "Correct it below, then save.")
     return screen
 
 
@@ -375,6 +376,14 @@ def skip(service: AnnotationService, session: Optional[EditorSession], annotator
 # ------------------------------------------------------------------------------ review queue
 
 
+def prediction_age(service: AnnotationService, model_id: str) -> str:
+    """A note when the prediction shown is not the current version's (it waits to be re-scored)."""
+    current = service.store.current_model_id()
+    if current is None or model_id == current:
+        return ""
+    return f" (an earlier version; the current `{current}` has not re-scored it yet)"
+
+
 def next_case(service: AnnotationService, acquisition: str, annotator: Optional[str], opacity: float,
               uncertainty_threshold: float) -> Screen:
     """Open the unreviewed case ranked first by ``acquisition`` and lease it to ``annotator``."""
@@ -390,7 +399,8 @@ def next_case(service: AnnotationService, acquisition: str, annotator: Optional[
     screen.session = session
     screen.prompt = view.case.prompt
     screen.status = (f"Case #{view.case.id} (**{view.case.original_name}**), ranked by "
-                     f"{acquisition_label(acquisition)}; prompt: “{view.case.prompt}”")
+                     f"{acquisition_label(acquisition)}; predicted by `{view.prediction.model_id}`"
+                     f"{prediction_age(service, view.prediction.model_id)}; prompt: “{view.case.prompt}”")
     screen.queue = queue_text(service)
     return screen
 

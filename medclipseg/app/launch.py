@@ -59,6 +59,8 @@ def main(argv=None) -> None:
     try:
         service.scratch.remove_orphans()  # files of a server that was killed before it could clean up
         service.predictor  # load now, so that the first request does not wait for it
+        # Keeps the queue ranked by the current version, also after a promotion by another process.
+        service.start_background_rescoring()
         demo = build_app(service, auth_enabled=auth is not None)
         demo.queue(default_concurrency_limit=8, max_size=256)
         print(f"MedCLIPSeg Annotator: model {service.model_id}, database {service.store.path}", flush=True)

@@ -2,11 +2,13 @@
 
 Nothing here decides anything: each event reads its components, calls one function of
 ``medclipseg.app.handlers`` (plain, tested without a server) and shows the ``Screen`` it returns
-as a ``{component: value}`` update. The API-only endpoints live in ``medclipseg.app.api``.
+as a ``{component: value}`` update. The *Model* tab's events and its timer call
+``medclipseg.app.model_tab`` the same way. The API-only endpoints live in ``medclipseg.app.api``.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import gradio as gr
@@ -14,7 +16,7 @@ import gradio as gr
 from medclipseg.annotation.correction import ADD_COLOUR_HEX, ERASE_COLOUR_HEX
 from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
 from medclipseg.annotation.service import MAX_SAMPLES, AnnotationService
-from medclipseg.app import api, handlers
+from medclipseg.app import api, handlers, model_tab
 from medclipseg.app.api import annotator_of
 from medclipseg.app.handlers import HEADER_WINDOW, Screen
 from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY
@@ -37,92 +39,98 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         gr.Markdown(
             "## MedCLIPSeg Annotator\n"
             "Type what to segment, check where the model is unsure (cyan outline, heat map), fix it with "
-            "the brush and save. Model: `" + service.model_id + "`. "
+            "the brush and save; the *Model* tab retrains the model on the saved corrections. "
             "Research and annotation tool, **not for clinical use**.")
+        # A function value is read on every page load (and the timer refreshes it): the serving
+        # model changes when another version is promoted.
+        model_line = gr.Markdown(lambda: model_tab.header_text(service), elem_id="model-line")
         with gr.Row(equal_height=False):
             annotator_box = gr.Textbox(label="Annotator", placeholder="your name (recorded with every save)",
                                        visible=not auth_enabled, elem_id="annotator", scale=1)
             status = gr.Markdown(elem_id="status")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=340):
-                with gr.Tabs():
-                    with gr.Tab("Image"):
-                        upload = gr.File(label="Image: PNG, JPEG, BMP, TIFF (8/16-bit), DICOM",
-                                         file_types=list(IMAGE_SUFFIXES), type="filepath", elem_id="upload")
-                        preview = gr.Image(label="Loaded image", interactive=False, height=200,
-                                           buttons=[], elem_id="preview")
-                        image_info = gr.Markdown()
-                        with gr.Group(visible=False) as dicom_group:
-                            preset = gr.Dropdown([HEADER_WINDOW] + list(CT_WINDOW_PRESETS), value=HEADER_WINDOW,
-                                                 label="Window preset (CT)")
-                            with gr.Row():
-                                window_center = gr.Number(label="Window center", value=40)
-                                window_width = gr.Number(label="Window width", value=400, minimum=1)
-                        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
-                                            placeholder="e.g. One small round polyp on the left in the colonoscopy image.")
-                        example_gallery = gr.Gallery(
-                            [(path, Path(path).stem.replace("_", " ")) for path, _ in examples],
-                            label="Examples (synthetic phantoms): click one", columns=5, height=130,
-                            allow_preview=False, visible=bool(examples), elem_id="examples",
-                            buttons=[])
-                        samples = gr.Slider(4, MAX_SAMPLES, value=service.num_samples, step=2, label="Monte-Carlo samples")
-                        segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
-                    with gr.Tab("Review queue"):
-                        acquisition = gr.Dropdown(acquisition_choices, value=DEFAULT_ACQUISITION,
-                                                  label="Rank unreviewed cases by")
-                        next_button = gr.Button("Next most uncertain case", variant="primary", elem_id="next-case")
-                        skip_button = gr.Button("Skip this case", elem_id="skip")
-                        queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
-                    with gr.Tab("Ingest"):
-                        ingest_files = gr.File(label="Images or one .zip", file_count="multiple",
-                                               file_types=list(IMAGE_SUFFIXES) + [".zip"], type="filepath",
-                                               elem_id="ingest-files")
-                        ingest_prompt = gr.Textbox(label="One prompt for every image")
-                        ingest_csv = gr.File(label="...or a CSV with columns image, prompt", file_types=[".csv"],
-                                             type="filepath")
-                        ingest_batch = gr.Textbox(label="Batch name (optional)")
-                        ingest_button = gr.Button("Ingest and rank by uncertainty", elem_id="ingest")
-                        ingest_report = gr.Markdown(elem_id="ingest-report")
-                    with gr.Tab("Export"):
-                        val_fraction = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Validation fraction")
-                        test_fraction = gr.Slider(0, 0.5, value=0.2, step=0.05, label="Test fraction")
-                        split_seed = gr.Number(value=0, precision=0, label="Split seed")
-                        export_statuses = gr.CheckboxGroup(["corrected", "accepted"], value=["corrected", "accepted"],
-                                                           label="Export cases that are")
-                        export_button = gr.Button("Export for retraining (zip)", elem_id="export")
-                        export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
-                        export_report = gr.Markdown(elem_id="export-report", value=
-                            "Authors' layout (Train/Val/Test folders, 0/255 masks at original size, "
-                            "prompt tables as .xlsx and .csv) plus manifest.json; "
-                            "train on it with `medclipseg train --data <folder>`.")
-            with gr.Column(scale=2):
-                with gr.Row():
-                    overlay = gr.Image(label="Mask (amber) and uncertain area (cyan)", interactive=False,
-                                       elem_id="overlay", format="png")
-                    heatmap = gr.Image(label="Uncertainty: predictive entropy", interactive=False,
-                                       elem_id="heatmap", format="png")
-                with gr.Row():
-                    mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Mask threshold (probability)",
-                                               elem_id="mask-threshold")
-                    uncertainty_threshold = gr.Slider(0.0, round(MAX_BINARY_ENTROPY, 3), value=0.35, step=0.01,
-                                                      label="Uncertainty threshold (nats)",
-                                                      elem_id="uncertainty-threshold")
-                    opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Mask opacity", elem_id="opacity")
-                numbers = gr.Markdown(elem_id="numbers")
-                gr.Markdown("### Correct the mask\nPaint with **green to add** and **magenta to erase**, "
-                            "then *Apply strokes* (or save directly). The editor's own undo removes strokes "
-                            "not yet applied; *Undo last step* takes back the last applied one.")
-                editor = gr.ImageEditor(
-                    label="Correction (image + current mask)", type="numpy", image_mode="RGBA", format="png",
-                    brush=gr.Brush(colors=[ADD_COLOUR_HEX, ERASE_COLOUR_HEX], default_color=ADD_COLOUR_HEX,
-                                   color_mode="fixed"),
-                    eraser=gr.Eraser(), layers=False, transforms=(), sources=(), elem_id="editor", height=560)
-                with gr.Row():
-                    apply_button = gr.Button("Apply strokes", elem_id="apply")
-                    undo_button = gr.Button("Undo last step", elem_id="undo")
-                    accept_button = gr.Button("Accept as is", elem_id="accept")
-                    save_button = gr.Button("Save correction", variant="primary", elem_id="save")
-
+        with gr.Tabs(elem_id="screens"):
+            with gr.Tab("Annotate", elem_id="annotate-tab"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=340):
+                        with gr.Tabs():
+                            with gr.Tab("Image"):
+                                upload = gr.File(label="Image: PNG, JPEG, BMP, TIFF (8/16-bit), DICOM",
+                                                 file_types=list(IMAGE_SUFFIXES), type="filepath", elem_id="upload")
+                                preview = gr.Image(label="Loaded image", interactive=False, height=200,
+                                                   buttons=[], elem_id="preview")
+                                image_info = gr.Markdown()
+                                with gr.Group(visible=False) as dicom_group:
+                                    preset = gr.Dropdown([HEADER_WINDOW] + list(CT_WINDOW_PRESETS), value=HEADER_WINDOW,
+                                                         label="Window preset (CT)")
+                                    with gr.Row():
+                                        window_center = gr.Number(label="Window center", value=40)
+                                        window_width = gr.Number(label="Window width", value=400, minimum=1)
+                                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                                    placeholder="e.g. One small round polyp on the left in the colonoscopy image.")
+                                example_gallery = gr.Gallery(
+                                    [(path, Path(path).stem.replace("_", " ")) for path, _ in examples],
+                                    label="Examples (synthetic phantoms): click one", columns=5, height=130,
+                                    allow_preview=False, visible=bool(examples), elem_id="examples",
+                                    buttons=[])
+                                samples = gr.Slider(4, MAX_SAMPLES, value=service.num_samples, step=2, label="Monte-Carlo samples")
+                                segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
+                            with gr.Tab("Review queue"):
+                                acquisition = gr.Dropdown(acquisition_choices, value=DEFAULT_ACQUISITION,
+                                                          label="Rank unreviewed cases by")
+                                next_button = gr.Button("Next most uncertain case", variant="primary", elem_id="next-case")
+                                skip_button = gr.Button("Skip this case", elem_id="skip")
+                                queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
+                            with gr.Tab("Ingest"):
+                                ingest_files = gr.File(label="Images or one .zip", file_count="multiple",
+                                                       file_types=list(IMAGE_SUFFIXES) + [".zip"], type="filepath",
+                                                       elem_id="ingest-files")
+                                ingest_prompt = gr.Textbox(label="One prompt for every image")
+                                ingest_csv = gr.File(label="...or a CSV with columns image, prompt", file_types=[".csv"],
+                                                     type="filepath")
+                                ingest_batch = gr.Textbox(label="Batch name (optional)")
+                                ingest_button = gr.Button("Ingest and rank by uncertainty", elem_id="ingest")
+                                ingest_report = gr.Markdown(elem_id="ingest-report")
+                            with gr.Tab("Export"):
+                                val_fraction = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Validation fraction")
+                                test_fraction = gr.Slider(0, 0.5, value=0.2, step=0.05, label="Test fraction")
+                                split_seed = gr.Number(value=0, precision=0, label="Split seed")
+                                export_statuses = gr.CheckboxGroup(["corrected", "accepted"], value=["corrected", "accepted"],
+                                                                   label="Export cases that are")
+                                export_button = gr.Button("Export for retraining (zip)", elem_id="export")
+                                export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+                                export_report = gr.Markdown(elem_id="export-report", value=
+                                    "Authors' layout (Train/Val/Test folders, 0/255 masks at original size, "
+                                    "prompt tables as .xlsx and .csv) plus manifest.json; "
+                                    "train on it with `medclipseg train --data <folder>`.")
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            overlay = gr.Image(label="Mask (amber) and uncertain area (cyan)", interactive=False,
+                                               elem_id="overlay", format="png")
+                            heatmap = gr.Image(label="Uncertainty: predictive entropy", interactive=False,
+                                               elem_id="heatmap", format="png")
+                        with gr.Row():
+                            mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Mask threshold (probability)",
+                                                       elem_id="mask-threshold")
+                            uncertainty_threshold = gr.Slider(0.0, round(MAX_BINARY_ENTROPY, 3), value=0.35, step=0.01,
+                                                              label="Uncertainty threshold (nats)",
+                                                              elem_id="uncertainty-threshold")
+                            opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Mask opacity", elem_id="opacity")
+                        numbers = gr.Markdown(elem_id="numbers")
+                        gr.Markdown("### Correct the mask\nPaint with **green to add** and **magenta to erase**, "
+                                    "then *Apply strokes* (or save directly). The editor's own undo removes strokes "
+                                    "not yet applied; *Undo last step* takes back the last applied one.")
+                        editor = gr.ImageEditor(
+                            label="Correction (image + current mask)", type="numpy", image_mode="RGBA", format="png",
+                            brush=gr.Brush(colors=[ADD_COLOUR_HEX, ERASE_COLOUR_HEX], default_color=ADD_COLOUR_HEX,
+                                           color_mode="fixed"),
+                            eraser=gr.Eraser(), layers=False, transforms=(), sources=(), elem_id="editor", height=560)
+                        with gr.Row():
+                            apply_button = gr.Button("Apply strokes", elem_id="apply")
+                            undo_button = gr.Button("Undo last step", elem_id="undo")
+                            accept_button = gr.Button("Accept as is", elem_id="accept")
+                            save_button = gr.Button("Save correction", variant="primary", elem_id="save")
+            with gr.Tab("Model", elem_id="model-tab"):
+                model_view = _model_tab(service)
 
         parts = {
             "session": session, "upload": upload, "preview": preview, "image_info": image_info,
@@ -246,5 +254,118 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         export_button.click(on_export, [val_fraction, test_fraction, split_seed, export_statuses],
                             outputs("export_file", "export_report"), **private)
 
+        _wire_model_tab(demo, service, model_view, model_line, annotator_box)
         api.register(service)
     return demo
+
+
+def _model_tab(service: AnnotationService) -> dict:
+    """The Model tab's components, by name (inside the tab being built)."""
+    view = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=320):
+            view["current"] = gr.Markdown(elem_id="model-current")
+            view["data"] = gr.Markdown(elem_id="model-data")
+            view["rescoring"] = gr.Markdown(elem_id="rescoring")
+            view["stop"] = gr.Markdown(elem_id="stop-signal")
+        with gr.Column(scale=2, min_width=300):
+            gr.Markdown("### Retrain on the reviewed cases\nFine-tunes the current model on the corrected and "
+                        "accepted cases in a background process; gold cases are held out and score the result.")
+            with gr.Row():
+                view["epochs"] = gr.Number(model_tab.recipe_epochs(), label="Epochs", precision=0, minimum=1,
+                                           maximum=500, elem_id="retrain-epochs", min_width=100)
+                view["promote_choice"] = gr.Radio(
+                    [("auto: if it beats the current version on gold", "auto"), ("yes", "yes"), ("no", "no")],
+                    value="auto", label="Promote the new version", elem_id="retrain-promote", min_width=200)
+            with gr.Row():
+                view["start_button"] = gr.Button("Start retraining", variant="primary", elem_id="retrain")
+                view["cancel_button"] = gr.Button("Cancel", elem_id="cancel-retrain")
+            view["progress"] = gr.HTML(model_tab.progress_html(None), elem_id="job-progress")
+            view["status"] = gr.Markdown(elem_id="model-status")
+            view["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True,
+                                     elem_id="job-log")
+    view["versions"] = gr.Dataframe(headers=list(model_tab.VERSION_COLUMNS),
+                                    label="Model versions (train / gold: cases; unc. ρ: Spearman of uncertainty "
+                                          "and 1 − DSC on the gold split)",
+                                    interactive=False, max_height=320, elem_id="model-versions", buttons=[])
+    with gr.Row(equal_height=False):
+        view["version_menu"] = gr.Dropdown([], label="Version to promote", elem_id="version-menu", scale=3,
+                                           min_width=240)
+        with gr.Column(scale=1, min_width=140):
+            view["promote_button"] = gr.Button("Promote", elem_id="promote")
+            view["rollback_button"] = gr.Button("Roll back", elem_id="rollback")
+    view["signature"] = gr.State(None)
+    return view
+
+
+def _wire_model_tab(demo: gr.Blocks, service: AnnotationService, view: dict, model_line, annotator_box) -> None:
+    """Events of the Model tab and the timer that keeps it (and the page's model line) current."""
+    shown = [model_line, view["current"], view["versions"], view["version_menu"], view["data"], view["progress"],
+             view["log"], view["stop"], view["rescoring"]]
+
+    def redrawn(epochs, sent=None) -> tuple:
+        """(values, keys): the tab's new values, and what they show; a part whose key matches the
+        one sent last is skipped, so an open menu or a scrolled table is left alone."""
+        panel = model_tab.panel(service, epochs)
+        raw = [panel.header, panel.current, panel.versions, panel.choices, panel.data, panel.progress, panel.log,
+               panel.stop, panel.rescoring]
+        keys = [repr(value) for value in raw]
+        values = [panel.header, panel.current, {"headers": list(model_tab.VERSION_COLUMNS), "data": panel.versions},
+                  gr.update(choices=panel.choices), panel.data, panel.progress, panel.log, panel.stop, panel.rescoring]
+        if sent:
+            values = [gr.skip() if key == old else value for value, key, old in zip(values, keys, sent)]
+        return values, keys
+
+    def on_tick(last, epochs):
+        # Cheap when nothing changed: the signature is a few small queries; nothing is sent back.
+        nothing = [gr.skip()] * (len(shown) + 1)
+        try:
+            signature = model_tab.panel_signature(service, epochs)
+            if last is not None and last["signature"] == signature:
+                return nothing
+            values, keys = redrawn(epochs, None if last is None else last["sent"])
+        except Exception:  # a busy database: the next tick tries again instead of an error every 1.5 s
+            logging.getLogger(__name__).warning("Model tab refresh failed", exc_info=True)
+            return nothing
+        return [{"signature": signature, "sent": keys}] + values
+
+    def acted(action, epochs) -> list:
+        """An action's message (refusals also as a warning), then the redrawn tab."""
+        try:
+            message = action()
+        except handlers.USER_ERRORS as exc:
+            gr.Warning(str(exc))
+            message = handlers.error_text(exc)
+        signature = model_tab.panel_signature(service, epochs)
+        values, keys = redrawn(epochs)
+        return [message, {"signature": signature, "sent": keys}] + values
+
+    def on_start(typed_name, epochs, promote, request: gr.Request):
+        return acted(lambda: model_tab.start_retrain(service, annotator_of(typed_name, request), epochs,
+                                                     promote).message(), epochs)
+
+    def on_cancel(typed_name, epochs, request: gr.Request):
+        return acted(lambda: model_tab.cancel_retrain(service, annotator_of(typed_name, request)), epochs)
+
+    def on_promote(typed_name, version_id, epochs, request: gr.Request):
+        return acted(lambda: model_tab.promote_version(service, version_id, annotator_of(typed_name, request)),
+                     epochs)
+
+    def on_rollback(typed_name, epochs, request: gr.Request):
+        return acted(lambda: model_tab.roll_back(service, annotator_of(typed_name, request)), epochs)
+
+    private = dict(api_visibility="private")
+    ticking = [view["signature"]] + shown
+    acting = [view["status"], view["signature"]] + shown
+    timer = gr.Timer(model_tab.POLL_SECONDS)
+    timer.tick(on_tick, [view["signature"], view["epochs"]], ticking, show_progress="hidden", **private)
+    demo.load(on_tick, [view["signature"], view["epochs"]], ticking, show_progress="hidden", **private)
+    view["epochs"].change(lambda epochs: model_tab.data_text(service, epochs), [view["epochs"]], [view["data"]],
+                          show_progress="hidden", **private)
+    view["start_button"].click(on_start, [annotator_box, view["epochs"], view["promote_choice"]], acting,
+                               concurrency_id="model-actions", concurrency_limit=1, **private)
+    view["cancel_button"].click(on_cancel, [annotator_box, view["epochs"]], acting, **private)
+    view["promote_button"].click(on_promote, [annotator_box, view["version_menu"], view["epochs"]], acting,
+                                 concurrency_id="model-actions", concurrency_limit=1, **private)
+    view["rollback_button"].click(on_rollback, [annotator_box, view["epochs"]], acting,
+                                  concurrency_id="model-actions", concurrency_limit=1, **private)

@@ -6,6 +6,7 @@ names (data, out, epochs, seed, rotation_*...) but not their defaults, so each k
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -101,8 +102,8 @@ class RetrainRecipe:
             problems.append(f"seed must be a whole number, got {self.seed!r}")
         for name in ("lr", "min_lr", "rotation_degrees", "rotation_probability", "threshold", "nsd_tolerance"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                problems.append(f"{name} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value!r}")
         if not problems:
             if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
                 problems.append(f"lr must be above 0 and min_lr between 0 and lr, got lr={self.lr!r}, "

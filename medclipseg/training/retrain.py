@@ -139,13 +139,18 @@ def fine_tune(parent, examples: Sequence[TrainingExample], recipe: Optional[Retr
               should_stop: Optional[Callable[[], bool]] = None) -> Path:
     """Fine-tune ``parent`` on ``examples`` with ``recipe``; return ``out_dir`` holding the new model.
 
-    parent: any source of ``medclipseg.registry.load_model`` ("demo", a model folder, hf://...).
+    parent: any source of ``medclipseg.registry.load_model`` ("demo", a model folder, hf://...), or a
+    LoadedModel (its source is used).
     out_dir: a missing or empty folder; it receives config.json and model.safetensors of the last
-    epoch, whose metadata records the recipe, the number of examples and the parent's model id
-    (``metadata["retrain"]``, beside stage 2's train_config and history).
+    epoch, whose metadata records the recipe and the number of examples (``metadata["retrain"]``)
+    and the parent's model id (``metadata["init_model_id"]``), beside stage 2's train_config and history.
     on_progress(TrainProgress) after every optimiser step; should_stop() after every step: True
     raises TrainingCancelled, and ``out_dir`` is left without a model.
     """
+    from medclipseg.registry import LoadedModel
+
+    if isinstance(parent, LoadedModel):
+        parent = parent.source  # reloaded by stage 2 on its own device; the same source names the same id
     recipe = recipe if recipe is not None else RetrainRecipe()
     if not isinstance(recipe, RetrainRecipe):
         raise ValueError(f"recipe must be a RetrainRecipe, got {type(recipe).__name__}.")

@@ -1,0 +1,88 @@
+"""Background jobs: one active at a time, dead workers reported failed, cancellation requests."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from annotation_support import store  # noqa: F401  (fixture)
+from medclipseg.annotation import jobs
+from medclipseg.annotation.store import AnnotationStore, StorageError
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_one_job_at_a_time_then_finish(store):
+    first = store.start_job("retrain", by="alice", params={"epochs": 2}, parent_id="m@1")
+    with pytest.raises(StorageError, match="already running .*job 1.*alice"):
+        store.start_job("retrain", by="bob", params={})
+    job = store.active_job()
+    assert (job.id, job.status, job.created_by, job.params, job.parent_id) == (first, "running", "alice",
+                                                                              {"epochs": 2}, "m@1")
+    store.update_job(first, progress=0.5, message="epoch 1/2", eta_seconds=3.0)
+    assert (store.job(first).progress, store.job(first).message) == (0.5, "epoch 1/2")
+    store.finish_job(first, status="succeeded", message="done", version_id="m@2")
+    finished = store.job(first)
+    assert (finished.status, finished.progress, finished.version_id) == ("succeeded", 1.0, "m@2")
+    assert store.active_job() is None
+    second = store.start_job("retrain", by="bob", params={})
+    assert second == first + 1
+    with pytest.raises(StorageError, match="finishes as one of"):
+        store.finish_job(second, status="done", message="")
+    with pytest.raises(StorageError, match="Unknown job kind"):
+        store.start_job("dance", by="bob", params={})
+
+
+def test_unique_index_refuses_a_second_running_job_even_past_the_check(store):
+    store.start_job("retrain", by="alice", params={})
+    import sqlite3
+
+    conn = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO jobs (kind, status, created_by, created_at, params) "
+                     "VALUES ('retrain', 'running', 'x', 'now', '{}')")
+    conn.close()
+
+
+def test_dead_or_silent_worker_is_reported_failed_and_its_scratch_removed(tmp_path):
+    path = tmp_path / "annotations.db"
+    with AnnotationStore(path) as first:
+        job_id = first.start_job("retrain", by="alice", params={}, pid=_dead_pid())
+        scratch = first.job_folder(job_id)
+        (scratch / "model").mkdir(parents=True)
+        scratch.with_suffix(".log").write_text("epoch 1\n")
+    with AnnotationStore(path) as restarted:  # as a server restart would find it
+        assert restarted.active_job() is None
+        job = restarted.job(job_id)
+        assert job.status == "failed" and "process stopped" in job.message and job.finished_at
+        assert not scratch.exists() and scratch.with_suffix(".log").exists()
+        # A live process that stopped reporting is failed too.
+        silent = restarted.start_job("retrain", by="bob", params={})
+        restarted.update_job(silent, heartbeat=time.time() - jobs.STALE_SECONDS - 1)
+        assert restarted.active_job() is None
+        assert "stopped reporting" in restarted.job(silent).message
+
+
+def test_cancel_request(store):
+    job_id = store.start_job("retrain", by="alice", params={})
+    assert store.request_cancel(job_id, by="bob") is True
+    job = store.job(job_id)
+    assert job.cancel_requested and job.message == "cancelling"
+    store.finish_job(job_id, status="cancelled", message="cancelled by request")
+    assert store.request_cancel(job_id, by="bob") is False
+    with pytest.raises(StorageError, match="no job 99"):
+        store.job(99)
+
+
+def test_process_alive():
+    assert jobs.process_alive(None) is False
+    assert jobs.process_alive(_dead_pid()) is False
+    import os
+
+    assert jobs.process_alive(os.getpid()) is True
