@@ -13,7 +13,8 @@ For each data set and each acquisition strategy, starting from the shipped demo 
    labelled so far and promotes the result; the remaining queue is re-scored by it
    (``AnnotationService.rescore_pending``, as the app does in the background);
 4. the new version is scored on the held-out test split: DSC per structure, and the Spearman
-   correlation of the default order's image uncertainty with 1 - DSC.
+   correlation of the strategy's own image score (the default order's for the random ones)
+   with 1 - DSC.
 
 A reference model fine-tuned on the whole pool at once gives the "all labels" DSC, and the table
 reports how many labels each strategy needed to reach 95 % of it. Every strategy sees the same
@@ -139,11 +140,12 @@ def training_examples(examples: Sequence[Example]) -> list:
 # ------------------------------------------------------------------------------------ scoring
 
 
-def evaluate(model_source, test: Sequence[Example], config: StudyConfig) -> tuple:
-    """(mean DSC, DSC per group, Spearman of the default order's uncertainty vs 1 - DSC)."""
+def evaluate(model_source, test: Sequence[Example], config: StudyConfig, strategy: str = DEFAULT_ACQUISITION) -> tuple:
+    """(mean DSC, DSC per group, Spearman of the strategy's image score vs 1 - DSC); the random
+    orders have no score of their own and use the default order's."""
     from medclipseg.training.retrain import score_examples
 
-    key = ACQUISITIONS[DEFAULT_ACQUISITION].score_key
+    key = ACQUISITIONS[strategy].score_key or ACQUISITIONS[DEFAULT_ACQUISITION].score_key
     scored = score_examples(model_source, training_examples(test), num_samples=config.num_samples,
                             device=config.device, uncertainty_key=key)
     groups: dict = {}
@@ -209,7 +211,7 @@ def run_strategy(strategy: str, template_db: Path, work: Path, case_truth: dict,
             outcome = run_retrain(store, by=SIMULATED_ANNOTATOR, recipe=recipe, promote="yes", device=config.device,
                                   log=lambda line: None)
             service.rescore_pending()
-            dsc, by_group, spearman = evaluate(store.model_source(outcome.version_id), test, config)
+            dsc, by_group, spearman = evaluate(store.model_source(outcome.version_id), test, config, strategy)
             seconds = time.perf_counter() - started
             result.rounds.append(RoundResult(labels, pixels, dsc, by_group, spearman, seconds))
             log(f"  {strategy:24} round {round_index + 1}: {labels:4d} labels {pixels:8d} px  DSC {dsc:.3f}  "
@@ -336,7 +338,17 @@ def plot(study: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def _import_everything() -> None:
+    """Load every module the loop uses now, so that a long run uses one version of the code throughout."""
+    import medclipseg.annotation.retraining  # noqa: F401
+    import medclipseg.annotation.service  # noqa: F401
+    import medclipseg.inference.predictor  # noqa: F401
+    import medclipseg.training.retrain  # noqa: F401
+    import medclipseg.training.stage2  # noqa: F401
+
+
 def run_study(config: StudyConfig, out: Path, *, work: Optional[Path] = None, log=print) -> dict:
+    _import_everything()
     unknown = [s for s in config.strategies if s not in ACQUISITIONS]
     if unknown:
         raise ValueError(f"Unknown strategies {unknown}; use some of {', '.join(ACQUISITIONS)}.")

@@ -346,3 +346,34 @@ def test_cli_ingest(tmp_path, small_tiny_predictor, monkeypatch, capsys):
         main(["ingest", "--source", str(source), "--prompt", "x", "--prompts-csv", "p.csv"])
     assert info.value.code == 2
     assert len(loaded) == 1  # usage errors fail before the model is loaded
+
+
+class _RenamedPredictor:
+    """The same model under another id, as a retrained version would be."""
+
+    def __init__(self, predictor, model_id):
+        self._predictor, self.model_id = predictor, model_id
+
+    def predict(self, *args, **kwargs):
+        prediction = self._predictor.predict(*args, **kwargs)
+        prediction.model_id = self.model_id
+        return prediction
+
+
+def test_ingest_with_another_model_rescores_unreviewed_cases_only(tmp_path, small_tiny_predictor):
+    source = _make_source(tmp_path / "src")
+    store = AnnotationStore(tmp_path / "db" / "annotations.db")
+    first = ingest(store, small_tiny_predictor, source, prompt="a bright round lesion", num_samples=2)
+    reviewed = first.added[0]
+    store.save_correction(reviewed, np.zeros((store.get_case(reviewed).height, store.get_case(reviewed).width),
+                                             bool), annotator="alice")
+    other = _RenamedPredictor(small_tiny_predictor, "other@1")
+    again = ingest(store, other, source, prompt="a bright round lesion", num_samples=2)
+    assert sorted(again.rescored) == sorted(first.added[1:]) and again.duplicates == [reviewed]
+    assert again.added == [] and again.summary().startswith("0 images added, 3 re-scored by this model, "
+                                                            "1 already in the queue")
+    for case_id in again.rescored:
+        assert store.load_prediction(store.latest_prediction_id(case_id)).model_id == "other@1"
+    third = ingest(store, other, source, prompt="a bright round lesion", num_samples=2)
+    assert third.rescored == [] and sorted(third.duplicates) == sorted(first.added)
+    store.close()

@@ -440,3 +440,39 @@ def test_model_endpoints_retrain_promote_rollback(tmp_path):
         rolled = client.predict("bob", api_name="/rollback")
         assert rolled["current"] == rolled["serving"] == base
         assert [v["current"] for v in client.predict(api_name="/models")] == [True, False]
+
+
+def test_server_killed_mid_retrain_finds_the_job_after_restart(tmp_path):
+    """Killing the server does not stop the worker (its own session): after a restart the job is
+    still reported running; when the worker dies too, the restarted server reports it failed and
+    nothing it trained can be promoted."""
+    from medclipseg.annotation.jobs import process_alive
+
+    db_path = tmp_path / "db" / "annotations.db"
+    store = demo_database(db_path)
+    base = store.current_model_id()
+    store.set_gold_fraction(0.0)
+    for case_id in fill_queue(store, 3, seed=30):
+        mask = np.zeros((48, 64), bool)
+        mask[10:30, 12:40] = True
+        store.save_correction(case_id, mask, annotator="alice", status="corrected")
+
+    with app_server(db_path) as (url, server):
+        started = client_for(url).predict(400, "yes", "alice", api_name="/retrain")
+        wait_for(lambda: "epoch" in store.job(started["job_id"]).message, timeout=240, what="training to start")
+        worker = store.job(started["job_id"]).pid
+        server.kill()  # no clean-up at all, as a crash or an OOM kill
+        server.wait()
+    assert process_alive(worker)
+
+    with app_server(db_path) as (url, _server):
+        client = client_for(url)
+        job = client.predict(api_name="/job")
+        assert (job["job_id"], job["status"]) == (started["job_id"], "running")
+        os.killpg(worker, signal.SIGKILL)  # the machine goes down: the worker dies as well
+        job = wait_for(lambda: (lambda j: j if j["status"] != "running" else None)(client.predict(api_name="/job")),
+                       timeout=60, interval=1.0, what="the dead worker to be noticed")
+        assert job["status"] == "failed" and "did not finish" in job["message"]
+        assert [v["id"] for v in client.predict(api_name="/models")] == [base]
+        assert "no model version" in refusal(client, "tiny@000000000000", "bob", api_name="/promote")
+    assert not store.models_dir.exists() or not any(store.models_dir.iterdir())

@@ -14,6 +14,7 @@ job row and a log. ``stop_signal`` tells a team when more annotation stopped pay
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -158,7 +159,10 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
         job_id = store.start_job("retrain", by=by, params={"recipe": asdict(recipe), "promote": promote},
                                  parent_id=parent)
     else:
-        store.update_job(job_id, message="starting", parent_id=parent)
+        adopted = store.job(job_id)
+        if not adopted.active:  # a cancel request before the start is seen at the first step
+            raise StorageError(f"Job {job_id} is {adopted.status}; nothing was started.")
+        store.update_job(job_id, message="starting", parent_id=parent, pid=os.getpid())
     started = time.perf_counter()
     work = store.job_folder(job_id)
 
