@@ -644,7 +644,6 @@ def run_ingest(args) -> int:
     from medclipseg.io.prompts import validate_prompt
     from medclipseg.inference.predictor import Predictor
     from medclipseg.annotation.ingest import ingest, read_prompt_csv, scan_source
-    from medclipseg.annotation.store import AnnotationStore
 
     # Check the inputs before the model is loaded, so that a typo fails at once.
     prompts = read_prompt_csv(args.prompts_csv) if args.prompts_csv else None

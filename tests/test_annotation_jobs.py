@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from annotation_support import store  # noqa: F401  (fixture)
 from medclipseg.annotation import jobs
 from medclipseg.annotation.store import AnnotationStore, StorageError
 

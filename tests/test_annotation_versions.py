@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from annotation_support import image, store  # noqa: F401  (store is a fixture)
+from annotation_support import image
 from app_support import prediction_from_probability
 from medclipseg.annotation.gold import gold_draw, is_gold
 from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION

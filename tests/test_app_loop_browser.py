@@ -93,6 +93,8 @@ def test_ingest_correct_retrain_promote_and_rerank(tmp_path):
 
         # 3. Retrain from the Model tab: one epoch, not promoted automatically.
         page.get_by_role("tab", name="Model").click()
+        # The tab may first show the previous tick's numbers; wait for the third save to appear.
+        page.wait_for_selector("#model-data :text('3 corrected')")
         page.wait_for_selector("#model-data :text('2 case(s) to train on')")
         data = page.inner_text("#model-data")
         assert "3 corrected" in data and "1 of them gold" in data and "no estimate until the first round" in data

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 from medclipseg.annotation.errors import StorageError

@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from medclipseg.datasets.layout import (
     TABLE_SUFFIXES,
     write_prompt_table,
 )
-from medclipseg.datasets.splits import check_destination, split_sizes
+from medclipseg.datasets.splits import prepare_generated_output, split_sizes
 
 __all__ = [
     "DEFAULT_TEMPLATES_DIR",
@@ -358,18 +357,9 @@ def _plan(volumes: Volumes, structures: tuple, stride: int, margin: int, block: 
 
 
 def _prepare_output(out: Path) -> None:
-    state = check_destination(out, is_ours=lambda folder: read_manifest(folder) is not None,
-                              what="a previous realdata output", marker=f"{MANIFEST_FILE} from {GENERATOR}")
-    if state == "ours":
-        for name in _OWNED_ENTRIES:  # replace only what a previous run wrote
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    # A marker first, so that an interrupted run can be replaced by the next one.
-    (out / MANIFEST_FILE).write_text(json.dumps({"generator": GENERATOR, "version": VERSION, "complete": False}))
+    prepare_generated_output(out, is_ours=lambda folder: read_manifest(folder) is not None, what="a previous realdata output",
+                             manifest_file=MANIFEST_FILE, generator=GENERATOR, owned_entries=_OWNED_ENTRIES,
+                             marker_content=json.dumps({"generator": GENERATOR, "version": VERSION, "complete": False}))
 
 
 def write_realdata(out: PathLike, *, templates: PathLike = DEFAULT_TEMPLATES_DIR,

@@ -88,3 +88,23 @@ def check_destination(folder: PathLike, *, is_ours: Callable[[Path], bool], what
         raise DestinationError(f"Refusing to overwrite '{folder}': it is not empty and is not {what} "
                                f"(no {marker}). Choose an empty or new folder.")
     return "ours"
+
+
+def prepare_generated_output(folder: PathLike, *, is_ours: Callable[[Path], bool], what: str, manifest_file: str,
+                             generator: str, owned_entries, marker_content: str) -> None:
+    """Make ``folder`` ready for a data generator (phantoms, realdata): refuse a foreign non-empty
+    folder (``check_destination``), remove only the ``owned_entries`` a previous run wrote, then
+    write the manifest ``marker_content`` first, so that an interrupted run is replaced by the next."""
+    import shutil
+
+    folder = Path(folder)
+    state = check_destination(folder, is_ours=is_ours, what=what, marker=f"{manifest_file} from {generator}")
+    if state == "ours":
+        for name in owned_entries:
+            path = folder / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / manifest_file).write_text(marker_content)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 import zlib
 from dataclasses import asdict
@@ -29,7 +28,7 @@ from medclipseg.datasets.layout import (
     SPLITS,
     write_prompt_table,
 )
-from medclipseg.datasets.splits import check_destination, split_sizes
+from medclipseg.datasets.splits import prepare_generated_output, split_sizes
 from medclipseg.io.png import encode_png
 from medclipseg.phantoms.generate import (
     Phantom,
@@ -69,18 +68,9 @@ def records_by_row(folder) -> dict:
 
 
 def _prepare_output(out: Path) -> None:
-    state = check_destination(out, is_ours=lambda folder: read_manifest(folder) is not None,
-                              what="a previous phantom output", marker=f"{MANIFEST_FILE} from {GENERATOR}")
-    if state == "ours":
-        for name in _OWNED_ENTRIES:  # replace only what a previous run wrote
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    # A marker first, so that an interrupted run can be overwritten by the next one.
-    (out / MANIFEST_FILE).write_text(json.dumps({"generator": GENERATOR, "version": VERSION, "complete": False}))
+    prepare_generated_output(out, is_ours=lambda folder: read_manifest(folder) is not None, what="a previous phantom output",
+                             manifest_file=MANIFEST_FILE, generator=GENERATOR, owned_entries=_OWNED_ENTRIES,
+                             marker_content=json.dumps({"generator": GENERATOR, "version": VERSION, "complete": False}))
 
 
 def _mask_png(mask: np.ndarray) -> bytes:
