@@ -64,6 +64,14 @@ def rank_random_foreground(prompt: str, random_key: float) -> float:
     return float(random_key) + (0.0 if states_absence(prompt) else 1.0)
 
 
+def copy_ranks(db, where: str = "1") -> None:
+    """Fill the rank columns of the cases matching `where` from the scores of their
+    ``ranked_prediction_id`` (NULL where there is none); used by migrations and promotions."""
+    for column, key in RANKED_BY_MODEL.items():
+        db.execute(f'UPDATE cases SET "{column}" = (SELECT json_extract(scores, \'$.{key}\') FROM predictions '
+                   f"WHERE id = cases.ranked_prediction_id) WHERE {where}")
+
+
 def rank_values(scores: dict) -> dict:
     """The rank columns a prediction with these scores gives its case (non-finite scores -> NULL)."""
     values = {}

@@ -83,15 +83,28 @@ def recipe_with(recipe: Optional[RetrainRecipe] = None, *, epochs=None) -> Retra
     return recipe
 
 
+NOTHING_TO_TRAIN = ("There are no corrected or accepted cases to train on yet (gold cases are held out for "
+                    "scoring). Correct some cases first.")
+
+
+def _reviewed_rows(store) -> list:
+    """The latest reviewed version of every case that is still corrected or accepted."""
+    return [row for row in store.corrections(latest_only=True) if row["case_status"] in ("corrected", "accepted")]
+
+
+def labelled_counts(store) -> tuple:
+    """(training cases, gold cases), without reading any pixels."""
+    rows = _reviewed_rows(store)
+    gold = sum(1 for row in rows if row["gold"])
+    return len(rows) - gold, gold
+
+
 def labelled_examples(store) -> tuple:
-    """(training examples, gold examples, training correction ids) from the latest reviewed version of
-    every case that is still corrected or accepted."""
+    """(training examples, gold examples, training correction ids), images and masks read."""
     from medclipseg.training.retrain import TrainingExample
 
     train, gold, correction_ids = [], [], []
-    for row in store.corrections(latest_only=True):
-        if row["case_status"] not in ("corrected", "accepted"):
-            continue
+    for row in _reviewed_rows(store):
         example = TrainingExample(image_bgr=store.load_image(row["case_id"]),
                                   mask=store.load_mask(row["mask_path"]) > 0, prompt=row["prompt"],
                                   name=f"case{row['case_id']:06d}")
@@ -151,10 +164,8 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
     if parent is None:
         raise StorageError("This annotation database has no model yet: open it in the app or segment a case first.")
     if job_id is None:
-        train, _gold, _ids = labelled_examples(store)
-        if not train:
-            raise StorageError("There are no corrected or accepted cases to train on yet (gold cases are held "
-                               "out for scoring). Correct some cases first.")
+        if labelled_counts(store)[0] == 0:
+            raise StorageError(NOTHING_TO_TRAIN)
         job_id = store.start_job("retrain", by=by, params={"recipe": asdict(recipe), "promote": promote},
                                  parent_id=parent)
     else:
@@ -176,7 +187,7 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
         with _Heartbeat(store, job_id):
             train, gold, correction_ids = labelled_examples(store)
             if not train:
-                raise StorageError("There are no corrected or accepted cases to train on (gold cases are held out).")
+                raise StorageError(NOTHING_TO_TRAIN)
             parent_version = store.model_version(parent)
             log(f"retraining {parent} on {len(train)} cases ({len(gold)} gold cases held out), "
                 f"{recipe.epochs} epochs")
@@ -280,12 +291,11 @@ def launch_worker(store, *, by: str, epochs=None, promote: str = "auto") -> int:
     so a second start is refused before any process is spawned."""
     promote = check_promote(promote)
     recipe = recipe_with(None, epochs=epochs)
-    train, gold, _ids = labelled_examples(store)
+    train, gold = labelled_counts(store)  # counted only: the worker reads the pixels
     if not train:
-        raise StorageError("There are no corrected or accepted cases to train on yet (gold cases are held out "
-                           "for scoring). Correct some cases first.")
+        raise StorageError(NOTHING_TO_TRAIN)
     job_id = store.start_job("retrain", by=by, params={"recipe": asdict(recipe), "promote": promote,
-                                                       "train_cases": len(train), "gold_cases": len(gold)},
+                                                       "train_cases": train, "gold_cases": gold},
                              parent_id=store.current_model_id())
     log_path = store.job_folder(job_id).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)

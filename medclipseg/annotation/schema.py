@@ -110,7 +110,7 @@ def _create_tables(db) -> None:
 def _add_versions_jobs_and_ranks(db) -> None:
     """Version 2: model versions, promotions, jobs, the gold flag and per-case queue ranks."""
     # Imported here: queue imports this module's constants.
-    from medclipseg.annotation.queue import RANKED_BY_MODEL, rank_random_foreground
+    from medclipseg.annotation.queue import RANKED_BY_MODEL, copy_ranks, rank_random_foreground
 
     cases = db["cases"]
     cases.add_column("gold", int)
@@ -135,9 +135,7 @@ def _add_versions_jobs_and_ranks(db) -> None:
     db.execute("UPDATE cases SET ranked_prediction_id = (SELECT max(id) FROM predictions WHERE case_id = cases.id)")
     db.execute("UPDATE cases SET ranked_model_id = (SELECT model_id FROM predictions "
                "WHERE id = cases.ranked_prediction_id)")
-    for column, key in RANKED_BY_MODEL.items():
-        db.execute(f'UPDATE cases SET "{column}" = (SELECT json_extract(scores, \'$.{key}\') FROM predictions '
-                   "WHERE id = cases.ranked_prediction_id)")
+    copy_ranks(db)
 
     db["model_versions"].create(
         {"id": str, "name": str, "parent_id": str, "kind": str, "path": str, "recipe": str, "correction_ids": str,

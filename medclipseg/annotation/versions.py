@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from medclipseg.annotation.errors import StorageError
-from medclipseg.annotation.queue import RANKED_BY_MODEL
+from medclipseg.annotation.queue import copy_ranks
 
 KINDS = ("base", "trained")
 
@@ -99,9 +99,7 @@ def promote(db, version_id: str, *, by: str, reason: str, now: str) -> Optional[
                "WHERE p.case_id = cases.id AND p.model_id = ?) WHERE status = 'unreviewed'", [version_id])
     db.execute("UPDATE cases SET ranked_model_id = CASE WHEN ranked_prediction_id IS NULL THEN NULL ELSE ? END "
                "WHERE status = 'unreviewed'", [version_id])
-    for column, key in RANKED_BY_MODEL.items():
-        db.execute(f'UPDATE cases SET "{column}" = (SELECT json_extract(scores, \'$.{key}\') FROM predictions '
-                   "WHERE id = cases.ranked_prediction_id) WHERE status = 'unreviewed'")
+    copy_ranks(db, "status = 'unreviewed'")
     return previous
 
 

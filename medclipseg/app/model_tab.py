@@ -129,16 +129,9 @@ def current_card(service: AnnotationService, versions) -> str:
 
 def reviewed_counts(store) -> dict:
     """Cases corrected and accepted, and how the latest reviews split into training and gold cases
-    (read from the rows, no image loaded; ``retraining.labelled_examples`` makes the same split)."""
+    (``retraining.labelled_counts``: no image loaded)."""
     counts = store.counts()
-    train = gold = 0
-    for row in store.corrections(latest_only=True):
-        if row["case_status"] not in ("corrected", "accepted"):
-            continue
-        if row["gold"]:
-            gold += 1
-        else:
-            train += 1
+    train, gold = retraining.labelled_counts(store)
     return {"corrected": counts["corrected"], "accepted": counts["accepted"], "train": train, "gold": gold}
 
 
