@@ -57,20 +57,20 @@ def test_schema_created_in_wal_mode(tmp_path):
         assert store.path == path and path.is_file()
         assert store.files_dir == tmp_path / "sub" / "annotations_files"
         assert all((store.files_dir / sub).is_dir() for sub in ("images", "maps", "masks"))
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert store.integrity_check() == "ok"
         assert store.counts() == {"unreviewed": 0, "corrected": 0, "accepted": 0, "skipped": 0,
                                   "corrections": 0, "predictions": 0}
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"meta", "cases", "predictions", "corrections", "model_versions", "promotions", "jobs"} <= tables
+    assert {"meta", "cases", "predictions", "corrections", "model_versions", "promotions", "jobs", "drafts"} <= tables
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert len(indexes) >= 10
     columns = {row[1] for row in conn.execute("PRAGMA table_info(cases)")}
     assert set(ACQUISITION_SCORES.values()) <= columns
     assert {f"idx_queue_{column}" for column in ACQUISITION_SCORES.values()} <= indexes
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
     conn.close()
 
 
@@ -134,7 +134,7 @@ def test_existing_version_1_database_opens(tmp_path):
     conn.close()
 
     with AnnotationStore(path) as store:
-        assert store.schema_version == 2 and store.integrity_check() == "ok"
+        assert store.schema_version == 3 and store.integrity_check() == "ok"
         case = store.get_case(1)
         assert (case.original_name, case.batch, case.metadata, case.status) == ("old.png", "week1",
                                                                                 {"modality": "CT"}, "unreviewed")
@@ -166,7 +166,7 @@ def test_migration_from_version_zero(tmp_path):
     conn.commit()
     conn.close()
     with AnnotationStore(path) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == 3
         case, _ = case_with_prediction(store, 2)
         assert store.get_case(case.id).status == "unreviewed"
 
@@ -176,3 +176,70 @@ def test_not_a_database(tmp_path):
     path.write_bytes(b"this is not sqlite " * 100)
     with pytest.raises(StorageError, match="Could not"):
         AnnotationStore(path)
+
+
+def _version_2_database(path, files):
+    """A database made by the version 2 steps, holding one case, its prediction and two saved versions."""
+    from medclipseg.annotation.database import Connections
+    from medclipseg.annotation.schema import MIGRATIONS
+
+    connections = Connections(path)
+    with connections.write() as db:
+        db["meta"].create({"key": str, "value": str}, pk="key")
+        for step in MIGRATIONS[:2]:
+            step(db)
+        db["meta"].insert({"key": "schema_version", "value": "2"})
+    connections.close()
+    for sub in ("images", "maps", "masks"):
+        (files / sub).mkdir(parents=True)
+    cv2.imwrite(str(files / "images" / "abc.png"), image(41))
+    probability = np.full((24, 32), 0.2, np.float32)
+    probability[4:12, 6:20] = 0.9
+    np.savez_compressed(files / "maps" / "p1.npz", probability=probability,
+                        entropy=np.full((24, 32), 0.1, np.float16), mutual_information=np.zeros((24, 32), np.float16))
+    predicted = (probability > 0.5).astype(np.uint8) * 255
+    for name in ("p1-predicted", "c1-corrected", "c2-corrected"):
+        cv2.imwrite(str(files / "masks" / f"{name}.png"), predicted)
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO cases (id, content_hash, prompt, original_name, width, height, source, image_path, "
+                 "metadata, status, created_at, updated_at, random_key) VALUES (1, 'abc', 'a lesion', 'old.png', "
+                 "32, 24, 'upload', 'images/abc.png', '{}', 'corrected', '2026-01-01T00:00:00+00:00', "
+                 "'2026-01-01T00:00:00+00:00', 0.5)")
+    conn.execute("INSERT INTO predictions (id, case_id, model_id, prompt, threshold, num_samples, created_at, "
+                 "maps_path, mask_path, scores) VALUES (1, 1, 'old-model', 'a lesion', 0.5, 4, "
+                 "'2026-01-01T00:00:00+00:00', 'maps/p1.npz', 'masks/p1-predicted.png', '{}')")
+    for version, who in ((1, "alice"), (2, "bob")):
+        conn.execute("INSERT INTO corrections (case_id, prediction_id, version, annotator, prompt, status, mask_path, "
+                     "predicted_mask_path, pixels_added, pixels_erased, pixels_changed, threshold, model_id, "
+                     "created_at) VALUES (1, 1, ?, ?, 'a lesion', 'corrected', ?, 'masks/p1-predicted.png', "
+                     "0, 0, 0, 0.5, 'old-model', ?)",
+                     [version, who, f"masks/c{version}-corrected.png", f"2026-01-0{version}T00:00:00+00:00"])
+    conn.commit()
+    conn.close()
+    return predicted > 0
+
+
+def test_version_2_database_gets_drafts_and_lineage(tmp_path):
+    """A version 2 database opens as version 3: drafts table, replaces_version filled in, old rows readable."""
+    path = tmp_path / "annotations.db"
+    predicted = _version_2_database(path, tmp_path / "annotations_files")
+    with AnnotationStore(path) as store:
+        assert store.schema_version == 3 and store.integrity_check() == "ok"
+        history = store.case_history(1)
+        assert [(row["version"], row["annotator"], row["replaces_version"]) for row in history] == [
+            (1, "alice", None), (2, "bob", 1)]
+        latest = store.latest_correction(1)
+        assert (latest["version"], latest["annotator"], latest["model_id"]) == (2, "bob", "old-model")
+        np.testing.assert_array_equal(store.load_mask(latest["mask_path"]), predicted)
+        assert [row["version"] for row in store.corrections(latest_only=False)] == [1, 2]
+        assert store.draft(1, "carol") is None
+        draft = store.save_draft(1, "carol", predicted, prediction_id=1, base_version=2)
+        np.testing.assert_array_equal(store.draft(1, "carol").mask, predicted)
+        assert draft.revision == 1
+        saved = store.save_correction(1, ~predicted, annotator="carol", base_version=2)
+        assert (saved.version, saved.replaces_version) == (3, 2)
+        assert store.draft(1, "carol") is None
+    conn = sqlite3.connect(path)
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "idx_drafts_case_annotator" in indexes
+    conn.close()

@@ -206,7 +206,7 @@ def test_promotion_switches_the_model_rescoring_and_rollback(service):
     assert model_tab.panel_signature(service) != before
 
     # An old prediction in the editor says it is not the current version's.
-    screen = handlers.next_case(service, "expected_dice_miss", "dora", 0.4, 0.35)
+    screen = handlers.next_case(service, "expected_dice_miss", "dora")
     assert f"predicted by `{base}` (an earlier version" in screen.status
 
     promoted = model_tab.panel_signature(service)
@@ -216,7 +216,7 @@ def test_promotion_switches_the_model_rescoring_and_rollback(service):
         prediction = store.load_prediction(store.latest_prediction_id(case_id))
         assert prediction.model_id == version.id
     assert model_tab.panel(service).rescoring == f"Every unreviewed case is ranked by `{version.id}`."
-    screen = handlers.next_case(service, "expected_dice_miss", "dora", 0.4, 0.35)
+    screen = handlers.next_case(service, "expected_dice_miss", "dora")
     assert f"predicted by `{version.id}`;" in screen.status and f"`{version.id}`" in screen.numbers
 
     message = model_tab.roll_back(service, "alice")

@@ -135,6 +135,10 @@ def test_import_is_light_and_comes_from_the_wheel(installed):
     assert Path(where["file"]).parent == package
     assert Path(where["assets"]) == package / "assets"
     assert (package / "assets" / "examples" / "examples.json").is_file()
+    # The mask editor runs from the shipped files as they are: nothing to build at install time.
+    for name in ("mask_editor.js", "mask_editor.html", "mask_editor.css"):
+        shipped = package / "app" / "editor" / name
+        assert shipped.read_bytes() == (ROOT / "medclipseg" / "app" / "editor" / name).read_bytes(), name
     assert sorted(p.name for p in installed["empty"].iterdir()) == []
 
 

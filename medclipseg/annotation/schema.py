@@ -1,13 +1,19 @@
 """Tables, indexes and schema version of the annotation database, and the migrations between versions.
 
-Tables (``SCHEMA_VERSION`` 2): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
+Tables (``SCHEMA_VERSION`` 3): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
 ``gold_seed``, ``gold_fraction``), ``cases`` (one per distinct image pixels + prompt, with review
 status, the annotator lease, the gold flag and the queue ranks of the current model),
 ``predictions`` (one per model run, with its image-level uncertainty scores), ``corrections``
-(every saved version, numbered 1, 2, ... per case; nothing is overwritten), ``model_versions``
-(every model the database has served or trained: content-hash id, parent, training cases,
-recipe, gold-split scores), ``promotions`` (who made which version current, when) and ``jobs``
-(background retraining runs, at most one active).
+(every saved version, numbered 1, 2, ... per case; nothing is overwritten; each names the version
+it replaces), ``drafts`` (the in-progress mask of one annotator on one case, with the saved
+version it started from), ``model_versions`` (every model the database has served or trained:
+content-hash id, parent, training cases, recipe, gold-split scores), ``promotions`` (who made
+which version current, when) and ``jobs`` (background retraining runs, at most one active).
+
+Drafts and lineage (version 3): a draft is overwritten in place (``revision`` counts its saves)
+so a browser reload can restore it; saving a version deletes the saver's draft of that case.
+``corrections.replaces_version`` is the highest version of the case before the row (None for the
+first), so every version names the one it replaces.
 
 Queue ranks (version 2): each case carries ``rank_<acquisition>`` columns copied from the scores
 of its latest prediction *by the current model* (``ranked_model_id``), with one partial index per
@@ -31,7 +37,7 @@ from pathlib import Path
 
 from medclipseg.annotation.errors import StorageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
@@ -160,8 +166,24 @@ def _add_versions_jobs_and_ranks(db) -> None:
             db["meta"].insert({"key": key, "value": value})
 
 
+def _add_drafts_and_lineage(db) -> None:
+    """Version 3: in-progress masks (one per case and annotator) and the version each correction replaces."""
+    db["drafts"].create(
+        {"id": int, "case_id": int, "annotator": str, "prediction_id": int, "base_version": int,
+         "threshold": float, "mask_path": str, "pixels": int, "revision": int, "updated_at": str},
+        pk="id",
+        foreign_keys=[("case_id", "cases", "id"), ("prediction_id", "predictions", "id")],
+        not_null=["case_id", "annotator", "mask_path", "pixels", "revision", "updated_at"],
+    )
+    db["drafts"].create_index(["case_id", "annotator"], index_name="idx_drafts_case_annotator", unique=True)
+    db["corrections"].add_column("replaces_version", int)
+    # Existing versions replaced the highest earlier version of their case, as new saves record it.
+    db.execute("UPDATE corrections SET replaces_version = (SELECT max(p.version) FROM corrections p "
+               "WHERE p.case_id = corrections.case_id AND p.version < corrections.version)")
+
+
 # Index i migrates schema version i to i + 1.
-MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks]
+MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

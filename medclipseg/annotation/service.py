@@ -25,6 +25,7 @@ import numpy as np
 
 from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
 from medclipseg.annotation.scratch import ScratchSpace
+from medclipseg.annotation.store import KEEP_UNCHECKED
 from medclipseg.io.dicom import read_dicom
 from medclipseg.io.images import ImageReadError, LoadedImage, read_image
 from medclipseg.io.masks import read_mask
@@ -73,7 +74,7 @@ class CaseView:
 
 def check_samples(value) -> int:
     """A Monte-Carlo sample count in MIN_SAMPLES..MAX_SAMPLES (one request must not hold the model for long)."""
-    number = _whole_number(value, "The number of samples")
+    number = whole_number(value, "The number of samples")
     if not MIN_SAMPLES <= number <= MAX_SAMPLES:
         raise RequestError(f"The number of samples must lie between {MIN_SAMPLES} and {MAX_SAMPLES} "
                            f"(got {number:,}); the model is shared, one request at a time.")
@@ -94,7 +95,7 @@ def check_case_id(value) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RequestError("No case given: send the case_id that /segment or /next_case returned "
                            "(/next_case answers null when the queue is empty).")
-    return _whole_number(value, "The case_id")
+    return whole_number(value, "The case_id")
 
 
 def check_annotator(value) -> str:
@@ -112,7 +113,8 @@ def check_acquisition(value) -> str:
     return key
 
 
-def _whole_number(value, what: str) -> int:
+def whole_number(value, what: str) -> int:
+    """``value`` as an int, or a RequestError naming ``what``."""
     if isinstance(value, bool):
         raise RequestError(f"{what} must be a whole number, not {value!r}.")
     try:
@@ -394,7 +396,7 @@ class AnnotationService:
             val, test = float(val_fraction), float(test_fraction)
         except (TypeError, ValueError):
             raise RequestError("The validation and test fractions must be numbers between 0 and 0.5.") from None
-        seed = 0 if seed is None or seed == "" else _whole_number(seed, "The split seed")
+        seed = 0 if seed is None or seed == "" else whole_number(seed, "The split seed")
         with self.scratch.folder() as out:
             target = out / f"medclipseg-export-{time.strftime('%Y%m%d-%H%M%S')}"
             return self.export(target, val_fraction=val, test_fraction=test, seed=seed,
@@ -420,7 +422,7 @@ class AnnotationService:
 
     def save(self, case_id: int, mask: Optional[np.ndarray] = None, *, annotator: str,
              status: str = "corrected", prediction_id: Optional[int] = None,
-             threshold: Optional[float] = None):
+             threshold: Optional[float] = None, base_version=KEEP_UNCHECKED):
         """Record a review. The status chooses the mask: 'corrected' saves ``mask`` (required),
         'accepted' the prediction's own mask at ``threshold`` (no mask may be sent), 'skipped'
         none (the case leaves the queue; returns None). Otherwise returns the store's Correction."""
@@ -428,7 +430,7 @@ class AnnotationService:
         if status not in REVIEW_STATUSES:
             raise RequestError(f"The status must be one of {', '.join(REVIEW_STATUSES)}, not {status!r}.")
         if prediction_id is not None and prediction_id != "":
-            prediction_id = _whole_number(prediction_id, "The prediction_id")
+            prediction_id = whole_number(prediction_id, "The prediction_id")
         else:
             prediction_id = None
         if threshold is not None:
@@ -447,7 +449,7 @@ class AnnotationService:
                 raise RequestError(f"Case {case_id} has no prediction to accept; segment it first.")
         # For 'accepted' (mask None) the store saves the very mask it compares with.
         return self.store.save_correction(case_id, mask, annotator=annotator, prediction_id=prediction_id,
-                                          status=status, threshold=threshold)
+                                          status=status, threshold=threshold, base_version=base_version)
 
     def skip(self, case_id: int, *, annotator: str) -> None:
         """Take a case out of the queue without a mask (status 'skipped'; it is never exported)."""
@@ -490,6 +492,22 @@ class AnnotationService:
         from medclipseg.annotation.export import export_dataset
 
         return export_dataset(self.store, out_dir, **kwargs)
+
+    # -- drafts and history (the store's, as they are) ----------------------------------------
+    def save_draft(self, case_id: int, annotator: str, mask, **kwargs):
+        return self.store.save_draft(case_id, annotator, mask, **kwargs)
+
+    def draft(self, case_id: int, annotator: str):
+        return self.store.draft(case_id, annotator)
+
+    def discard_draft(self, case_id: int, annotator: str) -> bool:
+        return self.store.discard_draft(case_id, annotator)
+
+    def case_history(self, case_id: int) -> list:
+        return self.store.case_history(case_id)
+
+    def latest_correction(self, case_id: int):
+        return self.store.latest_correction(case_id)
 
 
 class _LockedPredictor:

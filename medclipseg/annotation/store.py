@@ -5,10 +5,15 @@
 * :mod:`medclipseg.annotation.database`: per-thread connections, WAL, busy timeout, ``BEGIN IMMEDIATE``;
 * :mod:`medclipseg.annotation.schema`: tables, indexes, schema version and migrations;
 * :mod:`medclipseg.annotation.files`: the atomic file store beside the database (images, maps, masks);
-* :mod:`medclipseg.annotation.queue`: acquisition order and leases (``next_case``, ``claim``, ``release``).
+* :mod:`medclipseg.annotation.queue`: acquisition order and leases (``next_case``, ``claim``, ``release``);
+* :mod:`medclipseg.annotation.drafts`: in-progress masks, one per case and annotator.
 
 ``annotations.db`` (SQLite, WAL mode) holds the rows; pixels live beside it in ``<db stem>_files/``.
 Files are written before the row that references them commits.
+
+Versions are never overwritten: each correction names the version it replaces, and a save that
+passes ``base_version`` (the version the annotator opened) is refused with ``VersionConflict``
+when someone saved another version meanwhile.
 
 Privacy: only the technical metadata keys in ``ALLOWED_METADATA_KEYS`` are stored. DICOM patient,
 study and institution fields never reach the database, and images are stored as decoded pixels
@@ -18,6 +23,7 @@ Concurrency: safe to share between threads (Gradio workers) and between processe
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -32,9 +38,10 @@ from typing import Optional
 import numpy as np
 
 from medclipseg import settings
-from medclipseg.annotation import gold, jobs, queue, versions
+from medclipseg.annotation import drafts, gold, jobs, queue, versions
 from medclipseg.annotation.database import Connections
-from medclipseg.annotation.errors import StorageError
+from medclipseg.annotation.drafts import Draft
+from medclipseg.annotation.errors import StorageError, VersionConflict
 from medclipseg.annotation.files import MAP_NAMES, FileStore, new_stem
 from medclipseg.annotation.schema import (
     CORRECTION_STATUSES,
@@ -51,13 +58,16 @@ from medclipseg.io.prompts import PromptError, validate_prompt
 __all__ = [
     "ALLOWED_METADATA_KEYS",
     "CORRECTION_STATUSES",
+    "KEEP_UNCHECKED",
     "SCHEMA_VERSION",
     "STATUSES",
     "AnnotationStore",
     "Case",
     "Correction",
+    "Draft",
     "QueueSummary",
     "StorageError",
+    "VersionConflict",
     "default_db_path",
 ]
 
@@ -94,6 +104,19 @@ class Correction:
     pixels_erased: int
     pixels_changed: int
     created_at: str
+    replaces_version: Optional[int] = None
+
+
+class Unchecked(enum.Enum):
+    """save_correction's default base_version: save without comparing versions (as before drafts)."""
+    KEEP_UNCHECKED = "unchecked"
+
+
+KEEP_UNCHECKED = Unchecked.KEEP_UNCHECKED
+
+# The columns case_history returns, in its order.
+HISTORY_COLUMNS = ("version", "status", "annotator", "created_at", "pixels_added", "pixels_erased", "pixels_changed",
+                   "model_id", "threshold", "replaces_version", "prediction_id")
 
 
 @dataclass(frozen=True)
@@ -164,6 +187,35 @@ def _check_threshold(threshold) -> float:
     if not 0.0 < threshold < 1.0:
         raise StorageError("The threshold must lie strictly between 0 and 1.")
     return threshold
+
+
+def _check_base_version(value) -> Optional[int]:
+    """A saved version number (1, 2, ...) or None ('no version was saved when I opened the case')."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise StorageError(f"The base version must be a saved version number (1, 2, ...) or None, not {value!r}.")
+    return int(value)
+
+
+def _latest_version_row(db, case_id: int) -> Optional[dict]:
+    """version, annotator and created_at of the case's highest version; None before the first."""
+    rows = list(db["corrections"].rows_where("case_id = ?", [int(case_id)], select="version, annotator, created_at",
+                                             order_by="version DESC", limit=1))
+    return rows[0] if rows else None
+
+
+def _refuse_conflict(db, case_id: int, annotator: str, base_version: Optional[int],
+                     latest: Optional[dict]) -> None:
+    """VersionConflict unless the case's highest version is the one the annotator started from."""
+    latest_version = None if latest is None else int(latest["version"])
+    if latest_version == base_version:
+        return
+    raise VersionConflict(case_id=int(case_id), latest_version=latest_version,
+                          latest_annotator=None if latest is None else latest["annotator"],
+                          latest_created_at=None if latest is None else latest["created_at"],
+                          base_version=base_version,
+                          draft_kept=drafts.get_row(db, case_id, annotator) is not None)
 
 
 def _binary_mask(mask, shape: tuple, what: str) -> np.ndarray:
@@ -373,16 +425,26 @@ class AnnotationStore:
 
     def save_correction(self, case_id: int, corrected_mask: Optional[np.ndarray], *, annotator: str,
                         prediction_id: Optional[int] = None, status: str = "corrected",
-                        threshold: Optional[float] = None) -> Correction:
+                        threshold: Optional[float] = None, base_version=KEEP_UNCHECKED) -> Correction:
         """Save a new version; ``corrected_mask`` None (status 'accepted' only) saves the compared
-        prediction's own mask at ``threshold``."""
+        prediction's own mask at ``threshold``.
+
+        ``base_version``: the version the annotator opened (None: the case had none then). When given,
+        the save is refused with VersionConflict, writing nothing, if the case's highest version is
+        another one. The default saves without that check. A successful save deletes the annotator's
+        draft of the case."""
         # Everything is validated before any file is written, so a refused save leaves no trace.
         annotator = _clean_annotator(annotator)
         if status not in CORRECTION_STATUSES:
             raise StorageError(f"A correction's status must be 'corrected' or 'accepted', not {status!r}.")
         if corrected_mask is None and status != "accepted":
             raise StorageError("A corrected case needs its corrected mask.")
+        checked = base_version is not KEEP_UNCHECKED
+        if checked:
+            base_version = _check_base_version(base_version)
         case = self.get_case(case_id)
+        if checked:  # a conflict visible already is refused before any work; checked again under the lock
+            _refuse_conflict(self._db(), case.id, annotator, base_version, _latest_version_row(self._db(), case.id))
         corrected = None if corrected_mask is None else _binary_mask(corrected_mask, (case.height, case.width),
                                                                      "corrected mask")
         predicted, prediction, threshold, scores = self._compared_mask(case, prediction_id, threshold)
@@ -399,9 +461,12 @@ class AnnotationStore:
             self._files.write_mask(predicted_path, predicted)
             now = _now_iso()
             with self._connections.write() as db:
-                # Inside BEGIN IMMEDIATE: no other writer can take the same version number.
-                version = next(db["corrections"].rows_where(
-                    "case_id = ?", [case.id], select="coalesce(max(version), 0) + 1 AS version"))["version"]
+                # Inside BEGIN IMMEDIATE: no other writer can take the same version number or save in between.
+                latest = _latest_version_row(db, case.id)
+                if checked:
+                    _refuse_conflict(db, case.id, annotator, base_version, latest)
+                replaces = None if latest is None else int(latest["version"])
+                version = (replaces or 0) + 1
                 correction_id = db["corrections"].insert({
                     "case_id": case.id, "prediction_id": prediction["id"] if prediction else None,
                     "version": version, "annotator": annotator, "prompt": case.prompt, "status": status,
@@ -410,7 +475,8 @@ class AnnotationStore:
                     "threshold": None if threshold is None else float(threshold),
                     "model_id": prediction["model_id"] if prediction else None,
                     "scores": None if scores is None else json.dumps(_json_value(scores)),
-                    "created_at": now}).last_rowid
+                    "created_at": now, "replaces_version": replaces}).last_rowid
+                draft_path = drafts.delete_row(db, case.id, annotator)
                 changes = {"status": status, "updated_at": now, **queue.NO_LEASE}
                 if db["cases"].get(case.id)["gold"] is None:  # chosen once, when first corrected
                     changes["gold"] = int(gold.is_gold(case.content_hash, seed=_meta(db, "gold_seed"),
@@ -419,9 +485,83 @@ class AnnotationStore:
         except BaseException:
             self._files.discard(mask_path, predicted_path)
             raise
+        if draft_path is not None:  # after the commit: a failed save keeps the draft's file
+            self._files.discard(draft_path)
         return Correction(id=int(correction_id), case_id=case.id, version=int(version), annotator=annotator,
                           status=status, pixels_added=added, pixels_erased=erased, pixels_changed=added + erased,
-                          created_at=now)
+                          created_at=now, replaces_version=replaces)
+
+    def latest_correction(self, case_id: int) -> Optional[dict]:
+        """The case's highest-version correction row (any status; scores decoded), None before the first."""
+        case_id = int(_get(self._db(), "cases", case_id, "Case")["id"])
+        rows = list(self._db()["corrections"].rows_where("case_id = ?", [case_id], order_by="version DESC", limit=1))
+        if not rows:
+            return None
+        row = rows[0]
+        row["scores"] = None if row["scores"] is None else json.loads(row["scores"])
+        return row
+
+    def case_history(self, case_id: int) -> list:
+        """Every saved version of the case, oldest first, as dicts with the keys of HISTORY_COLUMNS."""
+        case_id = int(_get(self._db(), "cases", case_id, "Case")["id"])
+        return list(self._db()["corrections"].rows_where("case_id = ?", [case_id], select=", ".join(HISTORY_COLUMNS),
+                                                         order_by="version"))
+
+    # -- drafts ---------------------------------------------------------------------------------
+    def save_draft(self, case_id: int, annotator: str, mask, *, prediction_id: Optional[int] = None,
+                   base_version: Optional[int] = None, threshold: Optional[float] = None) -> Draft:
+        """Keep ``annotator``'s in-progress mask of the case (one per case and annotator, overwritten;
+        its revision counts the saves). ``base_version`` is the saved version the editor opened."""
+        annotator = _clean_annotator(annotator)
+        case = self.get_case(case_id)
+        mask = _binary_mask(mask, (case.height, case.width), "draft mask")
+        base_version = _check_base_version(base_version)
+        threshold = None if threshold is None else _check_threshold(threshold)
+        if prediction_id is not None:
+            prediction_id = int(prediction_id)
+            owner = _get(self._db(), "predictions", prediction_id, "Prediction")["case_id"]
+            if owner != case.id:
+                raise StorageError(f"Prediction {prediction_id} belongs to case {owner}, not case {case.id}.")
+        mask_path = f"masks/{new_stem(case.id)}-draft.png"
+        self._files.write_mask(mask_path, mask)
+        try:
+            with self._connections.write() as db:
+                existing = drafts.get_row(db, case.id, annotator)
+                row = drafts.write_row(db, {
+                    "case_id": case.id, "annotator": annotator, "prediction_id": prediction_id,
+                    "base_version": base_version, "threshold": threshold, "mask_path": mask_path,
+                    "pixels": int(np.count_nonzero(mask)), "updated_at": _now_iso()}, existing)
+        except BaseException:
+            self._files.discard(mask_path)
+            raise
+        if existing is not None:  # after the commit, so a failed save keeps the previous draft whole
+            self._files.discard(existing["mask_path"])
+        return drafts.from_row(row, mask)
+
+    def draft(self, case_id: int, annotator: str) -> Optional[Draft]:
+        """``annotator``'s draft of the case with its mask, None when there is none."""
+        annotator = _clean_annotator(annotator)
+        row = drafts.get_row(self._db(), case_id, annotator)
+        while row is not None:
+            try:
+                return drafts.from_row(row, self._files.read_mask(row["mask_path"]))
+            except StorageError:
+                # A save in another thread may have replaced the draft (and removed this file) meanwhile.
+                again = drafts.get_row(self._db(), case_id, annotator)
+                if again is not None and again["mask_path"] == row["mask_path"]:
+                    raise
+                row = again
+        return None
+
+    def discard_draft(self, case_id: int, annotator: str) -> bool:
+        """Delete ``annotator``'s draft of the case and its file; True when there was one."""
+        annotator = _clean_annotator(annotator)
+        with self._connections.write() as db:
+            mask_path = drafts.delete_row(db, case_id, annotator)
+        if mask_path is None:
+            return False
+        self._files.discard(mask_path)
+        return True
 
     def set_status(self, case_id: int, status: str, *, annotator: str) -> None:
         _clean_annotator(annotator)

@@ -19,7 +19,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 
 from medclipseg.annotation.queue import DEFAULT_ACQUISITION
-from medclipseg.annotation.service import AnnotationService, RequestError, check_case_id
+from medclipseg.annotation.service import AnnotationService, RequestError, check_case_id, whole_number
 from medclipseg.app import model_tab
 from medclipseg.app.handlers import USER_ERRORS
 
@@ -96,14 +96,23 @@ def register(service: AnnotationService) -> None:
     @_in_words
     def save_correction(case_id: Optional[int], mask: Optional[FileData] = None, annotator: str = "",
                         status: str = "corrected", prediction_id: Optional[int] = None,
-                        request: gr.Request = None) -> dict:
+                        base_version: Optional[int] = None, request: gr.Request = None) -> dict:
         """Record a review of a case: 'corrected' with the mask (PNG, white = foreground), 'accepted'
-        (the predicted mask, no file) or 'skipped' (no mask; the case leaves the queue)."""
+        (the predicted mask, no file) or 'skipped' (no mask; the case leaves the queue).
+        `base_version`: the version the mask was made from (0: none existed); when given, the save is
+        refused if another version was saved since (`next_case` reports `latest_version`)."""
         status = (status or "corrected").strip() if isinstance(status, str) else status
         name = annotator_of(annotator, request)
         sent = uploaded(mask, "mask")
         corrected = service.read_mask_file(sent[0], name=sent[1]) if sent is not None else None
-        correction = service.save(case_id, corrected, annotator=name, status=status, prediction_id=prediction_id)
+        checked = {}
+        if base_version is not None and base_version != "":
+            number = whole_number(base_version, "The base_version")
+            if number < 0:
+                raise RequestError(f"The base_version must be 0 (no saved version) or a version number, not {number}.")
+            checked["base_version"] = None if number == 0 else number
+        correction = service.save(case_id, corrected, annotator=name, status=status, prediction_id=prediction_id,
+                                  **checked)
         if correction is None:
             return {"correction_id": None, "case_id": check_case_id(case_id), "version": None, "annotator": name,
                     "status": "skipped"}
@@ -111,6 +120,10 @@ def register(service: AnnotationService) -> None:
                 "annotator": correction.annotator, "status": correction.status,
                 "pixels_added": correction.pixels_added, "pixels_erased": correction.pixels_erased,
                 "pixels_changed": correction.pixels_changed, "created_at": correction.created_at}
+
+    def _latest_version(case_id: int) -> int:
+        latest = service.latest_correction(case_id)
+        return 0 if latest is None else int(latest["version"])
 
     @_in_words
     def skip(case_id: Optional[int], annotator: str = "", request: gr.Request = None) -> dict:
@@ -132,6 +145,7 @@ def register(service: AnnotationService) -> None:
         summary = {"case_id": view.case.id, "prediction_id": view.prediction_id, "prompt": view.case.prompt,
                    "original_name": view.case.original_name, "width": view.case.width,
                    "height": view.case.height, "assigned_to": name, "acquisition": acquisition,
+                   "latest_version": _latest_version(view.case.id),
                    "model_id": view.prediction.model_id if view.prediction is not None else None,
                    "scores": view.prediction.scores if view.prediction is not None else {}}
         return summary, _file(image)

@@ -9,6 +9,7 @@ Sliders re-render from the maps cached in the service; only ``segment`` and ``in
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,24 +17,18 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from medclipseg.annotation.correction import EditHistory, changed_pixels, masks_from_layer_images
 from medclipseg.annotation.queue import ACQUISITION_LABELS
 from medclipseg.annotation.service import AnnotationService, RequestError
 from medclipseg.annotation.store import StorageError
-from medclipseg.app.render import (
-    entropy_heatmap,
-    image_numbers,
-    numbers_markdown,
-    overlay_mask,
-    to_display,
-    uncertain_region,
-)
+from medclipseg.app.editor import EditorEdit, EditorError, case_payload, closed_value, read_edit, saved_value
+from medclipseg.app.render import image_numbers, numbers_markdown, to_display
+from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY
 from medclipseg.io.dicom import CT_WINDOW_PRESETS
 from medclipseg.io.images import ImageReadError
 from medclipseg.io.prompts import PromptError
 from medclipseg.weights.sources import assets_dir
 
-USER_ERRORS = (ImageReadError, PromptError, StorageError, RequestError, ValueError)
+USER_ERRORS = (ImageReadError, PromptError, StorageError, RequestError, EditorError, ValueError)
 HEADER_WINDOW = "From the file"   # window preset: the DICOM header's own window
 PREVIEW_SIDE = 512
 # The checkout's assets/examples, or the copy shipped inside an installed wheel.
@@ -62,24 +57,13 @@ KEEP = _Keep()
 
 @dataclass
 class EditorSession:
-    """One case open in the editor: which prediction, at which threshold, with which strokes."""
+    """The case open in the editor. The mask itself lives in the editor (its value)."""
 
     case_id: int
     prediction_id: int
     name: str
-    threshold: float
-    edits: EditHistory
-    image_rgb: np.ndarray                     # display order
+    shape: tuple                              # (height, width) of the image and mask
     pixel_spacing: Optional[tuple] = None     # (row, column) mm, when the file said
-
-    @classmethod
-    def open(cls, case, prediction_id: int, prediction, image_bgr: np.ndarray,
-             threshold: float) -> "EditorSession":
-        spacing = (case.metadata or {}).get("pixel_spacing")
-        return cls(case_id=int(case.id), prediction_id=int(prediction_id), name=case.original_name,
-                   threshold=float(threshold), edits=EditHistory(shape=tuple(prediction.mask.shape)),
-                   image_rgb=np.ascontiguousarray(image_bgr[..., ::-1]),
-                   pixel_spacing=tuple(spacing) if spacing else None)
 
 
 @dataclass
@@ -91,15 +75,16 @@ class Screen:
     preview: Union[np.ndarray, None, _Keep] = KEEP
     image_info: Union[str, _Keep] = KEEP
     dicom_controls: Union[bool, _Keep] = KEEP      # visibility of the window/level controls
+    window_presets: Union[bool, _Keep] = KEEP      # visibility of the CT presets (CT only)
+    window_note: Union[str, _Keep] = KEEP
     windowed: Union[bool, _Keep] = KEEP            # the upload is a grey DICOM with a window
     window_preset: Union[str, _Keep] = KEEP
     window_center: Union[float, _Keep] = KEEP
     window_width: Union[float, _Keep] = KEEP
     prompt: Union[str, _Keep] = KEEP
-    overlay: Union[np.ndarray, _Keep] = KEEP
-    heatmap: Union[np.ndarray, _Keep] = KEEP
+    editor: Union[dict, None, _Keep] = KEEP
     numbers: Union[str, _Keep] = KEEP
-    editor: Union[dict, _Keep] = KEEP
+    history: Union[str, _Keep] = KEEP
     status: Union[str, _Keep] = KEEP
     queue: Union[str, _Keep] = KEEP
     ingest_report: Union[str, _Keep] = KEEP
@@ -143,46 +128,106 @@ def window_of(windowed: bool, center: Optional[float], width: Optional[float]) -
     return float(center), float(width)
 
 
-# ------------------------------------------------------------------------------ rendering a session
+# ------------------------------------------------------------------------------ a case in the editor
+
+DEFAULT_VIEW = {"threshold": 0.5, "uncertainty_threshold": 0.35, "opacity": 0.4}
 
 
-def current(service: AnnotationService, session: EditorSession) -> tuple:
-    """The session's prediction at its threshold and the corrected mask derived from it."""
-    prediction = service.prediction(session.prediction_id)
-    if float(session.threshold) != float(prediction.threshold):
-        prediction = prediction.with_threshold(session.threshold)
-    return prediction, session.edits.corrected(prediction.mask)
+def _when(iso: str) -> str:
+    return (iso or "")[:16].replace("T", " ") + " UTC" if iso else "?"
 
 
-def _overlay(session: EditorSession, prediction, corrected: np.ndarray, opacity: float,
-             uncertainty_threshold: float) -> np.ndarray:
-    uncertain = uncertain_region(prediction.entropy, uncertainty_threshold)
-    return overlay_mask(session.image_rgb, corrected, opacity=float(opacity), uncertain=uncertain)
+def version_label(row: dict) -> str:
+    return f"v{row['version']} ({row['status']}) by **{row['annotator']}**, {_when(row['created_at'])}"
 
 
-def session_screen(service: AnnotationService, session: EditorSession, opacity: float,
-                   uncertainty_threshold: float, *, with_editor: bool = True) -> Screen:
-    """Overlay, heat map, numbers (and the editor's background) of a session."""
-    prediction, corrected = current(service, session)
-    numbers = image_numbers(prediction, uncertainty_threshold=float(uncertainty_threshold), mask=corrected,
+def history_markdown(service: AnnotationService, case_id: int) -> str:
+    """The case's saved versions: who, when, what changed, which model it corrected."""
+    rows = service.case_history(case_id)
+    if not rows:
+        return f"**History of case #{case_id}**: no saved version yet."
+    lines = [f"**History of case #{case_id}** (newest first)", "",
+             "| Version | Status | By | When | Pixels changed (+ / −) | Model | Replaces |", "|---|---|---|---|---|---|---|"]
+    for row in reversed(rows):
+        replaces = "—" if row.get("replaces_version") is None else f"v{row['replaces_version']}"
+        lines.append(f"| v{row['version']} | {row['status']} | {row['annotator']} | {_when(row['created_at'])} | "
+                     f"{row['pixels_changed']:,} (+{row['pixels_added']:,} / −{row['pixels_erased']:,}) | "
+                     f"`{row.get('model_id') or '?'}` | {replaces} |")
+    return "\n".join(lines)
+
+
+def _prediction_at(service: AnnotationService, prediction_id: int, threshold: float):
+    prediction = service.prediction(prediction_id)
+    if float(threshold) != float(prediction.threshold):
+        prediction = prediction.with_threshold(float(threshold))
+    return prediction
+
+
+def numbers_text(service: AnnotationService, session: EditorSession, mask: np.ndarray, threshold: float,
+                 uncertainty_threshold: float) -> str:
+    prediction = _prediction_at(service, session.prediction_id, threshold)
+    numbers = image_numbers(prediction, uncertainty_threshold=float(uncertainty_threshold), mask=mask,
                             pixel_spacing=session.pixel_spacing)
-    changes = changed_pixels(prediction.mask, corrected)
+    added = int(np.count_nonzero(mask & ~prediction.mask))
+    erased = int(np.count_nonzero(prediction.mask & ~mask))
     text = numbers_markdown(numbers, model_id=prediction.model_id, seconds=prediction.seconds)
-    text += (f"\n\n**Case #{session.case_id}** · {session.name} · "
-             f"{len(session.edits)} correction step(s), {changes['pixels_changed']:,} px changed "
-             f"(+{changes['pixels_added']:,} / −{changes['pixels_erased']:,})")
-    screen = Screen(overlay=_overlay(session, prediction, corrected, opacity, uncertainty_threshold),
-                    heatmap=entropy_heatmap(prediction.entropy, image_rgb=session.image_rgb,
-                                            threshold_nats=float(uncertainty_threshold)),
-                    numbers=text)
-    if with_editor:
-        background = overlay_mask(session.image_rgb, corrected, opacity=0.25)
-        screen.editor = {"background": background, "layers": [], "composite": background}
-    return screen
+    return text + (f"\n\n**Case #{session.case_id}** · {session.name} · {added + erased:,} px differ from the model "
+                   f"(+{added:,} / −{erased:,})")
+
+
+def open_case(service: AnnotationService, case_id: int, prediction_id: int, annotator: Optional[str], *,
+              threshold: Optional[float] = None, uncertainty_threshold: float = DEFAULT_VIEW["uncertainty_threshold"],
+              opacity: float = DEFAULT_VIEW["opacity"]) -> Screen:
+    """Show a case in the editor, starting from (in this order) the annotator's draft, the latest
+    saved version, or the model's mask. The save that follows must name the version shown."""
+    case = service.store.get_case(case_id)
+    prediction = service.prediction(prediction_id)
+    latest = service.latest_correction(case_id)
+    draft = service.draft(case_id, annotator) if annotator else None
+    base_version = None if latest is None else int(latest["version"])
+    if draft is not None:
+        start, start_mask = "draft", draft.mask
+        threshold = draft.threshold if draft.threshold is not None else prediction.threshold
+        base_version = draft.base_version
+        note = f"Restored your unsaved edits of case #{case_id} ({_when(draft.updated_at)})."
+        if latest is not None and draft.base_version != latest["version"]:
+            note += f" Since you started, {version_label(latest).replace('**', '')} was saved: a save will ask you to reopen."
+    elif latest is not None:
+        start, start_mask = "version", service.store.load_mask(latest["mask_path"])
+        threshold = latest["threshold"] if latest.get("threshold") is not None else prediction.threshold
+        note = f"Showing the latest saved version, {version_label(latest).replace('**', '')}; a save makes v{latest['version'] + 1}."
+    else:
+        threshold = prediction.threshold if threshold is None else float(threshold)
+        start, start_mask = "prediction", _prediction_at(service, prediction_id, threshold).mask
+        note = "Showing the model's mask; nothing saved for this case yet."
+    image_rgb = np.ascontiguousarray(service.store.load_image(case_id)[..., ::-1])
+    spacing = (case.metadata or {}).get("pixel_spacing")
+    session = EditorSession(case_id=int(case.id), prediction_id=int(prediction_id), name=case.original_name,
+                            shape=(case.height, case.width), pixel_spacing=tuple(spacing) if spacing else None)
+    payload = case_payload(
+        case_id=case.id, prediction_id=prediction_id, image_rgb=image_rgb, probability=prediction.probability,
+        entropy=prediction.entropy, start_mask=np.asarray(start_mask, bool), start=start, start_note=note,
+        base_version=base_version, threshold=threshold, uncertainty_threshold=uncertainty_threshold,
+        opacity=opacity, title=f"Case #{case.id} · {case.original_name} · “{case.prompt}”")
+    return Screen(session=session, editor=payload, history=history_markdown(service, case_id),
+                  numbers=numbers_text(service, session, np.asarray(start_mask, bool), threshold, uncertainty_threshold),
+                  queue=queue_text(service))
 
 
 def _no_session() -> Screen:
     return Screen(status=error_text("Segment an image or take a case from the review queue first."))
+
+
+def _view_of(editor_value) -> dict:
+    """The thresholds the editor uses now (so the next case opens with the same uncertainty view)."""
+    view = dict(DEFAULT_VIEW)
+    if isinstance(editor_value, dict):
+        for key in ("uncertainty_threshold",):
+            try:
+                view[key] = min(max(float(editor_value.get(key, view[key])), 0.0), MAX_BINARY_ENTROPY)
+            except (TypeError, ValueError):
+                pass
+    return view
 
 
 # ------------------------------------------------------------------------------ image tab
@@ -204,7 +249,13 @@ def upload(service: AnnotationService, file_path: Optional[str]) -> Screen:
     screen = Screen(preview=to_display(loaded.rgb, PREVIEW_SIDE), image_info=notes, dicom_controls=False,
                     windowed=False, status=f"Loaded **{name}**.")
     if "window_center" in loaded.metadata:
+        modality = str(loaded.metadata.get("modality") or "").upper()
         screen.dicom_controls = screen.windowed = True
+        screen.window_presets = modality == "CT"
+        screen.window_note = ("**CT window** in Hounsfield units: a preset or your own center and width."
+                              if modality == "CT" else
+                              f"**{modality or 'DICOM'} window** in the scanner's own signal units (no standard "
+                              "presets): the header's window, or your own center and width.")
         screen.window_preset = HEADER_WINDOW
         screen.window_center = loaded.metadata["window_center"]
         screen.window_width = loaded.metadata["window_width"]
@@ -238,10 +289,12 @@ def choose_example(examples: Sequence, index: int) -> Screen:
 
 
 def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *,
-            window: Optional[tuple] = None, samples: int, threshold: float, opacity: float,
-            uncertainty_threshold: float, annotator: Optional[str] = None,
-            progress: Optional[Callable[[float, str], None]] = None) -> Screen:
-    """Run the model on the upload, store it as a case in the queue (claimed by ``annotator``), show it."""
+            window: Optional[tuple] = None, samples: int, annotator: Optional[str] = None,
+            editor_value=None, progress: Optional[Callable[[float, str], None]] = None) -> Screen:
+    """Run the model on the upload, store it as a case in the queue (claimed by ``annotator``), show it.
+
+    An image already stored with this prompt is the same case: the editor shows its latest saved
+    version (or the annotator's draft) over the new prediction, never the raw prediction alone."""
     if not file_path:
         return Screen(status=error_text("Upload an image (or pick an example) first."))
     name = Path(file_path).name
@@ -249,128 +302,128 @@ def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *
         if progress:
             progress(0.05, "Reading the image")
         result = service.segment(file_path, prompt, name=name, window=window, num_samples=samples,
-                                 threshold=threshold, annotator=annotator, add_to_queue=True, progress=progress)
+                                 threshold=DEFAULT_VIEW["threshold"], annotator=annotator, add_to_queue=True,
+                                 progress=progress)
+        if progress:
+            progress(0.9, "Sending the case to the editor")
+        screen = open_case(service, result.case.id, result.prediction_id, annotator, **_view_of(editor_value))
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    session = EditorSession.open(result.case, result.prediction_id, result.prediction, result.image_bgr, threshold)
-    if progress:
-        progress(0.9, "Rendering")
-    screen = session_screen(service, session, opacity, uncertainty_threshold)
     note = " (prompt truncated to the model's token limit)" if result.prediction.prompt_truncated else ""
-    screen.session = session
     screen.status = (f"Segmented **{name}** in {result.prediction.seconds:.2f} s with "
                      f"{result.prediction.num_samples} samples by `{result.prediction.model_id}`{note}. "
-                     "Correct it below, then save.")
+                     f"{screen.editor['start_note']}")
     return screen
 
 
-# ------------------------------------------------------------------------------ display sliders
+# ------------------------------------------------------------------------------ the editor's events
 
 
-def change_threshold(service: AnnotationService, session: Optional[EditorSession], threshold: float,
-                     opacity: float, uncertainty_threshold: float) -> Screen:
-    """A new mask threshold: re-rendered from the cached maps, the strokes kept."""
-    if session is None:
+def editor_changed(service: AnnotationService, session: Optional[EditorSession], editor_value,
+                   annotator: Optional[str]) -> Screen:
+    """After an edit (debounced in the browser): keep the mask as the annotator's draft, update the numbers."""
+    if session is None or not isinstance(editor_value, dict) or editor_value.get("kind") != "edit" \
+            or editor_value.get("case_id") != session.case_id:
         return Screen()
-    session.threshold = float(threshold)
-    screen = session_screen(service, session, opacity, uncertainty_threshold)
-    screen.session = session
+    try:
+        edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
+        if edit.dirty and annotator:
+            service.save_draft(session.case_id, annotator, edit.mask, prediction_id=edit.prediction_id,
+                               base_version=edit.base_version, threshold=edit.threshold)
+        numbers = numbers_text(service, session, edit.mask, edit.threshold, edit.uncertainty_threshold)
+    except USER_ERRORS as exc:
+        return Screen(status=error_text(exc))
+    screen = Screen(numbers=numbers)
+    if edit.dirty and not annotator:
+        screen.status = error_text("Type your name in the Annotator box: your edits are kept as a draft under it.")
     return screen
 
 
-def change_uncertainty(service: AnnotationService, session: Optional[EditorSession], opacity: float,
-                       uncertainty_threshold: float) -> Screen:
-    if session is None:
-        return Screen()
-    return session_screen(service, session, opacity, uncertainty_threshold, with_editor=False)
+def _after_save(service: AnnotationService, session: EditorSession, edit: EditorEdit, correction, message: str) -> Screen:
+    return Screen(editor=saved_value(session.case_id, correction.version, edit.revision, message.replace("**", "")),
+                  status=message,
+                  history=history_markdown(service, session.case_id), queue=queue_text(service))
 
 
-def change_opacity(service: AnnotationService, session: Optional[EditorSession], opacity: float,
-                   uncertainty_threshold: float) -> Screen:
-    """Opacity changes only the overlay: the heat map and numbers stay as they are."""
-    if session is None:
-        return Screen()
-    prediction, corrected = current(service, session)
-    return Screen(overlay=_overlay(session, prediction, corrected, opacity, uncertainty_threshold))
+def _start_mask(service: AnnotationService, session: EditorSession, edit: EditorEdit) -> tuple:
+    """(mask, label) the edit started from: the saved version it names when that is still the
+    latest (otherwise the save is refused as a conflict anyway), else the model's mask."""
+    if edit.base_version is not None:
+        latest = service.latest_correction(session.case_id)
+        if latest is not None and latest["version"] == edit.base_version:
+            return service.store.load_mask(latest["mask_path"]), f"v{edit.base_version}"
+    return _prediction_at(service, edit.prediction_id, edit.threshold).mask, "the model's mask"
 
 
-# ------------------------------------------------------------------------------ correction
-
-
-def _apply_pending(session: EditorSession, editor_value: Optional[dict]) -> bool:
-    layers = (editor_value or {}).get("layers") or []
-    add, erase = masks_from_layer_images(layers, session.edits.shape)
-    return session.edits.apply(add, erase)
-
-
-def apply_strokes(service: AnnotationService, session: Optional[EditorSession], editor_value: Optional[dict],
-                  opacity: float, uncertainty_threshold: float) -> Screen:
+def save(service: AnnotationService, session: Optional[EditorSession], editor_value, annotator: Optional[str]) -> Screen:
+    """Save the editor's mask as a new version of the case (the version it started from must still be the latest)."""
     if session is None:
         return _no_session()
     try:
-        applied = _apply_pending(session, editor_value)
+        edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
+        start_mask, start_label = _start_mask(service, session, edit)
+        if np.array_equal(start_mask, edit.mask) and edit.base_version is not None:
+            return Screen(status=f"Nothing saved: the mask is the same as {start_label}, the latest version.")
+        status = "corrected" if edit.edited else "accepted"
+        correction = service.save(session.case_id, edit.mask if edit.edited else None, annotator=annotator,
+                                  status=status, prediction_id=edit.prediction_id, threshold=edit.threshold,
+                                  base_version=edit.base_version)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    screen = session_screen(service, session, opacity, uncertainty_threshold)
-    screen.session = session
-    screen.status = "Strokes applied." if applied else "No strokes to apply: paint green to add, magenta to erase."
-    return screen
+    if status == "accepted":
+        message = (f"The mask is the model's own at threshold {edit.threshold:.2f} (no pixel changed): saved as "
+                   f"v{correction.version}, **accepted as predicted**, by **{correction.annotator}**.")
+    else:
+        message = (f"Saved correction v{correction.version} of case #{correction.case_id} by "
+                   f"**{correction.annotator}**: {correction.pixels_changed:,} px differ from the model "
+                   f"(+{correction.pixels_added:,} / −{correction.pixels_erased:,})"
+                   + (f"; replaces v{correction.replaces_version}." if correction.replaces_version else "."))
+    return _after_save(service, session, edit, correction, message)
 
 
-def undo(service: AnnotationService, session: Optional[EditorSession], opacity: float,
-         uncertainty_threshold: float) -> Screen:
-    if session is None:
-        return _no_session()
-    undone = session.edits.undo()
-    screen = session_screen(service, session, opacity, uncertainty_threshold)
-    screen.session = session
-    screen.status = "Last correction step undone." if undone else "Nothing to undo."
-    return screen
-
-
-def save(service: AnnotationService, session: Optional[EditorSession], editor_value: Optional[dict],
-         annotator: Optional[str], opacity: float, uncertainty_threshold: float) -> Screen:
-    """Save the corrected mask (strokes still in the editor included) as a new version."""
+def accept(service: AnnotationService, session: Optional[EditorSession], editor_value,
+           annotator: Optional[str]) -> Screen:
+    """The mask shown is right. With edits in it, it is saved as a correction (and the message says so)."""
     if session is None:
         return _no_session()
     try:
-        _apply_pending(session, editor_value)
-        _, corrected = current(service, session)
-        correction = service.save(session.case_id, corrected, annotator=annotator, status="corrected",
-                                  prediction_id=session.prediction_id, threshold=session.threshold)
+        edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    screen = session_screen(service, session, opacity, uncertainty_threshold)
-    screen.session = session
-    screen.status = (f"Saved correction v{correction.version} of case #{correction.case_id} by "
-                     f"**{correction.annotator}**: {correction.pixels_changed:,} px changed "
-                     f"(+{correction.pixels_added:,} / −{correction.pixels_erased:,}).")
-    screen.queue = queue_text(service)
-    return screen
-
-
-def accept(service: AnnotationService, session: Optional[EditorSession], annotator: Optional[str]) -> Screen:
-    """Save the model's mask at the session's threshold as it is."""
-    if session is None:
-        return _no_session()
+    if edit.edited:
+        screen = save(service, session, editor_value, annotator)
+        if isinstance(screen.status, str) and not screen.status.startswith("**Error"):
+            screen.status = ("The mask shown differs from the model's, so *Accept* saved it as a correction, not "
+                             "as “accepted as predicted”. " + screen.status)
+        return screen
     try:
         correction = service.save(session.case_id, annotator=annotator, status="accepted",
-                                  prediction_id=session.prediction_id, threshold=session.threshold)
+                                  prediction_id=edit.prediction_id, threshold=edit.threshold,
+                                  base_version=edit.base_version)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    return Screen(status=f"Case #{correction.case_id} accepted as predicted by **{correction.annotator}**.",
-                  queue=queue_text(service))
+    message = (f"Case #{correction.case_id} accepted as predicted (threshold {edit.threshold:.2f}) by "
+               f"**{correction.annotator}**: v{correction.version}.")
+    return _after_save(service, session, edit, correction, message)
 
 
 def skip(service: AnnotationService, session: Optional[EditorSession], annotator: Optional[str]) -> Screen:
-    """Take the open case out of the queue without saving a mask; the editor closes it."""
+    """Take the open case out of the queue without saving a mask; the editor closes it (a draft stays)."""
     if session is None:
         return _no_session()
     try:
         service.save(session.case_id, annotator=annotator, status="skipped")
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    return Screen(session=None, status=f"Case #{session.case_id} skipped.", queue=queue_text(service))
+    message = f"Case #{session.case_id} skipped."
+    return Screen(session=None, editor=closed_value(message + " Take the next case or segment an image."),
+                  status=message, queue=queue_text(service), history="", numbers="")
+
+
+def stayed(session: Optional[EditorSession]) -> Screen:
+    """The annotator chose to stay on a case with unsaved edits."""
+    where = f"case #{session.case_id}" if session else "the open case"
+    return Screen(status=f"Stayed on {where}: save, accept or undo your edits first.")
 
 
 # ------------------------------------------------------------------------------ review queue
@@ -384,24 +437,34 @@ def prediction_age(service: AnnotationService, model_id: str) -> str:
     return f" (an earlier version; the current `{current}` has not re-scored it yet)"
 
 
-def next_case(service: AnnotationService, acquisition: str, annotator: Optional[str], opacity: float,
-              uncertainty_threshold: float) -> Screen:
+def next_case(service: AnnotationService, acquisition: str, annotator: Optional[str], editor_value=None) -> Screen:
     """Open the unreviewed case ranked first by ``acquisition`` and lease it to ``annotator``."""
     try:
         view = service.next_case(annotator, acquisition=acquisition)
+        if view is None:
+            return Screen(status="No unreviewed cases left in the queue.", queue=queue_text(service))
+        screen = open_case(service, view.case.id, view.prediction_id, annotator, **_view_of(editor_value))
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    if view is None:
-        return Screen(status="No unreviewed cases left in the queue.", queue=queue_text(service))
-    session = EditorSession.open(view.case, view.prediction_id, view.prediction, view.image_bgr,
-                                 view.prediction.threshold)
-    screen = session_screen(service, session, opacity, uncertainty_threshold)
-    screen.session = session
     screen.prompt = view.case.prompt
     screen.status = (f"Case #{view.case.id} (**{view.case.original_name}**), ranked by "
                      f"{acquisition_label(acquisition)}; predicted by `{view.prediction.model_id}`"
-                     f"{prediction_age(service, view.prediction.model_id)}; prompt: “{view.case.prompt}”")
-    screen.queue = queue_text(service)
+                     f"{prediction_age(service, view.prediction.model_id)}; prompt: “{view.case.prompt}”. "
+                     f"{screen.editor['start_note']}")
+    return screen
+
+
+def reopen(service: AnnotationService, case_id, annotator: Optional[str]) -> Screen:
+    """Open a stored case again (after a browser reload): its latest prediction, the annotator's draft first."""
+    try:
+        case_id = int(case_id)
+        prediction_id = service.store.latest_prediction_id(case_id)
+        if prediction_id is None:
+            return Screen()
+        screen = open_case(service, case_id, prediction_id, annotator)
+    except (TypeError, ValueError, *USER_ERRORS):
+        return Screen()
+    screen.status = screen.editor["start_note"]
     return screen
 
 
@@ -418,6 +481,17 @@ def ingest(service: AnnotationService, files: Union[Sequence[str], str, None], p
     except USER_ERRORS as exc:
         return Screen(ingest_report=error_text(exc))
     return Screen(ingest_report=report.summary(), queue=queue_text(service))
+
+
+def ingest_progress_html(done: Optional[int], total: Optional[int], message: str) -> str:
+    """A progress bar with counts for a running ingest (``done`` None: finished)."""
+    finished = done is None
+    fraction = 1.0 if finished else (done / total if total else 0.0)
+    caption = message if finished or not total else f"{done:,} / {total:,} images · {message}"
+    return (f'<div id="ingest-bar" data-done="{"" if finished else done}" data-total="{"" if finished else total}">'
+            '<div style="height:12px;border-radius:6px;background:rgba(128,128,128,0.25);overflow:hidden">'
+            f'<div style="height:100%;width:{100 * fraction:.1f}%;background:#3b82f6;transition:width 0.2s"></div>'
+            f'</div><div style="margin-top:4px;font-size:13px">{html.escape(caption)}</div></div>')
 
 
 def export(service: AnnotationService, val_fraction: float, test_fraction: float, seed: Optional[int],

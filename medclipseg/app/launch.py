@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     from medclipseg.annotation.service import AnnotationService
     from medclipseg.annotation.store import AnnotationStore, StorageError
     from medclipseg.app.handlers import EXAMPLES_DIR
-    from medclipseg.app.layout import build_app
+    from medclipseg.app.layout import PAGE_CSS, build_app
 
     try:
         auth = parse_auth(settings.auth_setting())
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
         demo.queue(default_concurrency_limit=8, max_size=256)
         print(f"MedCLIPSeg Annotator: model {service.model_id}, database {service.store.path}", flush=True)
         _stop_on_sigterm()
-        demo.launch(server_name=args.host, server_port=args.port, auth=auth, max_file_size="512mb",
+        demo.launch(server_name=args.host, server_port=args.port, auth=auth, max_file_size="512mb", css=PAGE_CSS,
                     allowed_paths=[str(EXAMPLES_DIR)], show_error=True)
     finally:
         service.close()

@@ -9,21 +9,33 @@ as a ``{component: value}`` update. The *Model* tab's events and its timer call
 from __future__ import annotations
 
 import logging
+import queue as queue_module
+import threading
 from pathlib import Path
 
 import gradio as gr
 
-from medclipseg.annotation.correction import ADD_COLOUR_HEX, ERASE_COLOUR_HEX
 from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
 from medclipseg.annotation.service import MAX_SAMPLES, AnnotationService
 from medclipseg.app import api, handlers, model_tab
 from medclipseg.app.api import annotator_of
-from medclipseg.app.handlers import HEADER_WINDOW, Screen
-from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY
+from medclipseg.app.editor import mask_editor
+from medclipseg.app.handlers import HEADER_WINDOW, KEEP, Screen
 from medclipseg.io.dicom import CT_WINDOW_PRESETS
 from medclipseg.io.images import IMAGE_SUFFIXES
 
-__all__ = ["build_app"]
+__all__ = ["PAGE_CSS", "build_app"]
+
+QUEUE_POLL_SECONDS = 3.0
+# One column under 900 px: the side panel above the editor, both full width.
+PAGE_CSS = """
+@media (max-width: 900px) {
+  #annotate-row { flex-direction: column !important; }
+  #annotate-row > * { width: 100% !important; min-width: 0 !important; flex: 1 1 auto !important; }
+}
+#case-actions button { white-space: nowrap; }
+#status { min-height: 1.5em; }
+"""
 
 
 def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.Blocks:
@@ -36,50 +48,56 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
     with gr.Blocks(title="MedCLIPSeg Annotator", delete_cache=(3600, 3600)) as demo:
         session = gr.State(None)
         windowed = gr.State(False)  # the upload is a grey DICOM with a window/level control
-        gr.Markdown(
-            "## MedCLIPSeg Annotator\n"
-            "Type what to segment, check where the model is unsure (cyan outline, heat map), fix it with "
-            "the brush and save; the *Model* tab retrains the model on the saved corrections. "
-            "Research and annotation tool, **not for clinical use**.")
-        # A function value is read on every page load (and the timer refreshes it): the serving
-        # model changes when another version is promoted.
-        model_line = gr.Markdown(lambda: model_tab.header_text(service), elem_id="model-line")
-        with gr.Row(equal_height=False):
+        # Kept in the browser (localStorage): who annotates and which case is open, so a reload
+        # reopens it with the draft.
+        remembered = gr.BrowserState({"annotator": "", "case_id": None}, storage_key="medclipseg-annotator")
+        leave_ok = gr.Checkbox(True, visible=False)  # set by the page's "leave unsaved edits?" question
+        with gr.Row(equal_height=False, elem_id="page-header"):
+            with gr.Column(scale=3, min_width=300):
+                gr.Markdown(
+                    "## MedCLIPSeg Annotator\n"
+                    "Type what to segment and press *Segment*; correct the mask where the model is unsure (cyan "
+                    "band, heat map) and save. The *Model* tab retrains on the saved corrections. "
+                    "Research and annotation tool, **not for clinical use**.")
+                # A function value is read on every page load (and the timer refreshes it): the serving
+                # model changes when another version is promoted.
+                model_line = gr.Markdown(lambda: model_tab.header_text(service), elem_id="model-line")
             annotator_box = gr.Textbox(label="Annotator", placeholder="your name (recorded with every save)",
-                                       visible=not auth_enabled, elem_id="annotator", scale=1)
-            status = gr.Markdown(elem_id="status")
+                                       visible=not auth_enabled, elem_id="annotator", scale=1, min_width=200)
+        status = gr.Markdown(elem_id="status")
         with gr.Tabs(elem_id="screens"):
             with gr.Tab("Annotate", elem_id="annotate-tab"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=1, min_width=340):
+                with gr.Row(equal_height=False, elem_id="annotate-row"):
+                    with gr.Column(scale=1, min_width=300, elem_id="side-column"):
                         with gr.Tabs():
                             with gr.Tab("Image"):
+                                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                                    placeholder="e.g. One small round polyp on the left in the colonoscopy image.")
+                                segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
                                 upload = gr.File(label="Image: PNG, JPEG, BMP, TIFF (8/16-bit), DICOM",
-                                                 file_types=list(IMAGE_SUFFIXES), type="filepath", elem_id="upload")
-                                preview = gr.Image(label="Loaded image", interactive=False, height=200,
+                                                 file_types=list(IMAGE_SUFFIXES), type="filepath", elem_id="upload",
+                                                 height=110)
+                                preview = gr.Image(label="Loaded image", interactive=False, height=180,
                                                    buttons=[], elem_id="preview")
                                 image_info = gr.Markdown()
                                 with gr.Group(visible=False) as dicom_group:
+                                    window_note = gr.Markdown(elem_id="window-note")
                                     preset = gr.Dropdown([HEADER_WINDOW] + list(CT_WINDOW_PRESETS), value=HEADER_WINDOW,
-                                                         label="Window preset (CT)")
+                                                         label="CT window preset", elem_id="window-preset")
                                     with gr.Row():
                                         window_center = gr.Number(label="Window center", value=40)
                                         window_width = gr.Number(label="Window width", value=400, minimum=1)
-                                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
-                                                    placeholder="e.g. One small round polyp on the left in the colonoscopy image.")
                                 example_gallery = gr.Gallery(
                                     [(path, Path(path).stem.replace("_", " ")) for path, _ in examples],
                                     label="Examples (synthetic phantoms): click one", columns=5, height=130,
                                     allow_preview=False, visible=bool(examples), elem_id="examples",
                                     buttons=[])
                                 samples = gr.Slider(4, MAX_SAMPLES, value=service.num_samples, step=2, label="Monte-Carlo samples")
-                                segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
                             with gr.Tab("Review queue"):
                                 acquisition = gr.Dropdown(acquisition_choices, value=DEFAULT_ACQUISITION,
-                                                          label="Rank unreviewed cases by")
-                                next_button = gr.Button("Next most uncertain case", variant="primary", elem_id="next-case")
-                                skip_button = gr.Button("Skip this case", elem_id="skip")
-                                queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
+                                                          label="Rank unreviewed cases by", elem_id="acquisition")
+                                gr.Markdown("*Next case* (below the editor, key <kbd>N</kbd>) opens the unreviewed "
+                                            "case ranked first by this order and reserves it for you.")
                             with gr.Tab("Ingest"):
                                 ingest_files = gr.File(label="Images or one .zip", file_count="multiple",
                                                        file_types=list(IMAGE_SUFFIXES) + [".zip"], type="filepath",
@@ -89,6 +107,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                                      type="filepath")
                                 ingest_batch = gr.Textbox(label="Batch name (optional)")
                                 ingest_button = gr.Button("Ingest and rank by uncertainty", elem_id="ingest")
+                                ingest_progress = gr.HTML(elem_id="ingest-progress")
                                 ingest_report = gr.Markdown(elem_id="ingest-report")
                             with gr.Tab("Export"):
                                 val_fraction = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Validation fraction")
@@ -102,58 +121,59 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                     "Authors' layout (Train/Val/Test folders, 0/255 masks at original size, "
                                     "prompt tables as .xlsx and .csv) plus manifest.json; "
                                     "train on it with `medclipseg train --data <folder>`.")
-                    with gr.Column(scale=2):
-                        with gr.Row():
-                            overlay = gr.Image(label="Mask (amber) and uncertain area (cyan)", interactive=False,
-                                               elem_id="overlay", format="png")
-                            heatmap = gr.Image(label="Uncertainty: predictive entropy", interactive=False,
-                                               elem_id="heatmap", format="png")
-                        with gr.Row():
-                            mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.01, label="Mask threshold (probability)",
-                                                       elem_id="mask-threshold")
-                            uncertainty_threshold = gr.Slider(0.0, round(MAX_BINARY_ENTROPY, 3), value=0.35, step=0.01,
-                                                              label="Uncertainty threshold (nats)",
-                                                              elem_id="uncertainty-threshold")
-                            opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Mask opacity", elem_id="opacity")
+                    with gr.Column(scale=3, min_width=300, elem_id="editor-column"):
+                        with gr.Row(elem_id="case-actions"):
+                            accept_button = gr.Button("Accept as is (A)", elem_id="accept", min_width=120, size="md")
+                            save_button = gr.Button("Save correction (S)", variant="primary", elem_id="save",
+                                                    min_width=120, size="md")
+                            skip_button = gr.Button("Skip case (K)", elem_id="skip", min_width=110, size="md")
+                            next_button = gr.Button("Next most uncertain case (N)", elem_id="next-case",
+                                                    min_width=160, size="md")
+                        queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
+                        editor = mask_editor(elem_id="editor")
+                        history = gr.Markdown(elem_id="history")
                         numbers = gr.Markdown(elem_id="numbers")
-                        gr.Markdown("### Correct the mask\nPaint with **green to add** and **magenta to erase**, "
-                                    "then *Apply strokes* (or save directly). The editor's own undo removes strokes "
-                                    "not yet applied; *Undo last step* takes back the last applied one.")
-                        editor = gr.ImageEditor(
-                            label="Correction (image + current mask)", type="numpy", image_mode="RGBA", format="png",
-                            brush=gr.Brush(colors=[ADD_COLOUR_HEX, ERASE_COLOUR_HEX], default_color=ADD_COLOUR_HEX,
-                                           color_mode="fixed"),
-                            eraser=gr.Eraser(), layers=False, transforms=(), sources=(), elem_id="editor", height=560)
-                        with gr.Row():
-                            apply_button = gr.Button("Apply strokes", elem_id="apply")
-                            undo_button = gr.Button("Undo last step", elem_id="undo")
-                            accept_button = gr.Button("Accept as is", elem_id="accept")
-                            save_button = gr.Button("Save correction", variant="primary", elem_id="save")
             with gr.Tab("Model", elem_id="model-tab"):
                 model_view = _model_tab(service)
 
         parts = {
             "session": session, "upload": upload, "preview": preview, "image_info": image_info,
-            "dicom_controls": dicom_group, "windowed": windowed, "window_preset": preset,
+            "dicom_controls": dicom_group, "window_presets": preset, "window_note": window_note,
+            "windowed": windowed, "window_preset": preset,
             "window_center": window_center, "window_width": window_width, "prompt": prompt,
-            "overlay": overlay, "heatmap": heatmap, "numbers": numbers, "editor": editor, "status": status,
+            "editor": editor, "numbers": numbers, "history": history, "status": status,
             "queue": queue_box, "ingest_report": ingest_report, "export_file": export_file,
             "export_report": export_report,
         }
         if set(parts) != set(handlers.PART_NAMES):
             raise RuntimeError(f"Screen parts without a component: {set(handlers.PART_NAMES) ^ set(parts)}")
 
-        def shown(screen: Screen) -> dict:
-            """A handler's Screen as Gradio's {component: value} update (parts it leaves are kept)."""
+        def shown(screen: Screen, remember: dict = None, annotator: str = "") -> dict:
+            """A handler's Screen as Gradio's {component: value} update (parts it leaves are kept);
+            with ``remember``, the browser's note of the open case follows the session."""
             update = {}
             for name, value in screen.changed().items():
-                update[parts[name]] = gr.update(visible=value) if name == "dicom_controls" else value
+                if name == "dicom_controls":
+                    update[parts[name]] = gr.update(visible=value)
+                elif name == "window_presets":  # the CT presets: shown, and set, for CT only
+                    update[parts[name]] = gr.update(visible=value, value=screen.window_preset or HEADER_WINDOW)
+                elif name == "window_preset" and "window_presets" in screen.changed():
+                    continue
+                else:
+                    update[parts[name]] = value
+            if remember is not None and screen.session is not KEEP:
+                update[remembered] = {"annotator": annotator or "",
+                                      "case_id": screen.session.case_id if screen.session else None}
             return update
 
         def outputs(*names: str) -> list:
             return [parts[name] for name in names]
 
-        view = ("overlay", "heatmap", "numbers", "editor")
+        opened = ("session", "editor", "numbers", "history", "status", "queue")
+        # Asked in the page before a case is replaced: the editor knows whether it holds unsaved edits.
+        def ask_before(action: str) -> str:
+            return ("(...values) => [window.medclipsegEditor ? window.medclipsegEditor.confirmLeave("
+                    f"{action!r}) : true, ...values.slice(1)]")
 
         def progress_reporter(progress: gr.Progress):
             return lambda value, desc: progress(value, desc=desc)
@@ -171,86 +191,129 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         def on_preset(choice):
             return shown(handlers.choose_preset(choice))
 
-        def on_segment(file_path, prompt_text, is_windowed, center, width, sample_count, threshold, opacity_value,
-                       uncertainty, typed_name, request: gr.Request, progress=gr.Progress()):
+        def on_segment(ok, file_path, prompt_text, is_windowed, center, width, sample_count, typed_name, current,
+                       editor_value, request: gr.Request, progress=gr.Progress()):
+            if not ok:
+                return shown(handlers.stayed(current))
+            name = annotator_of(typed_name, request)
             return shown(handlers.segment(
                 service, file_path, prompt_text, window=handlers.window_of(is_windowed, center, width),
-                samples=sample_count, threshold=threshold, opacity=opacity_value, uncertainty_threshold=uncertainty,
-                annotator=annotator_of(typed_name, request), progress=progress_reporter(progress)))
+                samples=sample_count, annotator=name, editor_value=editor_value,
+                progress=progress_reporter(progress)), remember={}, annotator=name)
 
-        # -- display sliders
-        def on_threshold(current, threshold, opacity_value, uncertainty):
-            return shown(handlers.change_threshold(service, current, threshold, opacity_value, uncertainty))
+        # -- the editor
+        def on_editor_change(current, editor_value, typed_name, request: gr.Request):
+            return shown(handlers.editor_changed(service, current, editor_value, annotator_of(typed_name, request)))
 
-        def on_uncertainty(current, opacity_value, uncertainty):
-            return shown(handlers.change_uncertainty(service, current, opacity_value, uncertainty))
+        def on_save(current, editor_value, typed_name, request: gr.Request):
+            return shown(handlers.save(service, current, editor_value, annotator_of(typed_name, request)))
 
-        def on_opacity(current, opacity_value, uncertainty):
-            return shown(handlers.change_opacity(service, current, opacity_value, uncertainty))
+        def on_accept(current, editor_value, typed_name, request: gr.Request):
+            return shown(handlers.accept(service, current, editor_value, annotator_of(typed_name, request)))
 
-        # -- correction
-        def on_apply(current, editor_value, opacity_value, uncertainty):
-            return shown(handlers.apply_strokes(service, current, editor_value, opacity_value, uncertainty))
+        def on_skip(ok, current, typed_name, request: gr.Request):
+            if not ok:
+                return shown(handlers.stayed(current))
+            name = annotator_of(typed_name, request)
+            return shown(handlers.skip(service, current, name), remember={}, annotator=name)
 
-        def on_undo(current, opacity_value, uncertainty):
-            return shown(handlers.undo(service, current, opacity_value, uncertainty))
+        def on_next(ok, order, typed_name, current, editor_value, request: gr.Request):
+            if not ok:
+                return shown(handlers.stayed(current))
+            name = annotator_of(typed_name, request)
+            return shown(handlers.next_case(service, order, name, editor_value), remember={}, annotator=name)
 
-        def on_save(current, editor_value, typed_name, opacity_value, uncertainty, request: gr.Request):
-            return shown(handlers.save(service, current, editor_value, annotator_of(typed_name, request),
-                                       opacity_value, uncertainty))
+        def on_load(saved, typed_name, request: gr.Request):
+            """A (re)loaded page: the annotator's name back in its box, the open case back in the editor."""
+            saved = saved if isinstance(saved, dict) else {}
+            name = annotator_of(typed_name or saved.get("annotator") or "", request)
+            update = {annotator_box: name} if not auth_enabled else {}
+            if saved.get("case_id") is not None and name:
+                update.update(shown(handlers.reopen(service, saved["case_id"], name)))
+            update[queue_box] = handlers.queue_text(service)
+            return update
 
-        def on_accept(current, typed_name, request: gr.Request):
-            return shown(handlers.accept(service, current, annotator_of(typed_name, request)))
+        def on_name(typed_name, saved):
+            saved = dict(saved) if isinstance(saved, dict) else {}
+            saved["annotator"] = (typed_name or "").strip()
+            return saved
 
-        def on_skip(current, typed_name, request: gr.Request):
-            return shown(handlers.skip(service, current, annotator_of(typed_name, request)))
+        def on_queue_tick(last):
+            text = handlers.queue_text(service)
+            return (gr.skip(), gr.skip()) if text == last else (text, text)
 
-        # -- review queue, ingest, export
-        def on_next(order, typed_name, opacity_value, uncertainty, request: gr.Request):
-            return shown(handlers.next_case(service, order, annotator_of(typed_name, request), opacity_value,
-                                            uncertainty))
+        # -- ingest, export
+        def on_ingest(files, prompt_text, csv_file, batch_name, sample_count):
+            # The ingest runs in a worker thread; this generator shows its progress as it goes.
+            updates: "queue_module.Queue" = queue_module.Queue()
+            outcome = {}
 
-        def on_ingest(files, prompt_text, csv_file, batch_name, sample_count, progress=gr.Progress()):
-            return shown(handlers.ingest(
-                service, files, prompt_text, csv_file, batch_name, sample_count,
-                progress=lambda done, total, message: progress((done, total), desc=message)))
+            def work():
+                try:
+                    outcome["screen"] = handlers.ingest(
+                        service, files, prompt_text, csv_file, batch_name, sample_count,
+                        progress=lambda done, total, message: updates.put((done, total, message)))
+                except BaseException as exc:  # reported below; the page must not hang on a crash
+                    outcome["error"] = exc
+                finally:
+                    updates.put(None)
+
+            worker = threading.Thread(target=work, name="ingest", daemon=True)
+            worker.start()
+            yield {ingest_progress: handlers.ingest_progress_html(0, 0, "Reading the files"), ingest_report: ""}
+            while True:
+                item = updates.get()
+                if item is None:
+                    break
+                while not updates.empty():  # only the newest state is worth drawing
+                    newer = updates.get()
+                    if newer is None:
+                        updates.put(None)
+                        break
+                    item = newer
+                yield {ingest_progress: handlers.ingest_progress_html(*item)}
+            worker.join()
+            if "error" in outcome:
+                yield {ingest_progress: "", ingest_report: handlers.error_text(outcome["error"])}
+                return
+            screen = outcome["screen"]
+            yield {ingest_progress: handlers.ingest_progress_html(None, None, "Done"), **shown(screen)}
 
         def on_export(val, test, seed, statuses):
             return shown(handlers.export(service, val, test, seed, statuses))
 
         private = dict(api_visibility="private")
         upload.change(on_upload, [upload], outputs("upload", "preview", "image_info", "dicom_controls", "windowed",
-                                                   "window_preset", "window_center", "window_width", "status"),
+                                                   "window_preset", "window_note", "window_center", "window_width",
+                                                   "status"),
                       **private)
         for control in (window_center, window_width):
             control.change(on_window, [upload, windowed, window_center, window_width], outputs("preview", "status"),
                            **private)
         example_gallery.select(on_example, None, outputs("upload", "prompt"), **private)
         preset.change(on_preset, [preset], outputs("window_center", "window_width"), **private)
-        segment_button.click(
-            on_segment,
-            [upload, prompt, windowed, window_center, window_width, samples, mask_threshold, opacity,
-             uncertainty_threshold, annotator_box],
-            outputs("session", *view, "status"), concurrency_id="model", concurrency_limit=1, **private)
-        mask_threshold.change(on_threshold, [session, mask_threshold, opacity, uncertainty_threshold],
-                              outputs("session", *view), trigger_mode="always_last", **private)
-        uncertainty_threshold.change(on_uncertainty, [session, opacity, uncertainty_threshold],
-                                     outputs("overlay", "heatmap", "numbers"), trigger_mode="always_last", **private)
-        opacity.change(on_opacity, [session, opacity, uncertainty_threshold], outputs("overlay"),
-                       trigger_mode="always_last", **private)
-        apply_button.click(on_apply, [session, editor, opacity, uncertainty_threshold],
-                           outputs("session", *view, "status"), **private)
-        undo_button.click(on_undo, [session, opacity, uncertainty_threshold], outputs("session", *view, "status"),
+        gr.on([segment_button.click, prompt.submit], on_segment,
+              [leave_ok, upload, prompt, windowed, window_center, window_width, samples, annotator_box, session,
+               editor], outputs(*opened) + [remembered], js=ask_before("Open another case"),
+              concurrency_id="model", concurrency_limit=1, **private)
+        editor.input(on_editor_change, [session, editor, annotator_box], outputs("numbers", "status"),
+                      trigger_mode="always_last", show_progress="hidden", **private)
+        save_button.click(on_save, [session, editor, annotator_box], outputs("editor", "status", "history", "queue"),
                           **private)
-        save_button.click(on_save, [session, editor, annotator_box, opacity, uncertainty_threshold],
-                          outputs("session", *view, "status", "queue"), **private)
-        accept_button.click(on_accept, [session, annotator_box], outputs("status", "queue"), **private)
-        next_button.click(on_next, [acquisition, annotator_box, opacity, uncertainty_threshold],
-                          outputs("session", *view, "prompt", "status", "queue"), **private)
-        skip_button.click(on_skip, [session, annotator_box], outputs("session", "status", "queue"), **private)
+        accept_button.click(on_accept, [session, editor, annotator_box],
+                            outputs("editor", "status", "history", "queue"), **private)
+        skip_button.click(on_skip, [leave_ok, session, annotator_box], outputs(*opened) + [remembered],
+                          js=ask_before("Skip it"), **private)
+        next_button.click(on_next, [leave_ok, acquisition, annotator_box, session, editor],
+                          outputs(*opened, "prompt") + [remembered], js=ask_before("Open the next case"), **private)
+        annotator_box.change(on_name, [annotator_box, remembered], [remembered], show_progress="hidden", **private)
+        demo.load(on_load, [remembered, annotator_box], [annotator_box, *outputs(*opened)], **private)
+        queue_timer = gr.Timer(QUEUE_POLL_SECONDS)
+        queue_seen = gr.State(None)
+        queue_timer.tick(on_queue_tick, [queue_seen], [queue_box, queue_seen], show_progress="hidden", **private)
         ingest_button.click(on_ingest, [ingest_files, ingest_prompt, ingest_csv, ingest_batch, samples],
-                            outputs("ingest_report", "queue"), concurrency_id="ingest", concurrency_limit=1,
-                            **private)
+                            [ingest_progress, *outputs("ingest_report", "queue")], concurrency_id="ingest",
+                            concurrency_limit=1, **private)
         export_button.click(on_export, [val_fraction, test_fraction, split_seed, export_statuses],
                             outputs("export_file", "export_report"), **private)
 

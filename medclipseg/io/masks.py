@@ -18,7 +18,7 @@ from medclipseg.io.images import (
     _sniff_format,
 )
 
-__all__ = ["read_mask"]
+__all__ = ["MaskRunsError", "mask_from_runs", "mask_to_runs", "read_mask"]
 
 
 def read_mask(
@@ -42,3 +42,44 @@ def read_mask(
         )
     _check_size(int(grey.shape[1]), int(grey.shape[0]), source_name, limit)
     return grey >= 127
+
+
+class MaskRunsError(ValueError):
+    """Runs that do not describe a mask of the expected size."""
+
+
+def mask_to_runs(mask: np.ndarray) -> list:
+    """Row-major run lengths of a boolean mask, starting with background: [bg, fg, bg, ...].
+
+    The first run may be 0 (the mask starts with foreground); the runs sum to the pixel count.
+    """
+    flat = np.asarray(mask, bool).ravel()
+    if flat.size == 0:
+        return [0]
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    edges = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(edges).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def mask_from_runs(runs, shape: tuple) -> np.ndarray:
+    """The boolean mask of ``shape`` that ``runs`` (see ``mask_to_runs``) describe."""
+    height, width = int(shape[0]), int(shape[1])
+    try:
+        given = np.asarray(list(runs))
+        with np.errstate(invalid="ignore"):
+            lengths = given.astype(np.int64)
+    except (TypeError, ValueError, OverflowError):
+        lengths = None
+    # Numbers only, and floats only when whole (a cast alone would truncate 6.9 to 6 silently).
+    if lengths is None or given.dtype.kind not in "iuf" or not np.array_equal(lengths, given):
+        raise MaskRunsError("The edited mask did not arrive as a list of whole run lengths.")
+    if lengths.ndim != 1 or lengths.size == 0:
+        raise MaskRunsError("The edited mask arrived without run lengths.")
+    if (lengths < 0).any():
+        raise MaskRunsError("The edited mask has a negative run length.")
+    if int(lengths.sum()) != height * width:
+        raise MaskRunsError(f"The edited mask covers {int(lengths.sum()):,} pixels; the image has "
+                            f"{height * width:,} ({width} x {height}).")
+    values = (np.arange(lengths.size) % 2).astype(bool)
+    return np.repeat(values, lengths).reshape(height, width)

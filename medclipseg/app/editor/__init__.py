@@ -1,0 +1,13 @@
+"""The mask editor: a browser component (``mask_editor.js``/``.html``/``.css``, shipped as
+package data, no build step) and the Python side of its protocol (``payload``)."""
+from medclipseg.app.editor.component import mask_editor
+from medclipseg.app.editor.payload import (
+    EditorEdit,
+    EditorError,
+    case_payload,
+    closed_value,
+    read_edit,
+    saved_value,
+)
+
+__all__ = ["EditorEdit", "EditorError", "case_payload", "closed_value", "mask_editor", "read_edit", "saved_value"]

@@ -1,0 +1,827 @@
+// The mask editor: runs as the `js_on_load` of a gr.HTML component (`element`, `props`,
+// `trigger` and `watch` are in scope). The mask lives here at full image resolution; the
+// server sends a case once (image, probability and entropy maps, start mask) and gets the
+// mask back as row-major runs after every edit. Thresholds, overlays, the heat map and every
+// tool are computed here, so nothing waits for the server while one paints.
+//
+// Mask model: override[i] is 0 (follow the model: probability > mask threshold), 1 (forced
+// foreground) or 2 (forced background). Brush, eraser and tools write overrides, so moving the
+// threshold keeps every edit; undo/redo store the overrides a step changed.
+
+const $ = (selector) => element.querySelector(selector);
+const FOLLOW = 0, FOREGROUND = 1, BACKGROUND = 2;
+const MAX_UNDO = 200;
+const MASK_RGB = [255, 196, 0], BAND_RGB = [0, 200, 255];
+const TOOLS = {
+    brush: "Brush: paint foreground",
+    erase: "Eraser: paint background",
+    local: "Threshold brush: inside the brush, mask = probability > t",
+    component: "Component: click deletes a connected piece, Shift+click keeps only it",
+    hand: "Hand: drag to pan",
+};
+
+const S = {
+    loaded: false, W: 0, H: 0, meta: {}, prob: null, ent: null, over: null, mask: null, band: null,
+    imageCanvas: null, imagePixels: null, overlayCanvas: null, overlayImage: null, heatCanvas: null, heatImage: null,
+    threshold: 0.5, uncertainty: 0.35, opacity: 0.4, localThreshold: 0.5, size: 9, growBy: 2,
+    tool: "brush", showOverlay: true, undo: [], redo: [], revision: 0, savedRevision: 0,
+    view: { scale: 1, ox: 0, oy: 0 }, stroke: null, panning: null, cursor: null, spaceDown: false,
+    syncTimer: null, magma: null, lastTimings: {},
+};
+
+// ---------------------------------------------------------------- decoding what the server sends
+
+function bytesOf(base64) {
+    const text = atob(base64);
+    const bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+    return bytes;
+}
+
+function float16Table() {
+    // Every float16 bit pattern as a number: entropy maps arrive as float16 and stay exact.
+    const table = new Float32Array(65536);
+    for (let bits = 0; bits < 65536; bits++) {
+        const sign = bits & 0x8000 ? -1 : 1, exponent = (bits >> 10) & 0x1f, fraction = bits & 0x3ff;
+        let value;
+        if (exponent === 0) value = sign * Math.pow(2, -14) * (fraction / 1024);
+        else if (exponent === 31) value = fraction ? NaN : sign * Infinity;
+        else value = sign * Math.pow(2, exponent - 15) * (1 + fraction / 1024);
+        table[bits] = value;
+    }
+    return table;
+}
+let F16 = null;
+
+function decodeRuns(runs, length) {
+    // Row-major runs that start with background: [bg, fg, bg, ...].
+    const mask = new Uint8Array(length);
+    let at = 0, value = 0;
+    for (const run of runs) {
+        if (value) mask.fill(1, at, Math.min(length, at + run));
+        at += run;
+        value ^= 1;
+    }
+    return mask;
+}
+
+function encodeRuns(mask) {
+    const runs = [];
+    let value = 0, count = 0;
+    for (let i = 0; i < mask.length; i++) {
+        if (mask[i] === value) { count++; continue; }
+        runs.push(count);
+        value ^= 1;
+        count = 1;
+    }
+    runs.push(count);
+    return runs;
+}
+
+function loadImage(dataUrl) {
+    return new Promise((resolve, reject) => {
+        const picture = new Image();
+        picture.onload = () => resolve(picture);
+        picture.onerror = () => reject(new Error("the image could not be decoded"));
+        picture.src = dataUrl;
+    });
+}
+
+// ---------------------------------------------------------------- the mask and what is drawn
+
+function modelMask(i, threshold32) { return S.prob[i] > threshold32 ? 1 : 0; }
+
+function recomputeMask() {
+    // Float32 comparison, as numpy does with a float32 map and a Python float.
+    const t = Math.fround(S.threshold), prob = S.prob, over = S.over, mask = S.mask;
+    for (let i = 0; i < mask.length; i++) {
+        const o = over[i];
+        mask[i] = o === FOREGROUND ? 1 : o === BACKGROUND ? 0 : (prob[i] > t ? 1 : 0);
+    }
+}
+
+function recomputeBand() {
+    const u = Math.fround(S.uncertainty), ent = S.ent, band = S.band;
+    for (let i = 0; i < band.length; i++) band[i] = ent[i] >= u ? 1 : 0;
+}
+
+function renderOverlay(x0 = 0, y0 = 0, x1 = S.W - 1, y1 = S.H - 1) {
+    // Mask fill at the chosen opacity, its outline opaque, the uncertain band's outline in cyan.
+    const W = S.W, H = S.H, mask = S.mask, band = S.band, data = S.overlayImage.data;
+    x0 = Math.max(0, x0); y0 = Math.max(0, y0); x1 = Math.min(W - 1, x1); y1 = Math.min(H - 1, y1);
+    const fillAlpha = Math.round(255 * S.opacity), show = S.showOverlay;
+    for (let y = y0; y <= y1; y++) {
+        let i = y * W + x0, p = i * 4;
+        for (let x = x0; x <= x1; x++, i++, p += 4) {
+            let r = 0, g = 0, b = 0, a = 0;
+            if (show) {
+                const m = mask[i];
+                const edge = m && ((x > 0 && !mask[i - 1]) || (x < W - 1 && !mask[i + 1]) ||
+                                   (y > 0 && !mask[i - W]) || (y < H - 1 && !mask[i + W]));
+                const bandEdge = band[i] && ((x > 0 && !band[i - 1]) || (x < W - 1 && !band[i + 1]) ||
+                                             (y > 0 && !band[i - W]) || (y < H - 1 && !band[i + W]));
+                if (bandEdge) { r = BAND_RGB[0]; g = BAND_RGB[1]; b = BAND_RGB[2]; a = 255; }
+                else if (edge) { r = MASK_RGB[0]; g = MASK_RGB[1]; b = MASK_RGB[2]; a = 255; }
+                else if (m) { r = MASK_RGB[0]; g = MASK_RGB[1]; b = MASK_RGB[2]; a = fillAlpha; }
+            }
+            data[p] = r; data[p + 1] = g; data[p + 2] = b; data[p + 3] = a;
+        }
+    }
+    S.overlayCanvas.getContext("2d").putImageData(S.overlayImage, 0, 0, x0, y0, x1 - x0 + 1, y1 - y0 + 1);
+}
+
+function renderHeat() {
+    // Entropy on a fixed 0..ln 2 scale; pixels under the uncertainty threshold show the dimmed image.
+    const ent = S.ent, band = S.band, data = S.heatImage.data, image = S.imagePixels, lut = S.magma;
+    const top = S.meta.max_entropy;
+    for (let i = 0, p = 0; i < ent.length; i++, p += 4) {
+        if (band[i]) {
+            const k = Math.max(0, Math.min(255, Math.round(ent[i] / top * 255))) * 3;
+            data[p] = lut[k]; data[p + 1] = lut[k + 1]; data[p + 2] = lut[k + 2];
+        } else {
+            data[p] = image[p] * 0.35; data[p + 1] = image[p + 1] * 0.35; data[p + 2] = image[p + 2] * 0.35;
+        }
+        data[p + 3] = 255;
+    }
+    S.heatCanvas.getContext("2d").putImageData(S.heatImage, 0, 0);
+    const marker = $(".mse-bar-marker");
+    marker.style.bottom = `${Math.min(100, 100 * S.uncertainty / top)}%`;
+}
+
+function fitCanvas(canvas) {
+    const box = canvas.getBoundingClientRect(), ratio = window.devicePixelRatio || 1;
+    const width = Math.max(1, Math.round(box.width * ratio)), height = Math.max(1, Math.round(box.height * ratio));
+    if (canvas.width !== width || canvas.height !== height) { canvas.width = width; canvas.height = height; }
+    return { width: box.width, height: box.height, ratio };
+}
+
+function drawView(canvas, layers, view) {
+    const { width, height, ratio } = fitCanvas(canvas);
+    const context = canvas.getContext("2d");
+    context.setTransform(1, 0, 0, 1, 0, 0);
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    context.setTransform(ratio * view.scale, 0, 0, ratio * view.scale, ratio * view.ox, ratio * view.oy);
+    // Nearest neighbour when enlarging, so a 64 x 64 slice shows its pixels; smooth when shrinking.
+    context.imageSmoothingEnabled = view.scale < 1;
+    for (const layer of layers) context.drawImage(layer, 0, 0);
+    return { context, width, height, ratio };
+}
+
+function draw() {
+    if (!S.loaded) return;
+    const started = performance.now();
+    const editor = $(".mse-canvas");
+    const { context, ratio } = drawView(editor, [S.imageCanvas, S.overlayCanvas], S.view);
+    if (S.cursor && S.tool !== "hand" && S.tool !== "component") {
+        // The brush outline, in image pixels: what the brush will change.
+        context.setTransform(ratio, 0, 0, ratio, 0, 0);
+        const radius = S.size / 2 * S.view.scale;
+        const cx = S.view.ox + (S.cursor.x + 0.5) * S.view.scale, cy = S.view.oy + (S.cursor.y + 0.5) * S.view.scale;
+        context.beginPath();
+        context.arc(cx, cy, Math.max(1, radius), 0, 2 * Math.PI);
+        context.strokeStyle = S.tool === "erase" ? "#ff4fd8" : S.tool === "local" ? "#7df9ff" : "#00e000";
+        context.lineWidth = 1.5;
+        context.stroke();
+    }
+    const heat = $(".mse-heat");
+    const heatBox = heat.getBoundingClientRect(), editorBox = editor.getBoundingClientRect();
+    const k = editorBox.width > 0 ? heatBox.width / editorBox.width : 1;
+    drawView(heat, [S.heatCanvas], { scale: S.view.scale * k, ox: S.view.ox * k, oy: S.view.oy * k });
+    S.lastTimings.draw_ms = performance.now() - started;
+}
+
+function fitView() {
+    const box = $(".mse-canvas").getBoundingClientRect();
+    const scale = Math.min(box.width / S.W, box.height / S.H);
+    S.view = { scale, ox: (box.width - S.W * scale) / 2, oy: (box.height - S.H * scale) / 2 };
+    S.fitted = true;
+}
+
+// ---------------------------------------------------------------- edits, undo, redo
+
+function counts() {
+    const t = Math.fround(S.threshold);
+    let area = 0, added = 0, erased = 0;
+    for (let i = 0; i < S.mask.length; i++) {
+        const m = S.mask[i], p = S.prob[i] > t ? 1 : 0;
+        area += m;
+        if (m && !p) added++;
+        else if (!m && p) erased++;
+    }
+    return { area, added, erased };
+}
+
+function changeOverrides(indices, values) {
+    // One undoable step: indices (Int32Array) get the new override values.
+    const before = new Uint8Array(indices.length);
+    let changed = 0;
+    for (let k = 0; k < indices.length; k++) {
+        before[k] = S.over[indices[k]];
+        if (before[k] !== values[k]) changed++;
+    }
+    if (!changed) return false;
+    applyOverrides(indices, values);
+    S.undo.push({ indices, before, after: values });
+    if (S.undo.length > MAX_UNDO) S.undo.shift();
+    S.redo = [];
+    return true;
+}
+
+function applyOverrides(indices, values) {
+    const t = Math.fround(S.threshold);
+    let x0 = S.W, y0 = S.H, x1 = -1, y1 = -1;
+    for (let k = 0; k < indices.length; k++) {
+        const i = indices[k], o = values[k];
+        S.over[i] = o;
+        S.mask[i] = o === FOREGROUND ? 1 : o === BACKGROUND ? 0 : modelMask(i, t);
+        const x = i % S.W, y = (i - x) / S.W;
+        if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+    }
+    if (x1 >= 0) renderOverlay(x0 - 1, y0 - 1, x1 + 1, y1 + 1);
+}
+
+function setMask(next, label) {
+    // A tool's result as one step: pixels whose mask changes are forced to their new value.
+    const indices = [], values = [];
+    for (let i = 0; i < next.length; i++) {
+        if (next[i] !== S.mask[i]) { indices.push(i); values.push(next[i] ? FOREGROUND : BACKGROUND); }
+    }
+    if (!indices.length) { note(`${label}: nothing to change.`); return false; }
+    changeOverrides(Int32Array.from(indices), Uint8Array.from(values));
+    edited(`${label}: ${indices.length.toLocaleString()} px changed.`);
+    return true;
+}
+
+function undo() {
+    const step = S.undo.pop();
+    if (!step) { note("Nothing to undo."); return; }
+    applyOverrides(step.indices, step.before);
+    S.redo.push(step);
+    edited("Undone.");
+}
+
+function redo() {
+    const step = S.redo.pop();
+    if (!step) { note("Nothing to redo."); return; }
+    applyOverrides(step.indices, step.after);
+    S.undo.push(step);
+    edited("Redone.");
+}
+
+// ---------------------------------------------------------------- brushes
+
+function brushOffsets(size) {
+    // Pixels whose centre lies within size/2 of the centre pixel's centre.
+    const radius = size / 2, reach = Math.floor(radius), offsets = [];
+    for (let dy = -reach; dy <= reach; dy++)
+        for (let dx = -reach; dx <= reach; dx++)
+            if (dx * dx + dy * dy <= radius * radius) offsets.push([dx, dy]);
+    return offsets;
+}
+
+function stamp(x, y) {
+    const stroke = S.stroke, W = S.W, H = S.H, t = Math.fround(S.localThreshold);
+    for (const [dx, dy] of stroke.offsets) {
+        const px = x + dx, py = y + dy;
+        if (px < 0 || py < 0 || px >= W || py >= H) continue;
+        const i = py * W + px;
+        if (stroke.touched.has(i)) continue;
+        let value = FOREGROUND;
+        if (stroke.tool === "erase") value = BACKGROUND;
+        else if (stroke.tool === "local") value = S.prob[i] > t ? FOREGROUND : BACKGROUND;
+        stroke.touched.set(i, S.over[i]);
+        S.over[i] = value;
+        S.mask[i] = value === FOREGROUND ? 1 : 0;
+    }
+    const reach = Math.ceil(S.size / 2) + 1;
+    renderOverlay(x - reach, y - reach, x + reach, y + reach);
+}
+
+function strokeTo(x, y) {
+    const last = S.stroke.last;
+    const steps = last ? Math.max(Math.abs(x - last.x), Math.abs(y - last.y)) : 0;
+    for (let s = 1; s <= steps; s++) {
+        stamp(Math.round(last.x + (x - last.x) * s / steps), Math.round(last.y + (y - last.y) * s / steps));
+    }
+    if (!steps) stamp(x, y);
+    S.stroke.last = { x, y };
+}
+
+function endStroke() {
+    const stroke = S.stroke;
+    S.stroke = null;
+    if (!stroke || !stroke.touched.size) return;
+    const indices = Int32Array.from(stroke.touched.keys());
+    const before = Uint8Array.from(stroke.touched.values());
+    const after = new Uint8Array(indices.length);
+    for (let k = 0; k < indices.length; k++) after[k] = S.over[indices[k]];
+    S.undo.push({ indices, before, after });
+    if (S.undo.length > MAX_UNDO) S.undo.shift();
+    S.redo = [];
+    edited(`${TOOLS[stroke.tool].split(":")[0]}: ${indices.length.toLocaleString()} px painted.`);
+}
+
+// ---------------------------------------------------------------- uncertainty tools
+
+function bandTo(foreground) {
+    const next = Uint8Array.from(S.mask);
+    for (let i = 0; i < next.length; i++) if (S.band[i]) next[i] = foreground ? 1 : 0;
+    setMask(next, foreground ? "Band → foreground" : "Band → background");
+}
+
+function floodFrom(starts, inside, connectivity8) {
+    // Pixels reachable from `starts` through pixels where inside(i) is true.
+    const W = S.W, H = S.H, seen = new Uint8Array(W * H), queue = new Int32Array(W * H);
+    let head = 0, tail = 0;
+    for (const i of starts) if (!seen[i] && inside(i)) { seen[i] = 1; queue[tail++] = i; }
+    while (head < tail) {
+        const i = queue[head++], x = i % W, y = (i - x) / W;
+        for (let dy = -1; dy <= 1; dy++) {
+            for (let dx = -1; dx <= 1; dx++) {
+                if ((!dx && !dy) || (!connectivity8 && dx && dy)) continue;
+                const nx = x + dx, ny = y + dy;
+                if (nx < 0 || ny < 0 || nx >= W || ny >= H) continue;
+                const j = ny * W + nx;
+                if (!seen[j] && inside(j)) { seen[j] = 1; queue[tail++] = j; }
+            }
+        }
+    }
+    return seen;
+}
+
+function component(x, y, keepOnly) {
+    const i = y * S.W + x;
+    if (!S.mask[i]) { note("Click inside the mask to pick a connected piece."); return; }
+    const piece = floodFrom([i], (j) => S.mask[j] === 1, true);
+    const next = new Uint8Array(S.mask.length);
+    for (let j = 0; j < next.length; j++) next[j] = keepOnly ? piece[j] : (S.mask[j] && !piece[j] ? 1 : 0);
+    setMask(next, keepOnly ? "Keep only this piece" : "Delete this piece");
+}
+
+function fillHoles() {
+    // Holes: background not connected (4-neighbours) to the image border.
+    const W = S.W, H = S.H, border = [];
+    for (let x = 0; x < W; x++) { border.push(x, (H - 1) * W + x); }
+    for (let y = 0; y < H; y++) { border.push(y * W, y * W + W - 1); }
+    const outside = floodFrom(border, (j) => S.mask[j] === 0, false);
+    const next = new Uint8Array(S.mask.length);
+    for (let j = 0; j < next.length; j++) next[j] = outside[j] ? 0 : 1;
+    setMask(next, "Fill holes");
+}
+
+function squaredDistance(feature) {
+    // Exact squared Euclidean distance to the nearest feature pixel (separable, two 1-D passes).
+    const W = S.W, H = S.H, INF = 1e20, out = new Float64Array(W * H);
+    const n = Math.max(W, H), f = new Float64Array(n), d = new Float64Array(n), v = new Int32Array(n), z = new Float64Array(n + 1);
+    const pass = (count) => {
+        let k = 0;
+        v[0] = 0; z[0] = -INF; z[1] = INF;
+        for (let q = 1; q < count; q++) {
+            let s = ((f[q] + q * q) - (f[v[k]] + v[k] * v[k])) / (2 * q - 2 * v[k]);
+            while (s <= z[k]) { k--; s = ((f[q] + q * q) - (f[v[k]] + v[k] * v[k])) / (2 * q - 2 * v[k]); }
+            k++; v[k] = q; z[k] = s; z[k + 1] = INF;
+        }
+        k = 0;
+        for (let q = 0; q < count; q++) {
+            while (z[k + 1] < q) k++;
+            d[q] = (q - v[k]) * (q - v[k]) + f[v[k]];
+        }
+    };
+    for (let x = 0; x < W; x++) {
+        for (let y = 0; y < H; y++) f[y] = feature[y * W + x] ? 0 : INF;
+        pass(H);
+        for (let y = 0; y < H; y++) out[y * W + x] = d[y];
+    }
+    for (let y = 0; y < H; y++) {
+        for (let x = 0; x < W; x++) f[x] = out[y * W + x];
+        pass(W);
+        for (let x = 0; x < W; x++) out[y * W + x] = d[x];
+    }
+    return out;
+}
+
+function growShrink(grow) {
+    const by = Math.round(Number($(".mse-grow").value));
+    if (!(by >= 1 && by <= 256)) { note("Grow/shrink takes a whole number of pixels from 1 to 256."); return; }
+    const limit = by * by, next = new Uint8Array(S.mask.length);
+    if (grow) {
+        const distance = squaredDistance(S.mask);
+        for (let i = 0; i < next.length; i++) next[i] = distance[i] <= limit ? 1 : 0;
+    } else {
+        const background = new Uint8Array(S.mask.length);
+        let any = false;
+        for (let i = 0; i < background.length; i++) { background[i] = S.mask[i] ? 0 : 1; any = any || !S.mask[i]; }
+        if (!any) { note("Shrink: the mask covers the whole image; there is no edge to shrink from."); return; }
+        const distance = squaredDistance(background);
+        for (let i = 0; i < next.length; i++) next[i] = S.mask[i] && distance[i] > limit ? 1 : 0;
+    }
+    setMask(next, `${grow ? "Grow" : "Shrink"} by ${by} px`);
+}
+
+// ---------------------------------------------------------------- talking to the server
+
+function currentValue() {
+    const c = counts();
+    return {
+        kind: "edit", session: S.meta.session, case_id: S.meta.case_id, prediction_id: S.meta.prediction_id,
+        base_version: S.meta.base_version, threshold: S.threshold, uncertainty_threshold: S.uncertainty,
+        width: S.W, height: S.H, revision: S.revision, saved_revision: S.savedRevision,
+        dirty: S.revision !== S.savedRevision, edited: c.added + c.erased > 0, area_px: c.area,
+        pixels_added: c.added, pixels_erased: c.erased, steps: S.undo.length, runs: encodeRuns(S.mask),
+    };
+}
+
+function publish(delay = 350) {
+    // The value is always current (a Save pressed right after a stroke sends it); the change
+    // event that keeps the draft and the numbers is debounced.
+    const started = performance.now();
+    props.value = currentValue();
+    S.lastTimings.encode_ms = performance.now() - started;
+    clearTimeout(S.syncTimer);
+    S.syncPending = true;
+    S.syncTimer = setTimeout(flush, delay);
+}
+
+function flush() {
+    clearTimeout(S.syncTimer);
+    S.syncPending = false;
+    S.lastTimings.sent_revision = S.revision;
+    S.lastTimings.sent_at = performance.now();
+    trigger("input");
+}
+
+function edited(message) {
+    S.revision++;
+    draw();
+    publish();
+    status(message);
+}
+
+function note(message) { status(message); }
+
+function status(message) {
+    const c = S.loaded ? counts() : null;
+    const parts = [];
+    if (S.loaded) {
+        parts.push(`Case #${S.meta.case_id}`);
+        parts.push(`${c.area.toLocaleString()} px in the mask (+${c.added.toLocaleString()} / −${c.erased.toLocaleString()} vs. the model)`);
+        parts.push(`${S.undo.length} step(s)`);
+        parts.push(S.revision !== S.savedRevision ? "unsaved edits (kept as a draft)" : "no unsaved edits");
+    }
+    $(".mse-state").textContent = parts.join(" · ");
+    if (message !== undefined) $(".mse-message").textContent = message;
+    element.dataset.revision = String(S.revision);
+    element.dataset.dirty = String(S.revision !== S.savedRevision);
+}
+
+async function openCase(value) {
+    const started = performance.now();
+    if (!F16) F16 = float16Table();
+    const W = value.width, H = value.height, length = W * H;
+    const picture = await loadImage(value.image);
+    const imageCanvas = document.createElement("canvas");
+    imageCanvas.width = W; imageCanvas.height = H;
+    const imageContext = imageCanvas.getContext("2d");
+    imageContext.drawImage(picture, 0, 0, W, H);
+    const probabilityBytes = bytesOf(value.probability);
+    const entropyBytes = bytesOf(value.entropy);
+    if (probabilityBytes.length !== length * 4 || entropyBytes.length !== length * 2) {
+        throw new Error("the maps sent do not match the image size");
+    }
+    const entropyBits = new Uint16Array(entropyBytes.buffer);
+    const ent = new Float32Array(length);
+    for (let i = 0; i < length; i++) ent[i] = F16[entropyBits[i]];
+    Object.assign(S, {
+        W, H, meta: value, prob: new Float32Array(probabilityBytes.buffer), ent,
+        over: new Uint8Array(length), mask: new Uint8Array(length), band: new Uint8Array(length),
+        imageCanvas, imagePixels: imageContext.getImageData(0, 0, W, H).data,
+        threshold: value.threshold, uncertainty: value.uncertainty_threshold,
+        opacity: value.opacity ?? S.opacity, undo: [], redo: [], revision: 0, savedRevision: 0,
+        magma: Uint8Array.from(value.colormap),
+    });
+    S.overlayCanvas = document.createElement("canvas");
+    S.overlayCanvas.width = W; S.overlayCanvas.height = H;
+    S.overlayImage = new ImageData(W, H);
+    S.heatCanvas = document.createElement("canvas");
+    S.heatCanvas.width = W; S.heatCanvas.height = H;
+    S.heatImage = new ImageData(W, H);
+    const stops = [];
+    for (let k = 0; k <= 10; k++) {
+        const j = Math.round(k * 25.5) * 3;
+        stops.push(`rgb(${S.magma[j]}, ${S.magma[j + 1]}, ${S.magma[j + 2]}) ${k * 10}%`);
+    }
+    $(".mse-bar-scale").style.background = `linear-gradient(to top, ${stops.join(", ")})`;
+    $(".mse-bar-top").textContent = value.max_entropy.toFixed(2);
+    $(".mse-bar-mid").textContent = (value.max_entropy / 2).toFixed(2);
+    $(".mse-uncertainty").max = String(Math.floor(value.max_entropy * 100) / 100);
+    // The start mask (a draft, the latest saved version or the model's): where it differs
+    // from the model at the threshold, it is an edit.
+    const start = decodeRuns(value.start_runs, length), t = Math.fround(S.threshold);
+    for (let i = 0; i < length; i++) {
+        const model = S.prob[i] > t ? 1 : 0;
+        S.over[i] = start[i] === model ? FOLLOW : (start[i] ? FOREGROUND : BACKGROUND);
+    }
+    if (value.start === "draft") { S.revision = 1; S.savedRevision = 0; }
+    recomputeMask();
+    recomputeBand();
+    S.loaded = true;
+    syncControls();
+    $(".mse-empty").style.display = "none";
+    $(".mse-body").style.display = "";
+    $(".mse-title").textContent = value.title || "";
+    fitView();
+    renderOverlay();
+    renderHeat();
+    draw();
+    props.value = currentValue();
+    S.lastTimings.open_ms = performance.now() - started;
+    status(value.start_note || "");
+    element.dataset.caseId = String(value.case_id);
+    element.dataset.ready = "true";
+}
+
+function closeCase(message) {
+    S.loaded = false;
+    S.meta = {};
+    $(".mse-empty").style.display = "";
+    $(".mse-body").style.display = "none";
+    $(".mse-empty").textContent = message || "No case open: segment an image or take the next case from the queue.";
+    element.dataset.caseId = "";
+    element.dataset.ready = "false";
+    props.value = null;
+}
+
+function received() {
+    const value = props.value;
+    if (!value || typeof value !== "object") return;
+    if (value.kind === "case") {
+        element.dataset.ready = "false";
+        openCase(value).catch((error) => closeCase(`The case could not be shown: ${error.message}`));
+    } else if (value.kind === "saved" && S.loaded && value.case_id === S.meta.case_id) {
+        // A save went through: the editor stays as it is, now based on the saved version.
+        S.meta.base_version = value.base_version;
+        S.savedRevision = Math.max(S.savedRevision, value.revision);
+        if (S.savedRevision > S.revision) S.savedRevision = S.revision;
+        props.value = currentValue();
+        status(value.message || "Saved.");
+    } else if (value.kind === "closed") {
+        closeCase(value.message);
+    } else if (value.kind === "edit" && S.loaded) {
+        props.value = currentValue();
+    }
+}
+
+// ---------------------------------------------------------------- controls
+
+function syncControls() {
+    $(".mse-threshold").value = S.threshold;
+    $(".mse-threshold-value").textContent = Number(S.threshold).toFixed(2);
+    $(".mse-uncertainty").value = S.uncertainty;
+    $(".mse-uncertainty-value").textContent = Number(S.uncertainty).toFixed(2);
+    $(".mse-opacity").value = S.opacity;
+    $(".mse-opacity-value").textContent = Number(S.opacity).toFixed(2);
+    $(".mse-local").value = S.localThreshold;
+    $(".mse-local-value").textContent = Number(S.localThreshold).toFixed(2);
+    $(".mse-size").value = S.size;
+    for (const button of element.querySelectorAll("[data-tool]")) {
+        button.classList.toggle("mse-active", button.dataset.tool === S.tool);
+    }
+    $(".mse-toggle-overlay").classList.toggle("mse-active", S.showOverlay);
+    $(".mse-tool-help").textContent = TOOLS[S.tool];
+    $(".mse-canvas").style.cursor = S.tool === "hand" ? "grab" : S.tool === "component" ? "pointer" : "crosshair";
+}
+
+function setTool(tool) { S.tool = tool; syncControls(); draw(); }
+
+function setSize(size) {
+    const value = Math.round(Number(size));
+    if (!(value >= 1 && value <= 500)) { note("Brush size: a whole number of image pixels from 1 to 500."); syncControls(); return; }
+    S.size = value;
+    syncControls();
+    draw();
+}
+
+function timed(name, work) {
+    const started = performance.now();
+    work();
+    S.lastTimings[name] = performance.now() - started;
+    element.dataset.lastTool = name;
+}
+
+function onThreshold(event) {
+    if (!S.loaded) return;
+    timed("threshold_ms", () => {
+        S.threshold = Number(event.target.value);
+        $(".mse-threshold-value").textContent = S.threshold.toFixed(2);
+        recomputeMask();
+        renderOverlay();
+        S.revision++;
+        draw();
+        publish();
+        status();
+    });
+}
+
+function onUncertainty(event) {
+    if (!S.loaded) return;
+    timed("uncertainty_ms", () => {
+        S.uncertainty = Number(event.target.value);
+        $(".mse-uncertainty-value").textContent = S.uncertainty.toFixed(2);
+        recomputeBand();
+        renderOverlay();
+        renderHeat();
+        draw();
+        // The numbers (uncertain area) follow; the mask did not change.
+        props.value = currentValue();
+        clearTimeout(S.syncTimer);
+        S.syncPending = true;
+        S.syncTimer = setTimeout(flush, 350);
+    });
+}
+
+function onOpacity(event) {
+    S.opacity = Number(event.target.value);
+    $(".mse-opacity-value").textContent = S.opacity.toFixed(2);
+    if (!S.loaded) return;
+    timed("opacity_ms", () => { renderOverlay(); draw(); });
+}
+
+function imagePoint(event) {
+    const box = $(".mse-canvas").getBoundingClientRect();
+    const x = Math.floor((event.clientX - box.left - S.view.ox) / S.view.scale);
+    const y = Math.floor((event.clientY - box.top - S.view.oy) / S.view.scale);
+    return { x, y, inside: x >= 0 && y >= 0 && x < S.W && y < S.H };
+}
+
+function onPointerDown(event) {
+    if (!S.loaded) return;
+    const canvas = $(".mse-canvas");
+    canvas.setPointerCapture(event.pointerId);
+    if (S.tool === "hand" || S.spaceDown || event.button === 1 || event.button === 2) {
+        S.panning = { x: event.clientX, y: event.clientY, ox: S.view.ox, oy: S.view.oy };
+        event.preventDefault();
+        return;
+    }
+    if (event.button !== 0) return;
+    const point = imagePoint(event);
+    if (S.tool === "component") {
+        if (point.inside) timed("tool_ms", () => component(point.x, point.y, event.shiftKey));
+        return;
+    }
+    S.stroke = { tool: S.tool, offsets: brushOffsets(S.size), touched: new Map(), last: null };
+    strokeTo(point.x, point.y);
+    draw();
+}
+
+function onPointerMove(event) {
+    if (!S.loaded) return;
+    if (S.panning) {
+        S.view.ox = S.panning.ox + event.clientX - S.panning.x;
+        S.view.oy = S.panning.oy + event.clientY - S.panning.y;
+        S.fitted = false;
+        draw();
+        return;
+    }
+    const point = imagePoint(event);
+    S.cursor = point;
+    if (S.stroke) strokeTo(point.x, point.y);
+    draw();
+    const inside = point.inside ? `x ${point.x}, y ${point.y}: p = ${S.prob[point.y * S.W + point.x].toFixed(3)}, ` +
+        `entropy ${S.ent[point.y * S.W + point.x].toFixed(3)} nats` : "";
+    $(".mse-pixel").textContent = inside;
+}
+
+function onPointerUp() {
+    if (S.panning) { S.panning = null; return; }
+    if (S.stroke) endStroke();
+}
+
+function onWheel(event) {
+    if (!S.loaded) return;
+    event.preventDefault();
+    const box = $(".mse-canvas").getBoundingClientRect();
+    const mx = event.clientX - box.left, my = event.clientY - box.top;
+    const factor = Math.exp(-event.deltaY * 0.0015);
+    const fit = Math.min(box.width / S.W, box.height / S.H);
+    const scale = Math.max(fit / 4, Math.min(64, S.view.scale * factor));
+    S.view.ox = mx - (mx - S.view.ox) * scale / S.view.scale;
+    S.view.oy = my - (my - S.view.oy) * scale / S.view.scale;
+    S.view.scale = scale;
+    S.fitted = false;
+    draw();
+}
+
+function typing(target) {
+    if (!target) return false;
+    const tag = (target.tagName || "").toLowerCase();
+    return tag === "textarea" || tag === "select" || target.isContentEditable ||
+        (tag === "input" && !["range", "checkbox", "radio", "button"].includes((target.type || "").toLowerCase()));
+}
+
+function pressButton(id) {
+    const button = document.getElementById(id);
+    if (button) button.click();
+    else note(`The ${id.replace("-", " ")} button is not on this page.`);
+}
+
+function onKey(event) {
+    if (typing(event.target) || event.altKey) return;
+    const key = event.key.toLowerCase(), command = event.ctrlKey || event.metaKey;
+    if (!S.loaded) {
+        // Without a case only "next case" means something.
+        if (key === "n" && !command) { event.preventDefault(); pressButton("next-case"); }
+        return;
+    }
+    let handled = true;
+    if (command && key === "z" && event.shiftKey) redo();
+    else if (command && key === "z") undo();
+    else if (command && key === "y") redo();
+    else if (command && key === "s") pressButton("save");
+    else if (command) handled = false;
+    else if (key === "b") setTool("brush");
+    else if (key === "e") setTool("erase");
+    else if (key === "t") setTool("local");
+    else if (key === "c") setTool("component");
+    else if (key === "h") setTool("hand");
+    else if (key === "[") setSize(Math.max(1, S.size - (S.size > 20 ? 5 : 1)));
+    else if (key === "]") setSize(Math.min(500, S.size + (S.size >= 20 ? 5 : 1)));
+    else if (key === "o") { S.showOverlay = !S.showOverlay; syncControls(); renderOverlay(); draw(); }
+    else if (key === "f") { fitView(); draw(); }
+    else if (key === "s") pressButton("save");
+    else if (key === "a") pressButton("accept");
+    else if (key === "k") pressButton("skip");
+    else if (key === "n") pressButton("next-case");
+    else if (key === " ") { S.spaceDown = true; }
+    else handled = false;
+    if (handled) event.preventDefault();
+}
+
+function bind() {
+    const canvas = $(".mse-canvas");
+    canvas.addEventListener("pointerdown", onPointerDown);
+    canvas.addEventListener("pointermove", onPointerMove);
+    canvas.addEventListener("pointerup", onPointerUp);
+    canvas.addEventListener("pointercancel", onPointerUp);
+    canvas.addEventListener("pointerleave", () => { S.cursor = null; draw(); });
+    canvas.addEventListener("wheel", onWheel, { passive: false });
+    canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+    $(".mse-threshold").addEventListener("input", onThreshold);
+    $(".mse-uncertainty").addEventListener("input", onUncertainty);
+    $(".mse-opacity").addEventListener("input", onOpacity);
+    $(".mse-local").addEventListener("input", (event) => {
+        S.localThreshold = Number(event.target.value);
+        $(".mse-local-value").textContent = S.localThreshold.toFixed(2);
+    });
+    $(".mse-size").addEventListener("change", (event) => setSize(event.target.value));
+    for (const button of element.querySelectorAll("[data-tool]")) {
+        button.addEventListener("click", () => setTool(button.dataset.tool));
+    }
+    const actions = {
+        undo, redo,
+        "band-fg": () => bandTo(true), "band-bg": () => bandTo(false), fill: fillHoles,
+        grow: () => growShrink(true), shrink: () => growShrink(false),
+        fit: () => { fitView(); draw(); },
+        overlay: () => { S.showOverlay = !S.showOverlay; syncControls(); renderOverlay(); draw(); },
+    };
+    for (const button of element.querySelectorAll("[data-action]")) {
+        button.addEventListener("click", () => {
+            if (!S.loaded) return;
+            timed("tool_ms", actions[button.dataset.action]);
+        });
+    }
+    document.addEventListener("keydown", onKey);
+    document.addEventListener("keyup", (event) => { if (event.key === " ") S.spaceDown = false; });
+    window.addEventListener("resize", () => { if (S.loaded) draw(); });
+    // Leaving the page (or hiding it) sends a pending draft at once instead of after the debounce.
+    document.addEventListener("visibilitychange", () => { if (document.visibilityState === "hidden" && S.syncPending) flush(); });
+    window.addEventListener("pagehide", () => { if (S.syncPending) flush(); });
+    window.addEventListener("beforeunload", (event) => {
+        if (S.syncPending) flush();
+        if (S.loaded && S.revision !== S.savedRevision) { event.preventDefault(); event.returnValue = ""; }
+    });
+    // A resized page keeps the user's zoom; only a fitted view is fitted again.
+    if (window.ResizeObserver) new ResizeObserver(() => { if (S.loaded) { if (S.fitted) fitView(); draw(); } }).observe(canvas);
+}
+
+// A small page-level API: the app's buttons ask before leaving a case, the browser tests and the
+// latency benchmark read timings and the mask without reaching into the canvas.
+window.medclipsegEditor = {
+    confirmLeave(action) {
+        if (!S.loaded || S.revision === S.savedRevision) return true;
+        return window.confirm(`Case #${S.meta.case_id} has edits that are not saved as a version ` +
+            `(they are kept as a draft). ${action || "Leave it"} anyway?`);
+    },
+    isDirty: () => S.loaded && S.revision !== S.savedRevision,
+    caseId: () => (S.loaded ? S.meta.case_id : null),
+    timings: () => ({ ...S.lastTimings }),
+    maskRuns: () => (S.loaded ? encodeRuns(S.mask) : null),
+    state: () => ({ tool: S.tool, size: S.size, threshold: S.threshold, uncertainty: S.uncertainty,
+                    scale: S.view.scale, overlay: S.showOverlay, steps: S.undo.length, redo: S.redo.length,
+                    revision: S.revision, saved_revision: S.savedRevision, width: S.W, height: S.H }),
+    view: () => ({ ...S.view }),
+};
+
+bind();
+syncControls();
+watch("value", received);
+received();
