@@ -254,3 +254,67 @@ def files_under(folder) -> dict:
     """{relative path: bytes} of every file below ``folder``."""
     folder = Path(folder)
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------------------
+# cases with known maps, served first by the review queue
+
+
+def ranked_case(store, probability, *, rank, name="case.png", prompt="a lesion", image=None, model_id=None):
+    """Add a case whose prediction has exactly ``probability`` and the queue rank ``rank`` in the
+    default order (so a case added with a higher rank is the next one served); returns
+    (case id, prediction id). The image defaults to a grey picture of the map with noise seeded by
+    ``rank`` (the store keeps one case per image and prompt, so equal maps still make new cases)."""
+    from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION
+
+    probability = np.asarray(probability, np.float32)
+    if image is None:
+        noise = np.random.default_rng(int(rank)).integers(0, 16, probability.shape)
+        grey = np.round(64 + 128 * probability + noise).astype(np.uint8)
+        image = np.repeat(grey[..., None], 3, axis=2)
+    model_id = model_id or store.current_model_id() or "synthetic@0"
+    scores = {ACQUISITIONS[DEFAULT_ACQUISITION].score_key: float(rank)}
+    case = store.add_case(np.ascontiguousarray(image), prompt=prompt, original_name=name, source="ingest")
+    prediction_id = store.add_prediction(case.id, prediction_from_probability(probability, model_id=model_id,
+                                                                              scores=scores))
+    return case.id, prediction_id
+
+
+def soft_disk(shape, centre, radius, softness):
+    """A probability map: a disk of ``radius`` around ``centre`` (row, column) with a logistic edge."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    distance = np.hypot(yy - centre[0], xx - centre[1])
+    return (1.0 / (1.0 + np.exp((distance - radius) / softness))).astype(np.float32)
+
+
+def soft_ring(shape, centre, radius, half_width, softness):
+    """A probability map: a ring of ``radius`` (``half_width`` either side) with a logistic edge."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    distance = np.abs(np.hypot(yy - centre[0], xx - centre[1]) - radius)
+    return (1.0 / (1.0 + np.exp((distance - half_width) / softness))).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# page helpers
+
+
+def wait_for_status(page, text, timeout=30_000) -> str:
+    """Wait until #status contains ``text``; a timeout fails with what #status says instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("(text) => document.querySelector('#status').innerText.includes(text)", arg=text,
+                               timeout=timeout)
+    except PlaywrightTimeout:
+        raise AssertionError(f"#status never said {text!r}; it says {page.inner_text('#status')!r}") from None
+    return page.inner_text("#status")
+
+
+def open_tab(page, name) -> None:
+    """Click the tab called ``name``, through the "More tabs" menu when it does not fit in the row."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    page.locator("button[aria-label='More tabs']:visible").first.click()
+    page.locator(".overflow-menu button:visible", has_text=name).first.click()

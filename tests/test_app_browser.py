@@ -20,7 +20,9 @@ from app_support import (
     browser_or_skip,
     db_rows,
     files_under,
+    open_tab,
     screenshot_dir,
+    wait_for_status,
     write_dicom,
     write_huge_png,
     write_text_as_png,
@@ -58,12 +60,10 @@ def numbers_text(page) -> str:
     return page.inner_text("#numbers")
 
 
-def press_slider(page, elem_id: str, key: str, times: int) -> None:
-    """Move a slider the way a keyboard user does: focus its range input and press arrow keys."""
-    handle = page.locator(f"#{elem_id} input[type=range]")
-    handle.focus()
-    for _ in range(times):
-        handle.press(key)
+def set_editor_range(page, css_class: str, value: float) -> None:
+    """Move one of the editor's range inputs the way a drag does: set it, fire its input event."""
+    page.locator(f"#editor .{css_class}").evaluate(
+        "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }", str(value))
 
 
 def test_segment_threshold_paint_and_save(server, page, tmp_path):
@@ -74,19 +74,20 @@ def test_segment_threshold_paint_and_save(server, page, tmp_path):
     page.fill("#prompt textarea", EXAMPLE_PROMPT)
     page.click("#segment")
     page.wait_for_selector("#status :text('Segmented')")
+    page.wait_for_selector('#editor [data-ready="true"]')
     assert "Mask threshold / samples" in numbers_text(page)
     assert "0.50 / 8" in numbers_text(page)
 
-    # Mask threshold 0.50 -> 0.60: re-rendered from the cached maps, no new prediction row.
-    press_slider(page, "mask-threshold", "ArrowRight", 10)
+    # Mask threshold 0.50 -> 0.60 in the editor: the numbers follow, no new prediction row.
+    set_editor_range(page, "mse-threshold", 0.6)
     page.wait_for_function("document.querySelector('#numbers').innerText.includes('0.60 / 8')")
     # Uncertainty threshold 0.35 -> 0.45 nats.
-    press_slider(page, "uncertainty-threshold", "ArrowRight", 10)
+    set_editor_range(page, "mse-uncertainty", 0.45)
     page.wait_for_function("document.querySelector('#numbers').innerText.includes('0.45 nats')")
     assert db_rows(db_path, "select count(*) from predictions") == [(1,)]
 
-    # Paint one add stroke (the brush starts green) across the middle of the picture, then save.
-    canvas = page.locator("#editor canvas").first
+    # Paint one brush stroke (the editor starts with the brush) across the middle of the picture, then save.
+    canvas = page.locator("#editor .mse-canvas")
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     x0, y0 = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
@@ -96,7 +97,7 @@ def test_segment_threshold_paint_and_save(server, page, tmp_path):
         page.mouse.move(x0 + step * 5, y0 + step)
     page.mouse.up()
     page.click("#save")
-    page.wait_for_selector("#status :text('Saved correction v1')")
+    wait_for_status(page, "Saved correction v1")
     page.screenshot(path=str(screenshot_dir(tmp_path) / "annotator.png"), full_page=True)
 
     rows = db_rows(db_path, "select c.annotator, c.status, c.version, c.pixels_added, c.pixels_erased, "
@@ -163,7 +164,7 @@ def test_dicom_window_presets_change_the_picture(server, page, tmp_path):
     page.wait_for_selector("#status :text('Loaded')")
     assert "window applied" in page.inner_text("body")
     before = page.get_attribute("#preview img", "src")
-    page.get_by_label("Window preset (CT)").click()
+    page.get_by_label("CT window preset").click()
     page.get_by_role("option", name="Lung").click()
     page.wait_for_function(f"document.querySelector('#preview img').src !== {before!r}")
     center = page.get_by_label("Window center").input_value()
@@ -173,6 +174,7 @@ def test_dicom_window_presets_change_the_picture(server, page, tmp_path):
 
 def test_review_queue_serves_the_most_uncertain_case(server, page):
     from app_support import fill_queue
+    from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION
     from medclipseg.annotation.store import AnnotationStore
 
     url, db_path = server
@@ -182,9 +184,9 @@ def test_review_queue_serves_the_most_uncertain_case(server, page):
     rows = db_rows(db_path, "select c.id, p.scores from cases c join predictions p on p.id = "
                             "(select max(id) from predictions where case_id = c.id) where c.status = 'unreviewed'")
     ranked = [case_id for case_id, _ in sorted(
-        rows, key=lambda row: (-json.loads(row[1])["mean_entropy_foreground"], row[0]))]
+        rows, key=lambda row: (-json.loads(row[1])[ACQUISITIONS[DEFAULT_ACQUISITION].score_key], row[0]))]
     page.fill("#annotator textarea", "grace")
-    page.get_by_role("tab", name="Review queue").click()
+    open_tab(page, "Queue")
     page.click("#next-case")
     page.wait_for_selector(f"#status :text('Case #{ranked[0]}')")
     assert store.get_case(ranked[0]).assigned_to == "grace"
@@ -203,7 +205,7 @@ def test_ingest_then_export_from_the_browser(server, page, tmp_path):
     import zipfile
 
     url, db_path = server
-    page.get_by_role("tab", name="Ingest").click()
+    open_tab(page, "Ingest")
     examples = [ROOT / "assets" / "examples" / name for name in ("dermoscopy.png", "chest_xray.png")]
     page.locator("#ingest-files input[type=file]").set_input_files([str(path) for path in examples])
     page.get_by_label("One prompt for every image").fill("A lesion in the image.")
@@ -214,13 +216,13 @@ def test_ingest_then_export_from_the_browser(server, page, tmp_path):
 
     # Accept one case from the queue, so that the export has something to hold.
     page.fill("#annotator textarea", "heidi")
-    page.get_by_role("tab", name="Review queue").click()
+    open_tab(page, "Queue")
     page.click("#next-case")
     page.wait_for_selector("#status :text('Case #')")
     page.click("#accept")
     page.wait_for_selector("#status :text('accepted as predicted')")
 
-    page.get_by_role("tab", name="Export").click()
+    open_tab(page, "Export")
     page.click("#export")
     page.wait_for_selector("#export-report :text('Exported')")
     link = page.locator("#export-file a").first

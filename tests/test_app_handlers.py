@@ -133,7 +133,7 @@ def differ_text(added, erased):
 def test_open_case_starts_from_the_model_mask(cases):
     screen, case_id, prediction_id = open_first(cases, threshold=0.4, uncertainty_threshold=0.3, opacity=0.7)
     payload = screen.editor
-    assert set(screen.changed()) == {"session", "editor", "history", "numbers", "queue"}
+    assert set(screen.changed()) == {"session", "editor", "stale_draft", "history", "numbers", "queue"}
     assert screen.session == EditorSession(case_id=case_id, prediction_id=prediction_id, name="img0000.png",
                                            shape=(HEIGHT, WIDTH), pixel_spacing=None)
     assert (payload["kind"], payload["start"], payload["base_version"]) == ("case", "prediction", None)
@@ -181,12 +181,24 @@ def test_open_case_shows_the_latest_saved_version_then_the_draft(cases):
     assert theirs["start"] == "version"
     np.testing.assert_array_equal(start_mask(theirs), second)
 
-    # A draft older than the latest version still opens, based on the version it started from, with a warning.
-    cases.save(case_id, second, annotator="dave", prediction_id=prediction_id, threshold=0.45, base_version=2)
-    stale = handlers.open_case(cases, case_id, prediction_id, "alice").editor
-    assert (stale["start"], stale["base_version"]) == ("draft", 2)
-    np.testing.assert_array_equal(start_mask(stale), draft)
-    assert "v3 (corrected) by dave" in stale["start_note"] and "a save will ask you to reopen" in stale["start_note"]
+    # A draft older than the latest version: the latest version opens (never hidden under the draft),
+    # the draft is kept, and "Use my draft" puts it back over that version, knowingly.
+    third = painted(second, (0, 30, 5, 40))
+    cases.save(case_id, third, annotator="dave", prediction_id=prediction_id, threshold=0.45, base_version=2)
+    reopened = handlers.open_case(cases, case_id, prediction_id, "alice")
+    stale = reopened.editor
+    assert (stale["start"], stale["base_version"], reopened.stale_draft) == ("version", 3, True)
+    np.testing.assert_array_equal(start_mask(stale), third)
+    assert "v3 (corrected) by dave" in stale["start_note"] and "*Use my draft*" in stale["start_note"]
+    assert cases.draft(case_id, "alice") is not None
+    restored = handlers.use_draft(cases, reopened.session, "alice")
+    assert (restored.editor["start"], restored.editor["base_version"], restored.stale_draft) == ("draft", 3, False)
+    np.testing.assert_array_equal(start_mask(restored.editor), draft)
+    assert "a save makes v4, replacing it" in restored.status
+    saved = handlers.save(cases, restored.session, edit_value(cases, restored.editor, draft, threshold=0.3), "alice")
+    assert "replaces v3" in saved.status
+    assert cases.store.latest_correction(case_id)["replaces_version"] == 3
+    assert handlers.use_draft(cases, None, "alice").status.startswith("**Error:**")
 
 
 # ------------------------------------------------------------------------------ edits and drafts
@@ -325,17 +337,28 @@ def test_a_conflicting_save_names_the_other_annotator_and_writes_nothing(cases):
     files_before = sorted(p.name for p in cases.store.files_dir.rglob("*") if p.is_file())
 
     refused = handlers.save(cases, alice, value, "alice")
-    assert refused.status.startswith(f"**Error:** Case #{case_id} was saved as v1 by bob at ")
-    assert "reopen the case" in refused.status and refused.status.endswith("Your edits are kept as a draft.")
-    assert set(refused.changed()) == {"status"}  # the editor keeps the edits
+    assert refused.status.startswith(f"**Error:** Not saved. Case #{case_id} was saved as v1 by bob at ")
+    assert "(you started from no saved version)" in refused.status and "*Use my draft*" in refused.status
+    # The editor now shows bob's v1; alice's edits are her draft, offered back by the button.
+    assert (refused.editor["start"], refused.editor["base_version"], refused.stale_draft) == ("version", 1, True)
+    np.testing.assert_array_equal(start_mask(refused.editor), cases.store.load_mask(
+        cases.store.latest_correction(case_id)["mask_path"]))
     assert corrections(cases) == before
-    assert sorted(p.name for p in cases.store.files_dir.rglob("*") if p.is_file()) == files_before
+    not_drafts = [name for name in files_before if "-draft" not in name]
+    assert sorted(p.name for p in cases.store.files_dir.rglob("*") if p.is_file() and "-draft" not in p.name) \
+        == not_drafts
     np.testing.assert_array_equal(cases.draft(case_id, "alice").mask, mine)
 
     # Accept with edits goes through the same check.
     accepted = handlers.accept(cases, alice, value, "alice")
-    assert accepted.status.startswith(f"**Error:** Case #{case_id} was saved as v1 by bob")
+    assert accepted.status.startswith(f"**Error:** Not saved. Case #{case_id} was saved as v1 by bob")
     assert corrections(cases) == before
+
+    # Knowingly over bob's version: the draft back, then a save that names v1 as the one it replaces.
+    mine_again = handlers.use_draft(cases, refused.session, "alice")
+    np.testing.assert_array_equal(start_mask(mine_again.editor), mine)
+    saved = handlers.save(cases, mine_again.session, edit_value(cases, mine_again.editor, mine), "alice")
+    assert "Saved correction v2" in saved.status and "replaces v1" in saved.status
 
 
 def test_accept_with_and_without_edits(cases):
@@ -516,6 +539,14 @@ def test_window_presets_and_examples():
     assert handlers.window_of(True, 40, 400) == (40.0, 400.0)
     assert handlers.window_of(False, 40, 400) is None and handlers.window_of(True, None, 400) is None
     assert Screen().changed() == {} and not KEEP
+
+
+def test_a_case_too_large_for_the_editor_is_refused_in_words(cases, monkeypatch):
+    fill_queue(cases.store, 1)  # 64 x 48
+    monkeypatch.setattr(handlers, "EDITOR_MAX_PIXELS", 48 * 64 - 1)
+    screen = handlers.next_case(cases, "band_entropy", "alice")
+    assert screen.session is None and screen.editor["kind"] == "closed"
+    assert "is larger than the editor holds (3,071 pixels" in screen.status and "save_correction" in screen.status
 
 
 def test_window_controls_name_the_modality(cases):

@@ -19,7 +19,9 @@ from app_support import (
     browser_or_skip,
     db_rows,
     demo_database,
+    open_tab,
     screenshot_dir,
+    wait_for_status,
 )
 
 EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.png"))
@@ -34,9 +36,10 @@ def gold_seed_for(content_hashes, fraction=0.5) -> int:
                 if sum(is_gold(value, seed=str(seed), fraction=fraction) for value in content_hashes) == 1)
 
 
-def paint_and_save(page) -> None:
-    """One green (add) stroke across the editor's picture, then Save."""
-    canvas = page.locator("#editor canvas").first
+def paint_and_save(page, case_id) -> None:
+    """Once the editor shows the case: one brush stroke across its picture, then Save."""
+    page.wait_for_selector(f'#editor [data-case-id="{case_id}"][data-ready="true"]')
+    canvas = page.locator("#editor .mse-canvas")
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     x0, y0 = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.45
@@ -46,7 +49,7 @@ def paint_and_save(page) -> None:
         page.mouse.move(x0 + step * 6, y0 + step * 2)
     page.mouse.up()
     page.click("#save")
-    page.wait_for_selector("#status :text('Saved correction v1')")
+    wait_for_status(page, "Saved correction v1")
 
 
 def test_ingest_correct_retrain_promote_and_rerank(tmp_path):
@@ -72,7 +75,7 @@ def test_ingest_correct_retrain_promote_and_rerank(tmp_path):
         page.fill("#annotator textarea", "alice")
 
         # 1. Ingest the five example images.
-        page.get_by_role("tab", name="Ingest").click()
+        open_tab(page, "Ingest")
         page.locator("#ingest-files input[type=file]").set_input_files([str(path) for path in EXAMPLES])
         page.get_by_label("One prompt for every image").fill(PROMPT)
         page.click("#ingest")
@@ -82,12 +85,12 @@ def test_ingest_correct_retrain_promote_and_rerank(tmp_path):
         first = db_rows(db_path, f'SELECT id, content_hash FROM cases WHERE status = \'unreviewed\' '
                                  f'ORDER BY "{rank_column}" DESC, id ASC LIMIT 3')
         store.set_gold_fraction(0.5, seed=gold_seed_for([content_hash for _, content_hash in first]))
-        page.get_by_role("tab", name="Review queue").click()
+        open_tab(page, "Queue")
         for case_id, _ in first:
             page.click("#next-case")
             page.wait_for_selector(f"#status :text('Case #{case_id} ')")
             assert f"predicted by {base};" in page.inner_text("#status")
-            paint_and_save(page)
+            paint_and_save(page, case_id)
         gold = dict(db_rows(db_path, "SELECT id, gold FROM cases WHERE status = 'corrected'"))
         assert set(gold) == {case_id for case_id, _ in first} and sorted(gold.values()) == [0, 0, 1]
 
@@ -147,7 +150,7 @@ def test_ingest_correct_retrain_promote_and_rerank(tmp_path):
 
         # 5. The Annotate screen serves it and says which version predicted it.
         page.get_by_role("tab", name="Annotate").click()
-        page.get_by_role("tab", name="Review queue").click()
+        open_tab(page, "Queue")
         page.click("#next-case")
         page.wait_for_selector(f"#status :text('Case #{expected} ')")
         assert f"predicted by {version_id};" in page.inner_text("#status")

@@ -95,3 +95,15 @@ def test_numbers_of_the_own_mask_are_the_predictions_scores():
                             prediction.scores["boundary_band_px"])
     numbers = image_numbers(prediction, uncertainty_threshold=0.3, mask=corrected)
     assert numbers["mean_entropy_boundary"] == pytest.approx(expected["mean_entropy_boundary"])
+
+
+def test_small_images_are_enlarged_by_whole_pixels():
+    from medclipseg.app.render import enlarged
+
+    image = np.arange(64 * 48 * 3, dtype=np.uint32).reshape(64, 48, 3).astype(np.uint8)
+    big = enlarged(image, 256)
+    assert big.shape == (256, 192, 3)  # factor 4 = 256 // 64
+    np.testing.assert_array_equal(big[::4, ::4], image)
+    np.testing.assert_array_equal(big[3::4, 3::4], image)
+    same = np.zeros((300, 200, 3), np.uint8)
+    assert enlarged(same, 256) is same

@@ -118,3 +118,16 @@ def test_mask_from_runs_refusals_are_sentences(runs, words):
         mask_from_runs(runs, (3, 4))
     message = str(refused.value)
     assert words in message and message[0].isupper() and message.endswith(".")
+
+
+def test_runs_as_text_round_trip_and_refusals():
+    from medclipseg.io.masks import MaskRunsError, mask_from_runs, mask_to_runs, runs_text
+
+    rng = np.random.default_rng(7)
+    mask = rng.random((9, 13)) < 0.4
+    text = runs_text(mask_to_runs(mask))
+    assert text == ",".join(str(run) for run in mask_to_runs(mask))
+    np.testing.assert_array_equal(mask_from_runs(text, mask.shape), mask)
+    for bad in ("", "1,,2", "1.5,116", "-1,118", "a,b", " 117"):
+        with pytest.raises(MaskRunsError, match="whole run lengths"):
+            mask_from_runs(bad, mask.shape)

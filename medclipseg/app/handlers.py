@@ -19,9 +19,9 @@ import numpy as np
 
 from medclipseg.annotation.queue import ACQUISITION_LABELS
 from medclipseg.annotation.service import AnnotationService, RequestError
-from medclipseg.annotation.store import StorageError
+from medclipseg.annotation.store import StorageError, VersionConflict
 from medclipseg.app.editor import EditorEdit, EditorError, case_payload, closed_value, read_edit, saved_value
-from medclipseg.app.render import image_numbers, numbers_markdown, to_display
+from medclipseg.app.render import enlarged, image_numbers, numbers_markdown, to_display
 from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY
 from medclipseg.io.dicom import CT_WINDOW_PRESETS
 from medclipseg.io.images import ImageReadError
@@ -83,6 +83,7 @@ class Screen:
     window_width: Union[float, _Keep] = KEEP
     prompt: Union[str, _Keep] = KEEP
     editor: Union[dict, None, _Keep] = KEEP
+    stale_draft: Union[bool, _Keep] = KEEP         # visibility of "Use my draft" (a draft older than the latest version)
     numbers: Union[str, _Keep] = KEEP
     history: Union[str, _Keep] = KEEP
     status: Union[str, _Keep] = KEEP
@@ -131,6 +132,7 @@ def window_of(windowed: bool, center: Optional[float], width: Optional[float]) -
 # ------------------------------------------------------------------------------ a case in the editor
 
 DEFAULT_VIEW = {"threshold": 0.5, "uncertainty_threshold": 0.35, "opacity": 0.4}
+EDITOR_MAX_PIXELS = 4096 * 4096
 
 
 def _when(iso: str) -> str:
@@ -177,25 +179,43 @@ def numbers_text(service: AnnotationService, session: EditorSession, mask: np.nd
 
 def open_case(service: AnnotationService, case_id: int, prediction_id: int, annotator: Optional[str], *,
               threshold: Optional[float] = None, uncertainty_threshold: float = DEFAULT_VIEW["uncertainty_threshold"],
-              opacity: float = DEFAULT_VIEW["opacity"]) -> Screen:
+              opacity: float = DEFAULT_VIEW["opacity"], use_stale_draft: bool = False) -> Screen:
     """Show a case in the editor, starting from (in this order) the annotator's draft, the latest
-    saved version, or the model's mask. The save that follows must name the version shown."""
+    saved version, or the model's mask. The save that follows must name the version shown.
+
+    A draft begun before the latest version was saved (someone else saved meanwhile) is not
+    shown over it unasked: the latest version opens, the draft is kept, and ``use_stale_draft``
+    (the *Use my draft* button) puts it back on top of that version."""
     case = service.store.get_case(case_id)
+    if case.width * case.height > EDITOR_MAX_PIXELS:
+        # The page holds the maps of the whole image (6 bytes a pixel and a few masks).
+        message = (f"Case #{case.id} ({case.width} x {case.height}) is larger than the editor holds "
+                   f"({EDITOR_MAX_PIXELS:,} pixels, e.g. 4096 x 4096): correct it through the API "
+                   "(save_correction with a mask PNG) or store a smaller copy of the image.")
+        return Screen(session=None, editor=closed_value(message), status=error_text(message), history="",
+                      numbers="", queue=queue_text(service))
     prediction = service.prediction(prediction_id)
     latest = service.latest_correction(case_id)
     draft = service.draft(case_id, annotator) if annotator else None
     base_version = None if latest is None else int(latest["version"])
-    if draft is not None:
+    stale = draft is not None and latest is not None and draft.base_version != latest["version"]
+    if draft is not None and (not stale or use_stale_draft):
         start, start_mask = "draft", draft.mask
         threshold = draft.threshold if draft.threshold is not None else prediction.threshold
-        base_version = draft.base_version
         note = f"Restored your unsaved edits of case #{case_id} ({_when(draft.updated_at)})."
-        if latest is not None and draft.base_version != latest["version"]:
-            note += f" Since you started, {version_label(latest).replace('**', '')} was saved: a save will ask you to reopen."
+        if stale:
+            # Rebased on purpose: the save that follows replaces the newer version, and says so.
+            note += (f" They began before {version_label(latest).replace('**', '')}; a save makes "
+                     f"v{latest['version'] + 1}, replacing it.")
+        else:
+            base_version = draft.base_version
     elif latest is not None:
         start, start_mask = "version", service.store.load_mask(latest["mask_path"])
         threshold = latest["threshold"] if latest.get("threshold") is not None else prediction.threshold
         note = f"Showing the latest saved version, {version_label(latest).replace('**', '')}; a save makes v{latest['version'] + 1}."
+        if stale:
+            note += (f" Your unsaved edits of {_when(draft.updated_at)} began before it and are kept: *Use my draft* "
+                     "puts them back over this version (editing here first replaces that draft).")
     else:
         threshold = prediction.threshold if threshold is None else float(threshold)
         start, start_mask = "prediction", _prediction_at(service, prediction_id, threshold).mask
@@ -211,7 +231,20 @@ def open_case(service: AnnotationService, case_id: int, prediction_id: int, anno
         opacity=opacity, title=f"Case #{case.id} · {case.original_name} · “{case.prompt}”")
     return Screen(session=session, editor=payload, history=history_markdown(service, case_id),
                   numbers=numbers_text(service, session, np.asarray(start_mask, bool), threshold, uncertainty_threshold),
-                  queue=queue_text(service))
+                  queue=queue_text(service), stale_draft=stale and not use_stale_draft)
+
+
+def use_draft(service: AnnotationService, session: Optional[EditorSession], annotator: Optional[str]) -> Screen:
+    """Put the annotator's older draft back over the latest version of the open case."""
+    if session is None:
+        return _no_session()
+    try:
+        screen = open_case(service, session.case_id, session.prediction_id, annotator, use_stale_draft=True)
+    except USER_ERRORS as exc:
+        return Screen(status=error_text(exc))
+    if screen.session is not None:
+        screen.status = screen.editor["start_note"]
+    return screen
 
 
 def _no_session() -> Screen:
@@ -246,7 +279,7 @@ def upload(service: AnnotationService, file_path: Optional[str]) -> Screen:
     notes = f"**{name}**: {loaded.width} × {loaded.height}, stored as {loaded.original_dtype}"
     if loaded.conversions:
         notes += "; " + "; ".join(loaded.conversions)
-    screen = Screen(preview=to_display(loaded.rgb, PREVIEW_SIDE), image_info=notes, dicom_controls=False,
+    screen = Screen(preview=enlarged(to_display(loaded.rgb, PREVIEW_SIDE)), image_info=notes, dicom_controls=False,
                     windowed=False, status=f"Loaded **{name}**.")
     if "window_center" in loaded.metadata:
         modality = str(loaded.metadata.get("modality") or "").upper()
@@ -273,7 +306,7 @@ def change_window(service: AnnotationService, file_path: Optional[str], windowed
         loaded = service.read(file_path, window=window)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    return Screen(preview=to_display(loaded.rgb, PREVIEW_SIDE), status="")
+    return Screen(preview=enlarged(to_display(loaded.rgb, PREVIEW_SIDE)), status="")
 
 
 def choose_preset(preset: str) -> Screen:
@@ -309,6 +342,8 @@ def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *
         screen = open_case(service, result.case.id, result.prediction_id, annotator, **_view_of(editor_value))
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
+    if screen.session is None:  # stored, but too large for the editor: the screen says why
+        return screen
     note = " (prompt truncated to the model's token limit)" if result.prediction.prompt_truncated else ""
     screen.status = (f"Segmented **{name}** in {result.prediction.seconds:.2f} s with "
                      f"{result.prediction.num_samples} samples by `{result.prediction.model_id}`{note}. "
@@ -355,6 +390,26 @@ def _start_mask(service: AnnotationService, session: EditorSession, edit: Editor
     return _prediction_at(service, edit.prediction_id, edit.threshold).mask, "the model's mask"
 
 
+def _after_conflict(service: AnnotationService, session: EditorSession, edit: EditorEdit, annotator: Optional[str],
+                    conflict: VersionConflict) -> Screen:
+    """Someone saved a newer version: keep the editor's mask as the draft, show that version, offer the draft."""
+    if conflict.latest_version is None or not annotator:
+        return Screen(status=error_text(conflict))
+    try:
+        service.save_draft(session.case_id, annotator, edit.mask, prediction_id=edit.prediction_id,
+                           base_version=edit.base_version, threshold=edit.threshold)
+        screen = open_case(service, session.case_id, edit.prediction_id, annotator,
+                           uncertainty_threshold=edit.uncertainty_threshold)
+    except USER_ERRORS as exc:
+        return Screen(status=error_text(f"{conflict} ({exc})"))
+    started = "no saved version" if conflict.base_version is None else f"v{conflict.base_version}"
+    screen.status = error_text(
+        f"Not saved. Case #{session.case_id} was saved as v{conflict.latest_version} by {conflict.latest_annotator} "
+        f"at {_when(conflict.latest_created_at)} after you opened it (you started from {started}). The editor now "
+        f"shows v{conflict.latest_version}; your edits are kept as your draft: *Use my draft* puts them back over it.")
+    return screen
+
+
 def save(service: AnnotationService, session: Optional[EditorSession], editor_value, annotator: Optional[str]) -> Screen:
     """Save the editor's mask as a new version of the case (the version it started from must still be the latest)."""
     if session is None:
@@ -368,6 +423,8 @@ def save(service: AnnotationService, session: Optional[EditorSession], editor_va
         correction = service.save(session.case_id, edit.mask if edit.edited else None, annotator=annotator,
                                   status=status, prediction_id=edit.prediction_id, threshold=edit.threshold,
                                   base_version=edit.base_version)
+    except VersionConflict as conflict:
+        return _after_conflict(service, session, edit, annotator, conflict)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
     if status == "accepted":
@@ -400,6 +457,8 @@ def accept(service: AnnotationService, session: Optional[EditorSession], editor_
         correction = service.save(session.case_id, annotator=annotator, status="accepted",
                                   prediction_id=edit.prediction_id, threshold=edit.threshold,
                                   base_version=edit.base_version)
+    except VersionConflict as conflict:
+        return _after_conflict(service, session, edit, annotator, conflict)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
     message = (f"Case #{correction.case_id} accepted as predicted (threshold {edit.threshold:.2f}) by "
@@ -446,6 +505,8 @@ def next_case(service: AnnotationService, acquisition: str, annotator: Optional[
         screen = open_case(service, view.case.id, view.prediction_id, annotator, **_view_of(editor_value))
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
+    if screen.session is None:
+        return screen
     screen.prompt = view.case.prompt
     screen.status = (f"Case #{view.case.id} (**{view.case.original_name}**), ranked by "
                      f"{acquisition_label(acquisition)}; predicted by `{view.prediction.model_id}`"
@@ -464,7 +525,8 @@ def reopen(service: AnnotationService, case_id, annotator: Optional[str]) -> Scr
         screen = open_case(service, case_id, prediction_id, annotator)
     except (TypeError, ValueError, *USER_ERRORS):
         return Screen()
-    screen.status = screen.editor["start_note"]
+    if screen.session is not None:
+        screen.status = screen.editor["start_note"]
     return screen
 
 

@@ -34,6 +34,7 @@ PAGE_CSS = """
   #annotate-row > * { width: 100% !important; min-width: 0 !important; flex: 1 1 auto !important; }
 }
 #case-actions button { white-space: nowrap; }
+@media (max-width: 900px) { #preview { display: none !important; } }
 #status { min-height: 1.5em; }
 """
 
@@ -93,7 +94,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                     allow_preview=False, visible=bool(examples), elem_id="examples",
                                     buttons=[])
                                 samples = gr.Slider(4, MAX_SAMPLES, value=service.num_samples, step=2, label="Monte-Carlo samples")
-                            with gr.Tab("Review queue"):
+                            with gr.Tab("Queue"):
                                 acquisition = gr.Dropdown(acquisition_choices, value=DEFAULT_ACQUISITION,
                                                           label="Rank unreviewed cases by", elem_id="acquisition")
                                 gr.Markdown("*Next case* (below the editor, key <kbd>N</kbd>) opens the unreviewed "
@@ -127,8 +128,9 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                             save_button = gr.Button("Save correction (S)", variant="primary", elem_id="save",
                                                     min_width=120, size="md")
                             skip_button = gr.Button("Skip case (K)", elem_id="skip", min_width=110, size="md")
-                            next_button = gr.Button("Next most uncertain case (N)", elem_id="next-case",
-                                                    min_width=160, size="md")
+                            next_button = gr.Button("Next case (N)", elem_id="next-case", min_width=110, size="md")
+                            use_draft_button = gr.Button("Use my draft", elem_id="use-draft", visible=False,
+                                                         min_width=110, size="md")
                         queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
                         editor = mask_editor(elem_id="editor")
                         history = gr.Markdown(elem_id="history")
@@ -141,7 +143,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             "dicom_controls": dicom_group, "window_presets": preset, "window_note": window_note,
             "windowed": windowed, "window_preset": preset,
             "window_center": window_center, "window_width": window_width, "prompt": prompt,
-            "editor": editor, "numbers": numbers, "history": history, "status": status,
+            "editor": editor, "stale_draft": use_draft_button, "numbers": numbers, "history": history, "status": status,
             "queue": queue_box, "ingest_report": ingest_report, "export_file": export_file,
             "export_report": export_report,
         }
@@ -153,7 +155,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             with ``remember``, the browser's note of the open case follows the session."""
             update = {}
             for name, value in screen.changed().items():
-                if name == "dicom_controls":
+                if name in ("dicom_controls", "stale_draft"):
                     update[parts[name]] = gr.update(visible=value)
                 elif name == "window_presets":  # the CT presets: shown, and set, for CT only
                     update[parts[name]] = gr.update(visible=value, value=screen.window_preset or HEADER_WINDOW)
@@ -169,7 +171,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         def outputs(*names: str) -> list:
             return [parts[name] for name in names]
 
-        opened = ("session", "editor", "numbers", "history", "status", "queue")
+        opened = ("session", "editor", "stale_draft", "numbers", "history", "status", "queue")
         # Asked in the page before a case is replaced: the editor knows whether it holds unsaved edits.
         def ask_before(action: str) -> str:
             return ("(...values) => [window.medclipsegEditor ? window.medclipsegEditor.confirmLeave("
@@ -223,11 +225,15 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             name = annotator_of(typed_name, request)
             return shown(handlers.next_case(service, order, name, editor_value), remember={}, annotator=name)
 
+        def on_use_draft(current, typed_name, request: gr.Request):
+            return shown(handlers.use_draft(service, current, annotator_of(typed_name, request)))
+
         def on_load(saved, typed_name, request: gr.Request):
             """A (re)loaded page: the annotator's name back in its box, the open case back in the editor."""
             saved = saved if isinstance(saved, dict) else {}
             name = annotator_of(typed_name or saved.get("annotator") or "", request)
-            update = {annotator_box: name} if not auth_enabled else {}
+            # An empty name is not sent back: it would wipe a name typed while the page was loading.
+            update = {annotator_box: name} if name and not auth_enabled else {}
             if saved.get("case_id") is not None and name:
                 update.update(shown(handlers.reopen(service, saved["case_id"], name)))
             update[queue_box] = handlers.queue_text(service)
@@ -288,8 +294,10 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                                    "status"),
                       **private)
         for control in (window_center, window_width):
+            # One at a time, in order: setting both numbers fires two events, and the picture must be
+            # the one for the last pair.
             control.change(on_window, [upload, windowed, window_center, window_width], outputs("preview", "status"),
-                           **private)
+                           concurrency_id="window", concurrency_limit=1, trigger_mode="always_last", **private)
         example_gallery.select(on_example, None, outputs("upload", "prompt"), **private)
         preset.change(on_preset, [preset], outputs("window_center", "window_width"), **private)
         gr.on([segment_button.click, prompt.submit], on_segment,
@@ -298,14 +306,14 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
               concurrency_id="model", concurrency_limit=1, **private)
         editor.input(on_editor_change, [session, editor, annotator_box], outputs("numbers", "status"),
                       trigger_mode="always_last", show_progress="hidden", **private)
-        save_button.click(on_save, [session, editor, annotator_box], outputs("editor", "status", "history", "queue"),
-                          **private)
-        accept_button.click(on_accept, [session, editor, annotator_box],
-                            outputs("editor", "status", "history", "queue"), **private)
+        # A refused save (another version was saved) reopens the case, so both answer with the whole case.
+        save_button.click(on_save, [session, editor, annotator_box], outputs(*opened), **private)
+        accept_button.click(on_accept, [session, editor, annotator_box], outputs(*opened), **private)
         skip_button.click(on_skip, [leave_ok, session, annotator_box], outputs(*opened) + [remembered],
                           js=ask_before("Skip it"), **private)
         next_button.click(on_next, [leave_ok, acquisition, annotator_box, session, editor],
                           outputs(*opened, "prompt") + [remembered], js=ask_before("Open the next case"), **private)
+        use_draft_button.click(on_use_draft, [session, annotator_box], outputs(*opened), **private)
         annotator_box.change(on_name, [annotator_box, remembered], [remembered], show_progress="hidden", **private)
         demo.load(on_load, [remembered, annotator_box], [annotator_box, *outputs(*opened)], **private)
         queue_timer = gr.Timer(QUEUE_POLL_SECONDS)

@@ -37,6 +37,16 @@ def to_display(image_rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.nd
     return cv2.resize(image_rgb, (target[1], target[0]), interpolation=cv2.INTER_AREA)
 
 
+def enlarged(image_rgb: np.ndarray, min_side: int = 256) -> np.ndarray:
+    """A small image repeated pixel by pixel (a whole factor, nearest neighbour) until its long
+    side reaches ``min_side``, so a 64 x 64 slice is shown as its pixels, not as a thumbnail."""
+    height, width = image_rgb.shape[:2]
+    factor = int(min_side // max(height, width))
+    if factor <= 1:
+        return image_rgb
+    return np.repeat(np.repeat(image_rgb, factor, axis=0), factor, axis=1)
+
+
 def _resize_mask(mask: np.ndarray, shape: tuple) -> np.ndarray:
     if mask.shape[:2] == tuple(shape):
         return mask.astype(bool)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Union
 
 import cv2
@@ -18,7 +19,7 @@ from medclipseg.io.images import (
     _sniff_format,
 )
 
-__all__ = ["MaskRunsError", "mask_from_runs", "mask_to_runs", "read_mask"]
+__all__ = ["MaskRunsError", "mask_from_runs", "mask_to_runs", "read_mask", "runs_text"]
 
 
 def read_mask(
@@ -62,9 +63,19 @@ def mask_to_runs(mask: np.ndarray) -> list:
     return ([0] + runs) if flat[0] else runs
 
 
+def runs_text(runs) -> str:
+    """Runs as one comma-separated string: a JSON value of one string is copied as one piece by
+    the browser, where a list of numbers is copied number by number."""
+    return ",".join(str(int(run)) for run in runs)
+
+
 def mask_from_runs(runs, shape: tuple) -> np.ndarray:
-    """The boolean mask of ``shape`` that ``runs`` (see ``mask_to_runs``) describe."""
+    """The boolean mask of ``shape`` that ``runs`` (see ``mask_to_runs``; a list, or ``runs_text``) describe."""
     height, width = int(shape[0]), int(shape[1])
+    if isinstance(runs, str):
+        if not re.fullmatch(r"\d+(,\d+)*", runs):
+            raise MaskRunsError("The edited mask did not arrive as a list of whole run lengths.")
+        runs = [int(run) for run in runs.split(",")]
     try:
         given = np.asarray(list(runs))
         with np.errstate(invalid="ignore"):

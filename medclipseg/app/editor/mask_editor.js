@@ -54,7 +54,8 @@ function float16Table() {
 let F16 = null;
 
 function decodeRuns(runs, length) {
-    // Row-major runs that start with background: [bg, fg, bg, ...].
+    // Row-major runs that start with background: "bg,fg,bg,..." (or a list).
+    if (typeof runs === "string") runs = runs.split(",").map(Number);
     const mask = new Uint8Array(length);
     let at = 0, value = 0;
     for (const run of runs) {
@@ -110,6 +111,10 @@ function renderOverlay(x0 = 0, y0 = 0, x1 = S.W - 1, y1 = S.H - 1) {
     const W = S.W, H = S.H, mask = S.mask, band = S.band, data = S.overlayImage.data;
     x0 = Math.max(0, x0); y0 = Math.max(0, y0); x1 = Math.min(W - 1, x1); y1 = Math.min(H - 1, y1);
     const fillAlpha = Math.round(255 * S.opacity), show = S.showOverlay;
+    // Enlarged (2 screen px or more per image px) the outlines are drawn as lines between pixels
+    // in draw(); smaller, they are pixels of this layer.
+    const pixelOutlines = !S.vectorOutlines;
+    S.overlayVersion = (S.overlayVersion || 0) + 1;
     for (let y = y0; y <= y1; y++) {
         let i = y * W + x0, p = i * 4;
         for (let x = x0; x <= x1; x++, i++, p += 4) {
@@ -120,8 +125,8 @@ function renderOverlay(x0 = 0, y0 = 0, x1 = S.W - 1, y1 = S.H - 1) {
                                    (y > 0 && !mask[i - W]) || (y < H - 1 && !mask[i + W]));
                 const bandEdge = band[i] && ((x > 0 && !band[i - 1]) || (x < W - 1 && !band[i + 1]) ||
                                              (y > 0 && !band[i - W]) || (y < H - 1 && !band[i + W]));
-                if (bandEdge) { r = BAND_RGB[0]; g = BAND_RGB[1]; b = BAND_RGB[2]; a = 255; }
-                else if (edge) { r = MASK_RGB[0]; g = MASK_RGB[1]; b = MASK_RGB[2]; a = 255; }
+                if (bandEdge && pixelOutlines) { r = BAND_RGB[0]; g = BAND_RGB[1]; b = BAND_RGB[2]; a = 255; }
+                else if (edge && pixelOutlines) { r = MASK_RGB[0]; g = MASK_RGB[1]; b = MASK_RGB[2]; a = 255; }
                 else if (m) { r = MASK_RGB[0]; g = MASK_RGB[1]; b = MASK_RGB[2]; a = fillAlpha; }
             }
             data[p] = r; data[p + 1] = g; data[p + 2] = b; data[p + 3] = a;
@@ -167,11 +172,47 @@ function drawView(canvas, layers, view) {
     return { context, width, height, ratio };
 }
 
+function outlinePath(mask, x0, y0, x1, y1) {
+    // Pixel edges between inside and outside, in image coordinates, for the visible pixels only.
+    const path = new Path2D(), W = S.W, H = S.H;
+    for (let y = y0; y <= y1; y++) {
+        for (let x = x0; x <= x1; x++) {
+            const i = y * W + x;
+            if (!mask[i]) continue;
+            if (y === 0 || !mask[i - W]) { path.moveTo(x, y); path.lineTo(x + 1, y); }
+            if (y === H - 1 || !mask[i + W]) { path.moveTo(x, y + 1); path.lineTo(x + 1, y + 1); }
+            if (x === 0 || !mask[i - 1]) { path.moveTo(x, y); path.lineTo(x, y + 1); }
+            if (x === W - 1 || !mask[i + 1]) { path.moveTo(x + 1, y); path.lineTo(x + 1, y + 1); }
+        }
+    }
+    return path;
+}
+
+function drawVectorOutlines(context, ratio, width, height) {
+    const v = S.view;
+    const x0 = Math.max(0, Math.floor(-v.ox / v.scale)), y0 = Math.max(0, Math.floor(-v.oy / v.scale));
+    const x1 = Math.min(S.W - 1, Math.ceil((width - v.ox) / v.scale)), y1 = Math.min(S.H - 1, Math.ceil((height - v.oy) / v.scale));
+    const key = `${S.overlayVersion}:${x0}:${y0}:${x1}:${y1}`;
+    if (S.outlineKey !== key) {
+        S.outlineKey = key;
+        S.outlines = { mask: outlinePath(S.mask, x0, y0, x1, y1), band: outlinePath(S.band, x0, y0, x1, y1) };
+    }
+    context.setTransform(ratio * v.scale, 0, 0, ratio * v.scale, ratio * v.ox, ratio * v.oy);
+    context.lineWidth = 2 / v.scale;
+    context.strokeStyle = `rgb(${MASK_RGB.join(",")})`;
+    context.stroke(S.outlines.mask);
+    context.strokeStyle = `rgb(${BAND_RGB.join(",")})`;
+    context.stroke(S.outlines.band);
+}
+
 function draw() {
     if (!S.loaded) return;
     const started = performance.now();
     const editor = $(".mse-canvas");
-    const { context, ratio } = drawView(editor, [S.imageCanvas, S.overlayCanvas], S.view);
+    const vector = S.view.scale >= 2;
+    if (vector !== S.vectorOutlines) { S.vectorOutlines = vector; renderOverlay(); }
+    const { context, ratio, width, height } = drawView(editor, [S.imageCanvas, S.overlayCanvas], S.view);
+    if (vector && S.showOverlay) drawVectorOutlines(context, ratio, width, height);
     if (S.cursor && S.tool !== "hand" && S.tool !== "component") {
         // The brush outline, in image pixels: what the brush will change.
         context.setTransform(ratio, 0, 0, ratio, 0, 0);
@@ -427,7 +468,7 @@ function currentValue() {
         base_version: S.meta.base_version, threshold: S.threshold, uncertainty_threshold: S.uncertainty,
         width: S.W, height: S.H, revision: S.revision, saved_revision: S.savedRevision,
         dirty: S.revision !== S.savedRevision, edited: c.added + c.erased > 0, area_px: c.area,
-        pixels_added: c.added, pixels_erased: c.erased, steps: S.undo.length, runs: encodeRuns(S.mask),
+        pixels_added: c.added, pixels_erased: c.erased, steps: S.undo.length, runs: encodeRuns(S.mask).join(","),
     };
 }
 
@@ -562,7 +603,8 @@ function received() {
         S.meta.base_version = value.base_version;
         S.savedRevision = Math.max(S.savedRevision, value.revision);
         if (S.savedRevision > S.revision) S.savedRevision = S.revision;
-        props.value = currentValue();
+        // Edits made while the save was on its way stay a draft, now based on the saved version.
+        if (S.revision !== S.savedRevision) publish(); else props.value = currentValue();
         status(value.message || "Saved.");
     } else if (value.kind === "closed") {
         closeCase(value.message);

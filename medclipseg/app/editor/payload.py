@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY
-from medclipseg.io.masks import MaskRunsError, mask_from_runs, mask_to_runs
+from medclipseg.io.masks import MaskRunsError, mask_from_runs, mask_to_runs, runs_text
 from medclipseg.io.png import encode_png
 
 HEATMAP_COLOURMAP = "magma"
@@ -60,7 +60,7 @@ def case_payload(*, case_id: int, prediction_id: int, image_rgb: np.ndarray, pro
         "width": int(width), "height": int(height), "title": title,
         "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
         "probability": _base64(probability, "<f4"), "entropy": _base64(entropy, "<f2"),
-        "start_runs": mask_to_runs(start_mask), "start": start, "start_note": start_note,
+        "start_runs": runs_text(mask_to_runs(start_mask)), "start": start, "start_note": start_note,
         "base_version": None if base_version is None else int(base_version),
         "threshold": float(threshold), "uncertainty_threshold": float(uncertainty_threshold),
         "opacity": float(opacity), "max_entropy": float(MAX_BINARY_ENTROPY), "colormap": list(colormap_table()),
