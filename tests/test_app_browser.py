@@ -209,8 +209,20 @@ def test_ingest_then_export_from_the_browser(server, page, tmp_path):
     examples = [ROOT / "assets" / "examples" / name for name in ("dermoscopy.png", "chest_xray.png")]
     page.locator("#ingest-files input[type=file]").set_input_files([str(path) for path in examples])
     page.get_by_label("One prompt for every image").fill("A lesion in the image.")
+    # The progress bar counts the images while the ingest runs (each count is recorded as it shows).
+    page.evaluate("""() => {
+        window.__ingestSeen = [];
+        new MutationObserver(() => {
+            const text = document.querySelector('#ingest-progress').innerText;
+            if (text) window.__ingestSeen.push(text);
+        }).observe(document.querySelector('#ingest-progress'), {subtree: true, childList: true, characterData: true});
+    }""")
     page.click("#ingest")
     page.wait_for_selector("#ingest-report :text('2 images added')")
+    seen = " | ".join(page.evaluate("window.__ingestSeen"))
+    assert "1 / 2 images" in seen and seen.endswith("Done"), seen
+    waiting = db_rows(db_path, "select count(*) from cases where status = 'unreviewed'")[0][0]
+    page.wait_for_function(f"document.querySelector('#queue').innerText.includes('{waiting} unreviewed')")
     names = [row[0] for row in db_rows(db_path, "select original_name from cases where source = 'ingest'")]
     assert {"chest_xray.png", "dermoscopy.png"} <= set(names)
 
