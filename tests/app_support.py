@@ -318,3 +318,17 @@ def open_tab(page, name) -> None:
         return
     page.locator("button[aria-label='More tabs']:visible").first.click()
     page.locator(".overflow-menu button:visible", has_text=name).first.click()
+
+
+def drag_across_editor(page, start, step, moves=24) -> None:
+    """One stroke of the current tool across the editor's canvas: from ``start`` (fractions of the
+    canvas width and height), ``moves`` pointer moves of ``step`` (dx, dy) CSS pixels each."""
+    canvas = page.locator("#editor .mse-canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x0, y0 = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for move in range(1, moves + 1):
+        page.mouse.move(x0 + move * step[0], y0 + move * step[1])
+    page.mouse.up()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app_support import (
+    drag_across_editor,
     CHROMIUM,
     CHROMIUM_ARGS,
     ROOT,
@@ -87,15 +88,7 @@ def test_segment_threshold_paint_and_save(server, page, tmp_path):
     assert db_rows(db_path, "select count(*) from predictions") == [(1,)]
 
     # Paint one brush stroke (the editor starts with the brush) across the middle of the picture, then save.
-    canvas = page.locator("#editor .mse-canvas")
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    x0, y0 = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    for step in range(1, 25):
-        page.mouse.move(x0 + step * 5, y0 + step)
-    page.mouse.up()
+    drag_across_editor(page, (0.45, 0.5), (5, 1))
     page.click("#save")
     wait_for_status(page, "Saved correction v1")
     page.screenshot(path=str(screenshot_dir(tmp_path) / "annotator.png"), full_page=True)

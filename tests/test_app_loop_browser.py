@@ -12,6 +12,7 @@ import json
 import re
 
 from app_support import (
+    drag_across_editor,
     CHROMIUM,
     CHROMIUM_ARGS,
     ROOT,
@@ -39,15 +40,7 @@ def gold_seed_for(content_hashes, fraction=0.5) -> int:
 def paint_and_save(page, case_id) -> None:
     """Once the editor shows the case: one brush stroke across its picture, then Save."""
     page.wait_for_selector(f'#editor [data-case-id="{case_id}"][data-ready="true"]')
-    canvas = page.locator("#editor .mse-canvas")
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    x0, y0 = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.45
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    for step in range(1, 25):
-        page.mouse.move(x0 + step * 6, y0 + step * 2)
-    page.mouse.up()
+    drag_across_editor(page, (0.35, 0.45), (6, 2))
     page.click("#save")
     wait_for_status(page, "Saved correction v1")
 

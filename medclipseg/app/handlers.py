@@ -139,8 +139,9 @@ def _when(iso: str) -> str:
     return (iso or "")[:16].replace("T", " ") + " UTC" if iso else "?"
 
 
-def version_label(row: dict) -> str:
-    return f"v{row['version']} ({row['status']}) by **{row['annotator']}**, {_when(row['created_at'])}"
+def version_label(row: dict, *, bold: bool = True) -> str:
+    who = f"**{row['annotator']}**" if bold else row["annotator"]
+    return f"v{row['version']} ({row['status']}) by {who}, {_when(row['created_at'])}"
 
 
 def history_markdown(service: AnnotationService, case_id: int) -> str:
@@ -205,14 +206,14 @@ def open_case(service: AnnotationService, case_id: int, prediction_id: int, anno
         note = f"Restored your unsaved edits of case #{case_id} ({_when(draft.updated_at)})."
         if stale:
             # Rebased on purpose: the save that follows replaces the newer version, and says so.
-            note += (f" They began before {version_label(latest).replace('**', '')}; a save makes "
+            note += (f" They began before {version_label(latest, bold=False)}; a save makes "
                      f"v{latest['version'] + 1}, replacing it.")
         else:
             base_version = draft.base_version
     elif latest is not None:
         start, start_mask = "version", service.store.load_mask(latest["mask_path"])
         threshold = latest["threshold"] if latest.get("threshold") is not None else prediction.threshold
-        note = f"Showing the latest saved version, {version_label(latest).replace('**', '')}; a save makes v{latest['version'] + 1}."
+        note = f"Showing the latest saved version, {version_label(latest, bold=False)}; a save makes v{latest['version'] + 1}."
         if stale:
             note += (f" Your unsaved edits of {_when(draft.updated_at)} began before it and are kept: *Use my draft* "
                      "puts them back over this version (editing here first replaces that draft).")
@@ -254,12 +255,11 @@ def _no_session() -> Screen:
 def _view_of(editor_value) -> dict:
     """The thresholds the editor uses now (so the next case opens with the same uncertainty view)."""
     view = dict(DEFAULT_VIEW)
-    if isinstance(editor_value, dict):
-        for key in ("uncertainty_threshold",):
-            try:
-                view[key] = min(max(float(editor_value.get(key, view[key])), 0.0), MAX_BINARY_ENTROPY)
-            except (TypeError, ValueError):
-                pass
+    try:
+        shown = float(editor_value["uncertainty_threshold"])
+    except (TypeError, ValueError, KeyError):
+        return view
+    view["uncertainty_threshold"] = min(max(shown, 0.0), MAX_BINARY_ENTROPY)
     return view
 
 

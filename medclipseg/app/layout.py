@@ -150,20 +150,21 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         if set(parts) != set(handlers.PART_NAMES):
             raise RuntimeError(f"Screen parts without a component: {set(handlers.PART_NAMES) ^ set(parts)}")
 
-        def shown(screen: Screen, remember: dict = None, annotator: str = "") -> dict:
+        def shown(screen: Screen, remember: bool = False, annotator: str = "") -> dict:
             """A handler's Screen as Gradio's {component: value} update (parts it leaves are kept);
             with ``remember``, the browser's note of the open case follows the session."""
             update = {}
-            for name, value in screen.changed().items():
+            changed = screen.changed()
+            for name, value in changed.items():
                 if name in ("dicom_controls", "stale_draft"):
                     update[parts[name]] = gr.update(visible=value)
                 elif name == "window_presets":  # the CT presets: shown, and set, for CT only
                     update[parts[name]] = gr.update(visible=value, value=screen.window_preset or HEADER_WINDOW)
-                elif name == "window_preset" and "window_presets" in screen.changed():
-                    continue
+                elif name == "window_preset" and "window_presets" in changed:
+                    continue  # set together with its visibility above
                 else:
                     update[parts[name]] = value
-            if remember is not None and screen.session is not KEEP:
+            if remember and screen.session is not KEEP:
                 update[remembered] = {"annotator": annotator or "",
                                       "case_id": screen.session.case_id if screen.session else None}
             return update
@@ -201,7 +202,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             return shown(handlers.segment(
                 service, file_path, prompt_text, window=handlers.window_of(is_windowed, center, width),
                 samples=sample_count, annotator=name, editor_value=editor_value,
-                progress=progress_reporter(progress)), remember={}, annotator=name)
+                progress=progress_reporter(progress)), remember=True, annotator=name)
 
         # -- the editor
         def on_editor_change(current, editor_value, typed_name, request: gr.Request):
@@ -217,13 +218,13 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             if not ok:
                 return shown(handlers.stayed(current))
             name = annotator_of(typed_name, request)
-            return shown(handlers.skip(service, current, name), remember={}, annotator=name)
+            return shown(handlers.skip(service, current, name), remember=True, annotator=name)
 
         def on_next(ok, order, typed_name, current, editor_value, request: gr.Request):
             if not ok:
                 return shown(handlers.stayed(current))
             name = annotator_of(typed_name, request)
-            return shown(handlers.next_case(service, order, name, editor_value), remember={}, annotator=name)
+            return shown(handlers.next_case(service, order, name, editor_value), remember=True, annotator=name)
 
         def on_use_draft(current, typed_name, request: gr.Request):
             return shown(handlers.use_draft(service, current, annotator_of(typed_name, request)))

@@ -241,6 +241,9 @@ function fitView() {
 // ---------------------------------------------------------------- edits, undo, redo
 
 function counts() {
+    // Once per revision: the value sent and the status line both need them after every edit.
+    const key = `${S.meta.session}:${S.revision}:${S.threshold}`;
+    if (S.countsKey === key) return S.counted;
     const t = Math.fround(S.threshold);
     let area = 0, added = 0, erased = 0;
     for (let i = 0; i < S.mask.length; i++) {
@@ -249,7 +252,9 @@ function counts() {
         if (m && !p) added++;
         else if (!m && p) erased++;
     }
-    return { area, added, erased };
+    S.countsKey = key;
+    S.counted = { area, added, erased };
+    return S.counted;
 }
 
 function changeOverrides(indices, values) {
@@ -674,10 +679,7 @@ function onUncertainty(event) {
         renderHeat();
         draw();
         // The numbers (uncertain area) follow; the mask did not change.
-        props.value = currentValue();
-        clearTimeout(S.syncTimer);
-        S.syncPending = true;
-        S.syncTimer = setTimeout(flush, 350);
+        publish();
     });
 }
 
