@@ -162,3 +162,18 @@ def test_versions_survive_reopening(tmp_path):
     with AnnotationStore(path) as again:
         assert again.current_model_id() == "model-a@1"
         assert again.model_source("model-a@1") == "demo"
+
+
+def test_a_fresh_case_without_a_prediction_is_left_to_whoever_added_it(store, monkeypatch):
+    """Background re-scoring must not race an ingest (or a test filling the queue) for a case it
+    just added: without a prediction, a case is re-scored only once FRESH_CASE_SECONDS old."""
+    from medclipseg.annotation import store as store_module
+
+    store.ensure_base_version("model-a@1", source="x", name="model-a")
+    waiting = store.add_case(image(1), prompt="a round lesion", original_name="new.png")
+    predicted = store.add_case(image(2), prompt="a round lesion", original_name="old.png")
+    store.add_prediction(predicted.id, _prediction(np.where(_disk(3), 0.3, 0.01).astype(np.float32), "other@9"))
+    assert store.cases_to_rescore("model-a@1") == [predicted.id]  # ranked by another model: re-score it now
+    assert store.rescore_backlog("model-a@1") == 2                 # the fresh one still counts as waiting
+    monkeypatch.setattr(store_module, "FRESH_CASE_SECONDS", -60.0)  # as if both were added long ago
+    assert store.cases_to_rescore("model-a@1") == [waiting.id, predicted.id]

@@ -143,6 +143,10 @@ def default_db_path() -> Path:
 # ----------------------------------------------------------------------------------- helpers
 
 
+# A case added this recently without a prediction is left to whoever added it (cases_to_rescore).
+FRESH_CASE_SECONDS = 30.0
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -675,10 +679,15 @@ class AnnotationStore:
         return versions.promotion_log(self._db())
 
     def cases_to_rescore(self, model_id: str, *, limit: int = 50) -> list:
-        """Unreviewed cases not yet ranked by `model_id` (including any never predicted), oldest first."""
+        """Unreviewed cases not yet ranked by `model_id`, oldest first, including any never predicted
+        once it is older than FRESH_CASE_SECONDS (a younger one is being predicted by whoever added
+        it, an ingest or a segment; predicting it here too would do the work twice)."""
+        fresh_since = datetime.fromtimestamp(time.time() - FRESH_CASE_SECONDS, timezone.utc).isoformat(
+            timespec="milliseconds")
         rows = self._db().query(
-            "SELECT id FROM cases WHERE status = 'unreviewed' AND (ranked_model_id IS NULL OR ranked_model_id != ?) "
-            "ORDER BY id LIMIT ?", [model_id, int(limit)])
+            "SELECT id FROM cases c WHERE status = 'unreviewed' AND (ranked_model_id IS NULL OR ranked_model_id != ?) "
+            "AND NOT (created_at > ? AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id)) "
+            "ORDER BY id LIMIT ?", [model_id, fresh_since, int(limit)])
         return [int(row["id"]) for row in rows]
 
     def rescore_backlog(self, model_id: str) -> int:
