@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     pool = phantom_examples(max(rounds), first_seed=1000)
     held_out = phantom_examples(args.held_out, first_seed=90000) if args.held_out else []
     predictor = Predictor.from_loaded(load_model("demo", device=device), device=device)
-    predictor.predict(pool[0].image_bgr, pool[0].prompt, num_samples=30, seed=0)  # warm-up
+    predictor.predict(pool[0].image_bgr, pool[0].prompt, num_samples=30, seed=0, channel_order="bgr")  # warm-up
     zero_shot = None
     if held_out:
         zero_shot = score_examples(predictor, held_out, num_samples=recipe.eval_samples, threshold=recipe.threshold,
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         examples = pool[:count]
         started = time.perf_counter()
         for example in examples:
-            predictor.predict(example.image_bgr, example.prompt, num_samples=30, seed=0)
+            predictor.predict(example.image_bgr, example.prompt, num_samples=30, seed=0, channel_order="bgr")
         baseline = time.perf_counter() - started
         steps = []
         with tempfile.TemporaryDirectory() as folder:

@@ -392,7 +392,8 @@ def _add_export(commands) -> None:
     parser.add_argument("--val", type=float, default=_signature_default(export_dataset, "val_fraction"),
                         help="fraction of images for validation (default: %(default)s)")
     parser.add_argument("--test", type=float, default=_signature_default(export_dataset, "test_fraction"),
-                        help="fraction of images for testing (default: %(default)s)")
+                        help="fraction of images for testing; gold cases go to test as well, whatever this says "
+                             "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=_signature_default(export_dataset, "seed"),
                         help="seed of the split (default: %(default)s)")
     parser.add_argument("--status", action="append", choices=("corrected", "accepted"),
@@ -416,7 +417,7 @@ def _add_ingest(commands) -> None:
     parser.add_argument("--batch", help="batch name stored with the cases (the queue can be limited to it)")
     _add_weights(parser)
     parser.add_argument("--batch-size", type=int, default=8,
-                        help="images read and stored at a time, then predicted one by one (default: %(default)s)")
+                        help="images read at a time, then predicted and stored one by one (default: %(default)s)")
     _add_prediction_options(parser)
     _add_device(parser)
 

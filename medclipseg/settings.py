@@ -11,6 +11,7 @@ win over these.
 | ``MEDCLIPSEG_AUTH`` | app logins, ``user:password`` pairs separated by commas | no login |
 | ``MEDCLIPSEG_SAMPLES`` | Monte-Carlo samples per segmentation in the app | 30 |
 | ``MEDCLIPSEG_MAX_PIXELS`` | largest accepted image, width x height | 100,000,000 |
+| ``MEDCLIPSEG_QUEUE_ORDER`` | the review queue's order in the app and the API's ``next_case`` (a name of ``medclipseg.annotation.queue.ACQUISITIONS``) | the study's choice, ``queue.DEFAULT_ACQUISITION`` |
 | ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` | where the app listens | 127.0.0.1 / 7860 |
 | ``SPACE_ID`` | set by Hugging Face Spaces; turns on the ``/data`` database location | unset |
 | ``HF_HUB_OFFLINE`` | ``1``: ``hf://`` sources use the local cache only | unset |
@@ -27,6 +28,7 @@ DB_ENV = "MEDCLIPSEG_DB"
 AUTH_ENV = "MEDCLIPSEG_AUTH"
 SAMPLES_ENV = "MEDCLIPSEG_SAMPLES"
 MAX_PIXELS_ENV = "MEDCLIPSEG_MAX_PIXELS"
+QUEUE_ORDER_ENV = "MEDCLIPSEG_QUEUE_ORDER"
 
 DEFAULT_WEIGHTS = "demo"
 DEFAULT_SAMPLES = 30
@@ -90,6 +92,18 @@ def app_samples() -> int:
 
 def max_image_pixels() -> int:
     return _positive_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
+
+
+def queue_order() -> str:
+    """MEDCLIPSEG_QUEUE_ORDER, or the default order; an unknown name is refused in words."""
+    from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION
+
+    name = _text(QUEUE_ORDER_ENV)
+    if name is None:
+        return DEFAULT_ACQUISITION
+    if name not in ACQUISITIONS:
+        raise ValueError(f"{QUEUE_ORDER_ENV}={name!r} is not a queue order; use one of {', '.join(ACQUISITIONS)}.")
+    return name
 
 
 def server_host() -> str:

@@ -16,6 +16,7 @@ from medclipseg.annotation import export as export_module
 from medclipseg.cli import main
 from medclipseg.datasets.layout import SPLITS, load_split, read_prompt_table
 from medclipseg.annotation.export import ExportResult, export_dataset, split_cases
+from medclipseg.datasets.splits import split_sizes
 from medclipseg.inference.predictor import Prediction
 from medclipseg.annotation.store import AnnotationStore
 from app_support import prediction_from_probability
@@ -54,6 +55,7 @@ def populated(tmp_path_factory):
     """12 exportable cases (3 with two versions, 1 accepted, 2 by bob, 2 sharing one image),
     plus a skipped and an unreviewed case. `expected[case_id]` holds what the export must contain."""
     store = AnnotationStore(tmp_path_factory.mktemp("db") / "annotations.db")
+    store.set_gold_fraction(0.0)  # no gold split here, so the ratios alone decide (gold: its own test)
     expected = {}
     shared_image = None
     for index in range(NUM_CORRECTED + 2):
@@ -296,6 +298,56 @@ def test_a_corrected_case_skipped_later_is_left_out(tmp_path):
         store.set_status(ids[1], "skipped", annotator="alice")
         with pytest.raises(ValueError, match="no corrected or accepted cases"):
             export_dataset(store, tmp_path / "out2")
+    finally:
+        store.close()
+
+
+def test_gold_cases_go_to_the_test_split_only(tmp_path):
+    """Gold cases score model versions; an export must never put them where `train` learns from them."""
+    import hashlib
+
+    from medclipseg.annotation.gold import is_gold
+
+    images = [_image_and_disc(index, SHAPES[0]) for index in range(16)]
+    hashes = []
+    for pixels, _ in images:  # the store's content hash of an image, computed here
+        digest = hashlib.sha256(f"{pixels.shape[0]}x{pixels.shape[1]}x3:".encode("ascii"))
+        digest.update(np.ascontiguousarray(pixels).tobytes())
+        hashes.append(digest.hexdigest())
+    seed = next(s for s in range(10_000) if sum(is_gold(h, seed=str(s), fraction=0.3) for h in hashes) == 5)
+    gold_index = {index for index, h in enumerate(hashes) if is_gold(h, seed=str(seed), fraction=0.3)}
+    store = AnnotationStore(tmp_path / "db" / "annotations.db")
+    try:
+        store.set_gold_fraction(0.3, seed=seed)
+        gold_ids, ids = set(), []
+        for index, (pixels, disc) in enumerate(images):
+            case = store.add_case(pixels, prompt=f"lesion {index}", original_name=f"{index}.png")
+            store.save_correction(case.id, disc, annotator="alice")
+            ids.append(case.id)
+            if index in gold_index:
+                gold_ids.add(case.id)
+        # The same pixels with another prompt: gold too, and in the same split as its twin.
+        twin_of = ids[min(gold_index)]
+        twin = store.add_case(images[min(gold_index)][0], prompt="another prompt", original_name="twin.png")
+        store.save_correction(twin.id, images[min(gold_index)][1], annotator="alice")
+        gold_ids.add(twin.id)
+        for test_fraction in (0.0, 0.2):
+            result = export_dataset(store, tmp_path / f"out{test_fraction}", val_fraction=0.2,
+                                    test_fraction=test_fraction, seed=3)
+            manifest = json.loads(result.manifest_path.read_text())
+            split_of = {entry["case_id"]: entry["split"] for entry in manifest["cases"]}
+            assert {entry["case_id"] for entry in manifest["cases"] if entry["gold"]} == gold_ids
+            assert all(split_of[case_id] == "test" for case_id in gold_ids)
+            assert split_of[twin.id] == split_of[twin_of] == "test"
+            learnt = load_split(result.root, "train") + load_split(result.root, "val")
+            trained_on = {int(sample.image_name[len("case"):-len(".png")]) for sample in learnt}
+            assert trained_on and not trained_on & gold_ids
+            assert manifest["params"]["gold_split"] == "test"
+            others = len(ids) - len(gold_index)   # the 11 non-gold images split by the ratios as before
+            sizes = dict(zip(("train", "val", "test"),
+                             split_sizes(others, (1.0 - 0.2 - test_fraction, 0.2, test_fraction))))
+            assert result.counts == {"train": sizes["train"], "val": sizes["val"],
+                                     "test": sizes["test"] + len(gold_ids)}
     finally:
         store.close()
 

@@ -377,3 +377,58 @@ def test_ingest_with_another_model_rescores_unreviewed_cases_only(tmp_path, smal
     third = ingest(store, other, source, prompt="a bright round lesion", num_samples=2)
     assert third.rescored == [] and sorted(third.duplicates) == sorted(first.added)
     store.close()
+
+
+class _CheckingPredictor:
+    """Predicts a fixed disc; while predicting, reads the database through its own connection (a
+    concurrent reader) and records any case that has no prediction. Raises for ``fail_on`` names'
+    images, told apart by their first pixel."""
+
+    model_id = "stub@1"
+
+    def __init__(self, db_path, fail_on_pixels=()):
+        self.db_path, self.fail_on_pixels = db_path, [tuple(p) for p in fail_on_pixels]
+        self.orphans, self.calls = [], 0
+
+    def predict(self, image, prompt, *, num_samples=2, threshold=0.5, seed=None, channel_order="rgb", **_):
+        from app_support import prediction_from_probability
+
+        self.calls += 1
+        connection = sqlite3.connect(self.db_path)
+        try:
+            self.orphans += connection.execute(
+                "SELECT id FROM cases c WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id)"
+            ).fetchall()
+        finally:
+            connection.close()
+        pixels = np.asarray(image)
+        if tuple(pixels[0, 0].tolist()) in self.fail_on_pixels:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        yy, xx = np.mgrid[:pixels.shape[0], :pixels.shape[1]]
+        probability = np.where(np.hypot(yy - 12, xx - 12) < 6, 0.8, 0.1).astype(np.float32)
+        return prediction_from_probability(probability, model_id=self.model_id, prompt=prompt, threshold=threshold)
+
+
+def test_a_prediction_error_fails_that_file_only_and_no_case_is_seen_without_a_prediction(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for seed, name in ((1, "a.png"), (2, "b.png"), (3, "c.png"), (4, "d.png")):
+        (source / name).write_bytes(_png(seed))
+    failing = cv2.imdecode(np.frombuffer(_png(2), np.uint8), cv2.IMREAD_COLOR)[0, 0]   # b.png, as BGR
+    store = AnnotationStore(tmp_path / "db" / "annotations.db")
+    predictor = _CheckingPredictor(store.path, fail_on_pixels=[failing])
+    report = ingest(store, predictor, source, prompt="a bright round lesion", batch_size=4, num_samples=2)
+    assert predictor.calls == 4 and predictor.orphans == []
+    assert [name for name, _ in report.failed] == ["b.png"]
+    assert "CUDA out of memory" in report.failed[0][1]
+    assert len(report.added) == 3
+    assert sorted(store.get_case(case_id).original_name for case_id in report.added) == ["a.png", "c.png", "d.png"]
+    counts = store.counts()
+    assert counts["unreviewed"] == 3 and counts["predictions"] == 3       # no case for b.png
+    for case_id in report.added:
+        assert store.latest_prediction_id(case_id) is not None
+    # Ingesting again with a model that now works adds b.png; the other three are duplicates.
+    again = ingest(store, _CheckingPredictor(store.path), source, prompt="a bright round lesion", num_samples=2)
+    assert [store.get_case(case_id).original_name for case_id in again.added] == ["b.png"]
+    assert sorted(again.duplicates) == sorted(report.added) and again.failed == []
+    store.close()

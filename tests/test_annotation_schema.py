@@ -57,7 +57,7 @@ def test_schema_created_in_wal_mode(tmp_path):
         assert store.path == path and path.is_file()
         assert store.files_dir == tmp_path / "sub" / "annotations_files"
         assert all((store.files_dir / sub).is_dir() for sub in ("images", "maps", "masks"))
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         assert store.integrity_check() == "ok"
         assert store.counts() == {"unreviewed": 0, "corrected": 0, "accepted": 0, "skipped": 0,
                                   "corrections": 0, "predictions": 0}
@@ -70,7 +70,7 @@ def test_schema_created_in_wal_mode(tmp_path):
     columns = {row[1] for row in conn.execute("PRAGMA table_info(cases)")}
     assert set(ACQUISITION_SCORES.values()) <= columns
     assert {f"idx_queue_{column}" for column in ACQUISITION_SCORES.values()} <= indexes
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     conn.close()
 
 
@@ -134,7 +134,7 @@ def test_existing_version_1_database_opens(tmp_path):
     conn.close()
 
     with AnnotationStore(path) as store:
-        assert store.schema_version == 3 and store.integrity_check() == "ok"
+        assert store.schema_version == SCHEMA_VERSION and store.integrity_check() == "ok"
         case = store.get_case(1)
         assert (case.original_name, case.batch, case.metadata, case.status) == ("old.png", "week1",
                                                                                 {"modality": "CT"}, "unreviewed")
@@ -166,7 +166,7 @@ def test_migration_from_version_zero(tmp_path):
     conn.commit()
     conn.close()
     with AnnotationStore(path) as store:
-        assert store.schema_version == 3
+        assert store.schema_version == SCHEMA_VERSION
         case, _ = case_with_prediction(store, 2)
         assert store.get_case(case.id).status == "unreviewed"
 
@@ -220,11 +220,11 @@ def _version_2_database(path, files):
 
 
 def test_version_2_database_gets_drafts_and_lineage(tmp_path):
-    """A version 2 database opens as version 3: drafts table, replaces_version filled in, old rows readable."""
+    """A version 2 database opens at the latest version: drafts table, replaces_version filled in, old rows readable."""
     path = tmp_path / "annotations.db"
     predicted = _version_2_database(path, tmp_path / "annotations_files")
     with AnnotationStore(path) as store:
-        assert store.schema_version == 3 and store.integrity_check() == "ok"
+        assert store.schema_version == SCHEMA_VERSION and store.integrity_check() == "ok"
         history = store.case_history(1)
         assert [(row["version"], row["annotator"], row["replaces_version"]) for row in history] == [
             (1, "alice", None), (2, "bob", 1)]
@@ -243,3 +243,84 @@ def test_version_2_database_gets_drafts_and_lineage(tmp_path):
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "idx_drafts_case_annotator" in indexes
     conn.close()
+
+
+def _version_1_database_with_case(tmp_path, scores: dict):
+    """The frozen version 1 layout (VERSION_1_SQL) holding one case named like a slice, its image and
+    one prediction with `scores`."""
+    path = tmp_path / "annotations.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(VERSION_1_SQL)
+    files = tmp_path / "annotations_files"
+    for sub in ("images", "maps", "masks"):
+        (files / sub).mkdir(parents=True)
+    cv2.imwrite(str(files / "images" / "abc.png"), image(40))
+    probability = np.full((24, 32), 0.2, np.float32)
+    np.savez_compressed(files / "maps" / "p1.npz", probability=probability,
+                        entropy=np.full((24, 32), 0.1, np.float16), mutual_information=np.zeros((24, 32), np.float16))
+    cv2.imwrite(str(files / "masks" / "p1-predicted.png"), np.zeros((24, 32), np.uint8))
+    conn.execute("INSERT INTO cases (id, content_hash, prompt, original_name, width, height, source, batch, "
+                 "image_path, metadata, status, created_at, updated_at, random_key) VALUES (1, 'abc', 'a lesion', "
+                 "'ct_slice_017.png', 32, 24, 'upload', NULL, 'images/abc.png', '{}', 'unreviewed', "
+                 "'2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 0.5)")
+    conn.execute("INSERT INTO predictions (id, case_id, model_id, prompt, threshold, num_samples, seconds, "
+                 "created_at, maps_path, mask_path, scores, foreground_pixels) VALUES (1, 1, 'old-model', 'a lesion', "
+                 "0.5, 4, 0.1, '2026-01-01T00:00:00Z', 'maps/p1.npz', 'masks/p1-predicted.png', ?, 0)",
+                 [json.dumps(scores)])
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_version_1_database_gets_diversity_fields(tmp_path):
+    """Version 4: source and slice read from the file name at migration; the image fingerprint filled
+    from the image file afterwards, equal to one computed directly from the pixels."""
+    from medclipseg.annotation.diversity import image_descriptor
+
+    path = _version_1_database_with_case(tmp_path, {"band_entropy": 0.4})
+    with AnnotationStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        row = sqlite3.connect(path).execute("SELECT source_key, slice_index, descriptor FROM cases").fetchone()
+        assert row == ("ct_slice_#", 17, None)
+        assert store.fill_descriptors() == 1 and store.fill_descriptors() == 0
+        stored = sqlite3.connect(path).execute("SELECT descriptor FROM cases").fetchone()[0]
+        assert stored == image_descriptor(image(40))
+
+
+def test_adding_an_acquisition_needs_no_migration(tmp_path, monkeypatch):
+    """CONTRIBUTING's recipe (a new entry in ACQUISITIONS) must not break old or new databases: the old
+    migrations read their own frozen columns, and the new rank column is added, indexed and filled
+    from the stored scores when a database opens."""
+    from medclipseg.annotation import queue
+
+    new = queue.Acquisition("rank_top5_entropy", "top5_entropy", "Mean entropy of the 5 % most uncertain pixels")
+    monkeypatch.setitem(queue.ACQUISITIONS, "top5_entropy", new)
+    monkeypatch.setitem(queue.ACQUISITION_SCORES, "top5_entropy", new.column)
+    monkeypatch.setitem(queue.RANKED_BY_MODEL, new.column, new.score_key)
+
+    # A migration does what it did when it was written, whatever the acquisition list says today.
+    from medclipseg.annotation.database import Connections
+    from medclipseg.annotation.schema import MIGRATIONS
+
+    connections = Connections(tmp_path / "steps.db")
+    with connections.write() as db:
+        db["meta"].create({"key": str, "value": str}, pk="key")
+        for step in MIGRATIONS[:2]:
+            step(db)
+        assert "rank_top5_entropy" not in {column.name for column in db["cases"].columns}
+    connections.close()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    path = _version_1_database_with_case(old, {"band_entropy": 0.4, "top5_entropy": 0.7})
+    with AnnotationStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION and store.integrity_check() == "ok"
+        assert store.next_case("alice", acquisition="top5_entropy").id == 1
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT rank_top5_entropy FROM cases WHERE id = 1").fetchone()[0] == pytest.approx(0.7)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'idx_queue_rank_top5_entropy'").fetchone()[0]
+    conn.close()
+
+    with AnnotationStore(tmp_path / "new.db") as store:  # a new database gets the column as well
+        case, _ = case_with_prediction(store, 3)
+        assert store.next_case("bob", acquisition="top5_entropy").id == case.id

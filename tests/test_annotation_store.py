@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from annotation_support import case_with_prediction, image, prediction, stored_files
+from app_support import prediction_from_probability
 from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.store import (
     SCHEMA_VERSION,
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_public_names_still_importable_from_store():
-    assert SCHEMA_VERSION == 3 and "random" in ACQUISITION_SCORES and issubclass(StorageError, RuntimeError)
+    assert SCHEMA_VERSION == 4 and "random" in ACQUISITION_SCORES and issubclass(StorageError, RuntimeError)
     assert callable(AnnotationStore.queue_summary)
 
 
@@ -240,3 +241,98 @@ def test_refused_corrections_leave_nothing(store):
     assert stored_files(store) == before
     assert store.counts()["corrections"] == 0
     assert store.get_case(case.id).status == "unreviewed"
+
+
+# ------------------------------------------------------------------------------- a case with its prediction
+
+
+def test_a_case_and_its_prediction_are_added_together(store):
+    """One transaction: nobody ever sees the case without its prediction, and a prediction the
+    store refuses leaves no case behind."""
+    pixels, predicted = image(20), prediction(seed=20)
+    case, prediction_id = store.add_case_with_prediction(pixels, predicted, prompt="a round lesion",
+                                                         original_name="p.png", source="ingest", batch="b")
+    assert (case.original_name, case.source, case.batch, case.status) == ("p.png", "ingest", "b", "unreviewed")
+    assert store.latest_prediction_id(case.id) == prediction_id
+    np.testing.assert_array_equal(store.load_prediction(prediction_id).probability, predicted.probability)
+    # The same pixels and prompt again: the same case, one more prediction.
+    again, second = store.add_case_with_prediction(pixels, prediction(seed=21), prompt="a round lesion",
+                                                   original_name="copy.png")
+    assert again.id == case.id and second != prediction_id and store.counts()["unreviewed"] == 1
+    before = (store.counts(), stored_files(store))
+    with pytest.raises(StorageError, match="shape"):
+        store.add_case_with_prediction(image(22), prediction(shape=(10, 10), seed=22), prompt="a round lesion",
+                                       original_name="wrong.png")
+    assert store.counts() == before[0]
+    assert [p for p in stored_files(store) if "/images/" not in p.as_posix()] == \
+           [p for p in before[1] if "/images/" not in p.as_posix()]
+
+
+# ------------------------------------------------------------------------------- skip and un-skip
+
+
+def test_skip_respects_leases_and_saved_versions(store):
+    from medclipseg.annotation.store import SavedVersionExists
+
+    free, _ = case_with_prediction(store, 30)
+    held, _ = case_with_prediction(store, 31)
+    saved, _ = case_with_prediction(store, 32)
+    assert store.claim(held.id, annotator="bob")
+    with pytest.raises(StorageError, match="bob") as refused:
+        store.skip(held.id, annotator="alice")
+    assert not isinstance(refused.value, SavedVersionExists)
+    assert store.get_case(held.id).status == "unreviewed"
+    store.skip(held.id, annotator="bob")
+    store.skip(free.id, annotator="alice")
+    assert store.get_case(held.id).status == store.get_case(free.id).status == "skipped"
+    assert store.get_case(held.id).assigned_to is None
+
+    mask = np.zeros((24, 32), bool)
+    mask[3:9, 4:12] = True
+    store.save_correction(saved.id, mask, annotator="carol")
+    with pytest.raises(SavedVersionExists) as asked:
+        store.skip(saved.id, annotator="alice")
+    assert (asked.value.case_id, asked.value.version, asked.value.annotator, asked.value.status) == \
+           (saved.id, 1, "carol", "corrected")
+    assert store.get_case(saved.id).status == "corrected"
+    store.skip(saved.id, annotator="alice", discard_saved=True)
+    assert store.get_case(saved.id).status == "skipped"
+    with pytest.raises(StorageError, match="annotator"):
+        store.skip(free.id, annotator=" ")
+
+
+def test_unskip_restores_the_latest_saved_status_or_the_queue(store):
+    store.ensure_base_version("model-a@1", source="x", name="model-a")
+    unreviewed = store.add_case(image(40), prompt="a round lesion", original_name="u.png")
+    store.add_prediction(unreviewed.id, prediction_from_probability(
+        np.where(np.arange(24 * 32).reshape(24, 32) % 7 == 0, 0.8, 0.1).astype(np.float32), model_id="model-a@1"))
+    reviewed, _ = case_with_prediction(store, 41)
+    mask = np.zeros((24, 32), bool)
+    mask[2:6, 2:6] = True
+    store.save_correction(reviewed.id, mask, annotator="carol")                  # v1 corrected
+    store.save_correction(reviewed.id, None, annotator="dave", status="accepted")  # v2 accepted
+    for case in (unreviewed, reviewed):
+        store.skip(case.id, annotator="alice", discard_saved=True)
+    who = sqlite3.connect(store.path).execute("SELECT status_by FROM cases WHERE id = ?", (reviewed.id,)).fetchone()
+    assert who == ("alice",)  # a skip leaves no version, so the case records who did it
+    # While it was skipped another version became current: its old ranks must not come back with it.
+    folder = store.models_dir / "model-b"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    store.add_trained_version(folder, model_id="model-b@2", name="model-b", parent_id="model-a@1",
+                              created_by="alice", recipe={}, correction_ids=[], train_cases=1)
+    store.promote("model-b@2", by="alice")
+
+    assert store.unskip(reviewed.id, annotator="erin") == "accepted"
+    assert store.unskip(unreviewed.id, annotator="erin") == "unreviewed"
+    assert store.get_case(reviewed.id).status == "accepted"
+    assert store.get_case(unreviewed.id).status == "unreviewed"
+    connection = sqlite3.connect(store.path)
+    assert connection.execute("SELECT status_by FROM cases WHERE id = ?", (reviewed.id,)).fetchone() == ("erin",)
+    ranked = connection.execute(f"SELECT ranked_model_id, {ACQUISITION_SCORES['band_entropy']} FROM cases "
+                                "WHERE id = ?", (unreviewed.id,)).fetchone()
+    connection.close()
+    assert ranked == (None, None)
+    assert store.cases_to_rescore("model-b@2") == [unreviewed.id]
+    with pytest.raises(StorageError, match="not skipped"):
+        store.unskip(reviewed.id, annotator="erin")

@@ -67,7 +67,7 @@ def test_gold_flag_is_chosen_once_per_image_at_first_correction(store):
 
 def test_misses_are_served_before_confident_correct_cases(store):
     """An empty prediction with probability mass under the threshold (a miss) is served before
-    confident correct ones by the default order; the old default served it last."""
+    confident correct ones by band entropy; the earlier foreground-entropy order served it last."""
     confident = np.where(_disk(6), 0.995, 0.002).astype(np.float32)
     missed = np.where(_disk(6), 0.3, 0.002).astype(np.float32)   # the model saw something, below 0.5
     absent = np.full(SHAPE, 1e-4, np.float32)                    # correctly empty: nearly no mass
@@ -81,7 +81,7 @@ def test_misses_are_served_before_confident_correct_cases(store):
         assert (name == "miss") == (not prediction.mask.any() and name != "absent")
         store.add_prediction(case.id, prediction)
         ids[case.id] = name
-    served = [ids[store.next_case(f"annotator{i}").id] for i in range(4)]
+    served = [ids[store.next_case(f"annotator{i}", acquisition="band_entropy").id] for i in range(4)]
     assert served[0] == "miss"
     assert served.index("absent") > served.index("miss")
     for index in range(4):
@@ -114,15 +114,15 @@ def test_base_version_promotion_rollback_and_ranks_by_current_model(store):
     store.promote("model-b@2", by="alice")
     assert store.current_model_id() == "model-b@2"
     # Only the case model-b predicted keeps a rank; the others wait to be re-scored, served last.
-    rows = conn.execute(f"SELECT id, ranked_model_id, {ACQUISITIONS[DEFAULT_ACQUISITION].column} FROM cases "
+    rows = conn.execute(f"SELECT id, ranked_model_id, {ACQUISITIONS["band_entropy"].column} FROM cases "
                         "ORDER BY id").fetchall()
     assert [(r[0], r[1]) for r in rows] == [(cases[0].id, "model-b@2"), (cases[1].id, None), (cases[2].id, None)]
     latest_b = conn.execute("SELECT scores FROM predictions WHERE model_id = 'model-b@2'").fetchone()[0]
-    assert rows[0][2] == pytest.approx(json.loads(latest_b)[ACQUISITIONS[DEFAULT_ACQUISITION].score_key])
+    assert rows[0][2] == pytest.approx(json.loads(latest_b)[ACQUISITIONS["band_entropy"].score_key])
     assert store.cases_to_rescore("model-b@2") == [cases[1].id, cases[2].id]
     assert store.rescore_backlog("model-b@2") == 2
-    assert store.next_case("carol").id == cases[0].id  # ranked first, the unranked after it by id
-    assert store.next_case("dave").id == cases[1].id
+    assert store.next_case("carol", acquisition="band_entropy").id == cases[0].id  # ranked first, the unranked after it by id
+    assert store.next_case("dave", acquisition="band_entropy").id == cases[1].id
 
     back = store.rollback(by="alice")
     assert back.id == "model-a@1" and store.current_model_id() == "model-a@1"
@@ -164,16 +164,16 @@ def test_versions_survive_reopening(tmp_path):
         assert again.model_source("model-a@1") == "demo"
 
 
-def test_a_fresh_case_without_a_prediction_is_left_to_whoever_added_it(store, monkeypatch):
-    """Background re-scoring must not race an ingest (or a test filling the queue) for a case it
-    just added: without a prediction, a case is re-scored only once FRESH_CASE_SECONDS old."""
-    from medclipseg.annotation import store as store_module
-
+def test_cases_to_rescore_includes_cases_never_predicted_and_leaves_out_excluded_ones(store):
+    """Ingest and segment add a case together with its prediction, so a case without one (an older
+    database) is simply waiting: it is re-scored at once, with no grace period. ``exclude`` names
+    cases the caller has given up on (re-scoring failed), so a pass can move past them."""
     store.ensure_base_version("model-a@1", source="x", name="model-a")
     waiting = store.add_case(image(1), prompt="a round lesion", original_name="new.png")
     predicted = store.add_case(image(2), prompt="a round lesion", original_name="old.png")
     store.add_prediction(predicted.id, _prediction(np.where(_disk(3), 0.3, 0.01).astype(np.float32), "other@9"))
-    assert store.cases_to_rescore("model-a@1") == [predicted.id]  # ranked by another model: re-score it now
-    assert store.rescore_backlog("model-a@1") == 2                 # the fresh one still counts as waiting
-    monkeypatch.setattr(store_module, "FRESH_CASE_SECONDS", -60.0)  # as if both were added long ago
     assert store.cases_to_rescore("model-a@1") == [waiting.id, predicted.id]
+    assert store.rescore_backlog("model-a@1") == 2
+    assert store.cases_to_rescore("model-a@1", exclude=[waiting.id]) == [predicted.id]
+    assert store.cases_to_rescore("model-a@1", exclude={waiting.id, predicted.id}) == []
+    assert store.cases_to_rescore("model-a@1", limit=1, exclude=()) == [waiting.id]

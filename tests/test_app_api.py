@@ -248,6 +248,35 @@ def test_skip_and_ingest_endpoints(live, tmp_path):
     assert result["status"] == "skipped" and store.get_case(report["added"][1]).status == "skipped"
 
 
+def test_skip_asks_before_dropping_saved_work_and_unskip_undoes_it(live, tmp_path):
+    url, db_path, _ = live
+    client = client_for(url)
+    store = AnnotationStore(db_path)
+    held, saved = fill_queue(store, 2, seed=60)
+    assert store.claim(held, annotator="bob")
+    message = refusal(client, held, "ivan", api_name="/skip")
+    assert "bob" in message and store.get_case(held).status == "unreviewed"
+    store.skip(held, annotator="bob")  # out of the shared queue of later tests
+
+    mask = np.zeros((48, 64), bool)
+    mask[10:20, 10:30] = True
+    store.save_correction(saved, mask, annotator="judy")
+    message = refusal(client, saved, "ivan", api_name="/skip")
+    assert "v1" in message and "judy" in message and "export" in message and "discard_saved" in message
+    assert store.get_case(saved).status == "corrected"
+    assert "true or false" in refusal(client, saved, "ivan", "perhaps", api_name="/skip")
+    result = client.predict(saved, "ivan", True, api_name="/skip")
+    assert result == {"case_id": saved, "status": "skipped", "annotator": "ivan"}
+    assert store.get_case(saved).status == "skipped"
+
+    result = client.predict(saved, "ivan", api_name="/unskip")
+    assert result == {"case_id": saved, "status": "corrected", "annotator": "ivan"}
+    assert store.get_case(saved).status == "corrected"
+    assert "not skipped" in refusal(client, saved, "ivan", api_name="/unskip")
+    assert "No case given" in refusal(client, None, "ivan", api_name="/unskip")
+    assert "annotator name is required" in refusal(client, saved, "", api_name="/unskip")
+
+
 def test_endpoint_errors_are_clear_and_write_nothing(live, tmp_path):
     url, db_path, _ = live
     client = client_for(url)

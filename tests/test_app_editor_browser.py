@@ -5,8 +5,9 @@ computed here with numpy and scipy from the very maps the store holds (``load_pr
 from the editor's own code. Pixels are addressed through the editor's view (``view()``: scale and
 offset in CSS px), so a pointer event lands on the centre of a chosen image pixel.
 
-Screenshots of the editor with a case open (1440 x 900 and 800 x 1000) go to MEDCLIPSEG_SCREENSHOTS
-(default: the test's tmp folder).
+Screenshots of the editor with a case open (1440 x 900 and 800 px wide: the page, the name lock, a
+model that found nothing, the skip confirmation) go to MEDCLIPSEG_SCREENSHOTS (default: the test's tmp
+folder); docs/images/ keeps the ones the README shows.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from scipy import ndimage
 from app_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    ROOT,
     app_server,
     browser_or_skip,
     db_rows,
     demo_database,
+    open_tab,
     ranked_case,
     screenshot_dir,
     soft_disk,
@@ -165,8 +168,18 @@ def above(probability, threshold) -> np.ndarray:
 
 
 def set_range(page, css_class, value):
+    """A move of one of the editor's sliders: its input event, then the change event of letting it go."""
     page.locator(f"#editor .{css_class}").evaluate(
-        "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }", str(value))
+        "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true}));"
+        " el.dispatchEvent(new Event('change', {bubbles: true})); }", str(value))
+
+
+def drag_range(page, css_class, values):
+    """A drag of a slider through ``values``: an input event at each, one change event at the end."""
+    page.locator(f"#editor .{css_class}").evaluate(
+        """(el, values) => {
+            for (const v of values) { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }
+            el.dispatchEvent(new Event('change', {bubbles: true})); }""", [str(v) for v in values])
 
 
 def corrections_of(server, case_id) -> list:
@@ -193,6 +206,19 @@ def blur(page):
     page.evaluate("document.activeElement && document.activeElement.blur()")
 
 
+def rank_order(page):
+    """Choose the queue's plain rank order (the one add_case ranks by, without the diverse pick, which
+    may serve a lower-ranked case first), so that the order of the cases served is known here."""
+    from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION
+
+    key = ACQUISITIONS[DEFAULT_ACQUISITION].score_key
+    label = next(a.label for a in ACQUISITIONS.values() if a.score_key == key and not a.diverse)
+    open_tab(page, "Queue")
+    page.get_by_label("Rank unreviewed cases by").click()
+    page.get_by_role("option", name=label, exact=True).click()
+    open_tab(page, "Image")
+
+
 # ------------------------------------------------------------------------------ tests
 
 
@@ -211,11 +237,47 @@ def test_strokes_stay_across_threshold_changes(server, page):
         assert np.array_equal(editor_mask(page), stroke | above(p, threshold))
     assert not np.array_equal(above(p, 0.3), above(p, 0.72))   # the slider really changed the model's part
 
+    # Undo takes the threshold moves back first, one at a time, then the stroke; redo replays all three.
+    assert editor_state(page)["steps"] == 3
     page.click("#editor [data-action=undo]")
-    assert np.array_equal(editor_mask(page), above(p, 0.72))
-    page.click("#editor [data-action=redo]")
+    assert editor_state(page)["threshold"] == pytest.approx(0.3)
+    assert np.array_equal(editor_mask(page), stroke | above(p, 0.3))
+    page.click("#editor [data-action=undo]")
+    assert editor_state(page)["threshold"] == pytest.approx(0.5)
+    assert page.input_value("#editor .mse-threshold") == "0.5"   # the slider follows
+    assert np.array_equal(editor_mask(page), stroke | above(p, 0.5))
+    page.click("#editor [data-action=undo]")
+    assert np.array_equal(editor_mask(page), above(p, 0.5))
+    for _ in range(3):
+        page.click("#editor [data-action=redo]")
+    assert editor_state(page)["threshold"] == pytest.approx(0.72)
     assert np.array_equal(editor_mask(page), stroke | above(p, 0.72))
-    assert editor_state(page)["steps"] == 1
+    assert editor_state(page)["steps"] == 3
+
+
+def test_a_threshold_drag_is_one_undo_step_before_the_stroke(server, page):
+    case_id, prediction = add_case(server, soft_disk(SHAPE, (36, 48), 16, 5.0), "threshold-undo.png")
+    rank_order(page)
+    open_next(page, "tilda", case_id)
+    p = prediction.probability
+    paint_row(page, 10, 20, 70)
+    stroke = row_stroke(10, 20, 70)
+    drag_range(page, "mse-threshold", [0.48, 0.44, 0.4, 0.35, 0.3])
+    assert editor_state(page)["steps"] == 2
+    blur(page)
+    page.keyboard.press("Control+z")   # the threshold comes back; the stroke stays
+    assert editor_state(page)["threshold"] == pytest.approx(0.5)
+    assert np.array_equal(editor_mask(page), stroke | above(p, 0.5))
+    assert "mask threshold back to 0.50" in page.inner_text("#editor .mse-message")
+    page.keyboard.press("Control+y")
+    assert editor_state(page)["threshold"] == pytest.approx(0.3)
+    assert np.array_equal(editor_mask(page), stroke | above(p, 0.3))
+    # A stroke after a move: undo takes the stroke back, then the move.
+    paint_row(page, 60, 20, 40)
+    page.keyboard.press("Control+z")
+    assert np.array_equal(editor_mask(page), stroke | above(p, 0.3))
+    page.keyboard.press("Control+z")
+    assert editor_state(page)["threshold"] == pytest.approx(0.5)
 
 
 def test_painting_while_a_save_is_in_flight(browser, server):
@@ -507,3 +569,248 @@ def test_screenshots_of_the_editor(server, browser, tmp_path):
             assert editor_state(page)["scale"] > 2   # a 96 x 72 image is enlarged, not a thumbnail
         finally:
             page.context.close()
+
+
+# ------------------------------------------------------------------------------ the page around the editor
+
+EXAMPLE = ROOT / "assets" / "examples" / "breast_ultrasound.png"
+
+
+def segment_example(page, prompt):
+    """Upload the breast ultrasound example and segment it with ``prompt``; returns the case id shown."""
+    page.set_input_files("#upload input[type=file]", str(EXAMPLE))
+    page.wait_for_selector("#preview img", state="attached")
+    page.fill("#prompt textarea", prompt)
+    page.click("#segment")
+    wait_for_status(page, "Segmented", timeout=90_000)
+    page.wait_for_selector('#editor [data-ready="true"]')
+    return page.evaluate("window.medclipsegEditor.caseId()")
+
+
+def box_of(page, selector) -> dict:
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None, f"{selector} is not shown"
+    return box
+
+
+def on_screen(box, viewport) -> bool:
+    return box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"] and box["x"] >= 0 and \
+        box["x"] + box["width"] <= viewport["width"]
+
+
+# One case per width (the store keeps one case per image and prompt).
+PROMPTS = {1440: "Breast ultrasound scan showing one medium oval-shaped benign lesion in the centre.",
+           800: "One medium oval benign lesion in the breast ultrasound scan."}
+
+
+@pytest.mark.parametrize("width", [1440, 800])
+def test_buttons_whole_image_and_status_fit_on_one_screen(server, browser, tmp_path, width):
+    viewport = {"width": width, "height": 900}
+    page = new_page(browser, server, width=width, height=900)
+    try:
+        page.fill("#annotator textarea", f"fit{width}")
+        segment_example(page, PROMPTS[width])
+        assert page.evaluate("window.scrollY") == 0   # nothing scrolled to show the case
+        canvas = box_of(page, "#editor .mse-canvas")
+        buttons = [box_of(page, f"#{name}") for name in ("accept", "save", "skip", "next-case")]
+        if width >= 1440:
+            # The case's buttons, the canvas (the whole image: the view is fitted to it) and the status
+            # of the last action (the page's line under the buttons, the editor's lines under the canvas).
+            for box in buttons + [canvas, box_of(page, "#status"), box_of(page, "#editor .mse-message"),
+                                  box_of(page, "#editor .mse-state")]:
+                assert on_screen(box, viewport), (box, canvas)
+            assert canvas["height"] >= 400
+        else:
+            # One column: a compact case bar, then the editor, before the image panel.
+            assert canvas["y"] < viewport["height"] - 200, canvas
+            assert all(on_screen(box, viewport) for box in buttons)
+            assert canvas["y"] < box_of(page, "#prompt")["y"]
+            assert canvas["width"] > 600
+        view = page.evaluate("window.medclipsegEditor.view()")
+        state = editor_state(page)
+        assert view["oy"] >= 0 and view["oy"] + state["height"] * view["scale"] <= canvas["height"] + 1
+        assert view["ox"] >= 0 and view["ox"] + state["width"] * view["scale"] <= canvas["width"] + 1
+
+        drag = page.locator("#editor .mse-canvas").bounding_box()   # a stroke out of the lesion's lower right
+        page.mouse.move(drag["x"] + drag["width"] * 0.6, drag["y"] + drag["height"] * 0.6)
+        page.mouse.down()
+        for step in range(1, 25):
+            page.mouse.move(drag["x"] + drag["width"] * 0.6 + 4 * step, drag["y"] + drag["height"] * 0.6 + step)
+        page.mouse.up()
+        page.click("#save")
+        wait_for_status(page, "Saved correction v1")
+        page.wait_for_function("document.querySelector('#numbers').innerText.includes('Mask area')")
+        if width >= 1440:
+            assert on_screen(box_of(page, "#status"), viewport) and on_screen(box_of(page, "#editor .mse-canvas"),
+                                                                              viewport)
+        name = "annotator.png" if width >= 1440 else f"annotator-{width}.png"
+        page.screenshot(path=str(screenshot_dir(tmp_path) / name))
+        if width >= 1440:   # below the editor: the queue, the case's history and its numbers
+            page.wait_for_selector("#history :text('History of case')")
+            page.evaluate("window.scrollTo(0, document.querySelector('#history').getBoundingClientRect().top "
+                          "+ window.scrollY - 420)")
+            page.screenshot(path=str(screenshot_dir(tmp_path) / "editor-history.png"))
+    finally:
+        page.context.close()
+
+
+NAMELESS_PROMPTS = {1440: "One medium oval-shaped benign lesion in the breast ultrasound image.",
+                    800: "A benign oval lesion in the centre of the breast ultrasound scan."}
+
+
+@pytest.mark.parametrize("width", [1440, 800])
+def test_editing_waits_for_a_name_and_a_refused_save_says_why_by_the_button(server, browser, tmp_path, width):
+    viewport = {"width": width, "height": 900}
+    page = new_page(browser, server, width=width, height=900)
+    try:
+        page.on("dialog", lambda dialog: dialog.accept())
+        case_id = segment_example(page, NAMELESS_PROMPTS[width])
+        assert "Type your name in Annotator to edit this case" in page.inner_text("#status")
+        lock = page.locator("#editor .mse-lock")
+        lock.wait_for(state="visible")
+        assert "Type your name in Annotator to edit" in lock.inner_text()
+        canvas, shown = box_of(page, "#editor .mse-canvas"), box_of(page, "#editor .mse-lock")
+        assert on_screen(shown, viewport) and canvas["y"] <= shown["y"] <= canvas["y"] + 40   # on the canvas
+        page.screenshot(path=str(screenshot_dir(tmp_path) / f"editor-name-lock-{width}.png"))
+
+        # No edit is taken: the brush, the tools and the mask threshold wait for the name.
+        before = page.evaluate("window.medclipsegEditor.maskRuns()")
+        drag = page.locator("#editor .mse-canvas").bounding_box()
+        page.mouse.move(drag["x"] + drag["width"] * 0.3, drag["y"] + drag["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(drag["x"] + drag["width"] * 0.6, drag["y"] + drag["height"] * 0.55, steps=12)
+        page.mouse.up()
+        page.click("#editor [data-action=fill]")
+        set_range(page, "mse-threshold", 0.3)
+        state = editor_state(page)
+        assert (state["locked"], state["revision"], state["steps"], state["threshold"]) == (True, 0, 0, 0.5)
+        assert page.evaluate("window.medclipsegEditor.maskRuns()") == before
+        assert "Type your name in Annotator to edit" in page.inner_text("#editor .mse-message")
+
+        # Save says why it refuses right under the Save button, not only somewhere else on the page.
+        page.click("#save")
+        wait_for_status(page, "Not saved. Type your name in the Annotator box first")
+        save, line = box_of(page, "#save"), box_of(page, "#status")
+        assert 0 <= line["y"] - (save["y"] + save["height"]) <= 40 and on_screen(line, viewport), (save, line)
+        assert db_rows(server["db"], "SELECT count(*) FROM corrections WHERE case_id = ?", (case_id,)) == [(0,)]
+
+        # With a name the lock goes, and the next stroke is kept as that annotator's draft.
+        name = f"nell{width}"
+        page.fill("#annotator textarea", name)
+        lock.wait_for(state="hidden")
+        page.mouse.move(drag["x"] + drag["width"] * 0.3, drag["y"] + drag["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(drag["x"] + drag["width"] * 0.6, drag["y"] + drag["height"] * 0.55, steps=12)
+        page.mouse.up()
+        painted = page.evaluate("window.medclipsegEditor.maskRuns()")
+        assert painted != before and editor_state(page)["steps"] == 1
+        wait_until(lambda: db_rows(server["db"], "SELECT count(*) FROM drafts WHERE case_id = ? AND annotator = ?",
+                                   (case_id, name)) == [(1,)], what="the draft under the name")
+        page.reload()
+        page.wait_for_selector(f'#editor [data-case-id="{case_id}"][data-ready="true"]')
+        assert page.evaluate("window.medclipsegEditor.maskRuns()") == painted
+        assert page.input_value("#annotator textarea") == name and not editor_state(page)["locked"]
+    finally:
+        page.context.close()
+
+
+def test_next_opens_another_case_and_keeps_an_edit_made_just_before(server, page):
+    other_id, _ = add_case(server, soft_disk(SHAPE, (30, 40), 12, 2.0), "next-other.png")
+    case_id, prediction = add_case(server, soft_disk(SHAPE, (36, 48), 14, 2.0), "next-first.png")  # ranked first
+    rank_order(page)
+    open_next(page, "nadia", case_id)
+    model = above(prediction.probability, 0.5)
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+    blur(page)
+    paint_row(page, 60, 10, 30)
+    # N at once, in the same task as the check: the stroke is still waiting in the editor's debounce.
+    pending = page.evaluate("""() => { const pending = window.medclipsegEditor.state().pending;
+        document.dispatchEvent(new KeyboardEvent('keydown', {key: 'n', bubbles: true})); return pending; }""")
+    assert pending is True
+    wait_for_case(page, other_id)   # another case, not the one just left (it still ranks first)
+    assert len(dialogs) == 1 and f"Case #{case_id}" in dialogs[0]
+    expected = model | row_stroke(60, 10, 30)
+    draft = wait_until(lambda: db_rows(server["db"], "SELECT mask_path FROM drafts WHERE case_id = ? AND annotator = ?",
+                                       (case_id, "nadia")), what="the draft of the case left")
+    assert np.array_equal(stored_mask(server, draft[0][0]), expected)
+    assert server["store"].get_case(other_id).assigned_to == "nadia"
+
+    page.keyboard.press("n")   # nothing unsaved here: the case left comes back, with its edit
+    wait_for_case(page, case_id)
+    assert np.array_equal(editor_mask(page), expected)
+    assert page.evaluate("window.medclipsegEditor.isDirty()")
+    assert "Restored your unsaved edits" in page.inner_text("#status")
+
+
+def test_reload_right_after_a_stroke_keeps_it(server, page):
+    case_id, prediction = add_case(server, soft_disk(SHAPE, (36, 48), 14, 2.0), "reload-at-once.png")
+    rank_order(page)
+    open_next(page, "rita", case_id)
+    page.on("dialog", lambda dialog: dialog.accept())
+    paint_row(page, 12, 20, 60)
+    page.reload()   # within the debounce: the page sends the edit as it leaves
+    wait_for_case(page, case_id)
+    assert np.array_equal(editor_mask(page), above(prediction.probability, 0.5) | row_stroke(12, 20, 60))
+
+
+def test_skip_after_a_save_asks_before_the_saved_version_leaves_export(server, page, tmp_path):
+    store = server["store"]
+    case_id, _ = add_case(server, soft_disk(SHAPE, (36, 48), 14, 2.0), "skip-saved.png")
+    rank_order(page)
+    open_next(page, "sven", case_id)
+    paint_row(page, 60, 10, 30)
+    page.click("#save")
+    wait_for_status(page, "Saved correction v1")
+    confirm = page.locator("#skip-confirm")
+    assert not confirm.is_visible()
+    page.click("#skip")
+    status = wait_for_status(page, "Not skipped")
+    assert "v1 (corrected, saved by sven)" in status and "out of export and retraining" in status
+    confirm.wait_for(state="visible")
+    assert store.get_case(case_id).status == "corrected"
+    assert page.evaluate("window.medclipsegEditor.caseId()") == case_id   # nothing closed
+    for width in (1440, 800):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(screenshot_dir(tmp_path) / f"skip-confirm-{width}.png"))
+    confirm.click()
+    wait_for_status(page, f"Case #{case_id} skipped.")
+    confirm.wait_for(state="hidden")
+    assert store.get_case(case_id).status == "skipped"
+    assert page.evaluate("window.medclipsegEditor.caseId()") is None
+
+
+@pytest.mark.parametrize("width", [1440, 800])
+def test_a_model_that_found_nothing_says_what_to_do(server, browser, tmp_path, width):
+    import cv2
+
+    viewport = {"width": width, "height": 900}
+    # An MRI-like picture (the shipped brain phantom) on which the model saw nothing for the prompt.
+    image = cv2.imread(str(ROOT / "assets" / "examples" / "brain_mri.png"))
+    case_id, _ = ranked_case(server["store"], np.full(image.shape[:2], 0.03, np.float32), rank=next(RANKS),
+                             name=f"brain-{width}.png", prompt="the left putamen", image=image)
+    page = new_page(browser, server, width=width, height=900)
+    try:
+        page.fill("#annotator textarea", f"quinn{width}")
+        page.click("#next-case")
+        wait_for_case(page, case_id)
+        hint = page.locator("#editor .mse-hint")
+        hint.wait_for(state="visible")
+        text = hint.inner_text()
+        assert "The model found nothing for this prompt" in text and "highest probability is 0.03" in text
+        assert "brush (B)" in text and "Model tab" in text and "lower the mask threshold" not in text
+        canvas, shown = box_of(page, "#editor .mse-canvas"), box_of(page, "#editor .mse-hint")
+        assert on_screen(shown, viewport) and canvas["y"] <= shown["y"] <= canvas["y"] + canvas["height"] / 2
+        assert "The model found nothing for “the left putamen”" in page.inner_text("#status")
+        page.screenshot(path=str(screenshot_dir(tmp_path) / f"editor-nothing-found-{width}.png"))
+        page.locator("#editor .mse-canvas").scroll_into_view_if_needed()
+        paint_row(page, 150, 100, 130)   # drawing it: the hint has said its piece
+        hint.wait_for(state="hidden")
+        page.click("#editor [data-action=undo]")
+        hint.wait_for(state="visible")
+    finally:
+        page.context.close()
+        # The other width's case shows the same picture: a lease held here would make the queue's
+        # diverse order serve something else first.
+        server["store"].release(case_id, annotator=f"quinn{width}")

@@ -133,7 +133,8 @@ def differ_text(added, erased):
 def test_open_case_starts_from_the_model_mask(cases):
     screen, case_id, prediction_id = open_first(cases, threshold=0.4, uncertainty_threshold=0.3, opacity=0.7)
     payload = screen.editor
-    assert set(screen.changed()) == {"session", "editor", "stale_draft", "history", "numbers", "queue"}
+    assert set(screen.changed()) == {"session", "editor", "stale_draft", "skip_confirm", "history", "numbers", "queue"}
+    assert screen.skip_confirm is False   # a case opening hides the "Skip anyway" of the case before
     assert screen.session == EditorSession(case_id=case_id, prediction_id=prediction_id, name="img0000.png",
                                            shape=(HEIGHT, WIDTH), pixel_spacing=None)
     assert (payload["kind"], payload["start"], payload["base_version"]) == ("case", "prediction", None)
@@ -240,7 +241,7 @@ def test_editor_changed_keeps_a_draft_and_counts_the_edit(cases):
     handlers.editor_changed(cases, session, edit_value(cases, payload, model, dirty=False), "bob")
     assert cases.draft(case_id, "bob") is None
     nameless = handlers.editor_changed(cases, session, edit_value(cases, payload, edited), None)
-    assert nameless.status.startswith("**Error:** Type your name in the Annotator box")
+    assert nameless.status.startswith("**Error:** These edits are not kept: Type your name in the Annotator box")
     broken = dict(edit_value(cases, payload, edited), runs=[5])
     assert "covers 5 pixels" in handlers.editor_changed(cases, session, broken, "alice").status
 
@@ -256,6 +257,31 @@ def test_reopen_after_a_reload_returns_the_draft(cases):
     assert handlers.reopen(cases, case_id, "bob").editor["start"] == "prediction"
     for nothing in (None, "", "seven", 999):
         assert handlers.reopen(cases, nothing, "alice").changed() == {}
+
+
+def test_next_case_keeps_the_unsaved_edits_and_opens_another_case(cases):
+    from medclipseg.annotation.queue import DEFAULT_ACQUISITION as ORDER
+
+    ids = fill_queue(cases.store, 2)
+    first = handlers.next_case(cases, ORDER, "alice")
+    case_a = first.session.case_id
+    edited = painted(start_mask(first.editor), (2, 2, 10, 20))
+    # Next pressed while the edit is still in the editor's debounce: the value it carries is the only copy.
+    second = handlers.next_case(cases, ORDER, "alice", edit_value(cases, first.editor, edited), session=first.session)
+    case_b = second.session.case_id
+    assert case_b != case_a and set(ids) == {case_a, case_b}, second.status
+    np.testing.assert_array_equal(cases.draft(case_a, "alice").mask, edited)
+    assert cases.store.get_case(case_a).assigned_to is None and cases.store.get_case(case_b).assigned_to == "alice"
+    # Next again: the case left earlier (still ranked first) comes back, with the draft.
+    third = handlers.next_case(cases, ORDER, "alice", second.editor, session=second.session)
+    assert third.session.case_id == case_a and third.editor["start"] == "draft"
+    np.testing.assert_array_equal(start_mask(third.editor), edited)
+    # No other case left: the open one stays open, and stays reserved.
+    cases.skip(case_b, annotator="alice")
+    alone = handlers.next_case(cases, ORDER, "alice", third.editor, session=third.session)
+    assert alone.session is KEEP and alone.editor is KEEP
+    assert alone.status == f"No other unreviewed case in the queue: case #{case_a} stays open."
+    assert cases.store.get_case(case_a).assigned_to == "alice"
 
 
 def test_stayed_says_where():
@@ -408,6 +434,63 @@ def test_skip_closes_the_editor_and_keeps_the_draft(cases):
     np.testing.assert_array_equal(cases.draft(case_id, "alice").mask, edited)
 
 
+def test_skip_of_a_saved_case_asks_first_and_passes_the_confirmation_on(cases):
+    from medclipseg.annotation.service import ConfirmationNeeded
+
+    screen, case_id, _ = open_first(cases)
+    handlers.save(cases, screen.session, edit_value(cases, screen.editor, painted(start_mask(screen.editor),
+                                                                                (0, 0, 6, 6))), "alice")
+    with pytest.raises(ConfirmationNeeded):  # what the page's confirmation dialog is built on
+        cases.skip(case_id, annotator="alice")
+    refused = handlers.skip(cases, screen.session, "alice")
+    assert refused.status.startswith("**Error:**") and "v1" in refused.status and "alice" in refused.status
+    assert "out of export and retraining" in refused.status and "Skip anyway" in refused.status
+    assert refused.skip_confirm is True and refused.session is KEEP   # the page shows "Skip anyway"
+    assert cases.store.get_case(case_id).status == "corrected"
+    skipped = handlers.skip(cases, screen.session, "alice", discard_saved=True)
+    assert skipped.status == f"Case #{case_id} skipped." and cases.store.get_case(case_id).status == "skipped"
+    assert skipped.skip_confirm is False
+
+
+def _lying(service, payload, mask, flag):
+    """The editor's value for ``mask`` with its ``edited`` flag set to ``flag`` whatever the mask is."""
+    return dict(edit_value(service, payload, mask), edited=flag)
+
+
+def test_the_server_decides_corrected_or_accepted_not_the_pages_flag(cases):
+    """The page's ``edited`` flag is a claim: the server compares the mask itself with the model's mask
+    (and the saved version it started from) and saves accordingly, whichever way the flag lies."""
+    ids = fill_queue(cases.store, 4, seed=40)
+    opened = [handlers.open_case(cases, case_id, cases.store.latest_prediction_id(case_id), "alice") for case_id in ids]
+    saved = []
+    for index, (action, differs) in enumerate(((handlers.save, True), (handlers.save, False),
+                                               (handlers.accept, True), (handlers.accept, False))):
+        screen = opened[index]
+        model = model_mask(cases, screen.editor["prediction_id"], screen.editor["threshold"])
+        mask = painted(model, (2, 2, 14, 20), True) if differs else model
+        assert (mask != model).any() == differs
+        result = action(cases, screen.session, _lying(cases, screen.editor, mask, flag=not differs), "alice")
+        assert not result.status.startswith("**Error"), result.status
+        (status, added, mask_path), = rows(cases, "select status, pixels_added, mask_path from corrections "
+                                                  "where case_id = ?", (ids[index],))
+        assert status == ("corrected" if differs else "accepted")
+        assert added == int((mask & ~model).sum())
+        np.testing.assert_array_equal(cases.store.load_mask(mask_path), mask)  # the mask sent, never dropped
+        saved.append(status)
+    assert saved == ["corrected", "accepted", "corrected", "accepted"]
+    # From a saved version: the model's own mask again, flagged as unedited, is a new version (accepted);
+    # the saved version's mask again, flagged as edited, saves nothing.
+    screen = handlers.open_case(cases, ids[0], cases.store.latest_prediction_id(ids[0]), "alice")
+    version_mask = start_mask(screen.editor)
+    unchanged = handlers.save(cases, screen.session, _lying(cases, screen.editor, version_mask, flag=True), "alice")
+    assert unchanged.status.startswith("Nothing saved")
+    model = model_mask(cases, screen.editor["prediction_id"], screen.editor["threshold"])
+    back = handlers.save(cases, screen.session, _lying(cases, screen.editor, model, flag=True), "alice")
+    assert "accepted as predicted" in back.status
+    assert rows(cases, "select version, status from corrections where case_id = ? order by version", (ids[0],)) == \
+        [(1, "corrected"), (2, "accepted")]
+
+
 def test_refusals_without_a_case_or_a_mask(cases):
     for screen in (handlers.save(cases, None, None, "alice"), handlers.accept(cases, None, None, "alice"),
                    handlers.skip(cases, None, "alice")):
@@ -418,7 +501,7 @@ def test_refusals_without_a_case_or_a_mask(cases):
         assert "holds no mask yet" in action(cases, screen.session, None, "alice").status
         assert "holds no mask yet" in action(cases, screen.session, screen.editor, "alice").status
         nameless = action(cases, screen.session, edit_value(cases, screen.editor, start_mask(screen.editor)), None)
-        assert "annotator name is required" in nameless.status
+        assert nameless.status.startswith("**Error:** Not saved. Type your name in the Annotator box")
     assert "annotator name is required" in handlers.skip(cases, screen.session, " ").status
     assert rows(cases, "select count(*) from corrections") == [(0,)]
     assert cases.store.get_case(case_id).status == "unreviewed"
@@ -493,6 +576,40 @@ def test_upload_segment_save_and_segment_again(service):
     np.testing.assert_array_equal(start_mask(again.editor), edited)
     assert "latest saved version, v1 (corrected) by alice" in again.status
     assert rows(service, "select count(*) from cases") == [(1,)]
+
+    # Without a name the case opens for viewing; the status says how to edit it (the editor locks itself).
+    nameless = handlers.segment(service, str(EXAMPLE), PROMPT, samples=SAMPLES, annotator=None)
+    assert nameless.session.case_id == session.case_id
+    assert nameless.status.endswith("**Type your name in Annotator to edit this case (drafts and versions are kept "
+                                    "under your name).**")
+
+
+def test_volumes_are_refused_in_words(cases, tmp_path):
+    import gzip
+
+    for name in ("brain.nii.gz", "BRAIN.NII"):
+        volume = tmp_path / name
+        volume.write_bytes(gzip.compress(b"\0" * 352))
+        shown = handlers.upload(cases, str(volume))
+        assert shown.upload is None and shown.preview is None and shown.dicom_controls is False
+        assert shown.status == (f"**Error:** {name}: NIfTI volumes (.nii, .nii.gz) are not supported yet: export a "
+                                "2-D slice as PNG or DICOM and upload that.")
+        assert shown.image_info == ""   # one message, in the status line
+
+
+def test_a_model_that_found_nothing_says_so_and_what_to_do(cases):
+    from app_support import ranked_case
+
+    probability = np.full((HEIGHT, WIDTH), 0.02, np.float32)
+    probability[10, 10] = 0.2
+    case_id, prediction_id = ranked_case(cases.store, probability, rank=1, prompt="the left putamen")
+    note = handlers.open_case(cases, case_id, prediction_id, "alice").editor["start_note"]
+    assert note.startswith("The model found nothing for “the left putamen” (no pixel above the threshold 0.50; the "
+                           "highest probability is 0.20). Draw the structure with the brush (B) and save"), note
+    assert "Model tab" in note and note.endswith("nothing saved for this case yet.")
+    (found,) = fill_queue(cases.store, 1)
+    assert "found nothing" not in handlers.open_case(cases, found, cases.store.latest_prediction_id(found),
+                                                     "alice").editor["start_note"]
 
 
 def test_segment_refusals_write_nothing(service, tmp_path):
@@ -583,8 +700,15 @@ def test_service_chooses_the_mask_from_the_status(cases):
     expected = service.prediction(service.store.latest_prediction_id(case_id)).with_threshold(0.3).mask
     (mask_path,), = rows(service, f"select mask_path from corrections where id = {accepted.id}")
     assert np.array_equal(service.store.load_mask(mask_path), expected) and accepted.pixels_changed == 0
-    assert service.save(case_id, annotator="ann", status="skipped") is None
-    assert service.store.get_case(case_id).status == "skipped"
+    # Skipping a case with a saved version drops it from export and retraining: asked first.
+    from medclipseg.annotation.service import ConfirmationNeeded
+
+    with pytest.raises(ConfirmationNeeded, match="v1"):
+        service.save(case_id, annotator="ann", status="skipped")
+    assert service.store.get_case(case_id).status == "accepted"
+    other = fill_queue(service.store, 2)[1]
+    assert service.save(other, annotator="ann", status="skipped") is None
+    assert service.store.get_case(other).status == "skipped"
 
 
 def test_segment_without_queue_stores_nothing(service):

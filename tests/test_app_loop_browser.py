@@ -149,3 +149,96 @@ def test_ingest_correct_retrain_promote_and_rerank(tmp_path):
         assert f"predicted by {version_id};" in page.inner_text("#status")
         assert version_id in page.inner_text("#numbers")
         browser.close()
+
+
+STILL_WATCHER = """() => { window.__busy = [];
+    const seen = () => { for (const el of document.querySelectorAll(
+            '#model-tab [data-testid=status-tracker], #model-line [data-testid=status-tracker], #model-tab .pending')) {
+        const shown = el.matches('.pending') || !el.classList.contains('hide');
+        if (shown && el.offsetParent !== null) window.__busy.push(el.className); } };
+    window.__still = setInterval(seen, 25); }"""
+
+
+def test_model_tab_says_what_a_retraining_does_and_stays_still_while_polling(tmp_path):
+    """The preparing phase in words (no 0 % with an unknown ETA), the polling without Gradio's
+    progress overlay, "auto" without gold cases announced, and the job's text after a promotion by hand."""
+    browser_or_skip()
+    import os
+    import shutil
+
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    from app_support import fill_queue
+    from medclipseg.registry import demo_weights_dir, load_model
+
+    shots = screenshot_dir(tmp_path)
+    db_path = tmp_path / "db" / "annotations.db"
+    store = demo_database(db_path)
+    base = store.current_model_id()
+    store.set_gold_fraction(0.0)
+    for case_id in fill_queue(store, 2, model_id=base):
+        mask = np.zeros((48, 64), bool)
+        mask[10:30, 12:40] = True
+        store.save_correction(case_id, mask, annotator="alice", status="corrected", threshold=0.5)
+    # A version as a retraining records it (a copy of the demo weights), and its job, still preparing.
+    folder = store.models_dir / "copy"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(demo_weights_dir(), folder)
+    version = store.add_trained_version(folder, model_id=load_model(str(folder), device="cpu").model_id,
+                                        name="tiny", parent_id=base, created_by="alice", recipe={"epochs": 1},
+                                        correction_ids=[], train_cases=2, seconds=20.0)
+    job_id = store.start_job("retrain", by="alice", params={"train_cases": 2, "gold_cases": 0}, parent_id=base,
+                             pid=os.getpid())
+    store.update_job(job_id, message="preparing: starting the worker process (loading PyTorch)")
+
+    with app_server(db_path) as (url, _process), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.wait_for_selector("#segment")
+        page.fill("#annotator textarea", "alice")
+        page.get_by_role("tab", name="Model").click()
+
+        # Before a start: "auto" has no gold case to compare on, and the tab says so.
+        page.wait_for_selector("#model-data :text('No gold cases yet')")
+        assert "promote auto has nothing to compare on, so it will not promote the new version" in \
+            page.inner_text("#model-data")
+
+        # Preparing: what the worker does, a moving bar, no percentage and no "ETA unknown".
+        bar = page.locator("#job-bar[data-phase=preparing]")
+        bar.wait_for()
+        text = bar.inner_text()
+        assert f"Job {job_id} · preparing" in text and "starting the worker process (loading PyTorch)" in text
+        assert "0 %" not in text and "ETA" not in text
+        assert page.locator("#job-bar .mcs-job-moving").count() == 1
+        # Polling while the worker reports: the tab follows, without Gradio's "processing" overlay.
+        page.evaluate(STILL_WATCHER)
+        for step in ("reading the reviewed cases", f"loading the model {base} and 2 case(s) to train on"):
+            store.update_job(job_id, message=f"preparing: {step}")
+            page.wait_for_selector(f"#job-bar :text('{step}')", timeout=15_000)
+            page.wait_for_timeout(1600)   # one more tick with nothing new
+        for width in (1440, 800):
+            page.set_viewport_size({"width": width, "height": 900})
+            page.wait_for_timeout(400)
+            page.screenshot(path=str(shots / f"model-tab-preparing-{width}.png"))
+        page.set_viewport_size({"width": 1440, "height": 900})
+        store.update_job(job_id, progress=0.2, message="epoch 1/1, step 1/5, loss 0.5000", eta_seconds=30.0)
+        page.wait_for_selector("#job-bar[data-phase=running]", timeout=15_000)
+        assert "20 %" in page.inner_text("#job-bar") and "ETA" in page.inner_text("#job-bar")
+        page.wait_for_timeout(1600)
+        assert page.evaluate("window.__busy") == [], "a progress overlay showed while the tab was polled"
+
+        # The job ends unpromoted ("auto" had no gold case); a promotion by hand updates its text.
+        store.finish_job(job_id, status="succeeded", version_id=version.id, message=(
+            f"version {version.id} recorded; not promoted: no gold cases yet to compare it with its parent; "
+            "promote it by hand"))
+        page.wait_for_selector("#job-bar[data-status=succeeded] :text('promote it by hand')", timeout=15_000)
+        page.get_by_label("Version to promote").click()
+        page.get_by_role("option", name=re.compile("^" + re.escape(version.id))).click()
+        page.click("#promote")
+        page.wait_for_selector("#model-status :text('Promoted')", timeout=120_000)
+        page.wait_for_selector("#job-bar :text('promoted by hand by alice')", timeout=15_000)
+        assert "promote it by hand" not in page.inner_text("#job-bar")
+        browser.close()

@@ -226,3 +226,50 @@ def test_promotion_switches_the_model_rescoring_and_rollback(service):
     log = store.promotion_log()
     assert [(entry["version_id"], entry["promoted_by"]) for entry in log[-2:]] == [
         (version.id, "alice"), (base, "alice")]
+
+
+def test_preparing_phase_shows_what_the_worker_does_not_a_stuck_percentage(service):
+    corrected_cases(service, 1)
+    store = service.store
+    job_id = store.start_job("retrain", by="carol", params={}, parent_id=service.model_id, pid=os.getpid())
+    store.update_job(job_id, message="preparing: loading the model demo and 1 case(s) to train on", eta_seconds=40.0)
+    bar = model_tab.panel(service).progress
+    assert 'data-phase="preparing"' in bar and "mcs-job-moving" in bar   # a moving bar, no fraction
+    assert f"Job {job_id} · preparing" in bar
+    assert '<span style="overflow-wrap:anywhere">loading the model demo' in bar   # the caption says "preparing"
+    assert "0 %" not in bar and "ETA" not in bar
+    store.update_job(job_id, progress=0.05, message="epoch 1/3, step 1/6, loss 0.7", eta_seconds=30.0)
+    bar = model_tab.panel(service).progress
+    assert 'data-phase="running"' in bar and f"Job {job_id} · running · 5 %" in bar and "ETA" in bar
+
+
+def test_auto_promotion_without_gold_cases_is_announced(service, monkeypatch):
+    from medclipseg.annotation import retraining
+
+    service.store.set_gold_fraction(0.0)
+    corrected_cases(service, 2)
+    assert "No gold cases yet: promote *auto* has nothing to compare on" in model_tab.data_text(service)
+    # The worker itself is not started here: a job row stands for it.
+    monkeypatch.setattr(retraining, "launch_worker", lambda store, *, by, epochs, promote: store.start_job(
+        "retrain", by=by, params={"train_cases": 2, "gold_cases": 0}, parent_id=store.current_model_id()))
+    message = model_tab.start_retrain(service, "alice", promote="auto").message()
+    assert ("auto needs gold cases to compare on; 0 gold cases now — the new version will not be promoted "
+            "automatically") in message
+    service.store.finish_job(model_tab.panel(service).job_id, status="cancelled", message="cancelled")
+    assert "auto needs" not in model_tab.start_retrain(service, "alice", promote="yes").message()
+
+
+def test_job_text_follows_a_promotion_by_hand(service):
+    store = service.store
+    corrected_cases(service, 2)
+    version = trained_copy(service)
+    job_id = store.start_job("retrain", by="carol", params={}, parent_id=service.model_id, pid=os.getpid())
+    store.finish_job(job_id, status="succeeded", version_id=version.id, message=(
+        f"version {version.id} recorded; not promoted: no gold cases yet to compare it with its parent; "
+        "promote it by hand"))
+    assert "promote it by hand" in model_tab.panel(service).progress
+    model_tab.promote_version(service, version.id, "alice")
+    bar = model_tab.panel(service).progress
+    assert "promote it by hand" not in bar
+    assert f"version {version.id} recorded; not promoted by the job, then promoted by hand by alice at " in bar
+    assert "it serves predictions now" in bar

@@ -36,7 +36,8 @@ def test_examples_exist_with_prompts(app_module):
 @pytest.mark.parametrize("setting, value, message", [
     ("MEDCLIPSEG_AUTH", "nopassword", "MEDCLIPSEG_AUTH must be user:password pairs"),
     ("MEDCLIPSEG_SAMPLES", "100000", "number of samples must lie between 1 and 64"),
-], ids=["bad_login", "too_many_samples"])
+    ("MEDCLIPSEG_QUEUE_ORDER", "loudest_first", "MEDCLIPSEG_QUEUE_ORDER='loudest_first' is not a queue order"),
+], ids=["bad_login", "too_many_samples", "unknown_queue_order"])
 def test_bad_setting_stops_with_a_clear_message(tmp_path, setting, value, message):
     env = {setting: value, "MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
@@ -49,3 +50,13 @@ def test_bad_setting_stops_with_a_clear_message(tmp_path, setting, value, messag
 def test_importing_the_app_package_does_not_import_gradio():
     code = "import medclipseg.app, sys; assert 'gradio' not in sys.modules, 'gradio imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT), timeout=120)
+
+
+def test_queue_order_setting(monkeypatch):
+    from medclipseg import settings
+    from medclipseg.annotation.queue import DEFAULT_ACQUISITION
+
+    monkeypatch.delenv("MEDCLIPSEG_QUEUE_ORDER", raising=False)
+    assert settings.queue_order() == DEFAULT_ACQUISITION
+    monkeypatch.setenv("MEDCLIPSEG_QUEUE_ORDER", " band_entropy ")
+    assert settings.queue_order() == "band_entropy"

@@ -157,23 +157,56 @@ def test_antithetic_rounds_odd_counts_up(small_tiny_predictor, rgb_image):
 # -- inputs ----------------------------------------------------------------------------------------
 
 def test_channel_order_and_path_inputs_agree(small_tiny_predictor, rgb_image, tmp_path):
-    """One default channel order: arrays are BGR, as read_image and cv2.imread return them, so the
-    same file gives the same prediction whichever way it is read."""
+    """Arrays are RGB unless they say otherwise (BGR arrays from read_image and cv2.imread pass
+    channel_order="bgr"), so the same file gives the same prediction whichever way it is read."""
     from medclipseg.io.images import read_image
 
     bgr = np.ascontiguousarray(rgb_image[:, :, ::-1])
     path = tmp_path / "scan.png"
     cv2.imwrite(str(path), bgr)
     from_path = _predict(small_tiny_predictor, path)
-    from_read_image = _predict(small_tiny_predictor, read_image(path).bgr)
-    from_imread = _predict(small_tiny_predictor, cv2.imread(str(path)))
+    from_read_image = _predict(small_tiny_predictor, read_image(path).bgr, channel_order="bgr")
+    from_imread = _predict(small_tiny_predictor, cv2.imread(str(path)), channel_order="bgr")
     from_loaded = _predict(small_tiny_predictor, read_image(path))
-    from_rgb = _predict(small_tiny_predictor, rgb_image, channel_order="rgb")
+    from_rgb = _predict(small_tiny_predictor, rgb_image)
     from_bgr = _predict(small_tiny_predictor, bgr, channel_order="bgr")
-    for other in (from_read_image, from_imread, from_loaded, from_rgb, from_bgr):
+    from_bytes = _predict(small_tiny_predictor, path.read_bytes())
+    for other in (from_read_image, from_imread, from_loaded, from_rgb, from_bgr, from_bytes):
         np.testing.assert_array_equal(other.probability, from_path.probability)
     assert "RGB channel order converted to BGR" in from_rgb.conversions
     assert from_path.conversions == [] and from_read_image.conversions == []
+
+
+def test_arrays_are_rgb_by_default_as_pil_gives_them(tmp_path):
+    """The demo model on a colourful example: PIL's array (RGB, no channel_order), OpenCV's array
+    with channel_order="bgr", the file's path and bytes, and the same pixels saved by PIL as an
+    opaque RGBA PNG and as a BMP give one probability map; OpenCV's array without channel_order is
+    read as RGB, so it is the channel-swapped image and gives another map."""
+    from PIL import Image
+
+    from medclipseg.weights.sources import assets_dir
+
+    demo = Predictor.from_pretrained("demo", device="cpu")
+    path = assets_dir() / "examples" / "colonoscopy.png"
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert np.abs(rgb[..., 0].astype(int) - rgb[..., 2]).mean() > 10  # the channels really differ
+    np.testing.assert_array_equal(bgr[..., ::-1], rgb)                  # the same pixels, two orders
+    rgba, bmp = tmp_path / "colonoscopy-rgba.png", tmp_path / "colonoscopy.bmp"
+    Image.fromarray(rgb).convert("RGBA").save(rgba)                      # other formats, written by PIL
+    Image.fromarray(rgb).save(bmp)
+
+    def probability(image, **kwargs):
+        return demo.predict(image, "a polyp", num_samples=4, seed=7, **kwargs).probability
+
+    expected = probability(str(path))
+    np.testing.assert_array_equal(probability(rgb), expected)
+    np.testing.assert_array_equal(probability(bgr, channel_order="bgr"), expected)
+    np.testing.assert_array_equal(probability(path.read_bytes()), expected)
+    np.testing.assert_array_equal(probability(rgba), expected)
+    np.testing.assert_array_equal(probability(bmp), expected)
+    swapped = probability(bgr)                                           # a BGR array sent as if RGB
+    assert np.abs(swapped - expected).max() > 1e-3
 
 
 def test_preprocessing_lives_in_transforms():

@@ -215,7 +215,8 @@ def test_score_examples_matches_independent_dice_and_spearman(round_one):
     predictor = Predictor.from_loaded(loaded, device="cpu")
     expected = []
     for example in examples:
-        mask = predictor.predict(example.image_bgr, example.prompt, num_samples=2, seed=SCORING_SEED).mask
+        mask = predictor.predict(example.image_bgr, example.prompt, num_samples=2, seed=SCORING_SEED,
+                                 channel_order="bgr").mask
         expected.append(numpy_dice(mask, example.mask))
     assert [c["dsc"] for c in gold.per_case] == pytest.approx(expected, abs=1e-12)
     assert gold.dsc == pytest.approx(np.mean(expected), abs=1e-12)

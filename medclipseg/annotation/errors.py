@@ -58,3 +58,25 @@ class VersionConflict(StorageError):
 def _rebuild_conflict(case_id, latest_version, latest_annotator, latest_created_at, base_version, draft_kept):
     return VersionConflict(case_id=case_id, latest_version=latest_version, latest_annotator=latest_annotator,
                            latest_created_at=latest_created_at, base_version=base_version, draft_kept=draft_kept)
+
+
+class SavedVersionExists(StorageError):
+    """A skip refused because the case has a saved version (it is corrected or accepted): skipping
+    takes that version out of export and retraining, so the caller must say it means to
+    (``discard_saved``)."""
+
+    def __init__(self, *, case_id: int, version: int, annotator: str, status: str, created_at: Optional[str]):
+        self.case_id, self.version, self.annotator = case_id, version, annotator
+        self.status, self.created_at = status, created_at
+        super().__init__(f"Case #{case_id} has a saved version, v{version} ({status}) by {annotator} at "
+                         f"{_minute_utc(created_at)}; skipping the case takes that version out of export and "
+                         "retraining. Skip it with discard_saved to do so anyway (unskip puts it back).")
+
+    def __reduce__(self):
+        # Keyword-only fields: rebuilt from them, so the error survives pickling (worker processes).
+        return _rebuild_saved, (self.case_id, self.version, self.annotator, self.status, self.created_at)
+
+
+def _rebuild_saved(case_id, version, annotator, status, created_at):
+    return SavedVersionExists(case_id=case_id, version=version, annotator=annotator, status=status,
+                              created_at=created_at)

@@ -12,7 +12,10 @@ of the latest corrected (or accepted) version, at the image's original resolutio
 masks sit outside the split folders, so training ignores them.
 
 Cases are split at the level of images: cases that share pixels (the same image with several
-prompts) always land in the same split, so no image is seen in training and in testing.
+prompts) always land in the same split, so no image is seen in training and in testing. Gold cases
+(the split held out to score model versions, ``cases.gold``) always go to test, never to train or
+val, so that training on an export never learns the cases that score versions; the other images
+are split by the fractions, and the manifest marks each case's ``gold``.
 
 The export is written into a temporary sibling folder and renamed into place at the end: a failed
 export leaves nothing half-written. Only the store's de-identified fields are exported (from the
@@ -134,14 +137,23 @@ def split_cases(case_ids: Iterable[int], *, val_fraction: float = 0.1, test_frac
 
 
 def _split_by_image(rows: Sequence[dict], val_fraction: float, test_fraction: float, seed: int) -> dict:
-    """case id -> split; cases with the same content hash follow their lowest case id."""
+    """case id -> split; cases with the same content hash follow their lowest case id.
+
+    Gold cases (``cases.gold = 1``) are held out to score model versions, so they go to test, never
+    to train or val (``medclipseg train --data`` must not learn from them); an image with a gold case
+    goes there whole. The other images are split by the fractions."""
     groups: dict = {}
     for row in rows:
         key = row.get("content_hash") or f"case-{row['case_id']}"
-        groups.setdefault(key, []).append(int(row["case_id"]))
-    representative = {min(members): members for members in groups.values()}
+        groups.setdefault(key, []).append(row)
+    representative, split_of = {}, {}
+    for members in groups.values():
+        ids = [int(row["case_id"]) for row in members]
+        if any(row.get("gold") for row in members):
+            split_of.update((case_id, "test") for case_id in ids)
+        else:
+            representative[min(ids)] = ids
     splits = split_cases(representative, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    split_of = {}
     for split, leaders in splits.items():
         for leader in leaders:
             for case_id in representative[leader]:
@@ -296,6 +308,7 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
             entry = {
                 "case_id": case_id,
                 "split": split,
+                "gold": bool(row.get("gold")),  # held out to score model versions: in test only
                 "image": f"{SPLIT_FOLDERS[split]}/{IMAGE_FOLDER}/{name}",
                 "label": f"{SPLIT_FOLDERS[split]}/{LABEL_FOLDER}/{name}",
                 "predicted_label": predicted_label,
@@ -338,6 +351,7 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
                 "statuses": list(statuses),
                 "annotator": annotator,
                 "split_unit": "image",
+                "gold_split": "test",  # where gold cases go, whatever the fractions
             },
             "counts": counts,
             "cases": entries,

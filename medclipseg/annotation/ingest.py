@@ -1,13 +1,15 @@
 """Review queue: bulk ingest of images into the annotation store, ordered for active learning.
 
-``ingest`` reads every image of a folder or a .zip archive, stores it as a case with its prompt,
-runs the model once (Monte-Carlo maps and image-level uncertainty scores) and stores the
-prediction. ``AnnotationStore.next_case`` then serves the unreviewed cases most uncertain first,
-by one of the scores in ``medclipseg.annotation.queue.ACQUISITION_SCORES`` (or in random order, the baseline to compare with).
+``ingest`` reads every image of a folder or a .zip archive, runs the model once on it (Monte-Carlo
+maps and image-level uncertainty scores) and stores it as a case with its prompt and prediction.
+``AnnotationStore.next_case`` then serves the unreviewed cases most uncertain first, by one of the
+scores in ``medclipseg.annotation.queue.ACQUISITION_SCORES`` (or in random order, the baseline to
+compare with).
 
-A file that cannot be read (corrupt, not an image, too large, no prompt) is reported and skipped;
-the other files go on. Ingesting the same folder again adds nothing: an image already in the store
-with the same prompt and a prediction counts as a duplicate.
+A file that cannot be read (corrupt, not an image, too large, no prompt) or that the model fails
+on (e.g. out of memory) is reported and skipped; the other files go on. Each image is predicted
+before it is stored, and stored together with its prediction. Ingesting the same folder again adds
+nothing: an image already in the store with the same prompt and a prediction counts as a duplicate.
 """
 from __future__ import annotations
 
@@ -234,9 +236,11 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
     """Add every image of `source` (folder or .zip) to `store` as a case and predict it.
 
     Exactly one of `prompt` (one prompt for all images) or `prompts_csv` (a CSV path, see
-    read_prompt_csv, or an already read {name: prompt} mapping) is required. Files are read, decoded
-    and stored `batch_size` at a time, then predicted one by one; `progress(done, total, message)` is
-    called after each file. Failing files are listed in the report; the others go on.
+    read_prompt_csv, or an already read {name: prompt} mapping) is required. Files are read and
+    decoded `batch_size` at a time, then predicted one by one, each stored with its prediction once
+    predicted (a case never exists without one); `progress(done, total, message)` is called after
+    each file. Failing files (unreadable, no prompt, a model error) are listed in the report; the
+    others go on.
     """
     started = time.perf_counter()
     model_id = str(getattr(predictor, "model_id", "") or "")
@@ -266,7 +270,7 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
             progress(done, total, message)
 
     for start in range(0, total, batch_size):
-        pending = []  # (file name, case, loaded image, prompt, predicted before) to predict
+        pending = []  # (file name, loaded image, prompt) read and decoded, to predict
         for item in files[start:start + batch_size]:
             try:
                 text = prompt
@@ -280,23 +284,33 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
                 report.failed.append((item.name, str(exc)))
                 tick(f"{item.name}: failed: {exc}")
                 continue
+            pending.append((item.name, loaded, text))
+        for name, loaded, text in pending:
+            # Looked up only now, after the files before it were stored: a file repeated in the source
+            # finds the case its first copy made.
+            case = store.find_case(loaded.bgr, prompt=text)
+            predicted_before = case is not None and store.latest_prediction_id(case.id) is not None
+            # A case already in the queue is predicted again only by another model, while unreviewed.
+            if case is not None and (case.id in seen or (predicted_before and (
+                    case.status != "unreviewed" or store.has_prediction_by(case.id, model_id)))):
+                report.duplicates.append(case.id)
+                tick(f"{name}: already in the queue (case {case.id})")
+                continue
+            try:
+                prediction = predictor.predict(loaded.bgr, text, num_samples=num_samples, threshold=threshold,
+                                               seed=seed, channel_order="bgr")
+            except Exception as exc:  # e.g. out of memory on one large image: the other files go on
+                message = f"the model could not predict it ({type(exc).__name__}: {exc})"
+                report.failed.append((name, message))
+                tick(f"{name}: failed: {message}")
+                continue
+            # Predicted first, then stored with its prediction in one transaction, so that no one (the
+            # queue, background re-scoring) ever sees the case without one.
             # Privacy: only the de-identified technical metadata of read_image is passed on.
             metadata = {**loaded.metadata, "conversions": list(loaded.conversions)}
-            case = store.add_case(loaded.bgr, prompt=text, original_name=item.name, source="ingest", batch=batch,
-                                  metadata=metadata)
-            predicted_before = store.latest_prediction_id(case.id) is not None
-            # A case already in the queue is predicted again only by another model, while unreviewed.
-            if case.id in seen or (predicted_before and (case.status != "unreviewed" or
-                                                        store.has_prediction_by(case.id, model_id))):
-                report.duplicates.append(case.id)
-                tick(f"{item.name}: already in the queue (case {case.id})")
-                continue
+            case, _ = store.add_case_with_prediction(loaded.bgr, prediction, prompt=text, original_name=name,
+                                                     source="ingest", batch=batch, metadata=metadata)
             seen.add(case.id)
-            pending.append((item.name, case, loaded, text, predicted_before))
-        for name, case, loaded, text, predicted_before in pending:
-            prediction = predictor.predict(loaded.bgr, text, num_samples=num_samples, threshold=threshold,
-                                           seed=seed, channel_order="bgr")
-            store.add_prediction(case.id, prediction)
             (report.rescored if predicted_before else report.added).append(case.id)
             verb = "re-scored" if predicted_before else "added as"
             tick(f"{name}: {verb} case {case.id} ({prediction.seconds:.2f} s)")

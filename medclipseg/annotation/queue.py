@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from medclipseg.annotation import diversity
 from medclipseg.annotation.errors import StorageError
 
 @dataclass(frozen=True)
@@ -27,10 +28,15 @@ class Acquisition:
     column: str                # cases column holding the rank
     score_key: Optional[str]   # the Prediction.scores key copied into it; None: not made by the model
     label: str                 # what the app's order menu shows
+    diverse: bool = False      # serve the top cases unlike those already taken (annotation.diversity)
 
 
-# The first entry is the default order; docs/results.md gives the study that chose it.
+# The first entry is the default order; docs/study.md gives the study that chose it.
 ACQUISITIONS = {
+    "random_diverse": Acquisition("random_key", None, "Random, unlike the cases already taken (diverse)",
+                                  diverse=True),
+    "band_entropy_diverse": Acquisition("rank_band_entropy", "band_entropy",
+                                        "Band entropy, unlike the cases already taken (diverse)", diverse=True),
     "band_entropy": Acquisition("rank_band_entropy", "band_entropy",
                                 "Mean entropy on the foreground, the soft foreground and the band around them"),
     "expected_dice_miss": Acquisition("rank_expected_dice_miss", "expected_dice_miss",
@@ -64,10 +70,11 @@ def rank_random_foreground(prompt: str, random_key: float) -> float:
     return float(random_key) + (0.0 if states_absence(prompt) else 1.0)
 
 
-def copy_ranks(db, where: str = "1") -> None:
-    """Fill the rank columns of the cases matching `where` from the scores of their
-    ``ranked_prediction_id`` (NULL where there is none); used by migrations and promotions."""
-    for column, key in RANKED_BY_MODEL.items():
+def copy_ranks(db, where: str = "1", columns: Optional[dict] = None) -> None:
+    """Fill the rank columns (``{column: score key}``, all by default) of the cases matching `where`
+    from the scores of their ``ranked_prediction_id`` (NULL where there is none); used by promotions
+    and when a new acquisition's column is added."""
+    for column, key in (RANKED_BY_MODEL if columns is None else columns).items():
         db.execute(f'UPDATE cases SET "{column}" = (SELECT json_extract(scores, \'$.{key}\') FROM predictions '
                    f"WHERE id = cases.ranked_prediction_id) WHERE {where}")
 
@@ -106,26 +113,76 @@ def lease(db, case_id: int, annotator: str, *, now: float, lease_seconds: float)
 
 
 def next_case_id(db, annotator: str, *, acquisition: str, batch: Optional[str], now: float,
-                 lease_seconds: float) -> Optional[int]:
-    """Lease the next case to `annotator` and return its id; None when the queue has none for them."""
+                 lease_seconds: float, skip_case_id: Optional[int] = None) -> Optional[int]:
+    """Lease the next case to `annotator` and return its id; None when the queue has none for them.
+    ``skip_case_id``: a case not to serve (the one on the annotator's screen: *Next* means another)."""
     order = order_column(acquisition)  # from the fixed ACQUISITION_SCORES table, never user input
+    diverse = ACQUISITIONS[acquisition].diverse
     clear_leases(db, annotator)
     where_batch = "AND c.batch = :batch" if batch is not None else ""
+    columns = (f'c.id, c.prompt, c.descriptor, c.source_key, c.slice_index, c."{order}" AS score' if diverse
+               else "c.id")
     # Walks the partial index idx_queue_<column> from its top (NULL ranks sort last in DESC order),
     # skipping live leases of others and cases that have no prediction to show.
     rows = list(db.query(
-        f'SELECT c.id FROM cases c INDEXED BY "idx_queue_{order}" '
+        f'SELECT {columns} FROM cases c INDEXED BY "idx_queue_{order}" '
         "WHERE c.status = 'unreviewed' "
         "AND (c.assigned_to IS NULL OR c.lease_expires IS NULL OR c.lease_expires <= :now "
         "     OR c.assigned_to = :annotator) "
         "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id) "
-        f'{where_batch} ORDER BY c."{order}" DESC, c.id ASC LIMIT 1',
-        {"annotator": annotator, "now": now, "batch": batch}))
+        + ("AND c.id != :skip " if skip_case_id is not None else "") +
+        f'{where_batch} ORDER BY c."{order}" DESC, c.id ASC LIMIT :limit',
+        {"annotator": annotator, "now": now, "batch": batch, "limit": diversity.CANDIDATES if diverse else 1,
+         "skip": skip_case_id}))
     if not rows:
         return None
-    case_id = int(rows[0]["id"])
+    if diverse:
+        candidates = [_queue_case(row) for row in rows]
+        case_id = candidates[diversity.pick(candidates, taken_cases(db, annotator, now=now))].id
+    else:
+        case_id = int(rows[0]["id"])
     db["cases"].update(case_id, {"assigned_to": annotator, "lease_expires": now + lease_seconds})
     return case_id
+
+
+_CASE_FIELDS = "c.id, c.prompt, c.descriptor, c.source_key, c.slice_index"
+
+
+def _queue_case(row: dict) -> "diversity.QueueCase":
+    return diversity.QueueCase(id=int(row["id"]), prompt=row["prompt"], descriptor=row["descriptor"],
+                               source_key=row["source_key"], slice_index=row["slice_index"],
+                               score=row.get("score"))
+
+
+def taken_cases(db, annotator: str, *, now: float) -> list:
+    """The cases a diverse order keeps away from: the latest labelled ones (corrected or accepted,
+    ``diversity.ROUND_CONTEXT`` of them, newest versions first) and those leased to others now."""
+    labelled = db.query(
+        f"SELECT DISTINCT {_CASE_FIELDS} FROM (SELECT case_id FROM corrections ORDER BY id DESC LIMIT :n) r "
+        "JOIN cases c ON c.id = r.case_id", {"n": diversity.ROUND_CONTEXT})
+    leased = db.query(
+        f"SELECT {_CASE_FIELDS} FROM cases c INDEXED BY idx_cases_assigned "
+        "WHERE c.assigned_to IS NOT NULL AND c.assigned_to != :annotator AND c.lease_expires > :now",
+        {"annotator": annotator, "now": now})
+    seen, taken = set(), []
+    for row in (*labelled, *leased):
+        if row["id"] not in seen:
+            seen.add(row["id"])
+            taken.append(_queue_case(row))
+    return taken
+
+
+def ensure_rank_columns(db) -> None:
+    """Give the cases table a rank column and queue index for every acquisition the model scores,
+    filled from the stored predictions' scores: adding an acquisition needs no migration."""
+    existing = {column.name for column in db["cases"].columns}
+    for column, key in RANKED_BY_MODEL.items():
+        if column in existing:
+            continue
+        db["cases"].add_column(column, float)
+        db.execute(f'CREATE INDEX "idx_queue_{column}" ON cases ("{column}" DESC, id) '
+                   "WHERE status = 'unreviewed'")
+        copy_ranks(db, columns={column: key})
 
 
 def claim(db, case_id: int, annotator: str, *, now: float, lease_seconds: float) -> bool:

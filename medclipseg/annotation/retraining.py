@@ -172,7 +172,8 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
         adopted = store.job(job_id)
         if not adopted.active:  # a cancel request before the start is seen at the first step
             raise StorageError(f"Job {job_id} is {adopted.status}; nothing was started.")
-        store.update_job(job_id, message="starting", parent_id=parent, pid=os.getpid())
+        store.update_job(job_id, message="preparing: reading the reviewed cases", parent_id=parent,
+                         pid=os.getpid())
     started = time.perf_counter()
     work = store.job_folder(job_id)
 
@@ -192,7 +193,9 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
             log(f"retraining {parent} on {len(train)} cases ({len(gold)} gold cases held out), "
                 f"{recipe.epochs} epochs")
             estimate = estimate_seconds(store, len(train), recipe)
-            report(0.0, f"training on {len(train)} cases", estimate)
+            # Until the first training step reports, the page shows this message (no percentage).
+            report(0.0, f"preparing: loading the model {parent} and {len(train)} case(s) to train on "
+                        f"({len(gold)} gold case(s) held out)", estimate)
             last_logged = [0.0]
 
             def on_train_step(progress) -> None:
@@ -308,7 +311,9 @@ def launch_worker(store, *, by: str, epochs=None, promote: str = "auto") -> int:
     except OSError as exc:
         store.finish_job(job_id, status="failed", message=f"could not start the worker: {exc}")
         raise StorageError(f"Could not start the retraining worker: {exc}.") from exc
-    store.update_job(job_id, pid=process.pid, log_path=str(log_path.relative_to(store.files_dir)))
+    # The worker first imports PyTorch (seconds on a small machine); the page says so meanwhile.
+    store.update_job(job_id, pid=process.pid, log_path=str(log_path.relative_to(store.files_dir)),
+                     message="preparing: starting the worker process (loading PyTorch)")
     _children.append(process)  # reaped by poll_children so a finished worker is no zombie
     return job_id
 

@@ -1,6 +1,6 @@
 """Tables, indexes and schema version of the annotation database, and the migrations between versions.
 
-Tables (``SCHEMA_VERSION`` 3): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
+Tables (``SCHEMA_VERSION`` 4): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
 ``gold_seed``, ``gold_fraction``), ``cases`` (one per distinct image pixels + prompt, with review
 status, the annotator lease, the gold flag and the queue ranks of the current model),
 ``predictions`` (one per model run, with its image-level uncertainty scores), ``corrections``
@@ -14,6 +14,9 @@ Drafts and lineage (version 3): a draft is overwritten in place (``revision`` co
 so a browser reload can restore it; saving a version deletes the saver's draft of that case.
 ``corrections.replaces_version`` is the highest version of the case before the row (None for the
 first), so every version names the one it replaces.
+
+Diversity (version 4): each case's image fingerprint, source and slice index, which the diverse
+queue orders compare (medclipseg.annotation.diversity), and who last changed its status.
 
 Queue ranks (version 2): each case carries ``rank_<acquisition>`` columns copied from the scores
 of its latest prediction *by the current model* (``ranked_model_id``), with one partial index per
@@ -37,7 +40,7 @@ from pathlib import Path
 
 from medclipseg.annotation.errors import StorageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
@@ -113,19 +116,38 @@ def _create_tables(db) -> None:
     db["corrections"].create_index(["annotator"], index_name="idx_corrections_annotator")
 
 
+# The rank columns version 2 created, frozen here: a migration must never read today's acquisition
+# list (queue.ACQUISITIONS), or adding an acquisition would change what an old migration does.
+# Columns of acquisitions added later come from queue.ensure_rank_columns, run after the migrations.
+V2_RANK_SCORES = {
+    "rank_band_entropy": "band_entropy",
+    "rank_expected_dice_miss": "expected_dice_miss",
+    "rank_top_entropy": "top_entropy",
+    "rank_band_mutual_information": "band_mutual_information",
+    "rank_foreground_entropy": "mean_entropy_foreground",
+    "rank_boundary_entropy": "mean_entropy_boundary",
+    "rank_mutual_information": "mean_mutual_information",
+    "rank_image_entropy": "mean_entropy",
+}
+
+
+def _v2_random_foreground(prompt: str, random_key: float) -> float:
+    """Version 2's foreground-aware random key (the rule as it was then: absence prompts last)."""
+    from medclipseg.io.prompts import states_absence
+
+    return float(random_key) + (0.0 if states_absence(prompt) else 1.0)
+
+
 def _add_versions_jobs_and_ranks(db) -> None:
     """Version 2: model versions, promotions, jobs, the gold flag and per-case queue ranks."""
-    # Imported here: queue imports this module's constants.
-    from medclipseg.annotation.queue import RANKED_BY_MODEL, copy_ranks, rank_random_foreground
-
     cases = db["cases"]
     cases.add_column("gold", int)
     cases.add_column("ranked_model_id", str)
     cases.add_column("ranked_prediction_id", int)
-    for column in RANKED_BY_MODEL:
+    for column in V2_RANK_SCORES:
         cases.add_column(column, float)
     cases.add_column("rank_random_foreground", float)
-    for column in (*RANKED_BY_MODEL, "rank_random_foreground", "random_key"):
+    for column in (*V2_RANK_SCORES, "rank_random_foreground", "random_key"):
         # Partial index over the queue only, in serving order: the top of the queue is its first entry.
         db.execute(f'CREATE INDEX "idx_queue_{column}" ON cases ("{column}" DESC, id) '
                    "WHERE status = 'unreviewed'")
@@ -137,11 +159,13 @@ def _add_versions_jobs_and_ranks(db) -> None:
 
     # Existing cases: foreground-aware random key, and ranks from their latest prediction.
     for row in list(db.query("SELECT id, prompt, random_key FROM cases")):
-        cases.update(row["id"], {"rank_random_foreground": rank_random_foreground(row["prompt"], row["random_key"])})
+        cases.update(row["id"], {"rank_random_foreground": _v2_random_foreground(row["prompt"], row["random_key"])})
     db.execute("UPDATE cases SET ranked_prediction_id = (SELECT max(id) FROM predictions WHERE case_id = cases.id)")
     db.execute("UPDATE cases SET ranked_model_id = (SELECT model_id FROM predictions "
                "WHERE id = cases.ranked_prediction_id)")
-    copy_ranks(db)
+    for column, key in V2_RANK_SCORES.items():
+        db.execute(f'UPDATE cases SET "{column}" = (SELECT json_extract(scores, \'$.{key}\') FROM predictions '
+                   "WHERE id = cases.ranked_prediction_id)")
 
     db["model_versions"].create(
         {"id": str, "name": str, "parent_id": str, "kind": str, "path": str, "recipe": str, "correction_ids": str,
@@ -182,8 +206,27 @@ def _add_drafts_and_lineage(db) -> None:
                "WHERE p.case_id = corrections.case_id AND p.version < corrections.version)")
 
 
+def _add_queue_diversity(db) -> None:
+    """Version 4: what the diverse queue orders compare (annotation.diversity): each case's image
+    fingerprint (filled later from its image file, by the store's fill_descriptors), and the source
+    and slice index read from its file name (filled here)."""
+    from medclipseg.annotation.diversity import source_and_slice
+
+    cases = db["cases"]
+    cases.add_column("descriptor", bytes)
+    cases.add_column("source_key", str)
+    cases.add_column("slice_index", int)
+    # Who last changed the status (a save, a skip, an unskip): a skip leaves no version to name them.
+    cases.add_column("status_by", str)
+    for row in list(db.query("SELECT id, original_name FROM cases")):
+        source_key, slice_index = source_and_slice(row["original_name"])
+        cases.update(row["id"], {"source_key": source_key, "slice_index": slice_index})
+    # Cases still without a fingerprint, found without a scan.
+    db.execute("CREATE INDEX idx_cases_no_descriptor ON cases (id) WHERE descriptor IS NULL")
+
+
 # Index i migrates schema version i to i + 1.
-MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage]
+MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage, _add_queue_diversity]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -200,6 +243,9 @@ def migrate(connections, path: Path) -> None:
                 db["meta"].create({"key": str, "value": str}, pk="key")
             for step in range(version, SCHEMA_VERSION):
                 MIGRATIONS[step](db)
+            from medclipseg.annotation.queue import ensure_rank_columns  # queue imports this module
+
+            ensure_rank_columns(db)
             if version < SCHEMA_VERSION:
                 db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, replace=True)
     except sqlite3.DatabaseError as exc:

@@ -25,7 +25,7 @@ import numpy as np
 
 from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
 from medclipseg.annotation.scratch import ScratchSpace
-from medclipseg.annotation.store import KEEP_UNCHECKED
+from medclipseg.annotation.store import KEEP_UNCHECKED, SavedVersionExists, StorageError
 from medclipseg.io.dicom import read_dicom
 from medclipseg.io.images import ImageReadError, LoadedImage, read_image
 from medclipseg.io.masks import read_mask
@@ -35,6 +35,7 @@ from medclipseg.io.prompts import validate_prompt
 __all__ = [
     "AnnotationService",
     "CaseView",
+    "ConfirmationNeeded",
     "MAX_SAMPLES",
     "MIN_SAMPLES",
     "REVIEW_STATUSES",
@@ -45,10 +46,21 @@ __all__ = [
 MIN_SAMPLES = 1
 MAX_SAMPLES = 64          # the app's slider maximum: about 2 s of model time on a CPU per request
 REVIEW_STATUSES = ("corrected", "accepted", "skipped")
+RESCORE_NAMED = 3         # failed cases that rescore_error names before "and N more"
 
 
 class RequestError(ValueError):
     """A request the service refuses; the message is written for the person who sent it."""
+
+
+class ConfirmationNeeded(RequestError):
+    """A request that would throw saved work away (skipping a case with a saved version): refused
+    until the caller confirms by sending it again with ``discard_saved=True``. The UI catches it to
+    ask the person; the message names the version, who saved it and what skipping does."""
+
+    def __init__(self, message: str, *, case_id: int, version: int, annotator: str, status: str):
+        super().__init__(message)
+        self.case_id, self.version, self.annotator, self.status = case_id, version, annotator, status
 
 
 @dataclass
@@ -155,6 +167,9 @@ class AnnotationService:
         self._unloadable: set = set()
         self.model_warning: Optional[str] = None
         self.rescore_error: Optional[str] = None
+        # Re-scoring: per model id, the cases that failed ({case id: reason}), kept for the life of the
+        # process so that a failing case is not retried every pass.
+        self._rescore_failures: dict = {}
         self._rescorer: Optional[threading.Thread] = None
         self._stop_rescoring = threading.Event()
         if predictor is not None:
@@ -225,6 +240,15 @@ class AnnotationService:
                 self._unloadable.add(current)
                 self.model_warning = f"Model version {current} could not be loaded ({exc}); still serving {self._predictor.model_id}."
                 return
+            if predictor.model_id != current:
+                # Its files changed since it was recorded (another content hash): those are not the
+                # weights the version names, and predictions under another id would never rank the
+                # queue. Tried once in this process, like a version that does not load at all.
+                self._unloadable.add(current)
+                self.model_warning = (f"Model version {current} now loads as {predictor.model_id}: its files "
+                                      f"changed after it was recorded, so it is not served; still serving "
+                                      f"{self._predictor.model_id}.")
+                return
             with self.model_lock:  # no prediction is half-way through the old model
                 self._predictor = predictor
             self.model_warning = None
@@ -239,27 +263,61 @@ class AnnotationService:
                         stop: Optional[threading.Event] = None) -> int:
         """Predict unreviewed cases again with the current model until none is left unranked by it
         (or `limit` cases); returns how many were re-scored. Each case holds the model lock for one
-        prediction only, so interactive requests interleave."""
+        prediction only, so interactive requests interleave.
+
+        A case that fails (its image file lost, the model raising, e.g. out of memory) is recorded
+        and passed over: the pass goes on with the next cases, ``rescore_error`` names it, and the
+        same model does not try it again in this process (another version, or a restart, does)."""
         samples = self.num_samples if num_samples is None else check_samples(num_samples)
         done = 0
+        tried: dict = {}  # model id -> cases predicted (or failed) in this call
+        model_id = None
         while limit is None or done < limit:
             predictor = self.predictor
-            pending = self.store.cases_to_rescore(predictor.model_id, limit=8)
+            model_id = predictor.model_id
+            if model_id != self.store.current_model_id():
+                break  # not the current version (it could not be loaded): its predictions would rank nothing
+            failed = self._rescore_failures.setdefault(model_id, {})
+            # Cases this model failed on, and those it predicted in this call, are not asked for again:
+            # so the call ends even if a prediction did not rank its case (a promotion in between).
+            done_here = tried.setdefault(model_id, set())
+            pending = self.store.cases_to_rescore(model_id, limit=8, exclude=set(failed) | done_here)
             if not pending:
                 break
             for case_id in pending:
                 if (stop is not None and stop.is_set()) or (limit is not None and done >= limit):
                     return done
-                case = self.store.get_case(case_id)
-                image = self.store.load_image(case_id)
-                with self.model_lock:
-                    if predictor is not self._predictor:
-                        break  # another version was promoted meanwhile: fetch its backlog
-                    prediction = predictor.predict(image, case.prompt, num_samples=samples, seed=0)
-                prediction_id = self.store.add_prediction(case_id, prediction)
+                done_here.add(case_id)
+                try:
+                    case = self.store.get_case(case_id)
+                    image = self.store.load_image(case_id)
+                    with self.model_lock:
+                        if predictor is not self._predictor:
+                            done_here.discard(case_id)
+                            break  # another version was promoted meanwhile: fetch its backlog
+                        prediction = predictor.predict(image, case.prompt, num_samples=samples, seed=0,
+                                                       channel_order="bgr")  # stored images are BGR
+                    prediction_id = self.store.add_prediction(case_id, prediction)
+                except Exception as exc:  # one case must not stop the others
+                    failed[case_id] = f"{type(exc).__name__}: {exc}"
+                    self.rescore_error = self._rescore_failure_text(model_id, failed)
+                    continue
                 self._remember(prediction_id, prediction)
                 done += 1
+        # A finished pass says where things stand: this model's failed cases, or nothing (an earlier
+        # error, or another version's failures, no longer apply).
+        failed = self._rescore_failures.get(model_id)
+        self.rescore_error = self._rescore_failure_text(model_id, failed) if failed else None
         return done
+
+    @staticmethod
+    def _rescore_failure_text(model_id: str, failed: dict) -> str:
+        """What the Model tab shows: the cases `model_id` could not re-score and why (the first few)."""
+        named = "; ".join(f"case {case_id} ({reason})" for case_id, reason in list(failed.items())[:RESCORE_NAMED])
+        more = f"; and {len(failed) - RESCORE_NAMED} more" if len(failed) > RESCORE_NAMED else ""
+        cases = "1 case" if len(failed) == 1 else f"{len(failed)} cases"
+        return (f"{cases} could not be re-scored by {model_id}: {named}{more}. They stay in the queue unranked "
+                "and are tried again after another version is promoted or the app restarts.")
 
     def start_background_rescoring(self, *, interval: float = 2.0) -> threading.Thread:
         """A daemon thread that keeps the queue ranked by the current model (see rescore_pending)."""
@@ -269,6 +327,9 @@ class AnnotationService:
         def loop():
             while not self._stop_rescoring.is_set():
                 try:
+                    # Fingerprints of cases made before schema version 4 (diverse orders compare them).
+                    while self.store.fill_descriptors() and not self._stop_rescoring.is_set():
+                        pass
                     self.rescore_pending(stop=self._stop_rescoring)
                 except Exception as exc:  # keep serving; the status shows what went wrong
                     self.rescore_error = f"{type(exc).__name__}: {exc}"
@@ -361,9 +422,11 @@ class AnnotationService:
             progress(0.8, "Saving the case")
         metadata = dict(loaded.metadata)
         metadata["conversions"] = list(loaded.conversions)
-        case = self.store.add_case(loaded.bgr, prompt=prompt, original_name=name or loaded.source_name or "image",
-                                   source=origin, metadata=metadata)
-        prediction_id = self.store.add_prediction(case.id, prediction)
+        # Case and prediction in one transaction: nobody (background re-scoring included) sees the case
+        # without its prediction.
+        case, prediction_id = self.store.add_case_with_prediction(
+            loaded.bgr, prediction, prompt=prompt, original_name=name or loaded.source_name or "image", source=origin,
+            metadata=metadata)
         self._remember(prediction_id, prediction)
         if annotator:
             self.store.claim(case.id, annotator=annotator)
@@ -415,9 +478,10 @@ class AnnotationService:
                         image_bgr=self.store.load_image(case_id))
 
     def next_case(self, annotator: str, *, acquisition: str = DEFAULT_ACQUISITION,
-                  batch: Optional[str] = None) -> Optional[CaseView]:
+                  batch: Optional[str] = None, skip_case_id: Optional[int] = None) -> Optional[CaseView]:
+        """The next case for `annotator`; ``skip_case_id`` (the case on their screen) is not served."""
         annotator, acquisition = check_annotator(annotator), check_acquisition(acquisition)
-        case = self.store.next_case(annotator, acquisition=acquisition, batch=batch)
+        case = self.store.next_case(annotator, acquisition=acquisition, batch=batch, skip_case_id=skip_case_id)
         return None if case is None else self.open_case(case.id)
 
     def save(self, case_id: int, mask: Optional[np.ndarray] = None, *, annotator: str,
@@ -451,9 +515,35 @@ class AnnotationService:
         return self.store.save_correction(case_id, mask, annotator=annotator, prediction_id=prediction_id,
                                           status=status, threshold=threshold, base_version=base_version)
 
-    def skip(self, case_id: int, *, annotator: str) -> None:
-        """Take a case out of the queue without a mask (status 'skipped'; it is never exported)."""
-        self.store.set_status(check_case_id(case_id), "skipped", annotator=check_annotator(annotator))
+    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False) -> None:
+        """Take a case out of the queue without a mask (status 'skipped'; it is never exported or trained on).
+
+        Refused while another annotator holds a live lease on the case. A case with a saved version
+        (corrected or accepted) raises ConfirmationNeeded unless ``discard_saved``: skipping takes
+        that version out of export and retraining (``unskip`` puts it back)."""
+        case_id, annotator = check_case_id(case_id), check_annotator(annotator)
+        if not isinstance(discard_saved, (bool, np.bool_)):
+            raise RequestError(f"discard_saved must be true or false, not {discard_saved!r}.")
+        try:
+            self.store.skip(case_id, annotator=annotator, discard_saved=bool(discard_saved))
+        except SavedVersionExists as saved:
+            raise ConfirmationNeeded(
+                f"Case #{saved.case_id} has a saved version: v{saved.version} ({saved.status}), saved by "
+                f"{saved.annotator}. Skipping the case takes it out of export and retraining (unskip puts it "
+                "back). Confirm to skip it anyway (API: /skip with discard_saved=true).",
+                case_id=saved.case_id, version=saved.version, annotator=saved.annotator,
+                status=saved.status) from None
+        except StorageError as exc:  # another's lease, an unknown case: a refused request, in the store's words
+            raise RequestError(str(exc)) from None
+
+    def unskip(self, case_id: int, *, annotator: str) -> str:
+        """Undo a skip: the case gets the status of its latest saved version (corrected or accepted),
+        or goes back to the queue ('unreviewed') when it has none. Returns that status."""
+        case_id, annotator = check_case_id(case_id), check_annotator(annotator)
+        try:
+            return self.store.unskip(case_id, annotator=annotator)
+        except StorageError as exc:  # not skipped, an unknown case
+            raise RequestError(str(exc)) from None
 
     def ingest(self, source, **kwargs):
         from medclipseg.annotation.ingest import ingest

@@ -38,10 +38,10 @@ from typing import Optional
 import numpy as np
 
 from medclipseg import settings
-from medclipseg.annotation import drafts, gold, jobs, queue, versions
+from medclipseg.annotation import diversity, drafts, gold, jobs, queue, versions
 from medclipseg.annotation.database import Connections
 from medclipseg.annotation.drafts import Draft
-from medclipseg.annotation.errors import StorageError, VersionConflict
+from medclipseg.annotation.errors import SavedVersionExists, StorageError, VersionConflict
 from medclipseg.annotation.files import MAP_NAMES, FileStore, new_stem
 from medclipseg.annotation.schema import (
     CORRECTION_STATUSES,
@@ -66,6 +66,7 @@ __all__ = [
     "Correction",
     "Draft",
     "QueueSummary",
+    "SavedVersionExists",
     "StorageError",
     "VersionConflict",
     "default_db_path",
@@ -143,10 +144,6 @@ def default_db_path() -> Path:
 # ----------------------------------------------------------------------------------- helpers
 
 
-# A case added this recently without a prediction is left to whoever added it (cases_to_rescore).
-FRESH_CASE_SECONDS = 30.0
-
-
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -222,6 +219,24 @@ def _refuse_conflict(db, case_id: int, annotator: str, base_version: Optional[in
                           draft_kept=drafts.get_row(db, case_id, annotator) is not None)
 
 
+def _content_hash(image: np.ndarray) -> str:
+    """A case's identity with its prompt: sha256 over the size and the pixels of the H x W x 3 image."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{int(image.shape[0])}x{int(image.shape[1])}x3:".encode("ascii"))
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def _refuse_others_lease(row: dict, annotator: str, *, now: float) -> None:
+    """StorageError while someone other than `annotator` holds a live lease on the case `row`."""
+    holder, expires = row["assigned_to"], row["lease_expires"]
+    if holder in (None, annotator) or expires is None or expires <= now:
+        return
+    until = datetime.fromtimestamp(expires, timezone.utc).strftime("%H:%M UTC")
+    raise StorageError(f"Case #{row['id']} is being reviewed by {holder} (their lease runs until {until}); "
+                       "only they can skip it until then.")
+
+
 def _binary_mask(mask, shape: tuple, what: str) -> np.ndarray:
     """bool, 0/1 or 0..255 HxW -> bool (>= 0.5 when the maximum is at most 1, else >= 127)."""
     array = np.asarray(mask)
@@ -292,7 +307,10 @@ class AnnotationStore:
 
     # -- cases ----------------------------------------------------------------------------------
     def add_case(self, image_bgr: np.ndarray, *, prompt: str, original_name: str, source: str = "upload",
-                 batch: Optional[str] = None, metadata: Optional[dict] = None) -> Case:
+                 batch: Optional[str] = None, metadata: Optional[dict] = None, _within=None) -> Case:
+        """Store an image with its prompt as a case (the existing case when these pixels and prompt are
+        stored already). ``_within(db, case_id)`` runs inside the same write transaction (see
+        add_case_with_prediction)."""
         image = np.asarray(image_bgr)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise StorageError(f"Case images must be 8-bit colour arrays (H x W x 3, uint8); got "
@@ -309,13 +327,11 @@ class AnnotationStore:
         kept = {key: _json_value(value) for key, value in (metadata or {}).items() if key in ALLOWED_METADATA_KEYS}
         image = np.ascontiguousarray(image)
         height, width = int(image.shape[0]), int(image.shape[1])
-        digest = hashlib.sha256(f"{height}x{width}x3:".encode("ascii"))
-        digest.update(image.tobytes())
-        content_hash = digest.hexdigest()
+        content_hash = _content_hash(image)
 
         same = "content_hash = ? AND prompt = ?"
         existing = list(self._db()["cases"].rows_where(same, [content_hash, prompt], limit=1))
-        if existing:
+        if existing and _within is None:
             return _case_from_row(existing[0])
         image_path = f"images/{content_hash}.png"
         if not self._files.exists(image_path):  # content-addressed: an existing file is the same
@@ -328,13 +344,44 @@ class AnnotationStore:
                 case_id = existing[0]["id"]
             else:
                 random_key = random.random()
+                source_key, slice_index = diversity.source_and_slice(original_name)
                 case_id = db["cases"].insert({
                     "content_hash": content_hash, "prompt": prompt, "original_name": original_name,
                     "width": width, "height": height, "source": source, "batch": batch, "image_path": image_path,
                     "metadata": json.dumps(kept), "status": "unreviewed", "created_at": now, "updated_at": now,
                     "random_key": random_key,
-                    "rank_random_foreground": queue.rank_random_foreground(prompt, random_key)}).last_rowid
+                    "rank_random_foreground": queue.rank_random_foreground(prompt, random_key),
+                    "descriptor": diversity.image_descriptor(image), "source_key": source_key,
+                    "slice_index": slice_index}).last_rowid
+            if _within is not None:
+                _within(db, case_id)
         return self.get_case(case_id)
+
+    def fill_descriptors(self, *, limit: int = 256) -> int:
+        """Compute the diversity fingerprint of up to `limit` cases that have none (cases made before
+        schema version 4); returns how many were filled."""
+        rows = list(self._db().query("SELECT id, image_path FROM cases INDEXED BY idx_cases_no_descriptor "
+                                     "WHERE descriptor IS NULL ORDER BY id LIMIT ?", [int(limit)]))
+        filled = 0
+        for row in rows:
+            try:
+                descriptor = diversity.image_descriptor(self._files.read_image(row["image_path"]))
+            except Exception:  # a lost image file: an all-zero fingerprint, so it is not tried again
+                descriptor = bytes(diversity.DESCRIPTOR_BYTES)
+            with self._connections.write() as db:
+                db["cases"].update(row["id"], {"descriptor": descriptor})
+            filled += 1
+        return filled
+
+    def find_case(self, image_bgr: np.ndarray, *, prompt: str) -> Optional[Case]:
+        """The case holding these pixels with this prompt, None when there is none (nothing is written)."""
+        try:
+            prompt = validate_prompt(prompt)
+        except PromptError as exc:
+            raise StorageError(str(exc)) from None
+        rows = list(self._db()["cases"].rows_where("content_hash = ? AND prompt = ?",
+                                                   [_content_hash(np.asarray(image_bgr)), prompt], limit=1))
+        return _case_from_row(rows[0]) if rows else None
 
     def get_case(self, case_id: int) -> Case:
         return _case_from_row(_get(self._db(), "cases", case_id, "Case"))
@@ -345,40 +392,75 @@ class AnnotationStore:
     # -- predictions ----------------------------------------------------------------------------
     def add_prediction(self, case_id: int, prediction) -> int:
         case = self.get_case(case_id)
-        shape = (case.height, case.width)
+        row = self._write_prediction_files(case.id, (case.height, case.width), prediction, case.prompt)
+        try:
+            with self._connections.write() as db:
+                return self._insert_prediction(db, case.id, row)
+        except BaseException:
+            self._files.discard(row["maps_path"], row["mask_path"])
+            raise
+
+    def add_case_with_prediction(self, image_bgr: np.ndarray, prediction, *, prompt: str, original_name: str,
+                                 source: str = "upload", batch: Optional[str] = None,
+                                 metadata: Optional[dict] = None) -> tuple:
+        """Store an image as a case (or find it, see add_case) together with its prediction, in one write
+        transaction: no reader ever sees the case without a prediction, and a refused prediction adds no
+        case. Returns (Case, prediction id)."""
+        image = np.asarray(image_bgr)
+        shape = tuple(int(n) for n in image.shape[:2])
+        # The case id is not known before the transaction that creates it: the files carry 0 (their
+        # names only need to be unique, which the random part of the stem makes them).
+        row = self._write_prediction_files(0, shape, prediction, prompt)
+        inserted = []
+        try:
+            case = self.add_case(image, prompt=prompt, original_name=original_name, source=source, batch=batch,
+                                 metadata=metadata,
+                                 _within=lambda db, case_id: inserted.append(self._insert_prediction(db, case_id, row)))
+        except BaseException:
+            self._files.discard(row["maps_path"], row["mask_path"])
+            raise
+        return case, inserted[0]
+
+    def _write_prediction_files(self, case_id: int, shape: tuple, prediction, prompt: str) -> dict:
+        """Check a prediction against the image size, write its maps and mask, and return its row
+        (without case_id); nothing is written when it is refused."""
         maps = {}
         for name in MAP_NAMES:
             values = np.asarray(getattr(prediction, name))
             if values.shape != shape:
-                raise StorageError(f"The prediction's {name} map has shape {values.shape} but case {case_id} "
-                                   f"is {case.height}x{case.width} pixels.")
+                raise StorageError(f"The prediction's {name} map has shape {values.shape} but the case's image "
+                                   f"is {shape[0]}x{shape[1]} pixels.")
             # Probability stays float32 so that masks at any threshold match the model's own exactly;
             # the entropy maps are for display and ranking, where float16 is plenty.
             maps[name] = values.astype(np.float32 if name == "probability" else np.float16)
         mask = _binary_mask(prediction.mask, shape, "predicted mask")
         scores = _json_value(dict(prediction.scores or {}))
-        stem = new_stem(case.id)
+        stem = new_stem(case_id)
         maps_path, mask_path = f"maps/{stem}.npz", f"masks/{stem}-predicted.png"
         self._files.write_maps(maps_path, maps)
         try:
             self._files.write_mask(mask_path, mask)
-            row = {"case_id": case.id, "model_id": str(prediction.model_id or ""),
-                   "prompt": str(prediction.prompt or case.prompt), "threshold": float(prediction.threshold),
-                   "num_samples": int(prediction.num_samples), "seconds": float(prediction.seconds or 0.0),
-                   "created_at": _now_iso(), "maps_path": maps_path, "mask_path": mask_path,
-                   "scores": json.dumps(scores), "foreground_pixels": int(mask.sum())}
-            row.update({column: _finite_or_none(scores.get(key)) for column, key in SCORE_COLUMNS.items()})
-            with self._connections.write() as db:
-                prediction_id = int(db["predictions"].insert(row).last_rowid)
-                current = _meta(db, "current_model_id")
-                # The queue ranks by the current model only; other models' predictions are kept, not ranked.
-                if current is None or row["model_id"] == current:
-                    db["cases"].update(case.id, {"ranked_model_id": row["model_id"],
-                                                 "ranked_prediction_id": prediction_id, **queue.rank_values(scores)})
-                return prediction_id
         except BaseException:
-            self._files.discard(maps_path, mask_path)
+            self._files.discard(maps_path)
             raise
+        row = {"model_id": str(prediction.model_id or ""), "prompt": str(prediction.prompt or prompt),
+               "threshold": float(prediction.threshold), "num_samples": int(prediction.num_samples),
+               "seconds": float(prediction.seconds or 0.0), "created_at": _now_iso(), "maps_path": maps_path,
+               "mask_path": mask_path, "scores": json.dumps(scores), "foreground_pixels": int(mask.sum())}
+        row.update({column: _finite_or_none(scores.get(key)) for column, key in SCORE_COLUMNS.items()})
+        return row
+
+    @staticmethod
+    def _insert_prediction(db, case_id: int, row: dict) -> int:
+        """The prediction row of a case, inside an open write transaction; ranks the case when the
+        prediction is the current model's."""
+        prediction_id = int(db["predictions"].insert({**row, "case_id": int(case_id)}).last_rowid)
+        current = _meta(db, "current_model_id")
+        # The queue ranks by the current model only; other models' predictions are kept, not ranked.
+        if current is None or row["model_id"] == current:
+            db["cases"].update(int(case_id), {"ranked_model_id": row["model_id"], "ranked_prediction_id": prediction_id,
+                                              **queue.rank_values(json.loads(row["scores"]))})
+        return prediction_id
 
     def latest_prediction_id(self, case_id: int) -> Optional[int]:
         rows = list(self._db()["predictions"].rows_where("case_id = ?", [int(case_id)], select="id",
@@ -481,7 +563,7 @@ class AnnotationStore:
                     "scores": None if scores is None else json.dumps(_json_value(scores)),
                     "created_at": now, "replaces_version": replaces}).last_rowid
                 draft_path = drafts.delete_row(db, case.id, annotator)
-                changes = {"status": status, "updated_at": now, **queue.NO_LEASE}
+                changes = {"status": status, "status_by": annotator, "updated_at": now, **queue.NO_LEASE}
                 if db["cases"].get(case.id)["gold"] is None:  # chosen once, when first corrected
                     changes["gold"] = int(gold.is_gold(case.content_hash, seed=_meta(db, "gold_seed"),
                                                        fraction=float(_meta(db, "gold_fraction") or 0.0)))
@@ -568,22 +650,74 @@ class AnnotationStore:
         return True
 
     def set_status(self, case_id: int, status: str, *, annotator: str) -> None:
-        _clean_annotator(annotator)
+        annotator = _clean_annotator(annotator)
         if status not in STATUSES:
             raise StorageError(f"Unknown case status {status!r}; use one of {', '.join(STATUSES)}.")
         with self._connections.write() as db:
             _get(db, "cases", case_id, "Case")
-            db["cases"].update(int(case_id), {"status": status, "updated_at": _now_iso(), **queue.NO_LEASE})
+            db["cases"].update(int(case_id), {"status": status, "status_by": annotator, "updated_at": _now_iso(),
+                                              **queue.NO_LEASE})
+
+    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False) -> None:
+        """Take a case out of the queue without a mask (status 'skipped': never exported or trained on).
+
+        Refused (StorageError) while another annotator holds a live lease on the case. A case with a
+        saved version (corrected or accepted) is refused with SavedVersionExists unless
+        ``discard_saved``, since skipping takes that version out of export and retraining; ``unskip``
+        puts it back. Checks and change are one transaction, so a lease or a save cannot slip in between."""
+        annotator = _clean_annotator(annotator)
+        with self._connections.write() as db:
+            row = _get(db, "cases", case_id, "Case")
+            _refuse_others_lease(row, annotator, now=time.time())
+            if row["status"] in CORRECTION_STATUSES and not discard_saved:
+                latest = next(iter(db["corrections"].rows_where(
+                    "case_id = ?", [row["id"]], select="version, annotator, status, created_at",
+                    order_by="version DESC", limit=1)))
+                raise SavedVersionExists(case_id=int(row["id"]), version=int(latest["version"]),
+                                         annotator=latest["annotator"], status=latest["status"],
+                                         created_at=latest["created_at"])
+            db["cases"].update(row["id"], {"status": "skipped", "status_by": annotator, "updated_at": _now_iso(),
+                                           **queue.NO_LEASE})
+
+    def unskip(self, case_id: int, *, annotator: str) -> str:
+        """Undo a skip: the case takes the status of its latest saved version (corrected or accepted), or
+        goes back to the queue as 'unreviewed' when it has none. Returns the status it now has."""
+        annotator = _clean_annotator(annotator)
+        with self._connections.write() as db:
+            row = _get(db, "cases", case_id, "Case")
+            if row["status"] != "skipped":
+                raise StorageError(f"Case #{row['id']} is not skipped (its status is {row['status']}); there is "
+                                   "no skip to undo.")
+            latest = list(db["corrections"].rows_where("case_id = ?", [row["id"]], select="status",
+                                                       order_by="version DESC", limit=1))
+            status = latest[0]["status"] if latest else "unreviewed"
+            changes = {"status": status, "status_by": annotator, "updated_at": _now_iso(), **queue.NO_LEASE}
+            if status == "unreviewed":
+                # Back in the queue, ranked only by the current model (a promotion while the case was
+                # skipped left its old ranks alone); without one it waits to be re-scored.
+                current = _meta(db, "current_model_id")
+                where, params = ("case_id = ?", [row["id"]]) if current is None else \
+                    ("case_id = ? AND model_id = ?", [row["id"], current])
+                ranked = list(db["predictions"].rows_where(where, params, select="id, model_id", order_by="id DESC",
+                                                           limit=1))
+                changes.update({"ranked_prediction_id": ranked[0]["id"] if ranked else None,
+                                "ranked_model_id": ranked[0]["model_id"] if ranked else None})
+            db["cases"].update(row["id"], changes)
+            if status == "unreviewed":
+                queue.copy_ranks(db, f"id = {int(row['id'])}")
+        return status
 
     # -- review queue ---------------------------------------------------------------------------
     def next_case(self, annotator: str, *, acquisition: str = queue.DEFAULT_ACQUISITION,
-                  batch: Optional[str] = None) -> Optional[Case]:
-        """Lease the next unreviewed case to `annotator` (see medclipseg.annotation.queue); None when none is left."""
+                  batch: Optional[str] = None, skip_case_id: Optional[int] = None) -> Optional[Case]:
+        """Lease the next unreviewed case to `annotator` (see medclipseg.annotation.queue); None when none is left.
+        ``skip_case_id`` is never served (the case on the annotator's screen)."""
         annotator = _clean_annotator(annotator)
         queue.order_column(acquisition)  # refuse an unknown order before taking the write lock
         with self._connections.write() as db:
             case_id = queue.next_case_id(db, annotator, acquisition=acquisition, batch=batch, now=time.time(),
-                                         lease_seconds=self.lease_seconds)
+                                         lease_seconds=self.lease_seconds,
+                                         skip_case_id=None if skip_case_id is None else int(skip_case_id))
         return None if case_id is None else self.get_case(case_id)
 
     def claim(self, case_id: int, *, annotator: str) -> bool:
@@ -678,16 +812,14 @@ class AnnotationStore:
     def promotion_log(self) -> list:
         return versions.promotion_log(self._db())
 
-    def cases_to_rescore(self, model_id: str, *, limit: int = 50) -> list:
-        """Unreviewed cases not yet ranked by `model_id`, oldest first, including any never predicted
-        once it is older than FRESH_CASE_SECONDS (a younger one is being predicted by whoever added
-        it, an ingest or a segment; predicting it here too would do the work twice)."""
-        fresh_since = datetime.fromtimestamp(time.time() - FRESH_CASE_SECONDS, timezone.utc).isoformat(
-            timespec="milliseconds")
+    def cases_to_rescore(self, model_id: str, *, limit: int = 50, exclude=()) -> list:
+        """Unreviewed cases not yet ranked by `model_id` (including any never predicted), oldest first,
+        leaving out the case ids in `exclude` (those the caller has given up on, so that a pass moves on)."""
+        # One JSON parameter, however many ids: no limit on SQL variables to run into.
         rows = self._db().query(
-            "SELECT id FROM cases c WHERE status = 'unreviewed' AND (ranked_model_id IS NULL OR ranked_model_id != ?) "
-            "AND NOT (created_at > ? AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id)) "
-            "ORDER BY id LIMIT ?", [model_id, fresh_since, int(limit)])
+            "SELECT id FROM cases WHERE status = 'unreviewed' AND (ranked_model_id IS NULL OR ranked_model_id != ?) "
+            "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
+            [model_id, json.dumps(sorted(int(case_id) for case_id in exclude)), int(limit)])
         return [int(row["id"]) for row in rows]
 
     def rescore_backlog(self, model_id: str) -> int:

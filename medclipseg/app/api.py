@@ -1,5 +1,5 @@
-"""The app's API for scripts (``gradio_client``): segment, save_correction, skip, next_case, ingest, export,
-and the model endpoints retrain, job, cancel_job, models, promote, rollback.
+"""The app's API for scripts (``gradio_client``): segment, save_correction, skip, unskip, next_case, ingest,
+export, and the model endpoints retrain, job, cancel_job, models, promote, rollback.
 
 Each endpoint is a typed function registered with ``gr.api``, which derives the API's
 parameters from the type hints; files travel as ``gradio.FileData`` (``handle_file(path)`` on
@@ -18,13 +18,13 @@ from typing import Optional
 import gradio as gr
 from gradio.data_classes import FileData
 
-from medclipseg.annotation.queue import DEFAULT_ACQUISITION
+from medclipseg import settings
 from medclipseg.annotation.service import AnnotationService, RequestError, check_case_id, whole_number
 from medclipseg.app import model_tab
 from medclipseg.app.handlers import USER_ERRORS
 
-API_NAMES = ("segment", "save_correction", "skip", "next_case", "ingest", "export", "retrain", "job", "cancel_job",
-             "models", "promote", "rollback")
+API_NAMES = ("segment", "save_correction", "skip", "unskip", "next_case", "ingest", "export", "retrain", "job",
+             "cancel_job", "models", "promote", "rollback")
 
 
 def annotator_of(typed_name: Optional[str], request: Optional[gr.Request]) -> Optional[str]:
@@ -126,19 +126,34 @@ def register(service: AnnotationService) -> None:
         return 0 if latest is None else int(latest["version"])
 
     @_in_words
-    def skip(case_id: Optional[int], annotator: str = "", request: gr.Request = None) -> dict:
-        """Take a case out of the review queue without a mask (it is never exported)."""
+    def skip(case_id: Optional[int], annotator: str = "", discard_saved: bool = False,
+             request: gr.Request = None) -> dict:
+        """Take a case out of the review queue without a mask (it is never exported or trained on).
+        Refused while another annotator holds the case. A case with a saved version (corrected or
+        accepted) is refused, naming that version, unless discard_saved is true: skipping takes the
+        version out of export and retraining. /unskip undoes a skip."""
         name = annotator_of(annotator, request)
-        service.skip(case_id, annotator=name)
+        if not isinstance(discard_saved, bool):
+            raise RequestError("discard_saved must be true or false.")
+        service.skip(case_id, annotator=name, discard_saved=discard_saved)
         return {"case_id": check_case_id(case_id), "status": "skipped", "annotator": name}
 
     @_in_words
-    def next_case(annotator: str = "", acquisition: str = DEFAULT_ACQUISITION,
+    def unskip(case_id: Optional[int], annotator: str = "", request: gr.Request = None) -> dict:
+        """Undo a skip: the case gets the status of its latest saved version (corrected or accepted),
+        or goes back to the review queue (unreviewed) when it has none."""
+        name = annotator_of(annotator, request)
+        status = service.unskip(case_id, annotator=name)
+        return {"case_id": check_case_id(case_id), "status": status, "annotator": name}
+
+    @_in_words
+    def next_case(annotator: str = "", acquisition: str = "",
                   request: gr.Request = None) -> tuple[dict, Optional[FileData]]:
         """Lease the unreviewed case ranked first by `acquisition` to the annotator: its summary and
         image (PNG); case_id null and no image when the queue is empty."""
         name = annotator_of(annotator, request)
-        view = service.next_case(name, acquisition=acquisition or DEFAULT_ACQUISITION)
+        acquisition = acquisition or settings.queue_order()
+        view = service.next_case(name, acquisition=acquisition)
         if view is None:
             return {"case_id": None, "message": "No unreviewed cases left."}, None
         image = service.case_image_file(view)
@@ -220,6 +235,7 @@ def register(service: AnnotationService) -> None:
     gr.api(segment, api_name="segment", concurrency_id="model", concurrency_limit=1)
     gr.api(save_correction, api_name="save_correction")
     gr.api(skip, api_name="skip")
+    gr.api(unskip, api_name="unskip")
     gr.api(next_case, api_name="next_case")
     gr.api(ingest, api_name="ingest", concurrency_id="ingest", concurrency_limit=1)
     gr.api(export, api_name="export")

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from medclipseg.annotation.queue import ACQUISITION_LABELS
-from medclipseg.annotation.service import AnnotationService, RequestError
+from medclipseg.annotation.service import AnnotationService, ConfirmationNeeded, RequestError
 from medclipseg.annotation.store import StorageError, VersionConflict
 from medclipseg.app.editor import EditorEdit, EditorError, case_payload, closed_value, read_edit, saved_value
 from medclipseg.app.render import enlarged, image_numbers, numbers_markdown, to_display
@@ -84,6 +84,7 @@ class Screen:
     prompt: Union[str, _Keep] = KEEP
     editor: Union[dict, None, _Keep] = KEEP
     stale_draft: Union[bool, _Keep] = KEEP         # visibility of "Use my draft" (a draft older than the latest version)
+    skip_confirm: Union[bool, _Keep] = KEEP        # visibility of "Skip anyway" (a skip that drops a saved version)
     numbers: Union[str, _Keep] = KEEP
     history: Union[str, _Keep] = KEEP
     status: Union[str, _Keep] = KEEP
@@ -221,6 +222,9 @@ def open_case(service: AnnotationService, case_id: int, prediction_id: int, anno
         threshold = prediction.threshold if threshold is None else float(threshold)
         start, start_mask = "prediction", _prediction_at(service, prediction_id, threshold).mask
         note = "Showing the model's mask; nothing saved for this case yet."
+    found_nothing = nothing_found_note(prediction, threshold, case.prompt)
+    if found_nothing:
+        note = f"{found_nothing} {note}"
     image_rgb = np.ascontiguousarray(service.store.load_image(case_id)[..., ::-1])
     spacing = (case.metadata or {}).get("pixel_spacing")
     session = EditorSession(case_id=int(case.id), prediction_id=int(prediction_id), name=case.original_name,
@@ -232,7 +236,17 @@ def open_case(service: AnnotationService, case_id: int, prediction_id: int, anno
         opacity=opacity, title=f"Case #{case.id} · {case.original_name} · “{case.prompt}”")
     return Screen(session=session, editor=payload, history=history_markdown(service, case_id),
                   numbers=numbers_text(service, session, np.asarray(start_mask, bool), threshold, uncertainty_threshold),
-                  queue=queue_text(service), stale_draft=stale and not use_stale_draft)
+                  queue=queue_text(service), stale_draft=stale and not use_stale_draft, skip_confirm=False)
+
+
+def nothing_found_note(prediction, threshold: float, prompt: str) -> str:
+    """A sentence when the model's mask at ``threshold`` is empty (else ""): what it means, what to do."""
+    if np.any(np.asarray(prediction.probability) > np.float32(threshold)):
+        return ""
+    highest = float(np.max(prediction.probability)) if prediction.probability.size else 0.0
+    return (f"The model found nothing for “{prompt}” (no pixel above the threshold {float(threshold):.2f}; the "
+            f"highest probability is {highest:.2f}). Draw the structure with the brush (B) and save: your "
+            "corrections teach the model when it is retrained in the Model tab.")
 
 
 def use_draft(service: AnnotationService, session: Optional[EditorSession], annotator: Optional[str]) -> Screen:
@@ -252,6 +266,26 @@ def _no_session() -> Screen:
     return Screen(status=error_text("Segment an image or take a case from the review queue first."))
 
 
+NAME_NEEDED = "Type your name in the Annotator box first: drafts and saved versions are kept under it."
+EDIT_NEEDS_NAME = "Type your name in Annotator to edit this case (drafts and versions are kept under your name)."
+
+
+def _keep_draft(service: AnnotationService, session: Optional[EditorSession], editor_value,
+                annotator: Optional[str]) -> Optional[EditorEdit]:
+    """Store the editor's unsaved edits of the open case as the annotator's draft; returns the edit read.
+
+    Called by every action that leaves the case (next case, skip, segment) with the mask the page
+    holds at that moment, so an edit still waiting for the editor's debounced event is not lost."""
+    if session is None or not isinstance(editor_value, dict) or editor_value.get("kind") != "edit" \
+            or editor_value.get("case_id") != session.case_id:
+        return None
+    edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
+    if edit.dirty and annotator:
+        service.save_draft(session.case_id, annotator, edit.mask, prediction_id=edit.prediction_id,
+                           base_version=edit.base_version, threshold=edit.threshold)
+    return edit
+
+
 def _view_of(editor_value) -> dict:
     """The thresholds the editor uses now (so the next case opens with the same uncertainty view)."""
     view = dict(DEFAULT_VIEW)
@@ -266,11 +300,21 @@ def _view_of(editor_value) -> dict:
 # ------------------------------------------------------------------------------ image tab
 
 
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+VOLUMES_NOT_YET = ("NIfTI volumes (.nii, .nii.gz) are not supported yet: export a 2-D slice as PNG or DICOM "
+                   "and upload that.")
+
+
 def upload(service: AnnotationService, file_path: Optional[str]) -> Screen:
     """Preview an upload; a file that cannot be read is cleared from the box, its message stays."""
     if not file_path:
         return Screen(preview=None, image_info="", dicom_controls=False, windowed=False)
     name = Path(file_path).name
+    # The upload box takes any file (its own type check only says "Invalid file type"), so the
+    # refusals are here, in words.
+    if name.lower().endswith(VOLUME_SUFFIXES):
+        return Screen(upload=None, preview=None, image_info="", dicom_controls=False, windowed=False,
+                      status=error_text(f"{name}: {VOLUMES_NOT_YET}"))
     try:
         loaded = service.read(file_path, name=name)
     except USER_ERRORS as exc:
@@ -323,7 +367,8 @@ def choose_example(examples: Sequence, index: int) -> Screen:
 
 def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *,
             window: Optional[tuple] = None, samples: int, annotator: Optional[str] = None,
-            editor_value=None, progress: Optional[Callable[[float, str], None]] = None) -> Screen:
+            editor_value=None, progress: Optional[Callable[[float, str], None]] = None,
+            session: Optional[EditorSession] = None) -> Screen:
     """Run the model on the upload, store it as a case in the queue (claimed by ``annotator``), show it.
 
     An image already stored with this prompt is the same case: the editor shows its latest saved
@@ -332,6 +377,7 @@ def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *
         return Screen(status=error_text("Upload an image (or pick an example) first."))
     name = Path(file_path).name
     try:
+        _keep_draft(service, session, editor_value, annotator)
         if progress:
             progress(0.05, "Reading the image")
         result = service.segment(file_path, prompt, name=name, window=window, num_samples=samples,
@@ -347,7 +393,7 @@ def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *
     note = " (prompt truncated to the model's token limit)" if result.prediction.prompt_truncated else ""
     screen.status = (f"Segmented **{name}** in {result.prediction.seconds:.2f} s with "
                      f"{result.prediction.num_samples} samples by `{result.prediction.model_id}`{note}. "
-                     f"{screen.editor['start_note']}")
+                     f"{screen.editor['start_note']}" + ("" if annotator else f" **{EDIT_NEEDS_NAME}**"))
     return screen
 
 
@@ -361,22 +407,20 @@ def editor_changed(service: AnnotationService, session: Optional[EditorSession],
             or editor_value.get("case_id") != session.case_id:
         return Screen()
     try:
-        edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
-        if edit.dirty and annotator:
-            service.save_draft(session.case_id, annotator, edit.mask, prediction_id=edit.prediction_id,
-                               base_version=edit.base_version, threshold=edit.threshold)
+        edit = _keep_draft(service, session, editor_value, annotator)
         numbers = numbers_text(service, session, edit.mask, edit.threshold, edit.uncertainty_threshold)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
     screen = Screen(numbers=numbers)
     if edit.dirty and not annotator:
-        screen.status = error_text("Type your name in the Annotator box: your edits are kept as a draft under it.")
+        # The editor locks itself without a name; this is the server's word for any other client.
+        screen.status = error_text("These edits are not kept: " + NAME_NEEDED)
     return screen
 
 
 def _after_save(service: AnnotationService, session: EditorSession, edit: EditorEdit, correction, message: str) -> Screen:
     return Screen(editor=saved_value(session.case_id, correction.version, edit.revision, message.replace("**", "")),
-                  status=message,
+                  status=message, skip_confirm=False,
                   history=history_markdown(service, session.case_id), queue=queue_text(service))
 
 
@@ -388,6 +432,13 @@ def _start_mask(service: AnnotationService, session: EditorSession, edit: Editor
         if latest is not None and latest["version"] == edit.base_version:
             return service.store.load_mask(latest["mask_path"]), f"v{edit.base_version}"
     return _prediction_at(service, edit.prediction_id, edit.threshold).mask, "the model's mask"
+
+
+def _differs_from_model(service: AnnotationService, edit: EditorEdit) -> bool:
+    """Whether the mask the page sent differs from the model's own mask at its threshold, compared here
+    pixel by pixel: the page's ``edited`` flag is only its claim and decides nothing (a page that lied
+    would save the model's mask over real edits, or record an untouched mask as a correction)."""
+    return not np.array_equal(edit.mask, _prediction_at(service, edit.prediction_id, edit.threshold).mask)
 
 
 def _after_conflict(service: AnnotationService, session: EditorSession, edit: EditorEdit, annotator: Optional[str],
@@ -414,13 +465,16 @@ def save(service: AnnotationService, session: Optional[EditorSession], editor_va
     """Save the editor's mask as a new version of the case (the version it started from must still be the latest)."""
     if session is None:
         return _no_session()
+    if not (annotator or "").strip():
+        return Screen(status=error_text("Not saved. " + NAME_NEEDED))
     try:
         edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
         start_mask, start_label = _start_mask(service, session, edit)
         if np.array_equal(start_mask, edit.mask) and edit.base_version is not None:
             return Screen(status=f"Nothing saved: the mask is the same as {start_label}, the latest version.")
-        status = "corrected" if edit.edited else "accepted"
-        correction = service.save(session.case_id, edit.mask if edit.edited else None, annotator=annotator,
+        edited = _differs_from_model(service, edit)
+        status = "corrected" if edited else "accepted"
+        correction = service.save(session.case_id, edit.mask if edited else None, annotator=annotator,
                                   status=status, prediction_id=edit.prediction_id, threshold=edit.threshold,
                                   base_version=edit.base_version)
     except VersionConflict as conflict:
@@ -443,11 +497,14 @@ def accept(service: AnnotationService, session: Optional[EditorSession], editor_
     """The mask shown is right. With edits in it, it is saved as a correction (and the message says so)."""
     if session is None:
         return _no_session()
+    if not (annotator or "").strip():
+        return Screen(status=error_text("Not saved. " + NAME_NEEDED))
     try:
         edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
+        edited = _differs_from_model(service, edit)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    if edit.edited:
+    if edited:
         screen = save(service, session, editor_value, annotator)
         if isinstance(screen.status, str) and not screen.status.startswith("**Error"):
             screen.status = ("The mask shown differs from the model's, so *Accept* saved it as a correction, not "
@@ -466,17 +523,28 @@ def accept(service: AnnotationService, session: Optional[EditorSession], editor_
     return _after_save(service, session, edit, correction, message)
 
 
-def skip(service: AnnotationService, session: Optional[EditorSession], annotator: Optional[str]) -> Screen:
-    """Take the open case out of the queue without saving a mask; the editor closes it (a draft stays)."""
+def skip(service: AnnotationService, session: Optional[EditorSession], annotator: Optional[str], *,
+         discard_saved: bool = False, editor_value=None) -> Screen:
+    """Take the open case out of the queue without saving a mask; the editor closes it (a draft stays).
+
+    A case with a saved version is skipped only with ``discard_saved`` (the *Skip anyway* button):
+    skipping takes that version out of export and retraining, so the first press asks."""
     if session is None:
         return _no_session()
     try:
-        service.save(session.case_id, annotator=annotator, status="skipped")
+        _keep_draft(service, session, editor_value, annotator)
+        service.skip(session.case_id, annotator=annotator, discard_saved=bool(discard_saved))
+    except ConfirmationNeeded as asked:
+        saved = f"v{asked.version} ({asked.status}, saved by {asked.annotator})"
+        return Screen(skip_confirm=True, status=error_text(
+            f"Not skipped: case #{session.case_id} has {saved}. Skipping it takes that version out of export and "
+            "retraining (it stays in the case's history). Press **Skip anyway** to skip it, or keep it and "
+            "take the next case."))
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
     message = f"Case #{session.case_id} skipped."
     return Screen(session=None, editor=closed_value(message + " Take the next case or segment an image."),
-                  status=message, queue=queue_text(service), history="", numbers="")
+                  status=message, queue=queue_text(service), history="", numbers="", skip_confirm=False)
 
 
 def stayed(session: Optional[EditorSession]) -> Screen:
@@ -496,12 +564,24 @@ def prediction_age(service: AnnotationService, model_id: str) -> str:
     return f" (an earlier version; the current `{current}` has not re-scored it yet)"
 
 
-def next_case(service: AnnotationService, acquisition: str, annotator: Optional[str], editor_value=None) -> Screen:
-    """Open the unreviewed case ranked first by ``acquisition`` and lease it to ``annotator``."""
+def next_case(service: AnnotationService, acquisition: str, annotator: Optional[str], editor_value=None,
+              session: Optional[EditorSession] = None) -> Screen:
+    """Open the unreviewed case ranked first by ``acquisition`` and lease it to ``annotator``.
+
+    With a case open (``session``), its unsaved edits are kept as the annotator's draft first and the
+    next case is another one: that case may still rank first, but *Next* means moving on."""
     try:
-        view = service.next_case(annotator, acquisition=acquisition)
+        _keep_draft(service, session, editor_value, annotator)
+        view = service.next_case(annotator, acquisition=acquisition,
+                                 skip_case_id=None if session is None else session.case_id)
         if view is None:
-            return Screen(status="No unreviewed cases left in the queue.", queue=queue_text(service))
+            if session is None:
+                return Screen(status="No unreviewed cases left in the queue.", queue=queue_text(service))
+            # Asking cleared the lease on the open case; it stays open, so it stays reserved.
+            if service.store.get_case(session.case_id).status == "unreviewed":
+                service.store.claim(session.case_id, annotator=annotator)
+            return Screen(status=f"No other unreviewed case in the queue: case #{session.case_id} stays open.",
+                          queue=queue_text(service))
         screen = open_case(service, view.case.id, view.prediction_id, annotator, **_view_of(editor_value))
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))

@@ -52,6 +52,7 @@ def main(argv=None) -> None:
 
     try:
         auth = parse_auth(settings.auth_setting())
+        settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
         service = AnnotationService(None if args.db is None else AnnotationStore(args.db), weights=args.weights,
                                     device=args.device, num_samples=args.samples)
     except (ValueError, StorageError) as exc:

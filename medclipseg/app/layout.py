@@ -15,7 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
+from medclipseg import settings
+from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.service import MAX_SAMPLES, AnnotationService
 from medclipseg.app import api, handlers, model_tab
 from medclipseg.app.api import annotator_of
@@ -27,15 +28,26 @@ from medclipseg.io.images import IMAGE_SUFFIXES
 __all__ = ["PAGE_CSS", "build_app"]
 
 QUEUE_POLL_SECONDS = 3.0
-# One column under 900 px: the side panel above the editor, both full width.
+# A compact header, so that the case's buttons, the whole image and the last action's status fit on
+# one 1440 x 900 screen. One column under 900 px: the editor first (after its case bar), then the
+# side panel, both full width.
 PAGE_CSS = """
+#page-header { align-items: center; }
+#page-title h3 { margin: 0 0 2px 0; }
+#page-title p, #model-line p { margin: 0; }
 @media (max-width: 900px) {
   #annotate-row { flex-direction: column !important; }
   #annotate-row > * { width: 100% !important; min-width: 0 !important; flex: 1 1 auto !important; }
+  #editor-column { order: -1; }
 }
-#case-actions button { white-space: nowrap; }
-@media (max-width: 900px) { #preview { display: none !important; } }
+#case-actions { gap: 6px; flex-wrap: wrap; }
+#case-actions button { white-space: nowrap; min-width: max-content !important; }
 #status { min-height: 1.5em; }
+#status p { margin: 0; }
+/* The retraining bar before the first training step: moving, without a percentage. */
+@keyframes mcs-job-moving { from { margin-left: -30%; } to { margin-left: 100%; } }
+.mcs-job-moving { animation: mcs-job-moving 1.4s linear infinite; }
+@media (max-width: 900px) { #preview { display: none !important; } }
 """
 
 
@@ -55,17 +67,14 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         leave_ok = gr.Checkbox(True, visible=False)  # set by the page's "leave unsaved edits?" question
         with gr.Row(equal_height=False, elem_id="page-header"):
             with gr.Column(scale=3, min_width=300):
-                gr.Markdown(
-                    "## MedCLIPSeg Annotator\n"
-                    "Type what to segment and press *Segment*; correct the mask where the model is unsure (cyan "
-                    "band, heat map) and save. The *Model* tab retrains on the saved corrections. "
-                    "Research and annotation tool, **not for clinical use**.")
+                # How to use it is said in the editor while no case is open; the header stays two lines.
+                gr.Markdown("### MedCLIPSeg Annotator\nResearch and annotation tool, **not for clinical use**.",
+                            elem_id="page-title")
                 # A function value is read on every page load (and the timer refreshes it): the serving
                 # model changes when another version is promoted.
                 model_line = gr.Markdown(lambda: model_tab.header_text(service), elem_id="model-line")
-            annotator_box = gr.Textbox(label="Annotator", placeholder="your name (recorded with every save)",
+            annotator_box = gr.Textbox(label="Annotator", placeholder="your name",
                                        visible=not auth_enabled, elem_id="annotator", scale=1, min_width=200)
-        status = gr.Markdown(elem_id="status")
         with gr.Tabs(elem_id="screens"):
             with gr.Tab("Annotate", elem_id="annotate-tab"):
                 with gr.Row(equal_height=False, elem_id="annotate-row"):
@@ -75,9 +84,10 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
                                                     placeholder="e.g. One small round polyp on the left in the colonoscopy image.")
                                 segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
+                                # Any file is taken and checked by the handler: Gradio's own type check
+                                # only says "Invalid file type" (a NIfTI volume deserves a sentence).
                                 upload = gr.File(label="Image: PNG, JPEG, BMP, TIFF (8/16-bit), DICOM",
-                                                 file_types=list(IMAGE_SUFFIXES), type="filepath", elem_id="upload",
-                                                 height=110)
+                                                 type="filepath", elem_id="upload", height=110)
                                 preview = gr.Image(label="Loaded image", interactive=False, height=180,
                                                    buttons=[], elem_id="preview")
                                 image_info = gr.Markdown()
@@ -95,7 +105,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                     buttons=[])
                                 samples = gr.Slider(4, MAX_SAMPLES, value=service.num_samples, step=2, label="Monte-Carlo samples")
                             with gr.Tab("Queue"):
-                                acquisition = gr.Dropdown(acquisition_choices, value=DEFAULT_ACQUISITION,
+                                acquisition = gr.Dropdown(acquisition_choices, value=settings.queue_order(),
                                                           label="Rank unreviewed cases by", elem_id="acquisition")
                                 gr.Markdown("*Next case* (below the editor, key <kbd>N</kbd>) opens the unreviewed "
                                             "case ranked first by this order and reserves it for you.")
@@ -128,11 +138,16 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                             save_button = gr.Button("Save correction (S)", variant="primary", elem_id="save",
                                                     min_width=120, size="md")
                             skip_button = gr.Button("Skip case (K)", elem_id="skip", min_width=110, size="md")
+                            # Shown when a skip would drop a saved version: the second, confirmed press.
+                            skip_confirm_button = gr.Button("Skip anyway", variant="stop", elem_id="skip-confirm",
+                                                            visible=False, min_width=110, size="md")
                             next_button = gr.Button("Next case (N)", elem_id="next-case", min_width=110, size="md")
                             use_draft_button = gr.Button("Use my draft", elem_id="use-draft", visible=False,
                                                          min_width=110, size="md")
-                        queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
+                        # The last action's outcome, right under its buttons (a refused save says why here).
+                        status = gr.Markdown(elem_id="status")
                         editor = mask_editor(elem_id="editor")
+                        queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
                         history = gr.Markdown(elem_id="history")
                         numbers = gr.Markdown(elem_id="numbers")
             with gr.Tab("Model", elem_id="model-tab"):
@@ -143,7 +158,8 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             "dicom_controls": dicom_group, "window_presets": preset, "window_note": window_note,
             "windowed": windowed, "window_preset": preset,
             "window_center": window_center, "window_width": window_width, "prompt": prompt,
-            "editor": editor, "stale_draft": use_draft_button, "numbers": numbers, "history": history, "status": status,
+            "editor": editor, "stale_draft": use_draft_button, "skip_confirm": skip_confirm_button,
+            "numbers": numbers, "history": history, "status": status,
             "queue": queue_box, "ingest_report": ingest_report, "export_file": export_file,
             "export_report": export_report,
         }
@@ -156,7 +172,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             update = {}
             changed = screen.changed()
             for name, value in changed.items():
-                if name in ("dicom_controls", "stale_draft"):
+                if name in ("dicom_controls", "stale_draft", "skip_confirm"):
                     update[parts[name]] = gr.update(visible=value)
                 elif name == "window_presets":  # the CT presets: shown, and set, for CT only
                     update[parts[name]] = gr.update(visible=value, value=screen.window_preset or HEADER_WINDOW)
@@ -172,7 +188,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         def outputs(*names: str) -> list:
             return [parts[name] for name in names]
 
-        opened = ("session", "editor", "stale_draft", "numbers", "history", "status", "queue")
+        opened = ("session", "editor", "stale_draft", "skip_confirm", "numbers", "history", "status", "queue")
         # Asked in the page before a case is replaced: the editor knows whether it holds unsaved edits.
         def ask_before(action: str) -> str:
             return ("(...values) => [window.medclipsegEditor ? window.medclipsegEditor.confirmLeave("
@@ -202,7 +218,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             return shown(handlers.segment(
                 service, file_path, prompt_text, window=handlers.window_of(is_windowed, center, width),
                 samples=sample_count, annotator=name, editor_value=editor_value,
-                progress=progress_reporter(progress)), remember=True, annotator=name)
+                progress=progress_reporter(progress), session=current), remember=True, annotator=name)
 
         # -- the editor
         def on_editor_change(current, editor_value, typed_name, request: gr.Request):
@@ -214,17 +230,26 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         def on_accept(current, editor_value, typed_name, request: gr.Request):
             return shown(handlers.accept(service, current, editor_value, annotator_of(typed_name, request)))
 
-        def on_skip(ok, current, typed_name, request: gr.Request):
+        def skipped(current, typed_name, editor_value, request: gr.Request, discard_saved: bool):
+            name = annotator_of(typed_name, request)
+            return shown(handlers.skip(service, current, name, discard_saved=discard_saved, editor_value=editor_value),
+                         remember=True, annotator=name)
+
+        def on_skip(ok, current, typed_name, editor_value, request: gr.Request):
             if not ok:
                 return shown(handlers.stayed(current))
-            name = annotator_of(typed_name, request)
-            return shown(handlers.skip(service, current, name), remember=True, annotator=name)
+            return skipped(current, typed_name, editor_value, request, False)
+
+        def on_skip_confirmed(current, typed_name, editor_value, request: gr.Request):
+            # The second press, after the status line said what skipping a saved case does.
+            return skipped(current, typed_name, editor_value, request, True)
 
         def on_next(ok, order, typed_name, current, editor_value, request: gr.Request):
             if not ok:
                 return shown(handlers.stayed(current))
             name = annotator_of(typed_name, request)
-            return shown(handlers.next_case(service, order, name, editor_value), remember=True, annotator=name)
+            return shown(handlers.next_case(service, order, name, editor_value, session=current), remember=True,
+                         annotator=name)
 
         def on_use_draft(current, typed_name, request: gr.Request):
             return shown(handlers.use_draft(service, current, annotator_of(typed_name, request)))
@@ -239,11 +264,6 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                 update.update(shown(handlers.reopen(service, saved["case_id"], name)))
             update[queue_box] = handlers.queue_text(service)
             return update
-
-        def on_name(typed_name, saved):
-            saved = dict(saved) if isinstance(saved, dict) else {}
-            saved["annotator"] = (typed_name or "").strip()
-            return saved
 
         def on_queue_tick(last):
             text = handlers.queue_text(service)
@@ -310,12 +330,17 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         # A refused save (another version was saved) reopens the case, so both answer with the whole case.
         save_button.click(on_save, [session, editor, annotator_box], outputs(*opened), **private)
         accept_button.click(on_accept, [session, editor, annotator_box], outputs(*opened), **private)
-        skip_button.click(on_skip, [leave_ok, session, annotator_box], outputs(*opened) + [remembered],
+        skip_button.click(on_skip, [leave_ok, session, annotator_box, editor], outputs(*opened) + [remembered],
                           js=ask_before("Skip it"), **private)
+        skip_confirm_button.click(on_skip_confirmed, [session, annotator_box, editor],
+                                  outputs(*opened) + [remembered], **private)
         next_button.click(on_next, [leave_ok, acquisition, annotator_box, session, editor],
                           outputs(*opened, "prompt") + [remembered], js=ask_before("Open the next case"), **private)
         use_draft_button.click(on_use_draft, [session, annotator_box], outputs(*opened), **private)
-        annotator_box.change(on_name, [annotator_box, remembered], [remembered], show_progress="hidden", **private)
+        # In the page, not on the server: a round trip could answer after the next case's own note of
+        # the open case and put back the old one (a reload then reopened nothing).
+        annotator_box.change(None, [annotator_box, remembered], [remembered], show_progress="hidden",
+                             js="(name, saved) => ({...(saved || {}), annotator: (name || '').trim()})", **private)
         demo.load(on_load, [remembered, annotator_box], [annotator_box, *outputs(*opened)], **private)
         queue_timer = gr.Timer(QUEUE_POLL_SECONDS)
         queue_seen = gr.State(None)

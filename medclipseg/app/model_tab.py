@@ -55,9 +55,19 @@ class StartedJob:
     estimate_seconds: Optional[float]
 
     def message(self) -> str:
-        return (f"Started retraining job {self.job_id}: {self.train_cases} case(s) to train on "
+        text = (f"Started retraining job {self.job_id}: {self.train_cases} case(s) to train on "
                 f"({self.gold_cases} gold held out), {self.epochs} epoch(s), promote {self.promote}; "
                 f"{estimate_text(self.estimate_seconds)}.")
+        note = auto_promotion_note(self.promote, self.gold_cases)
+        return f"{text} {note}" if note else text
+
+
+def auto_promotion_note(promote: str, gold_cases: int) -> str:
+    """Why *auto* will not promote: it compares the new version with its parent on gold cases only."""
+    if promote != "auto" or gold_cases:
+        return ""
+    return ("**auto needs gold cases to compare on; 0 gold cases now — the new version will not be promoted "
+            "automatically** (promote it by hand afterwards, or choose *yes*).")
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -149,6 +159,9 @@ def data_text(service: AnnotationService, epochs=None) -> str:
             f"**{counts['train']} case(s) to train on.**  \n")
     if counts["train"]:
         text += f"A round of {recipe.epochs} epoch(s): {estimate_text(estimate)}."
+        if not counts["gold"]:
+            text += ("  \nNo gold cases yet: promote *auto* has nothing to compare on, so it will not promote "
+                     "the new version (promote it by hand afterwards, or choose *yes*).")
     else:
         text += "Nothing to train on yet: correct or accept some cases first."
     return text
@@ -170,26 +183,55 @@ def _eta_left(job) -> Optional[float]:
     return max(0.0, float(job.eta_seconds) - max(0.0, since))
 
 
-def progress_html(job) -> str:
-    """An HTML bar: the job's status, progress, message and ETA (data attributes for scripts)."""
+def progress_html(job, message: Optional[str] = None) -> str:
+    """An HTML bar: the job's status, progress, message and ETA (data attributes for scripts).
+
+    Before the first training step (the worker starts, loads the model and reads the cases) there
+    is no fraction to show: the bar moves without a percentage and the worker's message says what
+    it does. ``message`` replaces the job's own (``job_message``: a promotion since it finished)."""
     if job is None:
         return ('<div id="job-bar" data-status="none" data-progress="0"><div class="mcs-job-text">'
                 "No retraining has run yet.</div></div>")
     fraction = 1.0 if job.status == "succeeded" else min(max(float(job.progress or 0.0), 0.0), 1.0)
     colour = JOB_COLOURS.get(job.status, "#8a8f98")
-    parts = [f"Job {job.id} · {job.status}", f"{100 * fraction:.0f} %"]
-    if job.active:
-        eta = _eta_left(job)
-        parts.append("ETA " + ("unknown" if eta is None else duration_text(eta)))
-        if job.cancel_requested:
-            parts.append("cancel requested")
+    preparing = job.active and fraction <= 0.0
+    if preparing:
+        parts = [f"Job {job.id} · preparing"]
+        bar = (f'<div class="mcs-job-moving" style="height:100%;width:30%;background:{colour};'
+               'border-radius:7px"></div>')
+    else:
+        parts = [f"Job {job.id} · {job.status}", f"{100 * fraction:.0f} %"]
+        bar = f'<div style="height:100%;width:{100 * fraction:.1f}%;background:{colour};transition:width 0.4s"></div>'
+        if job.active:
+            eta = _eta_left(job)
+            parts.append("ETA " + ("unknown" if eta is None else duration_text(eta)))
+    if job.active and job.cancel_requested:
+        parts.append("cancel requested")
     caption = " · ".join(parts)
-    message = html.escape(job.message or "")
-    return (f'<div id="job-bar" data-status="{job.status}" data-progress="{fraction:.4f}" data-job="{job.id}">'
+    text = job.message if message is None else message
+    if preparing and text.startswith("preparing: "):
+        text = text[len("preparing: "):]   # the caption says it already
+    text = html.escape(text)
+    return (f'<div id="job-bar" data-status="{job.status}" data-phase="{"preparing" if preparing else job.status}" '
+            f'data-progress="{fraction:.4f}" data-job="{job.id}">'
             '<div style="height:14px;border-radius:7px;background:rgba(128,128,128,0.25);overflow:hidden">'
-            f'<div style="height:100%;width:{100 * fraction:.1f}%;background:{colour};transition:width 0.4s"></div>'
-            f'</div><div class="mcs-job-text" style="margin-top:4px"><b>{html.escape(caption)}</b>'
-            f'<br><span style="overflow-wrap:anywhere">{message}</span></div></div>')
+            f'{bar}</div><div class="mcs-job-text" style="margin-top:4px"><b>{html.escape(caption)}</b>'
+            f'<br><span style="overflow-wrap:anywhere">{text}</span></div></div>')
+
+
+def job_message(store, job) -> Optional[str]:
+    """The finished job's message, brought up to date when its version was promoted by hand later
+    (the worker's words, "not promoted ... promote it by hand", would be stale); None: the job's own."""
+    if job is None or job.active or not job.version_id:
+        return None
+    promotions = [row for row in store.promotion_log() if row["version_id"] == job.version_id]
+    if not promotions or "not promoted" not in (job.message or ""):
+        return None
+    last = promotions[-1]
+    now = ("it serves predictions now" if store.current_model_id() == job.version_id
+           else f"no longer current (now {store.current_model_id()})")
+    return (f"version {job.version_id} recorded; not promoted by the job, then promoted by hand by "
+            f"{last['promoted_by']} at {_when(last['created_at'])[:16]} UTC; {now}.")
 
 
 def rescoring_text(service: AnnotationService) -> str:
@@ -243,7 +285,7 @@ def panel(service: AnnotationService, epochs=None) -> ModelPanel:
     job = _job_to_show(store)
     return ModelPanel(header=header_text(service), current=current_card(service, versions),
                       versions=version_rows(versions), choices=version_choices(versions),
-                      data=data_text(service, epochs), progress=progress_html(job),
+                      data=data_text(service, epochs), progress=progress_html(job, job_message(store, job)),
                       log=retraining.log_tail(store, job), stop=retraining.stop_signal(store).text,
                       rescoring=rescoring_text(service), job_id=None if job is None else job.id,
                       running=bool(job is not None and job.active))

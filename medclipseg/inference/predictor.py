@@ -10,10 +10,12 @@ Pre-processing modes (the image side is ``medclipseg.inference.transforms.prepro
 - fast: the same image pipeline; the prompt is not padded (padding tokens take part in the
   adapters, so logits differ slightly from exact mode, by up to a few hundredths).
 
-Channel order: files are decoded as OpenCV does (BGR), and numpy arrays are taken as BGR too,
-the one default shared with ``medclipseg.io.images.read_image``: an array from ``cv2.imread``
-or from ``read_image(...).bgr`` goes in as it is. Pass ``channel_order="rgb"`` for arrays from
-PIL or Gradio.
+Channel order: numpy arrays are taken as RGB, as PIL, scikit-image, matplotlib and Gradio give
+them (segment-anything's predictor does the same), so a user's array is never silently
+channel-swapped. Arrays from ``cv2.imread`` or ``read_image(...).bgr`` say ``channel_order="bgr"``
+(every caller inside the package does). Files (paths, bytes) are decoded whatever their format and
+``LoadedImage`` inputs carry their order, so neither needs saying. The model itself sees BGR, as the
+authors' OpenCV pipeline does.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.inference.uncertainty import MonteCarloAccumulator, image_scores
 from medclipseg.registry import LoadedModel, default_device, load_model
 
-# How numpy arrays are read; the same as read_image's default (module docstring).
-DEFAULT_CHANNEL_ORDER = "bgr"
+# How numpy arrays are read unless told (module docstring): RGB, as most Python image libraries give
+# them. Not read_image's default (BGR, as OpenCV), which is why the predictor always passes its own.
+DEFAULT_CHANNEL_ORDER = "rgb"
 # Boundary band half-width, in pixels of the model's 224 grid, scaled to the image size.
 BOUNDARY_BAND_224 = 3
 
@@ -125,8 +128,8 @@ class Predictor:
 
     # -- pre-processing ---------------------------------------------------------------------------
     def load_image(self, image, channel_order: str = DEFAULT_CHANNEL_ORDER) -> LoadedImage:
-        """Paths and bytes are decoded as OpenCV does (BGR). Arrays are taken as `channel_order`
-        ("bgr", as OpenCV and read_image give them, or "rgb" for PIL/Gradio arrays)."""
+        """Paths and bytes are decoded from their file format. Arrays are taken as `channel_order`
+        ("rgb", the default, as PIL/Gradio/scikit-image give them, or "bgr" as OpenCV and read_image do)."""
         if isinstance(image, LoadedImage):
             return image
         if isinstance(image, np.ndarray):
@@ -161,8 +164,8 @@ class Predictor:
         mask_tolerance in Dice (1 - Dice of the masks before and after the chunk).
         antithetic=True: samples come in pairs (eps, -eps), which cancels most of the sampling
         error of the mean (sample counts are rounded up to even numbers).
-        channel_order: how a numpy array is read, "bgr" (default, as OpenCV) or "rgb"; files and
-        LoadedImage inputs ignore it.
+        channel_order: how a numpy array is read, "rgb" (default, as PIL and Gradio) or "bgr" (as
+        cv2.imread and read_image(...).bgr); files and LoadedImage inputs ignore it.
         """
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must lie strictly between 0 and 1")

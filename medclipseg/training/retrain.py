@@ -229,7 +229,7 @@ def score_examples(model, examples: Sequence[TrainingExample], *, num_samples: i
     per_case = []
     for index, example in enumerate(examples):
         prediction = predictor.predict(example.image_bgr, example.prompt, num_samples=num_samples,
-                                       threshold=threshold, seed=seed)
+                                       threshold=threshold, seed=seed, channel_order="bgr")
         if callable(uncertainty_key):
             score = float(uncertainty_key(prediction))
         elif uncertainty_key in prediction.scores:

@@ -6,12 +6,16 @@
 //
 // Mask model: override[i] is 0 (follow the model: probability > mask threshold), 1 (forced
 // foreground) or 2 (forced background). Brush, eraser and tools write overrides, so moving the
-// threshold keeps every edit; undo/redo store the overrides a step changed.
+// threshold keeps every edit; undo/redo store the overrides a step changed, or the mask threshold
+// before and after a move of its slider.
 
 const $ = (selector) => element.querySelector(selector);
 const FOLLOW = 0, FOREGROUND = 1, BACKGROUND = 2;
 const MAX_UNDO = 200;
 const MASK_RGB = [255, 196, 0], BAND_RGB = [0, 200, 255];
+const CANVAS_MIN = 240, CANVAS_MAX = 1100;   // CSS px
+const THRESHOLD_STEP_MS = 600;   // slider moves closer together than this are one undo step
+const NAME_NEEDED = "Type your name in Annotator to edit: drafts and saved versions are kept under your name.";
 const TOOLS = {
     brush: "Brush: paint foreground",
     erase: "Eraser: paint background",
@@ -231,6 +235,21 @@ function draw() {
     S.lastTimings.draw_ms = performance.now() - started;
 }
 
+function fitHeight() {
+    // The canvas reaches down to the bottom of the screen, less room for the two status lines under
+    // it, so the case's buttons, the whole image and the last action's status show without scrolling.
+    const canvas = $(".mse-canvas");
+    if (!S.loaded || S.stroke || !canvas.offsetParent) return;
+    const top = canvas.getBoundingClientRect().top + window.scrollY;
+    const below = $(".mse-message").offsetHeight + $(".mse-state").offsetHeight + 16;
+    // In a frame that grows with its page (Hugging Face Spaces) innerHeight is the page's height,
+    // not the screen's: the screen bounds it instead.
+    const screenHeight = window.self === window.top ? window.innerHeight
+        : Math.min(window.innerHeight, window.screen.availHeight - 120);
+    const height = Math.round(Math.min(CANVAS_MAX, Math.max(CANVAS_MIN, screenHeight - top - below)));
+    if (Math.abs(canvas.offsetHeight - height) >= 2) canvas.style.height = `${height}px`;
+}
+
 function fitView() {
     const box = $(".mse-canvas").getBoundingClientRect();
     const scale = Math.min(box.width / S.W, box.height / S.H);
@@ -257,8 +276,35 @@ function counts() {
     return S.counted;
 }
 
+function pushStep(step) {
+    S.undo.push(step);
+    if (S.undo.length > MAX_UNDO) S.undo.shift();
+    S.redo = [];
+}
+
+function setThreshold(value) {
+    S.threshold = value;
+    $(".mse-threshold").value = value;
+    $(".mse-threshold-value").textContent = Number(value).toFixed(2);
+    recomputeMask();
+    renderOverlay();
+}
+
+function commitThreshold() {
+    // A move of the mask threshold slider (its input events until it is let go, or a pause) is one
+    // undoable step, so that undo after a move puts the threshold back instead of undoing a stroke.
+    clearTimeout(S.thresholdTimer);
+    const step = S.thresholdStep;
+    S.thresholdStep = null;
+    if (!step || step.before === S.threshold) return;
+    step.after = S.threshold;
+    pushStep(step);
+    status();
+}
+
 function changeOverrides(indices, values) {
     // One undoable step: indices (Int32Array) get the new override values.
+    commitThreshold();
     const before = new Uint8Array(indices.length);
     let changed = 0;
     for (let k = 0; k < indices.length; k++) {
@@ -267,9 +313,7 @@ function changeOverrides(indices, values) {
     }
     if (!changed) return false;
     applyOverrides(indices, values);
-    S.undo.push({ indices, before, after: values });
-    if (S.undo.length > MAX_UNDO) S.undo.shift();
-    S.redo = [];
+    pushStep({ indices, before, after: values });
     return true;
 }
 
@@ -299,18 +343,30 @@ function setMask(next, label) {
 }
 
 function undo() {
+    commitThreshold();
     const step = S.undo.pop();
     if (!step) { note("Nothing to undo."); return; }
-    applyOverrides(step.indices, step.before);
     S.redo.push(step);
+    if (step.kind === "threshold") {
+        setThreshold(step.before);
+        edited(`Undone: mask threshold back to ${step.before.toFixed(2)}.`);
+        return;
+    }
+    applyOverrides(step.indices, step.before);
     edited("Undone.");
 }
 
 function redo() {
+    commitThreshold();
     const step = S.redo.pop();
     if (!step) { note("Nothing to redo."); return; }
-    applyOverrides(step.indices, step.after);
     S.undo.push(step);
+    if (step.kind === "threshold") {
+        setThreshold(step.after);
+        edited(`Redone: mask threshold ${step.after.toFixed(2)}.`);
+        return;
+    }
+    applyOverrides(step.indices, step.after);
     edited("Redone.");
 }
 
@@ -361,9 +417,8 @@ function endStroke() {
     const before = Uint8Array.from(stroke.touched.values());
     const after = new Uint8Array(indices.length);
     for (let k = 0; k < indices.length; k++) after[k] = S.over[indices[k]];
-    S.undo.push({ indices, before, after });
-    if (S.undo.length > MAX_UNDO) S.undo.shift();
-    S.redo = [];
+    commitThreshold();
+    pushStep({ indices, before, after });
     edited(`${TOOLS[stroke.tool].split(":")[0]}: ${indices.length.toLocaleString()} px painted.`);
 }
 
@@ -515,9 +570,63 @@ function status(message) {
         parts.push(S.revision !== S.savedRevision ? "unsaved edits (kept as a draft)" : "no unsaved edits");
     }
     $(".mse-state").textContent = parts.join(" · ");
-    if (message !== undefined) $(".mse-message").textContent = message;
+    if (message !== undefined) { $(".mse-message").textContent = message; $(".mse-message").title = message; }
+    updateLock();
+    updateHint();
     element.dataset.revision = String(S.revision);
     element.dataset.dirty = String(S.revision !== S.savedRevision);
+}
+
+// ---------------------------------------------------------------- a name before the first edit
+
+function nameBox() { return document.querySelector("#annotator textarea, #annotator input"); }
+
+function needsName() {
+    // Drafts and versions are kept per annotator: without a name an edit could not be kept. With
+    // logins the box is not shown and the login is the name.
+    const box = nameBox();
+    return Boolean(box && box.offsetParent !== null && !box.value.trim());
+}
+
+function updateLock() {
+    const locked = S.loaded && needsName();
+    $(".mse-lock").hidden = !locked;
+    element.dataset.locked = String(locked);
+    return locked;
+}
+
+function editable() {
+    // False (and the lock says why) while no name is typed; viewing, zoom and pan stay free.
+    if (!S.loaded || !updateLock()) return S.loaded;
+    note(NAME_NEEDED);
+    const lock = $(".mse-lock");
+    lock.classList.remove("mse-flash");
+    void lock.offsetWidth;
+    lock.classList.add("mse-flash");
+    return false;
+}
+
+function goToName() {
+    const box = nameBox();
+    if (!box) return;
+    box.scrollIntoView({ block: "center" });
+    box.focus();
+}
+
+function updateHint() {
+    // A model that found nothing: say so on the canvas, and what to do, until something is drawn.
+    const hint = $(".mse-hint");
+    if (!S.loaded) { hint.hidden = true; return; }
+    const c = counts(), modelArea = c.area - c.added + c.erased;
+    const show = modelArea === 0 && c.area === 0;
+    hint.hidden = !show;
+    element.dataset.nothingFound = String(modelArea === 0);
+    if (!show) return;
+    const t = Number(S.threshold).toFixed(2), top = S.maxProbability.toFixed(2);
+    const lower = S.maxProbability >= 0.05 ? " or lower the mask threshold," : "";
+    hint.textContent = `The model found nothing for this prompt: no pixel is above the mask threshold ${t} ` +
+        `(the highest probability is ${top}). Draw the structure with the brush (B)${lower} and save: ` +
+        "corrections teach the model when it is retrained in the Model tab.";
 }
 
 async function openCase(value) {
@@ -543,8 +652,12 @@ async function openCase(value) {
         imageCanvas, imagePixels: imageContext.getImageData(0, 0, W, H).data,
         threshold: value.threshold, uncertainty: value.uncertainty_threshold,
         opacity: value.opacity ?? S.opacity, undo: [], redo: [], revision: 0, savedRevision: 0,
-        magma: Uint8Array.from(value.colormap),
+        magma: Uint8Array.from(value.colormap), thresholdStep: null,
     });
+    clearTimeout(S.thresholdTimer);
+    let highest = 0;
+    for (let i = 0; i < length; i++) if (S.prob[i] > highest) highest = S.prob[i];
+    S.maxProbability = highest;
     S.overlayCanvas = document.createElement("canvas");
     S.overlayCanvas.width = W; S.overlayCanvas.height = H;
     S.overlayImage = new ImageData(W, H);
@@ -575,6 +688,8 @@ async function openCase(value) {
     $(".mse-empty").style.display = "none";
     $(".mse-body").style.display = "";
     $(".mse-title").textContent = value.title || "";
+    $(".mse-title").title = value.title || "";
+    fitHeight();
     fitView();
     renderOverlay();
     renderHeat();
@@ -589,9 +704,13 @@ async function openCase(value) {
 function closeCase(message) {
     S.loaded = false;
     S.meta = {};
+    S.thresholdStep = null;
+    clearTimeout(S.thresholdTimer);
     $(".mse-empty").style.display = "";
     $(".mse-body").style.display = "none";
-    $(".mse-empty").textContent = message || "No case open: segment an image or take the next case from the queue.";
+    if (!S.emptyHtml) S.emptyHtml = $(".mse-empty").innerHTML;   // the page's first words: how to start
+    if (message) $(".mse-empty").textContent = message;
+    else $(".mse-empty").innerHTML = S.emptyHtml;
     element.dataset.caseId = "";
     element.dataset.ready = "false";
     props.value = null;
@@ -657,15 +776,16 @@ function timed(name, work) {
 
 function onThreshold(event) {
     if (!S.loaded) return;
+    if (!editable()) { event.target.value = S.threshold; return; }
     timed("threshold_ms", () => {
-        S.threshold = Number(event.target.value);
-        $(".mse-threshold-value").textContent = S.threshold.toFixed(2);
-        recomputeMask();
-        renderOverlay();
+        if (!S.thresholdStep) S.thresholdStep = { kind: "threshold", before: S.threshold };
+        setThreshold(Number(event.target.value));
         S.revision++;
         draw();
         publish();
         status();
+        clearTimeout(S.thresholdTimer);
+        S.thresholdTimer = setTimeout(commitThreshold, THRESHOLD_STEP_MS);
     });
 }
 
@@ -707,6 +827,7 @@ function onPointerDown(event) {
         return;
     }
     if (event.button !== 0) return;
+    if (!editable()) return;
     const point = imagePoint(event);
     if (S.tool === "component") {
         if (point.inside) timed("tool_ms", () => component(point.x, point.y, event.shiftKey));
@@ -777,7 +898,8 @@ function onKey(event) {
         return;
     }
     let handled = true;
-    if (command && key === "z" && event.shiftKey) redo();
+    if (command && (key === "z" || key === "y") && !editable()) handled = true;
+    else if (command && key === "z" && event.shiftKey) redo();
     else if (command && key === "z") undo();
     else if (command && key === "y") redo();
     else if (command && key === "s") pressButton("save");
@@ -810,6 +932,7 @@ function bind() {
     canvas.addEventListener("wheel", onWheel, { passive: false });
     canvas.addEventListener("contextmenu", (event) => event.preventDefault());
     $(".mse-threshold").addEventListener("input", onThreshold);
+    $(".mse-threshold").addEventListener("change", () => commitThreshold());
     $(".mse-uncertainty").addEventListener("input", onUncertainty);
     $(".mse-opacity").addEventListener("input", onOpacity);
     $(".mse-local").addEventListener("input", (event) => {
@@ -827,15 +950,32 @@ function bind() {
         fit: () => { fitView(); draw(); },
         overlay: () => { S.showOverlay = !S.showOverlay; syncControls(); renderOverlay(); draw(); },
     };
+    const viewing = new Set(["fit", "overlay"]);   // the rest change the mask: they need a name
     for (const button of element.querySelectorAll("[data-action]")) {
         button.addEventListener("click", () => {
-            if (!S.loaded) return;
+            if (!S.loaded || (!viewing.has(button.dataset.action) && !editable())) return;
             timed("tool_ms", actions[button.dataset.action]);
         });
     }
+    $(".mse-lock").addEventListener("click", goToName);
+    // The name box is filled by typing (input events) or by the page after a reload (no event): both
+    // are followed, the second by a cheap check twice a second.
+    document.addEventListener("input", (event) => {
+        if (event.target && event.target.closest && event.target.closest("#annotator")) updateLock();
+    }, true);
+    setInterval(() => { if (S.loaded) updateLock(); }, 500);
     document.addEventListener("keydown", onKey);
     document.addEventListener("keyup", (event) => { if (event.key === " ") S.spaceDown = false; });
-    window.addEventListener("resize", () => { if (S.loaded) draw(); });
+    window.addEventListener("resize", () => { if (S.loaded) { fitHeight(); draw(); } });
+    // Anything above the canvas that grows or shrinks (a longer status line) moves it: fit again.
+    if (window.ResizeObserver) {
+        let queued = false;
+        new ResizeObserver(() => {
+            if (queued) return;
+            queued = true;
+            requestAnimationFrame(() => { queued = false; fitHeight(); });
+        }).observe(document.body);
+    }
     // Leaving the page (or hiding it) sends a pending draft at once instead of after the debounce.
     document.addEventListener("visibilitychange", () => { if (document.visibilityState === "hidden" && S.syncPending) flush(); });
     window.addEventListener("pagehide", () => { if (S.syncPending) flush(); });
@@ -851,9 +991,14 @@ function bind() {
 // latency benchmark read timings and the mask without reaching into the canvas.
 window.medclipsegEditor = {
     confirmLeave(action) {
-        if (!S.loaded || S.revision === S.savedRevision) return true;
-        return window.confirm(`Case #${S.meta.case_id} has edits that are not saved as a version ` +
-            `(they are kept as a draft). ${action || "Leave it"} anyway?`);
+        commitThreshold();
+        const leaving = !S.loaded || S.revision === S.savedRevision ||
+            window.confirm(`Case #${S.meta.case_id} has edits that are not saved as a version ` +
+                `(they are kept as a draft). ${action || "Leave it"} anyway?`);
+        // The action that leaves carries the editor's value, and the server keeps it as the draft
+        // before it opens anything else: an edit still in the debounce is not sent twice, nor lost.
+        if (leaving && S.syncPending) { clearTimeout(S.syncTimer); S.syncPending = false; }
+        return leaving;
     },
     isDirty: () => S.loaded && S.revision !== S.savedRevision,
     caseId: () => (S.loaded ? S.meta.case_id : null),
@@ -861,7 +1006,8 @@ window.medclipsegEditor = {
     maskRuns: () => (S.loaded ? encodeRuns(S.mask) : null),
     state: () => ({ tool: S.tool, size: S.size, threshold: S.threshold, uncertainty: S.uncertainty,
                     scale: S.view.scale, overlay: S.showOverlay, steps: S.undo.length, redo: S.redo.length,
-                    revision: S.revision, saved_revision: S.savedRevision, width: S.W, height: S.H }),
+                    revision: S.revision, saved_revision: S.savedRevision, width: S.W, height: S.H,
+                    locked: S.loaded && needsName(), pending: Boolean(S.syncPending) }),
     view: () => ({ ...S.view }),
 };
 
