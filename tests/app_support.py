@@ -82,6 +82,9 @@ def demo_database(db_path):
     return store
 
 
+RANK_ORDER = "band_entropy"  # the queue order the test servers use
+
+
 @contextmanager
 def app_server(db_path, *, env=None, startup_timeout=240.0, log_path=None):
     """Start `python app.py` on a free port with the given database; yields (url, process)."""
@@ -89,6 +92,9 @@ def app_server(db_path, *, env=None, startup_timeout=240.0, log_path=None):
     environment = dict(os.environ)
     environment.update({"MEDCLIPSEG_DB": str(db_path), "GRADIO_ANALYTICS_ENABLED": "False",
                         "MEDCLIPSEG_SAMPLES": environment.get("MEDCLIPSEG_SAMPLES", "8"),
+                        # The browser tests follow the plain rank order (RANK_ORDER), so that which
+                        # case is served next is known from the ranks the tests write.
+                        "MEDCLIPSEG_QUEUE_ORDER": RANK_ORDER,
                         "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
     environment.update(env or {})
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +271,7 @@ def ranked_case(store, probability, *, rank, name="case.png", prompt="a lesion",
     default order (so a case added with a higher rank is the next one served); returns
     (case id, prediction id). The image defaults to a grey picture of the map with noise seeded by
     ``rank`` (the store keeps one case per image and prompt, so equal maps still make new cases)."""
-    from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION
+    from medclipseg.annotation.queue import ACQUISITIONS
 
     probability = np.asarray(probability, np.float32)
     if image is None:
@@ -273,7 +279,7 @@ def ranked_case(store, probability, *, rank, name="case.png", prompt="a lesion",
         grey = np.round(64 + 128 * probability + noise).astype(np.uint8)
         image = np.repeat(grey[..., None], 3, axis=2)
     model_id = model_id or store.current_model_id() or "synthetic@0"
-    scores = {ACQUISITIONS[DEFAULT_ACQUISITION].score_key: float(rank)}
+    scores = {ACQUISITIONS[RANK_ORDER].score_key: float(rank)}
     case = store.add_case(np.ascontiguousarray(image), prompt=prompt, original_name=name, source="ingest")
     prediction_id = store.add_prediction(case.id, prediction_from_probability(probability, model_id=model_id,
                                                                               scores=scores))

@@ -89,7 +89,7 @@ def test_retrain_cli_records_scores_promotes_and_the_app_follows(tmp_path):
     assert service.model_id == version.id
     assert store.rescore_backlog(version.id) == 3
     assert service.rescore_pending() == 3 and store.rescore_backlog(version.id) == 0
-    case = store.next_case("bob")
+    case = store.next_case("bob", acquisition="band_entropy")
     served = store.load_prediction(store.latest_prediction_id(case.id))
     assert served.model_id == version.id
 

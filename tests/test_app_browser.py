@@ -198,7 +198,8 @@ def test_dicom_window_presets_change_the_picture(server, page, tmp_path):
 
 def test_review_queue_serves_the_most_uncertain_case(server, page):
     from app_support import fill_queue
-    from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION
+    from app_support import RANK_ORDER
+    from medclipseg.annotation.queue import ACQUISITIONS
     from medclipseg.annotation.store import AnnotationStore
 
     url, db_path = server
@@ -208,7 +209,7 @@ def test_review_queue_serves_the_most_uncertain_case(server, page):
     rows = db_rows(db_path, "select c.id, p.scores from cases c join predictions p on p.id = "
                             "(select max(id) from predictions where case_id = c.id) where c.status = 'unreviewed'")
     ranked = [case_id for case_id, _ in sorted(
-        rows, key=lambda row: (-json.loads(row[1])[ACQUISITIONS[DEFAULT_ACQUISITION].score_key], row[0]))]
+        rows, key=lambda row: (-json.loads(row[1])[ACQUISITIONS[RANK_ORDER].score_key], row[0]))]
     page.fill("#annotator textarea", "grace")
     open_tab(page, "Queue")
     page.click("#next-case")

@@ -209,9 +209,10 @@ def blur(page):
 def rank_order(page):
     """Choose the queue's plain rank order (the one add_case ranks by, without the diverse pick, which
     may serve a lower-ranked case first), so that the order of the cases served is known here."""
-    from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION
+    from app_support import RANK_ORDER
+    from medclipseg.annotation.queue import ACQUISITIONS
 
-    key = ACQUISITIONS[DEFAULT_ACQUISITION].score_key
+    key = ACQUISITIONS[RANK_ORDER].score_key
     label = next(a.label for a in ACQUISITIONS.values() if a.score_key == key and not a.diverse)
     open_tab(page, "Queue")
     page.get_by_label("Rank unreviewed cases by").click()

@@ -49,10 +49,11 @@ def test_ingest_correct_retrain_promote_and_rerank(tmp_path):
     browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    from medclipseg.annotation.queue import ACQUISITION_SCORES, ACQUISITIONS, DEFAULT_ACQUISITION
+    from app_support import RANK_ORDER
+    from medclipseg.annotation.queue import ACQUISITION_SCORES, ACQUISITIONS
 
-    rank_column = ACQUISITION_SCORES[DEFAULT_ACQUISITION]
-    score_key = ACQUISITIONS[DEFAULT_ACQUISITION].score_key
+    rank_column = ACQUISITION_SCORES[RANK_ORDER]
+    score_key = ACQUISITIONS[RANK_ORDER].score_key
     shots = screenshot_dir(tmp_path)
     db_path = tmp_path / "db" / "annotations.db"
     store = demo_database(db_path)
