@@ -114,7 +114,7 @@ def test_base_version_promotion_rollback_and_ranks_by_current_model(store):
     store.promote("model-b@2", by="alice")
     assert store.current_model_id() == "model-b@2"
     # Only the case model-b predicted keeps a rank; the others wait to be re-scored, served last.
-    rows = conn.execute(f"SELECT id, ranked_model_id, {ACQUISITIONS["band_entropy"].column} FROM cases "
+    rows = conn.execute(f"SELECT id, ranked_model_id, {ACQUISITIONS['band_entropy'].column} FROM cases "
                         "ORDER BY id").fetchall()
     assert [(r[0], r[1]) for r in rows] == [(cases[0].id, "model-b@2"), (cases[1].id, None), (cases[2].id, None)]
     latest_b = conn.execute("SELECT scores FROM predictions WHERE model_id = 'model-b@2'").fetchone()[0]
