@@ -56,6 +56,9 @@ ACQUISITIONS = {
     "random": Acquisition("random_key", None, "Random order (baseline)"),
 }
 DEFAULT_ACQUISITION = next(iter(ACQUISITIONS))
+# The model's image-level uncertainty, where a score is needed whatever the queue's order is (the
+# gold split's uncertainty Spearman, the stop signal's "top of the queue"): random keys are none.
+UNCERTAINTY_ORDER = "band_entropy"
 ACQUISITION_SCORES = {name: a.column for name, a in ACQUISITIONS.items()}  # name -> cases column
 ACQUISITION_LABELS = {name: a.label for name, a in ACQUISITIONS.items()}
 # cases rank column -> Prediction.scores key, for the orders the model's scores make.

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from medclipseg.annotation.errors import StorageError
-from medclipseg.annotation.queue import DEFAULT_ACQUISITION, RANKED_BY_MODEL, order_column
+from medclipseg.annotation.queue import RANKED_BY_MODEL, UNCERTAINTY_ORDER, order_column
 from medclipseg.training.config import RetrainRecipe
 
 PROMOTE_CHOICES = ("auto", "yes", "no")
@@ -221,7 +221,7 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
             if gold:
                 report(0.85, f"scoring the new model on {len(gold)} gold cases")
                 log(f"scoring {version_id} and {parent} on {len(gold)} gold cases")
-                key = RANKED_BY_MODEL[order_column(DEFAULT_ACQUISITION)]
+                key = RANKED_BY_MODEL[order_column(UNCERTAINTY_ORDER)]
                 scoring = dict(num_samples=recipe.eval_samples, threshold=recipe.threshold,
                                nsd_tolerance=recipe.nsd_tolerance, device=device, uncertainty_key=key,
                                should_stop=should_stop)
@@ -352,7 +352,7 @@ class StopSignal:
     top_score: Optional[float]
 
 
-def stop_signal(store, *, acquisition: str = DEFAULT_ACQUISITION, rounds: int = STOP_ROUNDS,
+def stop_signal(store, *, acquisition: str = UNCERTAINTY_ORDER, rounds: int = STOP_ROUNDS,
                 min_gain: float = STOP_MIN_GAIN, top_score: float = STOP_TOP_SCORE) -> StopSignal:
     """Whether annotating more still pays: the gold DSC gains of the last `rounds` trained versions
     and the uncertainty of the next case in the queue."""

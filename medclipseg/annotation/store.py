@@ -828,7 +828,7 @@ class AnnotationStore:
         return int(cases.count_where("status = 'unreviewed'")
                    - cases.count_where("status = 'unreviewed' AND ranked_model_id = ?", [model_id]))
 
-    def top_rank(self, acquisition: str = queue.DEFAULT_ACQUISITION) -> Optional[float]:
+    def top_rank(self, acquisition: str = queue.UNCERTAINTY_ORDER) -> Optional[float]:
         """The highest rank in the queue for `acquisition` (the next case's uncertainty), None when empty."""
         column = queue.order_column(acquisition)
         rows = list(self._db().query(f'SELECT max("{column}") AS top FROM cases WHERE status = \'unreviewed\''))
