@@ -11,6 +11,9 @@ win over these.
 | ``MEDCLIPSEG_AUTH`` | app logins, ``user:password`` pairs separated by commas | no login |
 | ``MEDCLIPSEG_SAMPLES`` | Monte-Carlo samples per segmentation in the app | 30 |
 | ``MEDCLIPSEG_MAX_PIXELS`` | largest accepted image, width x height | 100,000,000 |
+| ``MEDCLIPSEG_MAX_VOLUME_VOXELS`` | largest accepted volume, in voxels (checked on the header, before decoding) | 400,000,000 |
+| ``MEDCLIPSEG_MAX_VOLUME_SIDE`` | most voxels along any one side of a volume (slices included) | 1,500 |
+| ``MEDCLIPSEG_MAX_VOLUME_BYTES`` | largest accepted volume file or DICOM upload, in bytes | 2,000,000,000 |
 | ``MEDCLIPSEG_QUEUE_ORDER`` | the review queue's order in the app and the API's ``next_case`` (a name of ``medclipseg.annotation.queue.ACQUISITIONS``) | the study's choice, ``queue.DEFAULT_ACQUISITION`` |
 | ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` | where the app listens | 127.0.0.1 / 7860 |
 | ``SPACE_ID`` | set by Hugging Face Spaces; turns on the ``/data`` database location | unset |
@@ -29,10 +32,17 @@ AUTH_ENV = "MEDCLIPSEG_AUTH"
 SAMPLES_ENV = "MEDCLIPSEG_SAMPLES"
 MAX_PIXELS_ENV = "MEDCLIPSEG_MAX_PIXELS"
 QUEUE_ORDER_ENV = "MEDCLIPSEG_QUEUE_ORDER"
+MAX_VOLUME_VOXELS_ENV = "MEDCLIPSEG_MAX_VOLUME_VOXELS"
+MAX_VOLUME_SIDE_ENV = "MEDCLIPSEG_MAX_VOLUME_SIDE"
+MAX_VOLUME_BYTES_ENV = "MEDCLIPSEG_MAX_VOLUME_BYTES"
 
 DEFAULT_WEIGHTS = "demo"
 DEFAULT_SAMPLES = 30
 DEFAULT_MAX_PIXELS = 100_000_000
+# 400 M voxels: a 512 x 512 x 1,500 CT (1.6 GB as float32) passes, 2048 x 2048 x 1000 does not.
+DEFAULT_MAX_VOLUME_VOXELS = 400_000_000
+DEFAULT_MAX_VOLUME_SIDE = 1_500
+DEFAULT_MAX_VOLUME_BYTES = 2_000_000_000
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
@@ -92,6 +102,18 @@ def app_samples() -> int:
 
 def max_image_pixels() -> int:
     return _positive_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
+
+
+def max_volume_voxels() -> int:
+    return _positive_int(MAX_VOLUME_VOXELS_ENV, DEFAULT_MAX_VOLUME_VOXELS)
+
+
+def max_volume_side() -> int:
+    return _positive_int(MAX_VOLUME_SIDE_ENV, DEFAULT_MAX_VOLUME_SIDE)
+
+
+def max_volume_file_bytes() -> int:
+    return _positive_int(MAX_VOLUME_BYTES_ENV, DEFAULT_MAX_VOLUME_BYTES)
 
 
 def queue_order() -> str:

@@ -8,6 +8,7 @@ previous draft and its file as they were.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,6 +27,7 @@ class Draft:
     revision: int
     updated_at: str
     mask: np.ndarray  # bool H x W
+    reviewed_slices: tuple = ()  # a volume's slices the annotator has looked at (display indices)
 
 
 def get_row(db, case_id: int, annotator: str) -> Optional[dict]:
@@ -55,4 +57,5 @@ def delete_row(db, case_id: int, annotator: str) -> Optional[str]:
 def from_row(row: dict, mask: np.ndarray) -> Draft:
     return Draft(case_id=int(row["case_id"]), annotator=row["annotator"], prediction_id=row["prediction_id"],
                  base_version=row["base_version"], threshold=row["threshold"], pixels=int(row["pixels"]),
-                 revision=int(row["revision"]), updated_at=row["updated_at"], mask=mask)
+                 revision=int(row["revision"]), updated_at=row["updated_at"], mask=mask,
+                 reviewed_slices=tuple(json.loads(row.get("reviewed_slices") or "[]")))

@@ -5,6 +5,8 @@
 * ``images/<content_hash>.png``: the case pixels as decoded (lossless PNG, uint8 BGR);
 * ``maps/*.npz``: one per prediction (``probability`` float32, ``entropy`` and
   ``mutual_information`` float16);
+* ``volumes/``: volume cases' scans and geometry (medclipseg.annotation.volume_files); their
+  prediction maps are ``maps/*.npz`` too, quantised per slice;
 * ``masks/*.png``: 0/255 masks: the predicted mask of each prediction, and for every correction
   version the corrected mask and the predicted mask it was compared with.
 
@@ -27,7 +29,7 @@ import numpy as np
 from medclipseg.annotation.errors import StorageError
 from medclipseg.io.png import PNGError, decode_png, encode_png
 
-FOLDERS = ("images", "maps", "masks")
+FOLDERS = ("images", "maps", "masks", "volumes")
 MAP_NAMES = ("probability", "entropy", "mutual_information")
 # Temporary files older than this are leftovers of a crash and are removed when a store opens.
 STALE_TEMP_SECONDS = 24 * 3600.0

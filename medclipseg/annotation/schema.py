@@ -18,6 +18,13 @@ first), so every version names the one it replaces.
 Diversity (version 4): each case's image fingerprint, source and slice index, which the diverse
 queue orders compare (medclipseg.annotation.diversity), and who last changed its status.
 
+Volumes (version 5): ``cases.kind`` ('image' or 'volume') and ``start_slice`` (the slice a
+volume case opens on: its most uncertain one); ``volumes`` (one row per volume case: display
+shape, plane and where its geometry is kept); ``reviewed_slices`` on corrections and drafts (the
+slices of a volume the annotator looked at, a JSON list). A volume's masks are its slices stacked
+into one image (medclipseg.annotation.volume_files), so versions, drafts and conflicts work as for
+images.
+
 Queue ranks (version 2): each case carries ``rank_<acquisition>`` columns copied from the scores
 of its latest prediction *by the current model* (``ranked_model_id``), with one partial index per
 acquisition over unreviewed cases, so the top of the queue is an index lookup rather than a join
@@ -40,7 +47,7 @@ from pathlib import Path
 
 from medclipseg.annotation.errors import StorageError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
@@ -225,8 +232,23 @@ def _add_queue_diversity(db) -> None:
     db.execute("CREATE INDEX idx_cases_no_descriptor ON cases (id) WHERE descriptor IS NULL")
 
 
+def _add_volumes(db) -> None:
+    """Version 5: volume cases (see the module docstring)."""
+    cases = db["cases"]
+    cases.add_column("kind", str, not_null_default="image")
+    cases.add_column("start_slice", int)
+    db["volumes"].create(
+        {"case_id": int, "depth": int, "rows": int, "columns": int, "plane": str, "modality": str,
+         "geometry_path": str, "source_format": str},
+        pk="case_id", foreign_keys=[("case_id", "cases", "id")],
+        not_null=["depth", "rows", "columns", "plane", "geometry_path", "source_format"])
+    db["corrections"].add_column("reviewed_slices", str)
+    db["drafts"].add_column("reviewed_slices", str)
+
+
 # Index i migrates schema version i to i + 1.
-MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage, _add_queue_diversity]
+MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage, _add_queue_diversity,
+              _add_volumes]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 
 from medclipseg import settings
-from medclipseg.annotation import diversity, drafts, gold, jobs, queue, versions
+from medclipseg.annotation import diversity, drafts, gold, jobs, queue, versions, volume_files
 from medclipseg.annotation.database import Connections
 from medclipseg.annotation.drafts import Draft
 from medclipseg.annotation.errors import SavedVersionExists, StorageError, VersionConflict
@@ -92,6 +92,12 @@ class Case:
     metadata: dict
     created_at: str
     assigned_to: Optional[str]
+    kind: str = "image"                 # "image" or "volume"
+    start_slice: Optional[int] = None   # a volume case opens on this display slice (its most uncertain)
+
+    @property
+    def is_volume(self) -> bool:
+        return self.kind == "volume"
 
 
 @dataclass
@@ -258,7 +264,7 @@ def _case_from_row(row: dict) -> Case:
                 original_name=row["original_name"], width=row["width"], height=row["height"],
                 source=row["source"], batch=row["batch"], status=row["status"],
                 metadata=json.loads(row["metadata"] or "{}"), created_at=row["created_at"],
-                assigned_to=row["assigned_to"])
+                assigned_to=row["assigned_to"], kind=row.get("kind") or "image", start_slice=row.get("start_slice"))
 
 
 def _meta(db, key: str) -> Optional[str]:
@@ -486,6 +492,183 @@ class AnnotationStore:
                           seconds=row["seconds"] or 0.0, image_shape=(case.height, case.width),
                           conversions=list(case.metadata.get("conversions", [])))
 
+    # -- volumes --------------------------------------------------------------------------------
+    def add_volume_case_with_prediction(self, volume, prediction, *, prompt: str, original_name: str,
+                                        source: str = "upload", batch: Optional[str] = None) -> tuple:
+        """Store a scan (medclipseg.io.volumes.ScanVolume) as one volume case with its prediction
+        (medclipseg.inference.volume.VolumePrediction), in one write transaction, or find the case
+        when this scan and prompt are stored already (the prediction is then added to it). The scan is
+        kept in its display orientation with its geometry (volume_files); masks are stacked slices.
+        Returns (Case, prediction id)."""
+        try:
+            prompt = validate_prompt(prompt)
+        except PromptError as exc:
+            raise StorageError(str(exc)) from None
+        if source not in SOURCES:
+            raise StorageError(f"Unknown case source {source!r}; use one of {', '.join(SOURCES)}.")
+        original_name = str(original_name or "volume")[:MAX_NAME_CHARS]
+        batch = None if batch is None or not str(batch).strip() else str(batch).strip()[:MAX_NAME_CHARS]
+        geometry = volume_files.geometry_of(volume, prediction.window)
+        content_hash = volume_files.content_hash(volume)
+        same = "content_hash = ? AND prompt = ?"
+        existing = list(self._db()["cases"].rows_where(same, [content_hash, prompt], select="id", limit=1))
+        if existing:
+            case = self.get_case(existing[0]["id"])
+            return case, self.add_volume_prediction(case.id, prediction, volume=volume)
+        scan_path, geometry_path = f"volumes/{content_hash}.npz", f"volumes/{content_hash}.json"
+        display = volume.to_display()
+        if not self._files.exists(scan_path):
+            self._files.write(scan_path, volume_files.scan_writer(display))
+        headers_json = None
+        if volume.dicom_headers:
+            from medclipseg.io.dicom_series import headers_to_json
+
+            headers_json = headers_to_json(volume.dicom_headers)
+        self._files.write(geometry_path, lambda handle: handle.write(
+            volume_files.geometry_document(geometry, headers_json)))
+        row = self._write_volume_prediction_files(0, volume, geometry, prediction, prompt)
+        start = int(prediction.start_slice)
+        from medclipseg.io.volumes import window_to_uint8
+
+        start_image = window_to_uint8(display[start], geometry.window)
+        kept = {"modality": geometry.modality, "conversions": list(volume.conversions),
+                "pixel_spacing": list(geometry.display_spacing)}
+        now = _now_iso()
+        try:
+            with self._connections.write() as db:
+                again = list(db["cases"].rows_where(same, [content_hash, prompt], select="id", limit=1))
+                if again:
+                    case_id = again[0]["id"]
+                else:
+                    random_key = random.random()
+                    case_id = db["cases"].insert({
+                        "content_hash": content_hash, "prompt": prompt, "original_name": original_name,
+                        "width": geometry.columns, "height": geometry.depth * geometry.rows, "source": source,
+                        "batch": batch, "image_path": scan_path, "metadata": json.dumps(_json_value(kept)),
+                        "status": "unreviewed", "created_at": now, "updated_at": now, "random_key": random_key,
+                        "rank_random_foreground": queue.rank_random_foreground(prompt, random_key),
+                        "descriptor": diversity.image_descriptor(start_image),
+                        "source_key": f"volume:{content_hash[:17]}", "slice_index": start, "kind": "volume",
+                        "start_slice": start}).last_rowid
+                    db["volumes"].insert({"case_id": case_id, "depth": geometry.depth, "rows": geometry.rows,
+                                          "columns": geometry.columns, "plane": geometry.plane,
+                                          "modality": geometry.modality, "geometry_path": geometry_path,
+                                          "source_format": geometry.source_format})
+                prediction_id = self._insert_prediction(db, case_id, row)
+                db["cases"].update(case_id, {"start_slice": start})
+        except BaseException:
+            self._files.discard(row["maps_path"], row["mask_path"])
+            raise
+        return self.get_case(case_id), prediction_id
+
+    def add_volume_prediction(self, case_id: int, prediction, *, volume=None) -> int:
+        """Another prediction of a stored volume case (a re-score by a new model)."""
+        case = self.get_case(case_id)
+        if not case.is_volume:
+            raise StorageError(f"Case {case.id} is an image, not a volume.")
+        volume = volume if volume is not None else self.load_volume(case.id)
+        geometry = self.volume_geometry(case.id)
+        row = self._write_volume_prediction_files(case.id, volume, geometry, prediction, case.prompt)
+        try:
+            with self._connections.write() as db:
+                prediction_id = self._insert_prediction(db, case.id, row)
+                db["cases"].update(case.id, {"start_slice": int(prediction.start_slice)})
+                return prediction_id
+        except BaseException:
+            self._files.discard(row["maps_path"], row["mask_path"])
+            raise
+
+    def _write_volume_prediction_files(self, case_id: int, volume, geometry, prediction, prompt: str) -> dict:
+        display_maps = {}
+        for name in volume_files.MAP_NAMES:
+            values = np.asarray(getattr(prediction, name))
+            if values.shape != tuple(geometry.file_shape):
+                raise StorageError(f"The prediction's {name} volume has shape {values.shape} but the scan is "
+                                   f"{' x '.join(map(str, geometry.file_shape))} voxels.")
+            display_maps[name] = volume.to_display(values)
+        mask = volume.to_display(np.asarray(prediction.mask, dtype=bool))
+        scores = _json_value(dict(prediction.scores or {}))
+        scores["start_slice"] = int(prediction.start_slice)
+        stem = new_stem(case_id)
+        maps_path, mask_path = f"maps/{stem}.npz", f"masks/{stem}-predicted.png"
+        self._files.write(maps_path, volume_files.maps_writer(display_maps, dict(prediction.slice_scores)))
+        try:
+            self._files.write_mask(mask_path, volume_files.mosaic(mask))
+        except BaseException:
+            self._files.discard(maps_path)
+            raise
+        row = {"model_id": str(prediction.model_id or ""), "prompt": str(prediction.prompt or prompt),
+               "threshold": float(prediction.threshold), "num_samples": int(prediction.num_samples),
+               "seconds": float(prediction.seconds or 0.0), "created_at": _now_iso(), "maps_path": maps_path,
+               "mask_path": mask_path, "scores": json.dumps(scores), "foreground_pixels": int(mask.sum())}
+        row.update({column: _finite_or_none(scores.get(key)) for column, key in SCORE_COLUMNS.items()})
+        return row
+
+    def _volume_row(self, case_id: int) -> dict:
+        rows = list(self._db()["volumes"].rows_where("case_id = ?", [int(case_id)], limit=1))
+        if not rows:
+            raise StorageError(f"Case {case_id} is not a volume case.")
+        return rows[0]
+
+    def volume_geometry(self, case_id: int) -> "volume_files.VolumeGeometry":
+        row = self._volume_row(case_id)
+        return volume_files.read_geometry_document(self._files.resolve(row["geometry_path"], "volumes"))[0]
+
+    def load_volume(self, case_id: int):
+        """The case's scan as a ScanVolume on its file's own grid with its affine (and, for a DICOM
+        source, its de-identified headers)."""
+        from medclipseg.io.volumes import ScanVolume
+
+        case = self.get_case(case_id)
+        row = self._volume_row(case.id)
+        geometry, headers_json = volume_files.read_geometry_document(
+            self._files.resolve(row["geometry_path"], "volumes"))
+        display = volume_files.read_scan(self._files.resolve(self._image_path(case.id), "volumes"), geometry.depth)
+        headers = None
+        if headers_json:
+            from medclipseg.io.dicom_series import headers_from_json
+
+            headers = headers_from_json(headers_json)
+        shell = ScanVolume(array=np.zeros(geometry.file_shape, np.float32), affine=np.array(geometry.affine))
+        array = np.ascontiguousarray(shell.from_display(display, plane=geometry.plane), dtype=np.float32)
+        return ScanVolume(array=array, affine=np.array(geometry.affine), modality=geometry.modality,
+                          name=case.original_name, source_format=geometry.source_format, dicom_headers=headers,
+                          frame_numbers=None if geometry.frame_numbers is None else list(geometry.frame_numbers),
+                          conversions=list(case.metadata.get("conversions", [])))
+
+    def _image_path(self, case_id: int) -> str:
+        return _get(self._db(), "cases", case_id, "Case")["image_path"]
+
+    def volume_slice(self, case_id: int, index: int) -> np.ndarray:
+        """One display slice of a volume case's scan, float32 in modality units."""
+        geometry = self.volume_geometry(case_id)
+        index = int(index)
+        if not 0 <= index < geometry.depth:
+            raise StorageError(f"Slice {index} does not exist; the volume has slices 0 to {geometry.depth - 1}.")
+        return volume_files.read_scan_slice(self._files.resolve(self._image_path(case_id), "volumes"), index)
+
+    def prediction_slice(self, prediction_id: int, index: int) -> dict:
+        """One display slice of a volume prediction: probability, entropy and mutual_information
+        (float32, from the 8-bit maps) and the predicted mask at the prediction's threshold."""
+        row = _get(self._db(), "predictions", prediction_id, "Prediction")
+        geometry = self.volume_geometry(row["case_id"])
+        path = self._files.resolve(row["maps_path"], "maps")
+        out = {name: volume_files.read_map_slice(path, name, int(index)) for name in volume_files.MAP_NAMES}
+        out["mask"] = volume_files.mosaic_slice(self._files.read_mask(row["mask_path"]), geometry, int(index))
+        out["threshold"] = float(row["threshold"])
+        return out
+
+    def slice_scores(self, prediction_id: int) -> dict:
+        """Per-slice scores of a volume prediction (display order), e.g. {"band_entropy": array}."""
+        row = _get(self._db(), "predictions", prediction_id, "Prediction")
+        return volume_files.read_slice_scores(self._files.resolve(row["maps_path"], "maps"))
+
+    def prediction_maps_volume(self, prediction_id: int, name: str = "probability") -> np.ndarray:
+        """One map of a volume prediction, whole, in display order (float32 from the 8-bit map)."""
+        row = _get(self._db(), "predictions", prediction_id, "Prediction")
+        geometry = self.volume_geometry(row["case_id"])
+        return volume_files.read_map_volume(self._files.resolve(row["maps_path"], "maps"), name, geometry.depth)
+
     # -- corrections ----------------------------------------------------------------------------
     def _compared_mask(self, case: Case, prediction_id: Optional[int], threshold: Optional[float]):
         """(predicted mask, prediction row or None, threshold, scores) that a correction is compared with."""
@@ -502,6 +685,9 @@ class AnnotationStore:
             # The stored PNG is the model's own mask at this threshold.
             return self._files.read_mask(row["mask_path"]), row, row["threshold"], json.loads(row["scores"])
         threshold = _check_threshold(threshold)
+        if case.is_volume:  # re-thresholded from the stored 8-bit probability, slice by slice
+            probability = self.prediction_maps_volume(prediction_id)
+            return volume_files.mosaic(probability > threshold), row, threshold, json.loads(row["scores"])
         prediction = self.load_prediction(prediction_id)
         if "boundary_band_px" not in prediction.scores:
             raise StorageError(f"Prediction {prediction_id} was stored without its boundary band, so it cannot be "
@@ -511,7 +697,8 @@ class AnnotationStore:
 
     def save_correction(self, case_id: int, corrected_mask: Optional[np.ndarray], *, annotator: str,
                         prediction_id: Optional[int] = None, status: str = "corrected",
-                        threshold: Optional[float] = None, base_version=KEEP_UNCHECKED) -> Correction:
+                        threshold: Optional[float] = None, base_version=KEEP_UNCHECKED,
+                        reviewed_slices=None) -> Correction:
         """Save a new version; ``corrected_mask`` None (status 'accepted' only) saves the compared
         prediction's own mask at ``threshold``.
 
@@ -531,6 +718,9 @@ class AnnotationStore:
         case = self.get_case(case_id)
         if checked:  # a conflict visible already is refused before any work; checked again under the lock
             _refuse_conflict(self._db(), case.id, annotator, base_version, _latest_version_row(self._db(), case.id))
+        reviewed = self._reviewed_slices(case, reviewed_slices)
+        if case.is_volume and corrected_mask is not None and np.ndim(corrected_mask) == 3:
+            corrected_mask = volume_files.mosaic(np.asarray(corrected_mask))
         corrected = None if corrected_mask is None else _binary_mask(corrected_mask, (case.height, case.width),
                                                                      "corrected mask")
         predicted, prediction, threshold, scores = self._compared_mask(case, prediction_id, threshold)
@@ -561,7 +751,8 @@ class AnnotationStore:
                     "threshold": None if threshold is None else float(threshold),
                     "model_id": prediction["model_id"] if prediction else None,
                     "scores": None if scores is None else json.dumps(_json_value(scores)),
-                    "created_at": now, "replaces_version": replaces}).last_rowid
+                    "created_at": now, "replaces_version": replaces,
+                    "reviewed_slices": None if reviewed is None else json.dumps(reviewed)}).last_rowid
                 draft_path = drafts.delete_row(db, case.id, annotator)
                 changes = {"status": status, "status_by": annotator, "updated_at": now, **queue.NO_LEASE}
                 if db["cases"].get(case.id)["gold"] is None:  # chosen once, when first corrected
@@ -576,6 +767,18 @@ class AnnotationStore:
         return Correction(id=int(correction_id), case_id=case.id, version=int(version), annotator=annotator,
                           status=status, pixels_added=added, pixels_erased=erased, pixels_changed=added + erased,
                           created_at=now, replaces_version=replaces)
+
+    def _reviewed_slices(self, case: Case, reviewed_slices) -> Optional[list]:
+        """The reviewed slices of a volume save or draft as sorted display indices (None for images)."""
+        if not case.is_volume:
+            if reviewed_slices:
+                raise StorageError(f"Case {case.id} is an image; it has no slices to review.")
+            return None
+        depth = self._volume_row(case.id)["depth"]
+        values = sorted({int(v) for v in (reviewed_slices or [])})
+        if values and (values[0] < 0 or values[-1] >= depth):
+            raise StorageError(f"Reviewed slices must lie between 0 and {depth - 1}; got {values[0]}..{values[-1]}.")
+        return values
 
     def latest_correction(self, case_id: int) -> Optional[dict]:
         """The case's highest-version correction row (any status; scores decoded), None before the first."""
@@ -595,12 +798,16 @@ class AnnotationStore:
 
     # -- drafts ---------------------------------------------------------------------------------
     def save_draft(self, case_id: int, annotator: str, mask, *, prediction_id: Optional[int] = None,
-                   base_version: Optional[int] = None, threshold: Optional[float] = None) -> Draft:
+                   base_version: Optional[int] = None, threshold: Optional[float] = None,
+                   reviewed_slices=None) -> Draft:
         """Keep ``annotator``'s in-progress mask of the case (one per case and annotator, overwritten;
         its revision counts the saves). ``base_version`` is the saved version the editor opened."""
         annotator = _clean_annotator(annotator)
         case = self.get_case(case_id)
+        if case.is_volume and np.ndim(mask) == 3:
+            mask = volume_files.mosaic(np.asarray(mask))
         mask = _binary_mask(mask, (case.height, case.width), "draft mask")
+        reviewed = self._reviewed_slices(case, reviewed_slices)
         base_version = _check_base_version(base_version)
         threshold = None if threshold is None else _check_threshold(threshold)
         if prediction_id is not None:
@@ -616,7 +823,8 @@ class AnnotationStore:
                 row = drafts.write_row(db, {
                     "case_id": case.id, "annotator": annotator, "prediction_id": prediction_id,
                     "base_version": base_version, "threshold": threshold, "mask_path": mask_path,
-                    "pixels": int(np.count_nonzero(mask)), "updated_at": _now_iso()}, existing)
+                    "pixels": int(np.count_nonzero(mask)), "updated_at": _now_iso(),
+                    "reviewed_slices": None if reviewed is None else json.dumps(reviewed)}, existing)
         except BaseException:
             self._files.discard(mask_path)
             raise
@@ -926,6 +1134,10 @@ class AnnotationStore:
             row["metadata"] = json.loads(row["metadata"] or "{}")
             row["scores"] = None if row["scores"] is None else json.loads(row["scores"])
         return rows
+
+    def volume_cases(self) -> dict:
+        """case id -> volume row (depth, rows, columns, plane, modality, source_format) of every volume case."""
+        return {int(row["case_id"]): row for row in self._db()["volumes"].rows}
 
     def load_mask(self, relative_path: str) -> np.ndarray:
         return self._files.read_mask(relative_path)
