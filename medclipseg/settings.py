@@ -10,6 +10,7 @@ win over these.
 | ``MEDCLIPSEG_DB`` | SQLite file for cases, predictions and corrections | ``/data/medclipseg/annotations.db`` on a Space with persistent storage, else ``feedback_db/annotations.db`` |
 | ``MEDCLIPSEG_AUTH`` | app logins, ``user:password`` pairs separated by commas | no login |
 | ``MEDCLIPSEG_SAMPLES`` | Monte-Carlo samples per segmentation in the app | 30 |
+| ``MEDCLIPSEG_VOLUME_SAMPLES`` | Monte-Carlo samples per slice when a volume is segmented | 8 |
 | ``MEDCLIPSEG_MAX_PIXELS`` | largest accepted image, width x height | 100,000,000 |
 | ``MEDCLIPSEG_MAX_VOLUME_VOXELS`` | largest accepted volume, in voxels (checked on the header, before decoding) | 400,000,000 |
 | ``MEDCLIPSEG_MAX_VOLUME_SIDE`` | most voxels along any one side of a volume (slices included) | 1,500 |
@@ -30,6 +31,7 @@ WEIGHTS_ENV = "MEDCLIPSEG_WEIGHTS"
 DB_ENV = "MEDCLIPSEG_DB"
 AUTH_ENV = "MEDCLIPSEG_AUTH"
 SAMPLES_ENV = "MEDCLIPSEG_SAMPLES"
+VOLUME_SAMPLES_ENV = "MEDCLIPSEG_VOLUME_SAMPLES"
 MAX_PIXELS_ENV = "MEDCLIPSEG_MAX_PIXELS"
 QUEUE_ORDER_ENV = "MEDCLIPSEG_QUEUE_ORDER"
 MAX_VOLUME_VOXELS_ENV = "MEDCLIPSEG_MAX_VOLUME_VOXELS"
@@ -38,6 +40,8 @@ MAX_VOLUME_BYTES_ENV = "MEDCLIPSEG_MAX_VOLUME_BYTES"
 
 DEFAULT_WEIGHTS = "demo"
 DEFAULT_SAMPLES = 30
+# Per slice: 300 slices x 30 samples would keep a CPU busy for many minutes.
+DEFAULT_VOLUME_SAMPLES = 8
 DEFAULT_MAX_PIXELS = 100_000_000
 # 400 M voxels: a 512 x 512 x 1,500 CT (1.6 GB as float32) passes, 2048 x 2048 x 1000 does not.
 DEFAULT_MAX_VOLUME_VOXELS = 400_000_000
@@ -98,6 +102,10 @@ def auth_setting() -> Optional[str]:
 
 def app_samples() -> int:
     return _positive_int(SAMPLES_ENV, DEFAULT_SAMPLES)
+
+
+def volume_samples() -> int:
+    return _positive_int(VOLUME_SAMPLES_ENV, DEFAULT_VOLUME_SAMPLES)
 
 
 def max_image_pixels() -> int:

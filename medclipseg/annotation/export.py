@@ -70,6 +70,8 @@ PREDICTED_FOLDER = "predicted"
 TABLE_STEMS = {"train": "Train_text", "val": "Val_text", "test": "Test_text"}
 EXPORTABLE_STATUSES = ("corrected", "accepted")
 KEPT_METADATA_KEYS = ("modality", "pixel_spacing")
+VOLUME_FORMATS = ("authors", "nifti", "dicom-seg")
+VOLUME_FOLDER = "volumes"
 
 
 @dataclass
@@ -136,6 +138,11 @@ def split_cases(case_ids: Iterable[int], *, val_fraction: float = 0.1, test_frac
     }
 
 
+def _source_of(row: dict) -> str:
+    """What must not be split: the image's pixels (a volume is one case, hence one scan whole)."""
+    return row.get("content_hash") or f"case-{row['case_id']}"
+
+
 def _split_by_image(rows: Sequence[dict], val_fraction: float, test_fraction: float, seed: int) -> dict:
     """case id -> split; cases with the same content hash follow their lowest case id.
 
@@ -144,7 +151,7 @@ def _split_by_image(rows: Sequence[dict], val_fraction: float, test_fraction: fl
     goes there whole. The other images are split by the fractions."""
     groups: dict = {}
     for row in rows:
-        key = row.get("content_hash") or f"case-{row['case_id']}"
+        key = _source_of(row)
         groups.setdefault(key, []).append(row)
     representative, split_of = {}, {}
     for members in groups.values():
@@ -227,12 +234,87 @@ def _zip_folder(folder: Path, name: str, destination: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# volumes
+
+
+def _export_volume(store, row: dict, split: str, staging: Path, tables: dict, volume_format: str) -> dict:
+    """One volume case: its reviewed slices (all slices when the version names none) into the authors'
+    layout of its split, and (nifti, dicom-seg) the scan and masks on the scan's own grid. Returns its
+    manifest entry."""
+    from medclipseg.annotation import volume_files
+
+    case_id = int(row["case_id"])
+    stem = f"case{case_id:06d}"
+    reviewed = json.loads(row.get("reviewed_slices") or "[]")
+    geometry = store.volume_geometry(case_id)
+    folder = staging / SPLIT_FOLDERS[split]
+    slices = []
+    predicted_mask = store.load_mask(row["predicted_mask_path"]) if row.get("predicted_mask_path") else None
+    for index, image, mask in store.volume_slice_examples(case_id, row["mask_path"], reviewed):
+        name = f"{stem}_s{index:04d}.png"
+        _write_png(folder / IMAGE_FOLDER / name, image)
+        _write_png(folder / LABEL_FOLDER / name, mask)
+        if predicted_mask is not None:
+            _write_png(staging / PREDICTED_FOLDER / name, volume_files.mosaic_slice(predicted_mask, geometry, index))
+        tables[split].append({"Image": name, "Description": row["prompt"], "Ground Truth": name})
+        slices.append({"slice": index, "image": f"{SPLIT_FOLDERS[split]}/{IMAGE_FOLDER}/{name}",
+                       "label": f"{SPLIT_FOLDERS[split]}/{LABEL_FOLDER}/{name}"})
+    files = {}
+    if volume_format in ("nifti", "dicom-seg"):
+        files = _write_volume_files(store, row, staging / VOLUME_FOLDER / stem, volume_format)
+        files = {key: f"{VOLUME_FOLDER}/{stem}/{value}" for key, value in files.items()}
+    return {
+        "case_id": case_id, "kind": "volume", "split": split, "gold": bool(row.get("gold")),
+        "prompt": row["prompt"], "annotator": row.get("annotator"), "status": row.get("status"),
+        "version": int(row["version"]), "model_id": row.get("model_id"), "scores": row["scores"] or {},
+        "content_hash": row.get("content_hash"), "original_name": row.get("original_name"),
+        "reviewed_slices": reviewed, "slices": slices, "files": files,
+        "geometry": {"shape": list(geometry.file_shape), "affine": [list(r) for r in geometry.affine],
+                     "orientation": geometry.orientation, "plane": geometry.plane,
+                     "display_spacing": list(geometry.display_spacing), "modality": geometry.modality,
+                     "source_format": geometry.source_format},
+        "voxels_added": row.get("pixels_added"), "voxels_erased": row.get("pixels_erased"),
+        "corrected_at": row.get("created_at"),
+    }
+
+
+def _write_volume_files(store, row: dict, folder: Path, volume_format: str) -> dict:
+    """image.nii.gz, mask.nii.gz, probability.nii.gz, entropy.nii.gz (+ seg.dcm for a DICOM source) on
+    the scan's own grid with its affine; returns {what: file name}."""
+    from medclipseg.annotation import volume_files
+    from medclipseg.io.volume_writers import write_dicom_seg, write_nifti
+
+    case_id = int(row["case_id"])
+    folder.mkdir(parents=True)
+    volume = store.load_volume(case_id)
+    geometry = store.volume_geometry(case_id)
+    mask = volume.from_display(volume_files.unmosaic(store.load_mask(row["mask_path"]), geometry),
+                               plane=geometry.plane)
+    files = {"image": "image.nii.gz", "mask": "mask.nii.gz"}
+    write_nifti(volume, volume.array, folder / files["image"], dtype=np.float32)
+    write_nifti(volume, mask.astype(np.uint8), folder / files["mask"], dtype=np.uint8)
+    if row.get("prediction_id"):
+        for name in ("probability", "entropy"):
+            values = volume.from_display(store.prediction_maps_volume(int(row["prediction_id"]), name),
+                                         plane=geometry.plane)
+            files[name] = f"{name}.nii.gz"
+            write_nifti(volume, values.astype(np.float32), folder / files[name], dtype=np.float32)
+    if volume_format == "dicom-seg" and volume.dicom_headers:
+        files["dicom_seg"] = "seg.dcm"
+        model_id = str(row.get("model_id") or "medclipseg")
+        write_dicom_seg(volume, mask.astype(bool), folder / files["dicom_seg"], segment_label=row["prompt"][:64],
+                        model_name=model_id.split("@")[0], model_version=model_id,
+                        algorithm_type="AUTOMATIC" if row.get("status") == "accepted" else "SEMIAUTOMATIC")
+    return files
+
+
+# --------------------------------------------------------------------------------------
 # export
 
 
 def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
                    statuses=EXPORTABLE_STATUSES, annotator: Optional[str] = None, make_zip: bool = False,
-                   overwrite: bool = False) -> ExportResult:
+                   overwrite: bool = False, volume_format: str = "authors") -> ExportResult:
     """Write the latest corrected/accepted version of every case as a dataset in the authors' layout.
 
     ``store`` is a ``medclipseg.annotation.store.AnnotationStore``. ``statuses`` selects correction statuses
@@ -240,8 +322,14 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
     out. ``out_dir`` must be missing or empty, unless ``overwrite`` is set, in which case it may
     also hold a previous export (recognised by its manifest); any other folder is refused.
     ``make_zip`` also writes ``<out_dir>.zip`` holding ``<out_dir name>/...``.
+    ``volume_format``: volume cases always add their reviewed slices to the authors' layout
+    (``authors``); ``nifti`` also writes each volume's scan and mask (and the model's probability and
+    entropy) as NIfTI on the scan's own grid; ``dicom-seg`` writes, besides the NIfTI files, a DICOM-SEG
+    for every DICOM-sourced volume. The manifest lists every file of each volume case.
     Raises ``ValueError`` for bad arguments, a refused destination or nothing to export.
     """
+    if volume_format not in VOLUME_FORMATS:
+        raise ValueError(f"The export format must be one of {', '.join(VOLUME_FORMATS)}, not {volume_format!r}.")
     val_fraction, test_fraction = _check_fractions(val_fraction, test_fraction)
     statuses = _check_statuses(statuses)
     if annotator is not None:
@@ -286,6 +374,9 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
         for row in rows:
             case_id = int(row["case_id"])
             split = split_of[case_id]
+            if row.get("kind") == "volume":
+                entries.append(_export_volume(store, row, split, staging, tables, volume_format))
+                continue
             width, height = int(row["width"]), int(row["height"])
             name = f"case{case_id:06d}.png"
             image = np.asarray(store.load_image(case_id))
@@ -350,7 +441,8 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
                 "seed": seed,
                 "statuses": list(statuses),
                 "annotator": annotator,
-                "split_unit": "image",
+                "split_unit": "image (a volume is one case: all its slices in one split)",
+                "volume_format": volume_format,
                 "gold_split": "test",  # where gold cases go, whatever the fractions
             },
             "counts": counts,

@@ -13,6 +13,8 @@ job row and a log. ``stop_signal`` tells a team when more annotation stopped pay
 """
 from __future__ import annotations
 
+import json
+
 import math
 import os
 import shutil
@@ -105,13 +107,21 @@ def labelled_examples(store) -> tuple:
 
     train, gold, correction_ids = [], [], []
     for row in _reviewed_rows(store):
-        example = TrainingExample(image_bgr=store.load_image(row["case_id"]),
-                                  mask=store.load_mask(row["mask_path"]) > 0, prompt=row["prompt"],
-                                  name=f"case{row['case_id']:06d}")
-        if row["gold"]:
-            gold.append(example)
+        if row.get("kind") == "volume":
+            # A volume trains as 2-D slices: the ones its annotator reviewed (every slice when the
+            # version names none, e.g. a whole volume accepted), with and without the structure.
+            reviewed = json.loads(row.get("reviewed_slices") or "[]")
+            examples = [TrainingExample(image_bgr=image, mask=mask, prompt=row["prompt"],
+                                        name=f"case{row['case_id']:06d}_s{index:04d}")
+                        for index, image, mask in store.volume_slice_examples(row["case_id"], row["mask_path"],
+                                                                              reviewed)]
         else:
-            train.append(example)
+            examples = [TrainingExample(image_bgr=store.load_image(row["case_id"]),
+                                        mask=store.load_mask(row["mask_path"]) > 0, prompt=row["prompt"],
+                                        name=f"case{row['case_id']:06d}")]
+        # The gold side is drawn per case, so every slice of a volume is on one side.
+        (gold if row["gold"] else train).extend(examples)
+        if not row["gold"]:
             correction_ids.append(int(row["id"]))
     return train, gold, correction_ids
 

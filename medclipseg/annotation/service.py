@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from medclipseg.annotation import volume_workflow
 from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
 from medclipseg.annotation.scratch import ScratchSpace
 from medclipseg.annotation.store import KEEP_UNCHECKED, SavedVersionExists, StorageError
@@ -149,10 +150,12 @@ def _upload_name(path, name: Optional[str]) -> str:
 class AnnotationService:
     def __init__(self, store=None, predictor=None, *, weights: Optional[str] = None,
                  device: Optional[str] = None, num_samples: int = 30, cache_size: int = 16,
-                 scratch: Optional[ScratchSpace] = None):
+                 scratch: Optional[ScratchSpace] = None, volume_samples: Optional[int] = None):
+        from medclipseg import settings
         from medclipseg.annotation.store import AnnotationStore
 
-        self.num_samples = check_samples(num_samples)  # before the store, so a refusal creates nothing
+        self.num_samples = check_samples(num_samples)
+        self.volume_samples = check_samples(settings.volume_samples() if volume_samples is None else volume_samples)  # before the store, so a refusal creates nothing
         self.store = store if store is not None else AnnotationStore()
         self._predictor = predictor
         self._weights = weights
@@ -290,6 +293,16 @@ class AnnotationService:
                 done_here.add(case_id)
                 try:
                     case = self.store.get_case(case_id)
+                    if case.is_volume:
+                        with self.model_lock:
+                            moved_on = predictor is not self._predictor
+                        if moved_on:
+                            done_here.discard(case_id)
+                            break
+                        volume_workflow.rescore_volume(self, predictor, case,
+                                                       num_samples=min(samples, self.volume_samples))
+                        done += 1
+                        continue
                     image = self.store.load_image(case_id)
                     with self.model_lock:
                         if predictor is not self._predictor:
@@ -473,6 +486,8 @@ class AnnotationService:
     def open_case(self, case_id: int) -> CaseView:
         case = self.store.get_case(case_id)
         prediction_id = self.store.latest_prediction_id(case_id)
+        if case.is_volume:  # served slice by slice (volume_slice); no whole-volume maps in memory
+            return CaseView(case=case, prediction_id=prediction_id, prediction=None, image_bgr=None)
         prediction = self.prediction(prediction_id) if prediction_id is not None else None
         return CaseView(case=case, prediction_id=prediction_id, prediction=prediction,
                         image_bgr=self.store.load_image(case_id))
@@ -486,7 +501,7 @@ class AnnotationService:
 
     def save(self, case_id: int, mask: Optional[np.ndarray] = None, *, annotator: str,
              status: str = "corrected", prediction_id: Optional[int] = None,
-             threshold: Optional[float] = None, base_version=KEEP_UNCHECKED):
+             threshold: Optional[float] = None, base_version=KEEP_UNCHECKED, reviewed_slices=None):
         """Record a review. The status chooses the mask: 'corrected' saves ``mask`` (required),
         'accepted' the prediction's own mask at ``threshold`` (no mask may be sent), 'skipped'
         none (the case leaves the queue; returns None). Otherwise returns the store's Correction."""
@@ -513,7 +528,8 @@ class AnnotationService:
                 raise RequestError(f"Case {case_id} has no prediction to accept; segment it first.")
         # For 'accepted' (mask None) the store saves the very mask it compares with.
         return self.store.save_correction(case_id, mask, annotator=annotator, prediction_id=prediction_id,
-                                          status=status, threshold=threshold, base_version=base_version)
+                                          status=status, threshold=threshold, base_version=base_version,
+                                          reviewed_slices=reviewed_slices)
 
     def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False) -> None:
         """Take a case out of the queue without a mask (status 'skipped'; it is never exported or trained on).
@@ -544,6 +560,20 @@ class AnnotationService:
             return self.store.unskip(case_id, annotator=annotator)
         except StorageError as exc:  # not skipped, an unknown case
             raise RequestError(str(exc)) from None
+
+    # -- volumes ----------------------------------------------------------------------------
+    def read_scan(self, source, *, name: Optional[str] = None):
+        """A NIfTI file or a DICOM series (folder, zip, files) as a ScanVolume; refusals in words."""
+        return volume_workflow.read_scan(source, name=name)
+
+    def segment_volume(self, source, prompt: str, **kwargs):
+        """A scan predicted slice by slice and (add_to_queue) stored as one volume case
+        (medclipseg.annotation.volume_workflow.segment_volume)."""
+        return volume_workflow.segment_volume(self, source, prompt, **kwargs)
+
+    def volume_slice(self, case_id: int, index: Optional[int] = None, **kwargs):
+        """One slice of a volume case as the editor shows it (volume_workflow.slice_view)."""
+        return volume_workflow.slice_view(self, check_case_id(case_id), index, **kwargs)
 
     def ingest(self, source, **kwargs):
         from medclipseg.annotation.ingest import ingest

@@ -468,6 +468,12 @@ class AnnotationStore:
                                               **queue.rank_values(json.loads(row["scores"]))})
         return prediction_id
 
+    def prediction_row(self, prediction_id: int) -> dict:
+        """A prediction's row (model_id, threshold, num_samples, scores decoded, ...), without its maps."""
+        row = dict(_get(self._db(), "predictions", prediction_id, "Prediction"))
+        row["scores"] = json.loads(row["scores"] or "{}")
+        return row
+
     def latest_prediction_id(self, case_id: int) -> Optional[int]:
         rows = list(self._db()["predictions"].rows_where("case_id = ?", [int(case_id)], select="id",
                                                          order_by="id DESC", limit=1))
@@ -662,6 +668,25 @@ class AnnotationStore:
         """Per-slice scores of a volume prediction (display order), e.g. {"band_entropy": array}."""
         row = _get(self._db(), "predictions", prediction_id, "Prediction")
         return volume_files.read_slice_scores(self._files.resolve(row["maps_path"], "maps"))
+
+    def volume_slice_examples(self, case_id: int, mask_path: str, slices=None) -> list:
+        """[(display index, uint8 BGR slice in the case's window, bool mask slice)] of a volume case's
+        stored mask: ``slices`` (e.g. the reviewed ones), else every slice. What retraining and the
+        authors' export layout take from a volume: 2-D slices with their masks."""
+        from medclipseg.io.volumes import window_to_uint8
+
+        geometry = self.volume_geometry(case_id)
+        mask = self.load_mask(mask_path)
+        scan_path = self._files.resolve(self._image_path(case_id), "volumes")
+        indices = range(geometry.depth) if not slices else sorted({int(i) for i in slices})
+        examples = []
+        for index in indices:
+            if not 0 <= index < geometry.depth:
+                continue
+            grey = window_to_uint8(volume_files.read_scan_slice(scan_path, index), geometry.window)
+            examples.append((index, np.repeat(grey[..., None], 3, axis=2),
+                             volume_files.mosaic_slice(mask, geometry, index).copy()))
+        return examples
 
     def prediction_maps_volume(self, prediction_id: int, name: str = "probability") -> np.ndarray:
         """One map of a volume prediction, whole, in display order (float32 from the 8-bit map)."""
@@ -1128,7 +1153,7 @@ class AnnotationStore:
             params = params + params
         rows = list(self._db().query(
             "SELECT k.*, c.original_name, c.width, c.height, c.content_hash, c.image_path, c.metadata, c.batch, "
-            f"c.source, c.gold, c.status AS case_status FROM corrections k JOIN cases c ON c.id = k.case_id WHERE {where} "
+            f"c.source, c.gold, c.kind, c.source_key, c.slice_index, c.status AS case_status FROM corrections k JOIN cases c ON c.id = k.case_id WHERE {where} "
             "ORDER BY k.case_id, k.version", params))
         for row in rows:
             row["metadata"] = json.loads(row["metadata"] or "{}")

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
+import nibabel as nib
+import numpy as np
 from gradio.data_classes import FileData
 
 from medclipseg import settings
 from medclipseg.annotation.service import AnnotationService, RequestError, check_case_id, whole_number
+from medclipseg.annotation import volume_workflow
 from medclipseg.app import model_tab
 from medclipseg.app.handlers import USER_ERRORS
 
@@ -74,13 +77,19 @@ def register(service: AnnotationService) -> None:
                 request: gr.Request = None) -> tuple[dict, FileData, FileData]:
         """Segment one image: a summary, the 0/255 mask (PNG) and the maps (npz: probability, entropy,
         mutual_information). Nothing is stored unless add_to_queue is true; then the image becomes a
-        case in the review queue, claimed by the annotator, and case_id / prediction_id are set."""
+        case in the review queue, claimed by the annotator, and case_id / prediction_id are set.
+        A volume (.nii / .nii.gz, or a .zip of one DICOM series) answers with the mask as .nii.gz (0/1)
+        and the probability as .nii.gz, both on the scan's own grid with its affine; the summary has
+        kind "volume", shape, start_slice and the volume's scores."""
         sent = uploaded(image, "image")
         if sent is None:
             raise RequestError("No image given: send one with handle_file(path) (PNG, JPEG, BMP, TIFF or DICOM).")
         path, name = sent
         if not isinstance(add_to_queue, bool):
             raise RequestError("add_to_queue must be true or false.")
+        if volume_workflow.is_volume_name(name):
+            return _segment_volume(path, name, prompt, samples, threshold, annotator_of(annotator, request),
+                                   add_to_queue)
         result = service.segment(path, prompt, name=name, num_samples=samples, threshold=threshold,
                                  annotator=annotator_of(annotator, request), add_to_queue=add_to_queue,
                                  origin="api")
@@ -93,18 +102,52 @@ def register(service: AnnotationService) -> None:
                    "seconds": prediction.seconds, "scores": prediction.scores}
         return summary, _file(mask_path), _file(maps_path)
 
+    def _segment_volume(path, name, prompt, samples, threshold, annotator, add_to_queue):
+        result = service.segment_volume(path, prompt, name=name, num_samples=samples, threshold=threshold,
+                                        annotator=annotator, add_to_queue=add_to_queue, origin="api")
+        prediction, volume = result.prediction, result.volume
+        with service.scratch.folder() as out:
+            stem = Path(name).name.split(".")[0] or "volume"
+            mask_path, probability_path = out / f"{stem}_mask.nii.gz", out / f"{stem}_probability.nii.gz"
+            nib.save(volume.nifti_image(prediction.mask, dtype=np.uint8), str(mask_path))
+            nib.save(volume.nifti_image(prediction.probability, dtype=np.float32), str(probability_path))
+        summary = {"kind": "volume", "case_id": result.case.id if result.case is not None else None,
+                   "prediction_id": result.prediction_id, "added_to_queue": result.case is not None,
+                   "shape": list(volume.shape), "affine": np.asarray(volume.affine).tolist(),
+                   "plane": volume.slice_plane, "start_slice": int(prediction.start_slice),
+                   "model_id": prediction.model_id, "prompt": prediction.prompt,
+                   "num_samples": prediction.num_samples, "threshold": prediction.threshold,
+                   "seconds": prediction.seconds, "scores": prediction.scores}
+        return summary, _file(mask_path), _file(probability_path)
+
     @_in_words
     def save_correction(case_id: Optional[int], mask: Optional[FileData] = None, annotator: str = "",
                         status: str = "corrected", prediction_id: Optional[int] = None,
-                        base_version: Optional[int] = None, request: gr.Request = None) -> dict:
+                        base_version: Optional[int] = None, reviewed_slices: Optional[list[int]] = None,
+                        request: gr.Request = None) -> dict:
         """Record a review of a case: 'corrected' with the mask (PNG, white = foreground), 'accepted'
         (the predicted mask, no file) or 'skipped' (no mask; the case leaves the queue).
         `base_version`: the version the mask was made from (0: none existed); when given, the save is
-        refused if another version was saved since (`next_case` reports `latest_version`)."""
+        refused if another version was saved since (`next_case` reports `latest_version`).
+        A volume case takes its mask as .nii.gz (0/1) on the grid /next_case served (same shape and
+        affine; anything else is refused, nothing written) and optionally `reviewed_slices` (slice
+        numbers as /next_case counts them, along its `plane`)."""
         status = (status or "corrected").strip() if isinstance(status, str) else status
         name = annotator_of(annotator, request)
         sent = uploaded(mask, "mask")
-        corrected = service.read_mask_file(sent[0], name=sent[1]) if sent is not None else None
+        case = service.store.get_case(check_case_id(case_id))
+        if sent is not None and case.is_volume:
+            if not volume_workflow.is_volume_name(sent[1]) or sent[1].lower().endswith(".zip"):
+                raise RequestError(f"Case #{case.id} is a volume: send its mask as .nii.gz on the grid /next_case "
+                                   "served (same shape and affine).")
+            corrected = volume_workflow.read_mask_nifti(service, case.id, sent[0], name=sent[1])
+        elif sent is not None and volume_workflow.is_volume_name(sent[1]):
+            raise RequestError(f"Case #{case.id} is a 2-D image: send its mask as a PNG (white = foreground).")
+        else:
+            corrected = service.read_mask_file(sent[0], name=sent[1]) if sent is not None else None
+        if reviewed_slices is not None and not isinstance(reviewed_slices, (list, tuple)):
+            raise RequestError("reviewed_slices must be a list of slice numbers.")
+        reviewed = None if reviewed_slices is None else [whole_number(v, "A reviewed slice") for v in reviewed_slices]
         checked = {}
         if base_version is not None and base_version != "":
             number = whole_number(base_version, "The base_version")
@@ -112,7 +155,7 @@ def register(service: AnnotationService) -> None:
                 raise RequestError(f"The base_version must be 0 (no saved version) or a version number, not {number}.")
             checked["base_version"] = None if number == 0 else number
         correction = service.save(case_id, corrected, annotator=name, status=status, prediction_id=prediction_id,
-                                  **checked)
+                                  reviewed_slices=reviewed, **checked)
         if correction is None:
             return {"correction_id": None, "case_id": check_case_id(case_id), "version": None, "annotator": name,
                     "status": "skipped"}
@@ -150,12 +193,16 @@ def register(service: AnnotationService) -> None:
     def next_case(annotator: str = "", acquisition: str = "",
                   request: gr.Request = None) -> tuple[dict, Optional[FileData]]:
         """Lease the unreviewed case ranked first by `acquisition` to the annotator: its summary and
-        image (PNG); case_id null and no image when the queue is empty."""
+        image (PNG); case_id null and no image when the queue is empty. A volume case has kind
+        "volume", shape, affine, plane, slices and start_slice (its most uncertain slice, counted along
+        `plane` as the app shows it) and its image as .nii.gz in modality units on its own grid."""
         name = annotator_of(annotator, request)
         acquisition = acquisition or settings.queue_order()
         view = service.next_case(name, acquisition=acquisition)
         if view is None:
             return {"case_id": None, "message": "No unreviewed cases left."}, None
+        if view.case.is_volume:
+            return _next_volume_case(view, name, acquisition)
         image = service.case_image_file(view)
         summary = {"case_id": view.case.id, "prediction_id": view.prediction_id, "prompt": view.case.prompt,
                    "original_name": view.case.original_name, "width": view.case.width,
@@ -163,6 +210,22 @@ def register(service: AnnotationService) -> None:
                    "latest_version": _latest_version(view.case.id),
                    "model_id": view.prediction.model_id if view.prediction is not None else None,
                    "scores": view.prediction.scores if view.prediction is not None else {}}
+        return summary, _file(image)
+
+    def _next_volume_case(view, name, acquisition):
+        case = view.case
+        geometry = service.store.volume_geometry(case.id)
+        with service.scratch.folder() as out:
+            image = volume_workflow.scan_nifti_file(service, case.id, out)
+        prediction = service.store.prediction_row(view.prediction_id) if view.prediction_id is not None else None
+        start = int(case.start_slice or 0)
+        summary = {"kind": "volume", "case_id": case.id, "prediction_id": view.prediction_id, "prompt": case.prompt,
+                   "original_name": case.original_name, "shape": list(geometry.file_shape),
+                   "affine": [list(row) for row in geometry.affine], "plane": geometry.plane,
+                   "slices": geometry.depth, "start_slice": start, "modality": geometry.modality,
+                   "assigned_to": name, "acquisition": acquisition, "latest_version": _latest_version(case.id),
+                   "model_id": prediction["model_id"] if prediction else None,
+                   "scores": prediction["scores"] if prediction else {}}
         return summary, _file(image)
 
     @_in_words

@@ -172,6 +172,12 @@ class ScanVolume:
             raise ValueError(f"values of shape {np.asarray(values).shape} do not come from this volume's display grid")
         return result
 
+    def file_slice(self, index: int, plane: Optional[str] = None) -> tuple:
+        """(file axis, index along it) of display slice ``index``: where that slice lies in the file."""
+        axis, flip = _invert_ornt(self._transform(plane))[0]
+        axis = int(axis)
+        return axis, (self.shape[axis] - 1 - int(index)) if flip < 0 else int(index)
+
     def display_shape(self, plane: Optional[str] = None) -> tuple:
         transform = self._transform(plane)
         return tuple(self.shape[int(axis)] for axis in _invert_ornt(transform)[:, 0])
