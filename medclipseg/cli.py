@@ -401,6 +401,10 @@ def _add_export(commands) -> None:
     parser.add_argument("--annotator", help="export only this annotator's corrections")
     parser.add_argument("--zip", action="store_true", help="also write <out>.zip")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+    parser.add_argument("--format", default="authors", choices=("authors", "nifti", "dicom-seg"),
+                        help="volume cases: authors (their reviewed slices in the authors' layout only), nifti "
+                             "(also scan, mask, probability and entropy as NIfTI on the scan's grid) or dicom-seg "
+                             "(also a DICOM-SEG for DICOM-sourced volumes) (default: %(default)s)")
 
 
 def _add_ingest(commands) -> None:
@@ -409,7 +413,9 @@ def _add_ingest(commands) -> None:
                                              "annotation database's review queue.")
     parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB, /data on Spaces, or "
                                      "feedback_db/annotations.db)")
-    parser.add_argument("--source", required=True, help="folder (searched recursively) or .zip of images")
+    parser.add_argument("--source", required=True,
+                        help="folder (searched recursively) or .zip of images, NIfTI scans and DICOM series "
+                             "(each scan one volume case)")
     prompt_source = parser.add_mutually_exclusive_group(required=True)
     prompt_source.add_argument("--prompt", help="one prompt for every image")
     prompt_source.add_argument("--prompts-csv",
@@ -626,7 +632,7 @@ def run_export(args) -> int:
         try:
             result = export_dataset(store, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed,
                                     statuses=tuple(args.status or EXPORTABLE_STATUSES), annotator=args.annotator,
-                                    make_zip=args.zip, overwrite=args.overwrite)
+                                    make_zip=args.zip, overwrite=args.overwrite, volume_format=args.format)
         finally:
             store.close()
     except (StorageError, sqlite3.DatabaseError) as exc:
@@ -652,7 +658,7 @@ def run_ingest(args) -> int:
     total = len(scan_source(args.source))
     store = _store_with_model(args)
     try:
-        print(f"{total} images in {args.source}; database {store.path}", flush=True)
+        print(f"{total} images and scan files in {args.source}; database {store.path}", flush=True)
         # The database's current version unless --weights names another model.
         source = args.weights if args.weights else store.model_source(store.current_model_id())
         predictor = Predictor.from_pretrained(source, mode=args.mode, device=args.device)
@@ -666,9 +672,14 @@ def run_ingest(args) -> int:
         def progress(done: int, total: int, message: str) -> None:
             print(f"[{done}/{total}] {message}", flush=True)
 
+        def predict_volume(volume, text, **options):
+            from medclipseg.inference.volume import predict_volume as predict
+
+            return predict(predictor, volume, text, **options)
+
         report = ingest(store, predictor, args.source, prompt=prompt, prompts_csv=prompts, batch=args.batch,
                         batch_size=args.batch_size, num_samples=args.num_samples, threshold=args.threshold,
-                        seed=args.seed, progress=progress)
+                        seed=args.seed, progress=progress, predict_volume=predict_volume)
     finally:
         store.close()
     print(report.summary())

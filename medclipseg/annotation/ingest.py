@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Mapping, Optional, Union
 
 from medclipseg.io.images import IMAGE_SUFFIXES, ImageReadError, read_image
 from medclipseg.io.prompts import PromptError, validate_prompt
+from medclipseg.io.volumes import VolumeReadError, is_nifti_name
 
 MAX_ARCHIVE_MEMBERS = 10000
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
@@ -57,7 +58,26 @@ def _skipped(parts) -> bool:
 
 
 def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
+    return name.lower().endswith(IMAGE_SUFFIXES) or is_nifti_name(name)
+
+
+def _is_listed(name: str, peek: Callable[[], bytes]) -> bool:
+    """Images, NIfTI files, and files without a suffix that carry DICOM's magic (series are often
+    written as IM0001, IM0002, ... without one)."""
+    if _is_image_name(name):
+        return True
+    if "." in PurePosixPath(name).name:
+        return False
+    try:
+        head = peek()
+    except Exception:
+        return False
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def _is_dicom_item(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.endswith((".dcm", ".dicom")) or "." not in PurePosixPath(name).name
 
 
 def _folder_files(root: Path) -> list:
@@ -67,10 +87,15 @@ def _folder_files(root: Path) -> list:
         for name in names:
             path = Path(directory) / name
             relative = path.relative_to(root).as_posix()
-            if _skipped([name]) or not _is_image_name(name) or not path.is_file():
+            if _skipped([name]) or not path.is_file() or not _is_listed(name, lambda p=path: _head(p)):
                 continue
             files.append(SourceFile(relative, path.stat().st_size, path.read_bytes))
     return sorted(files, key=lambda item: item.name)
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(132)
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
@@ -97,7 +122,9 @@ def _archive_files(path: Path) -> list:
         # Member names are only labels: nothing is ever written to a path taken from the archive.
         name = info.filename.replace("\\", "/")
         parts = [part for part in PurePosixPath(name).parts if part not in ("/", "..", ".")]
-        if info.is_dir() or not parts or _skipped(parts) or not _is_image_name(name):
+        if info.is_dir() or not parts or _skipped(parts):
+            continue
+        if not _is_listed(name, lambda info=info: archive.open(info).read(132)):
             continue
         files.append(SourceFile("/".join(parts), info.file_size,
                                 lambda info=info, label="/".join(parts): _read_member(archive, info, label)))
@@ -123,7 +150,8 @@ def scan_source(source: Union[str, os.PathLike]) -> list:
     else:
         raise ValueError(f"{path} is neither a folder nor a .zip archive.")
     if not files:
-        raise ValueError(f"{path} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}).")
+        raise ValueError(f"{path} holds no images or scans (looked for {', '.join(IMAGE_SUFFIXES)}, .nii, .nii.gz "
+                         "and DICOM files).")
     return files
 
 
@@ -215,9 +243,13 @@ class IngestReport:
     failed: list = field(default_factory=list)  # (file name, message)
     seconds: float = 0.0
     rescored: list = field(default_factory=list)  # case ids in the queue before, predicted anew by this model
+    volumes: list = field(default_factory=list)  # the case ids of `added` and `rescored` that are volumes
 
     def summary(self) -> str:
-        parts = [f"{_plural(len(self.added), 'image')} added"]
+        images = len(self.added) - len([case for case in self.volumes if case in self.added])
+        parts = [f"{_plural(images, 'image')} added"]
+        if self.volumes:
+            parts.append(f"{_plural(len(self.volumes), 'volume')} added")
         if self.rescored:
             parts.append(f"{len(self.rescored)} re-scored by this model")
         parts += [f"{len(self.duplicates)} already in the queue",
@@ -232,8 +264,16 @@ class IngestReport:
 
 def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_csv=None,
            batch: Optional[str] = None, batch_size: int = 8, num_samples: int = 30, threshold: float = 0.5,
-           seed: Optional[int] = 0, progress: Optional[ProgressCallback] = None) -> IngestReport:
+           seed: Optional[int] = 0, progress: Optional[ProgressCallback] = None,
+           predict_volume: Optional[Callable] = None) -> IngestReport:
     """Add every image of `source` (folder or .zip) to `store` as a case and predict it.
+
+    Scans become volume cases: each NIfTI file, each multi-frame DICOM with plane positions, and each
+    DICOM series (files grouped by series and geometry, medclipseg.io.dicom_series; a localizer or a
+    second series is its own case, never merged). A DICOM file alone in its series stays a 2-D
+    image. ``predict_volume(volume, prompt, num_samples=, threshold=, seed=)`` predicts a volume
+    (medclipseg.inference.volume.predict_volume bound to a predictor); without it scans are
+    reported as failed. A CSV prompt names a series by its folder (or the archive's name).
 
     Exactly one of `prompt` (one prompt for all images) or `prompts_csv` (a CSV path, see
     read_prompt_csv, or an already read {name: prompt} mapping) is required. Files are read and
@@ -258,8 +298,9 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
     else:
         prompts = prompts_csv if isinstance(prompts_csv, Mapping) else read_prompt_csv(prompts_csv)
     files = scan_source(source)
-    total = len(files)
     report = IngestReport()
+    volume_jobs, files = _volume_jobs(files, report)
+    total = len(files) + len(volume_jobs)
     done = 0
     seen: set = set()  # case ids met in this run: a file repeated inside the source is a duplicate
 
@@ -269,7 +310,11 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
         if progress is not None:
             progress(done, total, message)
 
-    for start in range(0, total, batch_size):
+    for job in volume_jobs:
+        _ingest_volume(store, job, prompt=prompt, prompts=prompts, predict_volume=predict_volume, batch=batch,
+                       num_samples=num_samples, threshold=threshold, seed=seed, model_id=model_id, report=report,
+                       tick=tick)
+    for start in range(0, len(files), batch_size):
         pending = []  # (file name, loaded image, prompt) read and decoded, to predict
         for item in files[start:start + batch_size]:
             try:
@@ -316,3 +361,120 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
             tick(f"{name}: {verb} case {case.id} ({prediction.seconds:.2f} s)")
     report.seconds = time.perf_counter() - started
     return report
+
+
+# --------------------------------------------------------------------------------------
+# volumes
+
+
+@dataclass
+class VolumeJob:
+    """One scan of the source: a NIfTI file, or the DICOM files of one series."""
+
+    name: str                 # what the report and the prompt table call it
+    items: list               # SourceFile
+    kind: str                 # "nifti" or "dicom"
+
+
+def _series_key(item: "SourceFile") -> Optional[tuple]:
+    """(SeriesInstanceUID, frames) of a DICOM file from its header, None when it is not readable DICOM."""
+    import io as _io
+
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(_io.BytesIO(item.read()), stop_before_pixels=True, force=True)
+    except Exception:
+        return None
+    uid = str(getattr(header, "SeriesInstanceUID", "") or "")
+    frames = int(getattr(header, "NumberOfFrames", 1) or 1)
+    return (uid, frames) if uid else None
+
+
+def _volume_jobs(files: list, report: IngestReport) -> tuple:
+    """(volume jobs, the files left for the 2-D path). DICOM files are grouped by series: a series of
+    two or more files, or one multi-frame file, is a scan; a lone single-frame file stays an image."""
+    jobs, rest, series = [], [], {}
+    for item in files:
+        if is_nifti_name(item.name):
+            jobs.append(VolumeJob(name=item.name, items=[item], kind="nifti"))
+        elif _is_dicom_item(item.name):
+            key = _series_key(item)
+            if key is None:
+                rest.append(item)  # the image reader says what is wrong with it
+            else:
+                series.setdefault(key[0], []).append((item, key[1]))
+        else:
+            rest.append(item)
+    for uid, members in series.items():
+        if len(members) == 1 and members[0][1] <= 1:
+            rest.append(members[0][0])
+            continue
+        names = [item.name for item, _ in members]
+        folder = str(PurePosixPath(names[0]).parent)
+        common = folder if all(str(PurePosixPath(n).parent) == folder for n in names) else ""
+        label = common if common not in ("", ".") else f"series {uid[-12:]}"
+        jobs.append(VolumeJob(name=label, items=[item for item, _ in members], kind="dicom"))
+    return jobs, sorted(rest, key=lambda item: item.name)
+
+
+def _read_job(job: VolumeJob) -> list:
+    """The ScanVolumes of one job (a DICOM job may hold several geometries: each its own volume)."""
+    import tempfile
+
+    from medclipseg.io.volumes import read_nifti
+
+    if job.kind == "nifti":
+        return [read_nifti(job.items[0].read(), name=PurePosixPath(job.name).name)]
+    from medclipseg.io.dicom_series import read_dicom_volumes
+
+    with tempfile.TemporaryDirectory(prefix="medclipseg-series-") as folder:
+        paths = []
+        for number, item in enumerate(job.items):
+            # Numbered names only: nothing is written to a path taken from the source.
+            path = Path(folder) / f"{number:06d}.dcm"
+            path.write_bytes(item.read())
+            paths.append(path)
+        return read_dicom_volumes(paths, name=job.name)
+
+
+def _ingest_volume(store, job: VolumeJob, *, prompt, prompts, predict_volume, batch, num_samples, threshold,
+                   seed, model_id, report: IngestReport, tick) -> None:
+    try:
+        text = prompt
+        if text is None:
+            text = _lookup_prompt(prompts, job.name)
+            if text is None:
+                raise PromptError(f"no prompt for {job.name} in the prompt file")
+            text = validate_prompt(text)
+        if predict_volume is None:
+            raise VolumeReadError("this ingest cannot predict volumes (no volume predictor was given)")
+        volumes = _read_job(job)
+    except (VolumeReadError, ImageReadError, PromptError) as exc:
+        report.failed.append((job.name, str(exc)))
+        tick(f"{job.name}: failed: {exc}")
+        return
+    for number, volume in enumerate(volumes):
+        name = job.name if len(volumes) == 1 else f"{job.name} [{number + 1}/{len(volumes)}]"
+        # As for images: a scan stored with this prompt is predicted again only by another model,
+        # and only while unreviewed.
+        case = store.find_volume_case(volume, prompt=text)
+        predicted_before = case is not None and store.latest_prediction_id(case.id) is not None
+        if case is not None and (case.id in report.volumes or (predicted_before and (
+                case.status != "unreviewed" or store.has_prediction_by(case.id, model_id)))):
+            report.duplicates.append(case.id)
+            tick(f"{name}: already in the queue (case {case.id})")
+            continue
+        try:
+            prediction = predict_volume(volume, text, num_samples=num_samples, threshold=threshold, seed=seed)
+        except Exception as exc:  # e.g. out of memory on one scan: the other files go on
+            message = f"the model could not predict it ({type(exc).__name__}: {exc})"
+            report.failed.append((name, message))
+            tick(f"{name}: failed: {message}")
+            continue
+        case, _ = store.add_volume_case_with_prediction(volume, prediction, prompt=text, original_name=name,
+                                                        source="ingest", batch=batch)
+        (report.rescored if predicted_before else report.added).append(case.id)
+        report.volumes.append(case.id)
+        verb = "re-scored" if predicted_before else "added as volume case"
+        tick(f"{name}: {verb} {case.id} ({prediction.seconds:.1f} s)")

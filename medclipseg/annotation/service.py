@@ -580,8 +580,19 @@ class AnnotationService:
 
         if "num_samples" in kwargs:
             kwargs["num_samples"] = check_samples(kwargs["num_samples"])
-        # The lock is taken per image, so that interactive segmentations interleave with a long ingest.
-        return ingest(self.store, _LockedPredictor(self.predictor, self.model_lock), source, **kwargs)
+        # The lock is taken per image (per volume), so that interactive segmentations interleave with a
+        # long ingest.
+        predictor = self.predictor
+
+        def predict_volume(volume, prompt, **options):
+            from medclipseg.inference.volume import predict_volume as predict
+
+            options["num_samples"] = min(int(options.get("num_samples") or self.volume_samples), self.volume_samples)
+            with self.model_lock:
+                return predict(predictor, volume, prompt, **options)
+
+        return ingest(self.store, _LockedPredictor(predictor, self.model_lock), source, predict_volume=predict_volume,
+                      **kwargs)
 
     def ingest_uploads(self, paths: Sequence, *, prompt: Optional[str] = None, prompts_csv=None,
                        batch: Optional[str] = None, num_samples: Optional[int] = None,

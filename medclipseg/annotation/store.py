@@ -567,6 +567,16 @@ class AnnotationStore:
             raise
         return self.get_case(case_id), prediction_id
 
+    def find_volume_case(self, volume, *, prompt: str) -> Optional[Case]:
+        """The volume case holding this scan with this prompt, None when there is none."""
+        try:
+            prompt = validate_prompt(prompt)
+        except PromptError as exc:
+            raise StorageError(str(exc)) from None
+        rows = list(self._db()["cases"].rows_where("content_hash = ? AND prompt = ?",
+                                                   [volume_files.content_hash(volume), prompt], limit=1))
+        return _case_from_row(rows[0]) if rows else None
+
     def add_volume_prediction(self, case_id: int, prediction, *, volume=None) -> int:
         """Another prediction of a stored volume case (a re-score by a new model)."""
         case = self.get_case(case_id)
