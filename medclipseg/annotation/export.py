@@ -253,9 +253,10 @@ def _export_volume(store, row: dict, split: str, staging: Path, tables: dict, vo
     for index, image, mask in store.volume_slice_examples(case_id, row["mask_path"], reviewed):
         name = f"{stem}_s{index:04d}.png"
         _write_png(folder / IMAGE_FOLDER / name, image)
-        _write_png(folder / LABEL_FOLDER / name, mask)
+        _write_png(folder / LABEL_FOLDER / name, np.where(mask, 255, 0).astype(np.uint8))
         if predicted_mask is not None:
-            _write_png(staging / PREDICTED_FOLDER / name, volume_files.mosaic_slice(predicted_mask, geometry, index))
+            predicted = volume_files.mosaic_slice(predicted_mask, geometry, index).astype(bool)
+            _write_png(staging / PREDICTED_FOLDER / name, np.where(predicted, 255, 0).astype(np.uint8))
         tables[split].append({"Image": name, "Description": row["prompt"], "Ground Truth": name})
         slices.append({"slice": index, "image": f"{SPLIT_FOLDERS[split]}/{IMAGE_FOLDER}/{name}",
                        "label": f"{SPLIT_FOLDERS[split]}/{LABEL_FOLDER}/{name}"})
