@@ -124,6 +124,8 @@ def test_dicom_series_zip_ingest_export_dicom_seg_round_trip(tmp_path, service):
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
     assert int(seg.NumberOfFrames) == 10  # every slice, the empty ones too
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert seg.SegmentSequence[0].SegmentLabel == "Brain tissue"  # the prompt's structure, not the whole prompt
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == t1_case_model_name(service, t1_case.id)
     # Frame i references the SOP instance of the source slice it lies on (by position, not file order).
     sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in paths}
     for frame in seg.PerFrameFunctionalGroupsSequence:
@@ -146,6 +148,11 @@ def test_dicom_series_zip_ingest_export_dicom_seg_round_trip(tmp_path, service):
     # The stored de-identified headers keep no identifier either.
     stored = (service.store.files_dir / "volumes").glob("*.json")
     assert all(b"Doe^Jane" not in path.read_bytes() for path in stored)
+
+
+def t1_case_model_name(service, case_id):
+    """The model that predicted the case: the SEG's algorithm identification names it."""
+    return str(service.store.latest_correction(case_id)["model_id"]).split("@")[0]
 
 
 def test_volume_saved_mask_maps_to_world_space_like_the_scan(service):

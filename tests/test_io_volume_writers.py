@@ -22,6 +22,7 @@ from medclipseg.io.volume_writers import (
     VolumeWriteError,
     read_dicom_seg_mask,
     segment_property_codes,
+    structure_label,
     write_dicom_seg,
     write_nifti,
 )
@@ -562,3 +563,15 @@ def test_seg_of_multiframe_file_read_by_dicom_series(tmp_path, t1, geometry):
     if shutil.which("dciodvfy"):
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
         assert [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")] == []
+
+
+@pytest.mark.parametrize("prompt, label", [
+    ("A round polyp in the colonoscopy image.", "Round polyp"),
+    ("Brain in the brain MRI image.", "Brain"),
+    ("Left hippocampus on the axial T1 slice", "Left hippocampus"),
+    ("the liver tumour within a CT scan", "Liver tumour"),
+    ("liver", "Liver"),
+    ("In the image.", "In the image"),
+])
+def test_structure_label_is_the_prompts_target(prompt, label):
+    assert structure_label(prompt) == label

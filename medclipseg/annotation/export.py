@@ -283,7 +283,7 @@ def _write_volume_files(store, row: dict, folder: Path, volume_format: str) -> d
     """image.nii.gz, mask.nii.gz, probability.nii.gz, entropy.nii.gz (+ seg.dcm for a DICOM source) on
     the scan's own grid with its affine; returns {what: file name}."""
     from medclipseg.annotation import volume_files
-    from medclipseg.io.volume_writers import write_dicom_seg, write_nifti
+    from medclipseg.io.volume_writers import structure_label, write_dicom_seg, write_nifti
 
     case_id = int(row["case_id"])
     folder.mkdir(parents=True)
@@ -303,7 +303,8 @@ def _write_volume_files(store, row: dict, folder: Path, volume_format: str) -> d
     if volume_format == "dicom-seg" and volume.dicom_headers:
         files["dicom_seg"] = "seg.dcm"
         model_id = str(row.get("model_id") or "medclipseg")
-        write_dicom_seg(volume, mask.astype(bool), folder / files["dicom_seg"], segment_label=row["prompt"][:64],
+        write_dicom_seg(volume, mask.astype(bool), folder / files["dicom_seg"],
+                        segment_label=structure_label(row["prompt"]),
                         model_name=model_id.split("@")[0], model_version=model_id,
                         algorithm_type="AUTOMATIC" if row.get("status") == "accepted" else "SEMIAUTOMATIC")
     return files

@@ -54,6 +54,7 @@ __all__ = [
     "VolumeWriteError",
     "read_dicom_seg_mask",
     "segment_property_codes",
+    "structure_label",
     "write_dicom_seg",
     "write_nifti",
 ]
@@ -241,6 +242,22 @@ def segment_property_codes(label: str) -> tuple:
         if any(f" {word} " in text for word in words):
             return codes.SCT.AnatomicalStructure, code
     return codes.SCT.Tissue, codes.SCT.Tissue
+
+
+# Where a prompt's structure ends: "A round polyp in the colonoscopy image." names "round polyp".
+_PROMPT_CONTEXT = re.compile(r"\s+(?:in|on|of|within|at)\s+(?:the|a|an|this)\s+\S.*$", re.IGNORECASE | re.DOTALL)
+_LEADING_ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
+
+
+def structure_label(prompt: str) -> str:
+    """The structure a text prompt names, as a segment label: the words before the prompt's
+    context ("... in the brain MRI image"), without a leading article or the final full stop,
+    first letter capitalised. "A round polyp in the colonoscopy image." -> "Round polyp";
+    "liver" -> "Liver". A prompt that leaves nothing (only context words) is kept whole."""
+    text = " ".join(str(prompt if prompt is not None else "").split()).rstrip(" .")
+    core = _LEADING_ARTICLE.sub("", _PROMPT_CONTEXT.sub("", text)).strip(" .,;:")
+    core = core or text
+    return core[:1].upper() + core[1:]
 
 
 def _long_string(value, what: str) -> str:
