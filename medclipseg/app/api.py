@@ -245,9 +245,14 @@ def register(service: AnnotationService) -> None:
                 "seconds": report.seconds, "summary": report.summary()}
 
     @_in_words
-    def export(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> tuple[FileData, str]:
-        """Zip the corrected and accepted cases in the authors' layout (Train/Val/Test folders)."""
-        result = service.export_archive(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    def export(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+               volume_format: str = "authors") -> tuple[FileData, str]:
+        """Zip the corrected and accepted cases in the authors' layout (Train/Val/Test folders).
+        `volume_format`: "authors" (volumes as their reviewed slices), "nifti" (also each volume's
+        image, mask, probability and entropy as .nii.gz on its own grid) or "dicom-seg" (also a
+        DICOM-SEG for volumes read from DICOM)."""
+        result = service.export_archive(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                        volume_format=volume_format)
         return _file(result.zip_path), json.dumps({"counts": result.counts, "manifest": "manifest.json"})
 
     @_in_words
