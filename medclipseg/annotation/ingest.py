@@ -228,6 +228,16 @@ def read_prompt_csv(path) -> dict:
     return prompts
 
 
+def _prompt_for(name: str, prompt: Optional[str], prompts) -> str:
+    """The one prompt given to every file, else the prompt file's line for ``name`` (PromptError if none)."""
+    if prompt is not None:
+        return prompt
+    text = _lookup_prompt(prompts, name)
+    if text is None:
+        raise PromptError(f"no prompt for {name} in the prompt file")
+    return validate_prompt(text)
+
+
 def _lookup_prompt(prompts: Mapping, name: str) -> Optional[str]:
     return prompts.get(name) or prompts.get(PurePosixPath(name).name)
 
@@ -318,12 +328,7 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
         pending = []  # (file name, loaded image, prompt) read and decoded, to predict
         for item in files[start:start + batch_size]:
             try:
-                text = prompt
-                if text is None:
-                    text = _lookup_prompt(prompts, item.name)
-                    if text is None:
-                        raise PromptError(f"no prompt for {item.name} in the prompt file")
-                    text = validate_prompt(text)
+                text = _prompt_for(item.name, prompt, prompts)
                 loaded = read_image(item.read(), name=item.name)
             except (ImageReadError, PromptError) as exc:
                 report.failed.append((item.name, str(exc)))
@@ -441,12 +446,7 @@ def _read_job(job: VolumeJob) -> list:
 def _ingest_volume(store, job: VolumeJob, *, prompt, prompts, predict_volume, batch, num_samples, threshold,
                    seed, model_id, report: IngestReport, tick) -> None:
     try:
-        text = prompt
-        if text is None:
-            text = _lookup_prompt(prompts, job.name)
-            if text is None:
-                raise PromptError(f"no prompt for {job.name} in the prompt file")
-            text = validate_prompt(text)
+        text = _prompt_for(job.name, prompt, prompts)
         if predict_volume is None:
             raise VolumeReadError("this ingest cannot predict volumes (no volume predictor was given)")
         volumes = _read_job(job)

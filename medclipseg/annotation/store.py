@@ -225,6 +225,17 @@ def _refuse_conflict(db, case_id: int, annotator: str, base_version: Optional[in
                           draft_kept=drafts.get_row(db, case_id, annotator) is not None)
 
 
+def _prediction_row(prediction, prompt: str, maps_path: str, mask_path: str, scores: dict,
+                    foreground: int) -> dict:
+    """A predictions row (without its case id) for files already written, image or volume alike."""
+    row = {"model_id": str(prediction.model_id or ""), "prompt": str(prediction.prompt or prompt),
+           "threshold": float(prediction.threshold), "num_samples": int(prediction.num_samples),
+           "seconds": float(prediction.seconds or 0.0), "created_at": _now_iso(), "maps_path": maps_path,
+           "mask_path": mask_path, "scores": json.dumps(scores), "foreground_pixels": int(foreground)}
+    row.update({column: _finite_or_none(scores.get(key)) for column, key in SCORE_COLUMNS.items()})
+    return row
+
+
 def _content_hash(image: np.ndarray) -> str:
     """A case's identity with its prompt: sha256 over the size and the pixels of the H x W x 3 image."""
     image = np.ascontiguousarray(image)
@@ -449,12 +460,7 @@ class AnnotationStore:
         except BaseException:
             self._files.discard(maps_path)
             raise
-        row = {"model_id": str(prediction.model_id or ""), "prompt": str(prediction.prompt or prompt),
-               "threshold": float(prediction.threshold), "num_samples": int(prediction.num_samples),
-               "seconds": float(prediction.seconds or 0.0), "created_at": _now_iso(), "maps_path": maps_path,
-               "mask_path": mask_path, "scores": json.dumps(scores), "foreground_pixels": int(mask.sum())}
-        row.update({column: _finite_or_none(scores.get(key)) for column, key in SCORE_COLUMNS.items()})
-        return row
+        return _prediction_row(prediction, prompt, maps_path, mask_path, scores, int(mask.sum()))
 
     @staticmethod
     def _insert_prediction(db, case_id: int, row: dict) -> int:
@@ -613,12 +619,7 @@ class AnnotationStore:
         except BaseException:
             self._files.discard(maps_path)
             raise
-        row = {"model_id": str(prediction.model_id or ""), "prompt": str(prediction.prompt or prompt),
-               "threshold": float(prediction.threshold), "num_samples": int(prediction.num_samples),
-               "seconds": float(prediction.seconds or 0.0), "created_at": _now_iso(), "maps_path": maps_path,
-               "mask_path": mask_path, "scores": json.dumps(scores), "foreground_pixels": int(mask.sum())}
-        row.update({column: _finite_or_none(scores.get(key)) for column, key in SCORE_COLUMNS.items()})
-        return row
+        return _prediction_row(prediction, prompt, maps_path, mask_path, scores, int(mask.sum()))
 
     def _volume_row(self, case_id: int) -> dict:
         rows = list(self._db()["volumes"].rows_where("case_id = ?", [int(case_id)], limit=1))
