@@ -904,24 +904,22 @@ def _decoded(member: _Member, stack: _Stack) -> tuple:
 
 
 # -- messages -------------------------------------------------------------------------------------
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _skip_notes(survey: _Survey) -> list:
     notes = []
-    if survey.non_dicom:
-        notes.append(f"{survey.non_dicom} non-DICOM file{'s' if survey.non_dicom != 1 else ''} ignored")
-    if survey.no_pixels:
-        notes.append(f"{survey.no_pixels} DICOM file{'s' if survey.no_pixels != 1 else ''} without pixel data "
-                     "ignored (DICOMDIR, reports, structure sets)")
-    if survey.not_scans:
-        notes.append(f"{survey.not_scans} segmentation or presentation object{'s' if survey.not_scans != 1 else ''}"
-                     " ignored")
-    if survey.unreadable:
-        notes.append(f"{survey.unreadable} damaged DICOM file{'s' if survey.unreadable != 1 else ''} ignored")
-    if survey.no_position:
-        notes.append(f"{survey.no_position} image{'s' if survey.no_position != 1 else ''} without a patient "
-                     "position ignored (2-D images)")
-    if survey.single_images:
-        notes.append(f"{survey.single_images} single image{'s' if survey.single_images != 1 else ''} ignored "
-                     "(no other slice in the same series, orientation and size)")
+    for count, noun, why in (
+            (survey.non_dicom, "non-DICOM file", "ignored"),
+            (survey.no_pixels, "DICOM file", "without pixel data ignored (DICOMDIR, reports, structure sets)"),
+            (survey.not_scans, "segmentation or presentation object", "ignored"),
+            (survey.unreadable, "damaged DICOM file", "ignored"),
+            (survey.no_position, "image", "without a patient position ignored (2-D images)"),
+            (survey.single_images, "single image",
+             "ignored (no other slice in the same series, orientation and size)")):
+        if count:
+            notes.append(f"{_counted(count, noun)} {why}")
     for file_label, frames, _ in survey.multi_frame_without_positions:
         notes.append(f"{file_label} ignored: {frames} frames without per-frame positions")
     return notes
