@@ -1,4 +1,5 @@
-"""Evaluation metrics on 2-D binary masks: Dice and normalised surface Dice.
+"""Evaluation metrics on binary masks: Dice and normalised surface Dice of 2-D masks, and Dice,
+normalised surface Dice and the 95th-percentile Hausdorff distance of 3-D volumes in millimetres.
 
 Inputs may be any array-like convertible to a 2-D numpy array (bool, uint8
 0/255, float, ...); a pixel is foreground when its value is ``> 0``.
@@ -19,6 +20,17 @@ Normalised surface Dice comes in two rules (``rule=``):
   a foreground pixel is such a cell, so the slab's top and bottom faces count as
   surface as much as its rim: the two rules differ, by several tenths on
   some random blob pairs (tests/test_evaluation_metrics.py prints the largest).
+
+Volumes (:func:`dice_3d`, :func:`surface_dice_3d`, :func:`hausdorff95_3d`) take 3-D masks on
+one voxel grid and the voxel size in mm along the array's three axes (``spacing_mm``, e.g.
+``ScanVolume.spacing``), so that distances are physical on anisotropic grids. Their surface is the
+3-D version of the contour rule: foreground voxels with a face neighbour (6-connectivity) in the
+background, voxels outside the array counting as background; every surface voxel weighs one and
+distances run between voxel centres. This is MONAI's surface (``compute_surface_dice`` and
+``compute_hausdorff_distance`` with ``use_subvoxels=False``), and the values agree with MONAI's
+to float rounding except where MONAI returns nan or inf for empty masks (each docstring says what
+is returned instead). DeepMind's surface-distance code weighs surface cells by their marching-cubes
+area instead, which gives other numbers on the same pair.
 """
 
 from __future__ import annotations
@@ -30,7 +42,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["NSD_RULES", "dice_score", "normalized_surface_dice", "resize_prediction_to"]
+__all__ = ["NSD_RULES", "dice_3d", "dice_score", "hausdorff95_3d", "normalized_surface_dice", "resize_prediction_to",
+           "surface_dice_3d"]
 
 NSD_RULES = ("contour", "authors")
 
@@ -163,6 +176,112 @@ def resize_prediction_to(pred, shape: Sequence[int]) -> np.ndarray:
     work = array.astype(np.uint8) if array.dtype == bool else np.ascontiguousarray(array)
     resized = cv2.resize(work, (width, height), interpolation=cv2.INTER_NEAREST)
     return resized.astype(array.dtype, copy=False)
+
+
+# -- volumes ----------------------------------------------------------------------------------------
+
+def _as_volume_mask(array, name: str) -> np.ndarray:
+    mask = np.asarray(array)
+    if mask.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D mask, got an array with shape {mask.shape}")
+    return mask > 0
+
+
+def _as_volume_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    pred_mask = _as_volume_mask(pred, "pred")
+    truth_mask = _as_volume_mask(truth, "truth")
+    if pred_mask.shape != truth_mask.shape:
+        raise ValueError(f"pred and truth must be on the same voxel grid, got shapes {pred_mask.shape} and "
+                         f"{truth_mask.shape}")
+    return pred_mask, truth_mask
+
+
+def _spacing_3d(spacing_mm) -> tuple:
+    values = np.atleast_1d(np.asarray(spacing_mm, dtype=np.float64)).ravel()
+    if values.size == 1:
+        values = np.repeat(values, 3)
+    if values.size != 3 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"spacing_mm must be one or three positive voxel sizes in mm, got {spacing_mm!r}")
+    return tuple(float(v) for v in values)
+
+
+def dice_3d(pred, truth) -> float:
+    """Dice coefficient ``2|P∩T| / (|P| + |T|)`` of two 3-D masks (voxels ``> 0``); 1.0 when both
+    are empty, 0.0 when exactly one is. Voxel size does not enter: every voxel of one grid weighs the
+    same. (MONAI's ``compute_dice`` returns nan for an empty truth unless ``ignore_empty=False``.)"""
+    pred_mask, truth_mask = _as_volume_pair(pred, truth)
+    total = int(np.count_nonzero(pred_mask)) + int(np.count_nonzero(truth_mask))
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(pred_mask & truth_mask)) / total
+
+
+def _volume_surfaces(pred_mask: np.ndarray, truth_mask: np.ndarray) -> tuple:
+    """(pred surface, truth surface) inside the bounding box of both masks grown by one voxel:
+    cropping changes neither the surfaces (the grown box's rim is background, as the outside of
+    the array is) nor the distances between them, and keeps the distance transforms small."""
+    union = pred_mask | truth_mask
+    lows, highs = [], []
+    for axis in range(3):
+        present = np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != axis)))
+        lows.append(int(present[0]))
+        highs.append(int(present[-1]) + 1)
+    box = tuple(slice(low, high) for low, high in zip(lows, highs))
+    structure = ndimage.generate_binary_structure(3, 1)  # the 6 face neighbours
+    surfaces = []
+    for mask in (pred_mask, truth_mask):
+        grown = np.pad(mask[box], 1, constant_values=False)
+        surfaces.append(grown & ~ndimage.binary_erosion(grown, structure=structure, border_value=0))
+    return surfaces[0], surfaces[1]
+
+
+def _surface_distances(pred_mask: np.ndarray, truth_mask: np.ndarray, spacing: tuple) -> tuple:
+    """(mm from every pred surface voxel to the nearest truth surface voxel, and the reverse);
+    both masks must hold foreground."""
+    pred_surface, truth_surface = _volume_surfaces(pred_mask, truth_mask)
+    to_truth = ndimage.distance_transform_edt(~truth_surface, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
+    return to_truth[pred_surface], to_pred[truth_surface]
+
+
+def surface_dice_3d(pred, truth, spacing_mm, tolerance_mm: float = 2.0) -> float:
+    """Normalised surface Dice (Nikolov et al.) of two 3-D masks at a tolerance in millimetres.
+
+    ``NSD = (pred surface voxels within tolerance_mm of the truth surface + truth surface voxels
+    within tolerance_mm of the pred surface) / (pred surface voxels + truth surface voxels)``, with
+    Euclidean distances between voxel centres scaled by ``spacing_mm`` (voxel size in mm along the
+    array's axes: one number or three). Surface: the module docstring (MONAI's, without subvoxels).
+    Both masks empty gives 1.0 (MONAI: nan); exactly one empty gives 0.0 (as MONAI).
+    """
+    spacing = _spacing_3d(spacing_mm)
+    tolerance = float(tolerance_mm)
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance_mm must be a finite distance >= 0, got {tolerance_mm!r}")
+    pred_mask, truth_mask = _as_volume_pair(pred, truth)
+    pred_empty, truth_empty = not pred_mask.any(), not truth_mask.any()
+    if pred_empty and truth_empty:
+        return 1.0
+    if pred_empty or truth_empty:
+        return 0.0
+    pred_to_truth, truth_to_pred = _surface_distances(pred_mask, truth_mask, spacing)
+    within = int(np.count_nonzero(pred_to_truth <= tolerance)) + int(np.count_nonzero(truth_to_pred <= tolerance))
+    return within / (pred_to_truth.size + truth_to_pred.size)
+
+
+def hausdorff95_3d(pred, truth, spacing_mm) -> float:
+    """95th-percentile Hausdorff distance in mm between the surfaces of two 3-D masks: the larger of
+    the two directed 95th percentiles (pred surface -> truth surface and back, numpy's linear
+    percentile), MONAI's ``compute_hausdorff_distance(..., percentile=95)``. Both masks empty gives
+    0.0 (MONAI: nan); exactly one empty gives inf (MONAI: inf for the maximum, nan at a percentile)."""
+    spacing = _spacing_3d(spacing_mm)
+    pred_mask, truth_mask = _as_volume_pair(pred, truth)
+    pred_empty, truth_empty = not pred_mask.any(), not truth_mask.any()
+    if pred_empty and truth_empty:
+        return 0.0
+    if pred_empty or truth_empty:
+        return math.inf
+    pred_to_truth, truth_to_pred = _surface_distances(pred_mask, truth_mask, spacing)
+    return float(max(np.percentile(pred_to_truth, 95), np.percentile(truth_to_pred, 95)))
 
 
 # -- uncertainty quality ----------------------------------------------------------------------------
