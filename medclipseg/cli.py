@@ -6,7 +6,7 @@
     medclipseg ship      runs/demo/pct100/best assets/demo-tiny [--stage1 runs/demo/stage1] [--data data/phantoms]
     medclipseg evaluate  --data DATASET --weights SOURCE [--design contradictory] [--out results.json]
     medclipseg benchmark --out docs/results.md [--weights SOURCE] [--runs runs/demo] [--data DATASET]
-    medclipseg predict   --weights SOURCE --image scan.png --prompt "..." [--out-dir out/]
+    medclipseg predict   --weights SOURCE --image scan.png|scan.nii.gz|series.zip --prompt "..." [--out-dir out/]
     medclipseg export    --out exports/v1 [--db feedback_db/annotations.db] [--val 0.1] [--test 0.2] [--zip]
     medclipseg ingest    --source FOLDER_OR_ZIP (--prompt "..." | --prompts-csv prompts.csv) [--db annotations.db]
     medclipseg realdata  --out data/realdata [--structures brain,putamen] [--stride 2]   (needs mricron-data)
@@ -370,13 +370,25 @@ def _add_evaluate(commands) -> None:
 
 
 def _add_predict(commands) -> None:
-    parser = commands.add_parser("predict", help="segment one image; writes mask and uncertainty maps",
-                                 description="Segment one image with a text prompt; writes <stem>_mask.png and "
-                                             "<stem>_maps.npz (probability, entropy, mutual information).")
+    parser = commands.add_parser("predict", help="segment one image or volume; writes mask and uncertainty maps",
+                                 description="Segment one image or volume with a text prompt. An image gives "
+                                             "<stem>_mask.png and <stem>_maps.npz (probability, entropy, mutual "
+                                             "information); a volume (NIfTI file, DICOM series folder or zip) "
+                                             "gives <stem>_mask.nii.gz, <stem>_probability.nii.gz and "
+                                             "<stem>_entropy.nii.gz on the scan's own grid.")
     _add_weights(parser)
-    parser.add_argument("--image", required=True, help="image file (PNG, JPEG, TIFF, DICOM, ...)")
+    parser.add_argument("--image", required=True,
+                        help="image file (PNG, JPEG, TIFF, DICOM, ...), NIfTI volume (.nii, .nii.gz), or a DICOM "
+                             "series as a folder or .zip")
     parser.add_argument("--prompt", required=True, help="text prompt describing the target")
     _add_prediction_options(parser, seed_default=None)
+    parser.add_argument("--series", type=int, default=None,
+                        help="volumes: which series of a DICOM folder or zip holding several (0-based, as the "
+                             "refusal lists them) (default: refuse a source with several series)")
+    parser.add_argument("--window", default=None,
+                        help="volumes: intensity window, a CT preset (Soft tissue, Lung, Bone, Brain, Liver, "
+                             "Mediastinum) or CENTER,WIDTH in the scan's units (default: Soft tissue for CT, "
+                             "the 0.5-99.5th percentiles otherwise)")
     parser.add_argument("--out-dir", default=".", help="folder for the mask and maps (default: %(default)s)")
     _add_device(parser)
 
@@ -597,12 +609,125 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def _is_volume_source(path: Path) -> bool:
+    """NIfTI files, folders (DICOM series) and zips (of a DICOM series) are volumes; any other file
+    is a 2-D image (a single DICOM file included)."""
+    from medclipseg.io.volumes import is_nifti_name
+
+    return is_nifti_name(path.name) or path.is_dir() or path.name.lower().endswith(".zip")
+
+
+def _volume_stem(path: Path, series) -> str:
+    name = path.name.rstrip("/") or path.resolve().name
+    for suffix in (".nii.gz", ".nii", ".zip"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name + (f"_series{series}" if series is not None else "")
+
+
+def _parse_window(text):
+    """--window: None, a preset name, or "CENTER,WIDTH" as two numbers."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) == 2:
+        try:
+            return float(parts[0]), float(parts[1])
+        except ValueError:
+            pass
+    if len(parts) != 1 or not parts[0]:
+        raise ValueError(f"--window is a CT preset name or CENTER,WIDTH (two numbers); got {text!r}")
+    return parts[0]
+
+
+def _json_number(value):
+    """Scores as plain JSON numbers (numpy scalars and non-finite floats made portable)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) or getattr(value, "dtype", None) is not None and value.dtype.kind in "iu":
+        return int(value)
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def run_predict_volume(args, source: Path) -> int:
+    """predict on a volume: read and check everything before the model loads, write the three files
+    together (none stays when one fails)."""
+    import numpy as np
+
+    from medclipseg.inference.predictor import Predictor
+    from medclipseg.inference.volume import predict_volume, volume_window
+    from medclipseg.io.prompts import validate_prompt
+    from medclipseg.io.volume_writers import write_nifti
+    from medclipseg.io.volumes import is_nifti_name, read_volume
+
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist")
+    if args.series is not None:
+        if is_nifti_name(source.name):
+            raise ValueError("--series picks one series of a DICOM folder or zip; a NIfTI file holds one volume")
+        if args.series < 0:
+            raise ValueError(f"--series counts from 0; got {args.series}")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if not 0.0 < args.threshold < 1.0:
+        raise ValueError(f"--threshold must lie strictly between 0 and 1, got {args.threshold:g}")
+    prompt = validate_prompt(args.prompt)
+    if is_nifti_name(source.name):
+        volume = read_volume(source)
+    else:
+        from medclipseg.io.dicom_series import read_dicom_volume
+
+        volume = read_dicom_volume(source, series_index=args.series)
+    window = _parse_window(args.window)
+    volume_window(volume, window)  # a bad window is refused before the model loads
+
+    predictor = Predictor.from_pretrained(args.weights, mode=args.mode, device=args.device)
+    prediction = predict_volume(predictor, volume, prompt, num_samples=args.num_samples, threshold=args.threshold,
+                                seed=args.seed, window=window)
+    out = Path(args.out_dir)
+    stem = _volume_stem(source, args.series)
+    files = {"mask": (out / f"{stem}_mask.nii.gz", prediction.mask, np.uint8),
+             "probability": (out / f"{stem}_probability.nii.gz", prediction.probability, np.float32),
+             "entropy": (out / f"{stem}_entropy.nii.gz", prediction.entropy, np.float32)}
+    created = not out.exists()
+    written = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for path, values, dtype in files.values():
+            written.append(write_nifti(volume, values, path, dtype=dtype))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    for note in prediction.conversions:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps({"mask": str(files["mask"][0]), "probability": str(files["probability"][0]),
+                      "entropy": str(files["entropy"][0]), "shape": list(volume.shape),
+                      "spacing_mm": [round(v, 6) for v in volume.spacing], "slice_plane": prediction.slice_plane,
+                      "start_slice": int(prediction.start_slice), "window": list(prediction.window),
+                      "num_samples": prediction.num_samples, "threshold": prediction.threshold,
+                      "seconds": round(prediction.seconds, 3),
+                      "scores": {key: _json_number(value) for key, value in prediction.scores.items()}}))
+    return 0
+
+
 def run_predict(args) -> int:
     import cv2
     import numpy as np
 
     from medclipseg.inference.predictor import Predictor
 
+    source = Path(args.image)
+    if _is_volume_source(source):
+        return run_predict_volume(args, source)
+    if args.series is not None or args.window is not None:
+        option = "--series" if args.series is not None else "--window"
+        raise ValueError(f"{option} applies to volumes (NIfTI files, DICOM series folders and zips); "
+                         f"{source.name} is read as a 2-D image")
     predictor = Predictor.from_pretrained(args.weights, mode=args.mode, device=args.device)
     prediction = predictor.predict(args.image, args.prompt, num_samples=args.num_samples,
                                    threshold=args.threshold, seed=args.seed)

@@ -199,3 +199,157 @@ def test_building_the_parser_does_not_import_torch():
     code = ("import medclipseg.cli, sys; medclipseg.cli.build_parser(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT), timeout=120)
+
+
+# -- predict on volumes -------------------------------------------------------------------------
+
+
+def _t1_block(depth: int = 6):
+    """A 40 x 44 x depth block of the real T1 (skips without mricron-data), its affine moved to match."""
+    from medclipseg.io.volumes import ScanVolume
+    from volume_support import real_t1
+
+    t1 = real_t1(crop=True)
+    start = np.array([12, 14, 14])
+    affine = t1.affine.copy()
+    affine[:3, 3] = t1.affine[:3, :3] @ start + t1.affine[:3, 3]
+    array = np.ascontiguousarray(t1.array[12:52, 14:58, 14:14 + depth])
+    return ScanVolume(array=array, affine=affine, modality="MR", name="t1 block")
+
+
+def _predict_volume_args(weights, image, out_dir, *extra):
+    return ["predict", "--weights", str(weights), "--image", str(image), "--prompt", "Brain in the brain MRI image.",
+            "--num-samples", "2", "--seed", "0", "--out-dir", str(out_dir), "--device", "cpu", *extra]
+
+
+def test_predict_nifti_writes_masks_on_the_file_grid(trained_run, tmp_path, capsys):
+    import nibabel as nib
+
+    block = _t1_block()
+    # stored L-P-S with axes permuted, so "the file's own grid" is not RAS
+    ornt = np.array([[1, -1], [0, -1], [2, 1]])
+    array = nib.orientations.apply_orientation(block.array, ornt)
+    affine = block.affine @ nib.orientations.inv_ornt_aff(ornt, block.shape)
+    scan = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(array), affine), scan)
+    out_dir = tmp_path / "out"
+    code = main(_predict_volume_args(trained_run["run"] / "best", scan, out_dir))
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["mask"] == str(out_dir / "head_mask.nii.gz")
+    assert printed["probability"] == str(out_dir / "head_probability.nii.gz")
+    assert printed["entropy"] == str(out_dir / "head_entropy.nii.gz")
+    assert printed["shape"] == [44, 40, 6] and printed["slice_plane"] == "axial"
+    assert 0 <= printed["start_slice"] < 6 and printed["num_samples"] == 2 and printed["seconds"] > 0
+    assert {"band_entropy", "mean_entropy", "foreground_fraction", "expected_dice"} <= set(printed["scores"])
+    assert sorted(p.name for p in out_dir.iterdir()) == ["head_entropy.nii.gz", "head_mask.nii.gz",
+                                                          "head_probability.nii.gz"]
+    mask_image = nib.load(out_dir / "head_mask.nii.gz")
+    assert mask_image.shape == array.shape and mask_image.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(mask_image.affine, affine, atol=1e-5)
+    assert "".join(nib.aff2axcodes(mask_image.affine)) == "PLS"
+    mask = np.asarray(mask_image.dataobj)
+    assert set(np.unique(mask)) <= {0, 1}
+    probability = nib.load(out_dir / "head_probability.nii.gz")
+    entropy = nib.load(out_dir / "head_entropy.nii.gz")
+    for image in (probability, entropy):
+        assert image.shape == array.shape and image.get_data_dtype() == np.float32
+        np.testing.assert_allclose(image.affine, affine, atol=1e-5)
+    values = np.asarray(probability.dataobj)
+    np.testing.assert_array_equal(mask, (values > 0.5).astype(np.uint8))
+    assert np.all((values >= 0) & (values <= 1))
+    assert np.all((np.asarray(entropy.dataobj) >= 0) & (np.asarray(entropy.dataobj) <= np.float16(np.log(2))))
+
+
+def test_predict_dicom_zip_writes_the_mask_on_the_series_grid(trained_run, tmp_path, capsys):
+    import nibabel as nib
+
+    from medclipseg.io.dicom_series import read_dicom_volume
+    from volume_support import write_dicom_series, zip_folder
+
+    write_dicom_series(_t1_block(), tmp_path / "series")
+    archive = zip_folder(tmp_path / "series", tmp_path / "t1 series.zip")
+    series = read_dicom_volume(archive)
+    out_dir = tmp_path / "out"
+    assert main(_predict_volume_args(trained_run["run"] / "best", archive, out_dir)) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["mask"] == str(out_dir / "t1 series_mask.nii.gz")
+    mask_image = nib.load(printed["mask"])
+    assert mask_image.shape == series.shape == (40, 44, 6)
+    np.testing.assert_allclose(mask_image.affine, series.affine, atol=1e-4)
+    assert printed["shape"] == list(series.shape)
+
+
+def test_predict_several_series_are_refused_in_words_unless_one_is_picked(trained_run, tmp_path, capsys):
+    import nibabel as nib
+    from pydicom.uid import generate_uid
+
+    from medclipseg.io.dicom_series import list_dicom_series
+    from volume_support import write_dicom_series, write_localizer, zip_folder
+
+    study = generate_uid()
+    write_dicom_series(_t1_block(depth=4), tmp_path / "study" / "t1", study_uid=study)
+    write_localizer(tmp_path / "study" / "localizer", study)
+    archive = zip_folder(tmp_path / "study", tmp_path / "study.zip")
+    out_dir = tmp_path / "out"
+    code = main(_predict_volume_args(trained_run["run"] / "best", archive, out_dir))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "medclipseg predict: error:" in err and "holds 2 series" in err and "never merged" in err
+    assert not out_dir.exists()
+    index = next(info.index for info in list_dicom_series(archive) if info.slices == 4)
+    assert main(_predict_volume_args(trained_run["run"] / "best", archive, out_dir, "--series", str(index))) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["mask"] == str(out_dir / f"study_series{index}_mask.nii.gz")
+    assert nib.load(printed["mask"]).shape == (40, 44, 4)
+
+
+def test_predict_truncated_nifti_is_refused_and_nothing_is_written(trained_run, tmp_path, capsys):
+    import gzip
+
+    import nibabel as nib
+
+    block = _t1_block()
+    whole = tmp_path / "whole.nii"
+    nib.save(nib.Nifti1Image(block.array, block.affine), whole)
+    truncated = tmp_path / "scan.nii.gz"
+    truncated.write_bytes(gzip.compress(whole.read_bytes()[: 352 + 1000]))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code = main(_predict_volume_args(trained_run["run"] / "best", truncated, out_dir))
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "medclipseg predict: error:" in captured.err and "truncated" in captured.err
+    assert captured.out == "" and list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--window", "Lung"], "Window presets are in Hounsfield units and apply to CT"),
+    (["--window", "40,0"], "width positive"),
+    (["--window", "40,50,60"], "--window is a CT preset name or CENTER,WIDTH"),
+    (["--series", "1"], "--series picks one series of a DICOM folder or zip"),
+    (["--threshold", "1"], "--threshold must lie strictly between 0 and 1"),
+    (["--num-samples", "0"], "--num-samples must be at least 1"),
+])
+def test_predict_volume_bad_options_exit_code(tmp_path, capsys, extra, words):
+    import nibabel as nib
+
+    block = _t1_block(depth=3)
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(block.array, block.affine), scan)
+    out_dir = tmp_path / "out"
+    # a model that does not exist: the options are refused before any model is loaded
+    code = main(_predict_volume_args(tmp_path / "no_such_model", scan, out_dir, *extra))
+    assert code == 2
+    assert words in capsys.readouterr().err
+    assert not out_dir.exists()
+
+
+def test_predict_volume_options_are_refused_for_images(tmp_path, capsys):
+    image_path = tmp_path / "scan.png"
+    cv2.imwrite(str(image_path), _circle_pair(3)[0])
+    code = main(["predict", "--weights", str(tmp_path / "no_such_model"), "--image", str(image_path),
+                 "--prompt", "a lesion", "--window", "Lung", "--out-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 2
+    assert "--window applies to volumes" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
