@@ -9,8 +9,10 @@ maps are compacted to 8 bit as a case stores them; then the baseline, in the sam
 display slices, windowed the same way, predicted one by one with ``predictor.predict`` with the
 same per-slice seeds (so the maps must agree too; the largest difference is printed).
 
-peak_rss_mb is the process's peak resident memory (``ru_maxrss``) once the volume is predicted
-and compacted: the model, the scan, the maps and the 8-bit copy, before the baseline runs.
+peak_rss_mb is the process's peak resident memory (``ru_maxrss``) once the volume is predicted:
+the libraries and the model, the scan, the float16 maps, the mask and the passes' activations. It is
+read before the 8-bit copy is made, which a case store does not hold whole (it quantises and writes
+one slice at a time); torch alone is about 0.7 GB of it, open_clip and its imports 0.3 GB more.
 slice_open_ms is the median time to build one display slice's payload from what a stored case
 holds: the scan slice windowed to uint8, and its probability and entropy from the 8-bit maps.
 The last line reads ``volume_s=<x> slices=<n> peak_rss_mb=<m> slice_open_ms=<y>``.
@@ -66,7 +68,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=parse_size, default=(256, 256, 108), help="voxels i x j x k")
     parser.add_argument("--samples", type=int, default=8, help="Monte-Carlo samples per slice")
-    parser.add_argument("--batch-slices", type=int, default=8, help="slices per forward pass")
+    parser.add_argument("--batch-slices", type=int, default=None,
+                        help="slices per forward pass (default: predict_volume's, a pass of chunk_size images)")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--baseline-slices", type=int, default=None,
                         help="predict only this many slices one by one and scale the time up (default: all)")
@@ -89,10 +92,11 @@ def main():
     prediction = predict_volume(predictor, volume, PROMPT, num_samples=args.samples, seed=0,
                                 batch_slices=args.batch_slices)
     volume_seconds = time.perf_counter() - started
-    compact = compact_maps(prediction)
     peak = peak_rss_mb()
+    compact = compact_maps(prediction)
+    per_pass = args.batch_slices or max(1, predictor.chunk_size // max(1, min(predictor.chunk_size, args.samples)))
     print(f"predict_volume: {volume_seconds:.2f} s ({1000 * volume_seconds / depth:.1f} ms per slice, "
-          f"{args.batch_slices} slices per pass); start slice {prediction.start_slice}; "
+          f"{per_pass} slices per pass); start slice {prediction.start_slice}; "
           f"band entropy {prediction.scores['band_entropy']:.4f}; peak RSS {peak:.0f} MB", flush=True)
 
     rng = np.random.default_rng(0)

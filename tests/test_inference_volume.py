@@ -389,6 +389,18 @@ def test_mr_window_is_the_percentile_window_of_the_voxels_above_the_minimum(bloc
     assert volume_window(unknown) == pytest.approx(_expected_mr_window(block.array), rel=1e-9)
 
 
+def test_large_volume_percentile_window_reads_an_even_stride(block, monkeypatch):
+    """Over PERCENTILE_SAMPLE_VOXELS voxels the window comes from every n-th voxel (no scan-sized copy)."""
+    import medclipseg.inference.volume as volume_module
+
+    monkeypatch.setattr(volume_module, "PERCENTILE_SAMPLE_VOXELS", 1000)
+    flat = block.array.reshape(-1).astype(np.float64)
+    stride = int(np.ceil(flat.size / 1000))
+    sample = flat[::stride]
+    low, high = np.percentile(sample[sample > flat.min()], [0.5, 99.5])
+    assert percentile_window(block.array) == pytest.approx(((low + high) / 2, high - low), rel=1e-9)
+
+
 # -------------------------------------------------------------------------- refusals
 
 

@@ -87,6 +87,9 @@ __all__ = [
 ]
 
 MAP_NAMES = ("probability", "entropy", "mutual_information")
+# The percentile window reads at most this many voxels (an even stride through the volume): exact
+# for volumes up to this size, and a copy of 64 MB at most instead of one as large as the scan.
+PERCENTILE_SAMPLE_VOXELS = 16_000_000
 MAP_DTYPE = np.float16
 DEFAULT_CT_WINDOW = "Soft tissue"
 CLEANUP_LARGEST = "largest"
@@ -120,7 +123,8 @@ def _percentiles_in_place(values: np.ndarray, percentiles: Sequence[float]) -> l
 
 def percentile_window(values: np.ndarray, percentiles: Optional[Sequence[float]] = None) -> tuple:
     """(center, width) spanning the given percentiles (default: realdata's 0.5 and 99.5) of the
-    voxels above the minimum, the one window of a non-CT volume (module docstring)."""
+    voxels above the minimum, the one window of a non-CT volume (module docstring). A volume of
+    more than PERCENTILE_SAMPLE_VOXELS voxels is read with an even stride (about that many)."""
     from medclipseg.datasets.realdata import DEFAULT_PERCENTILES
 
     low_pct, high_pct = (float(p) for p in (percentiles or DEFAULT_PERCENTILES))
@@ -128,7 +132,11 @@ def percentile_window(values: np.ndarray, percentiles: Optional[Sequence[float]]
         raise ValueError(f"Percentiles must satisfy 0 <= low < high <= 100; got {low_pct:g} and {high_pct:g}.")
     values = np.asarray(values)
     minimum = float(values.min())
-    selected = values[values > minimum]
+    flat = values.reshape(-1)
+    stride = -(-flat.size // PERCENTILE_SAMPLE_VOXELS)  # ceil: 1 (every voxel) up to the sample size
+    if stride > 1:
+        flat = flat[::stride]
+    selected = flat[flat > minimum]
     if selected.size == 0:
         return minimum, 1.0  # a constant volume: any positive width shows it as one grey
     low, high = _percentiles_in_place(selected.astype(np.float32, copy=False), (low_pct, high_pct))
@@ -363,19 +371,24 @@ def predict_volume(
     threshold: float = 0.5,
     seed: Optional[int] = None,
     window: Union[None, str, Sequence[float]] = None,
-    batch_slices: int = 8,
+    batch_slices: Optional[int] = None,
     cleanup: Union[None, str, int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> VolumePrediction:
     """Segment ``volume`` (a ScanVolume) slice by slice with ``predictor`` (module docstring).
 
     ``batch_slices`` slices share a forward pass (results do not depend on it beyond float
-    rounding); ``progress(slices done, total)`` is called after every pass.
+    rounding); by default as many as keep a pass at ``predictor.chunk_size`` images, the bound
+    ``Predictor.predict`` keeps (the upscaled feature maps of a pass are most of its memory).
+    ``progress(slices done, total)`` is called after every pass.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError("threshold must lie strictly between 0 and 1")
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
+    chunk = max(1, min(predictor.chunk_size, num_samples))
+    if batch_slices is None:
+        batch_slices = max(1, predictor.chunk_size // chunk)
     if int(batch_slices) < 1:
         raise ValueError("batch_slices must be >= 1")
     _check_cleanup(cleanup)
@@ -388,7 +401,6 @@ def predict_volume(
     device = predictor.device
     input_ids = input_ids.to(device)
     maps = {name: np.empty((depth, rows, columns), dtype=MAP_DTYPE) for name in MAP_NAMES}
-    chunk = max(1, min(predictor.chunk_size, num_samples))
     stochastic = bool(getattr(getattr(predictor.model, "config", None), "stochastic", True))
     for first in range(0, depth, int(batch_slices)):
         indices = range(first, min(first + int(batch_slices), depth))
