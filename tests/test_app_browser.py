@@ -149,7 +149,7 @@ def test_bad_uploads_show_messages_and_leave_db_untouched(server, page, tmp_path
     assert files_under(files_dir) == before_files
 
 
-def test_a_nifti_volume_is_refused_in_words_once(server, page, tmp_path):
+def test_a_broken_nifti_file_is_refused_in_words_once(server, page, tmp_path):
     import gzip
 
     url, db_path = server
@@ -162,9 +162,9 @@ def test_a_nifti_volume_is_refused_in_words_once(server, page, tmp_path):
                 node.querySelector('[data-testid=toast-body], .toast-body'))) window.__toasts++; })
             .observe(document.body, {subtree: true, childList: true}); }""")
     page.set_input_files("#upload input[type=file]", str(volume))
-    expected = ("brain_t1.nii.gz: NIfTI volumes (.nii, .nii.gz) are not supported yet: export a 2-D slice as PNG "
-                "or DICOM and upload that.")
-    page.wait_for_selector("#status :text('NIfTI volumes')")
+    # Volumes are read (tests/test_app_volume_browser.py); a file that is no NIfTI is refused by name.
+    expected = "brain_t1.nii.gz: the file is not a NIfTI-1 or NIfTI-2 image"
+    page.wait_for_selector("#status :text('brain_t1.nii.gz')")
     assert expected in page.inner_text("#status")
     page.wait_for_timeout(1500)   # a toast or a second message would have come by now
     assert page.evaluate("window.__toasts") == 0
@@ -172,12 +172,12 @@ def test_a_nifti_volume_is_refused_in_words_once(server, page, tmp_path):
     # The box is empty again, without an error badge; the message is said once.
     page.wait_for_selector("#upload input[type=file]", state="attached")
     assert page.locator("#upload [data-testid=status-tracker].error, #upload .error").count() == 0
-    assert page.inner_text("body").count("NIfTI volumes") == 1
+    assert page.inner_text("body").count("is not a NIfTI-1 or NIfTI-2 image") == 1
     assert db_rows(db_path, "select count(*) from cases") == before
     for width in (1440, 800):
         page.set_viewport_size({"width": width, "height": 900})
         page.wait_for_timeout(300)
-        page.screenshot(path=str(screenshot_dir(tmp_path) / f"upload-nifti-{width}.png"))
+        page.screenshot(path=str(screenshot_dir(tmp_path) / f"upload-broken-nifti-{width}.png"))
 
 
 def test_dicom_window_presets_change_the_picture(server, page, tmp_path):

@@ -5,13 +5,25 @@ Every handler takes the ``AnnotationService`` and typed values (file paths, numb
 left at ``KEEP`` stay as they are. ``medclipseg.app.layout`` turns a ``Screen`` into the
 ``{component: value}`` update Gradio expects, so these functions can be tested directly.
 Sliders re-render from the maps cached in the service; only ``segment`` and ``ingest`` run the model.
+
+Volumes (CT/MR scans) open in the same editor, one display slice at a time (see "volumes" below):
+the editor asks for slices through ``volume_slices`` (a server function of the editor component,
+answered without Gradio's queue) and every handler that keeps or saves a mask also takes the slice
+edits the editor sends. What counts as a *reviewed* slice, precisely: a slice the annotator edited
+(any change of its mask, the mask threshold slider included), a slice that stayed on screen for at
+least ``REVIEW_DWELL_MS`` (long enough to look at it; scrolling past with the wheel does not count),
+and the slice on screen when the volume is saved or accepted. Reviewed slices keep the mask they had
+when the annotator left them. A slice nobody reviewed keeps its start: the saved version's slice, or,
+when the work starts from the model, the model's mask at the volume's current mask threshold.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, fields
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -20,7 +32,21 @@ import numpy as np
 from medclipseg.annotation.queue import ACQUISITION_LABELS
 from medclipseg.annotation.service import AnnotationService, ConfirmationNeeded, RequestError
 from medclipseg.annotation.store import StorageError, VersionConflict
-from medclipseg.app.editor import EditorEdit, EditorError, case_payload, closed_value, read_edit, saved_value
+from medclipseg.annotation import volume_files
+from medclipseg.annotation.volume_workflow import is_volume_name
+from medclipseg.app.editor import (
+    EditorEdit,
+    EditorError,
+    VolumeEdit,
+    case_payload,
+    closed_value,
+    read_edit,
+    read_slice_request,
+    read_volume_edit,
+    saved_value,
+    slice_payload,
+    volume_block,
+)
 from medclipseg.app.render import enlarged, image_numbers, numbers_markdown, to_display
 from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY
 from medclipseg.io.dicom import CT_WINDOW_PRESETS
@@ -62,8 +88,15 @@ class EditorSession:
     case_id: int
     prediction_id: int
     name: str
-    shape: tuple                              # (height, width) of the image and mask
+    shape: tuple                              # (height, width) of the image and mask; of one slice for a volume
     pixel_spacing: Optional[tuple] = None     # (row, column) mm, when the file said
+    kind: str = "image"                       # "image" or "volume"
+    depth: Optional[int] = None               # a volume's slice count
+    slice_index: Optional[int] = None         # the slice a volume opened on (0-based, display order)
+
+    @property
+    def is_volume(self) -> bool:
+        return self.kind == "volume"
 
 
 @dataclass
@@ -157,7 +190,27 @@ def history_markdown(service: AnnotationService, case_id: int) -> str:
         lines.append(f"| v{row['version']} | {row['status']} | {row['annotator']} | {_when(row['created_at'])} | "
                      f"{row['pixels_changed']:,} (+{row['pixels_added']:,} / −{row['pixels_erased']:,}) | "
                      f"`{row.get('model_id') or '?'}` | {replaces} |")
+    case = service.store.get_case(case_id)
+    if case.is_volume:  # pixels above are voxels; which slices the latest version was reviewed on
+        latest = service.latest_correction(case_id)
+        depth = service.store.volume_geometry(case_id).depth
+        reviewed = sorted(_version_reviewed(latest))
+        lines += ["", f"v{latest['version']} was reviewed on {len(reviewed)} of {depth} slices"
+                      + (f": {slice_list(reviewed)}." if reviewed else ".")]
     return "\n".join(lines)
+
+
+def slice_list(indices) -> str:
+    """Display indices as 1-based slice numbers with ranges, e.g. "3–5, 9"."""
+    numbers = sorted({int(i) + 1 for i in indices})
+    parts, start = [], None
+    for position, number in enumerate(numbers):
+        if start is None:
+            start = number
+        if position + 1 == len(numbers) or numbers[position + 1] != number + 1:
+            parts.append(str(start) if start == number else f"{start}–{number}")
+            start = None
+    return ", ".join(parts)
 
 
 def _prediction_at(service: AnnotationService, prediction_id: int, threshold: float):
@@ -181,14 +234,20 @@ def numbers_text(service: AnnotationService, session: EditorSession, mask: np.nd
 
 def open_case(service: AnnotationService, case_id: int, prediction_id: int, annotator: Optional[str], *,
               threshold: Optional[float] = None, uncertainty_threshold: float = DEFAULT_VIEW["uncertainty_threshold"],
-              opacity: float = DEFAULT_VIEW["opacity"], use_stale_draft: bool = False) -> Screen:
+              opacity: float = DEFAULT_VIEW["opacity"], use_stale_draft: bool = False,
+              slice_index: Optional[int] = None) -> Screen:
     """Show a case in the editor, starting from (in this order) the annotator's draft, the latest
     saved version, or the model's mask. The save that follows must name the version shown.
 
     A draft begun before the latest version was saved (someone else saved meanwhile) is not
     shown over it unasked: the latest version opens, the draft is kept, and ``use_stale_draft``
-    (the *Use my draft* button) puts it back on top of that version."""
+    (the *Use my draft* button) puts it back on top of that version. A volume opens on
+    ``slice_index`` (default: its start slice; see ``open_volume_case``)."""
     case = service.store.get_case(case_id)
+    if case.is_volume:
+        return open_volume_case(service, case, prediction_id, annotator, threshold=threshold,
+                                uncertainty_threshold=uncertainty_threshold, opacity=opacity,
+                                use_stale_draft=use_stale_draft, slice_index=slice_index)
     if case.width * case.height > EDITOR_MAX_PIXELS:
         # The page holds the maps of the whole image (6 bytes a pixel and a few masks).
         message = (f"Case #{case.id} ({case.width} x {case.height}) is larger than the editor holds "
@@ -279,6 +338,10 @@ def _keep_draft(service: AnnotationService, session: Optional[EditorSession], ed
     if session is None or not isinstance(editor_value, dict) or editor_value.get("kind") != "edit" \
             or editor_value.get("case_id") != session.case_id:
         return None
+    if session.is_volume:
+        state = _read_volume_value(service, session, editor_value)
+        _keep_volume_work(service, session, state, annotator)
+        return state.edit
     edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
     if edit.dirty and annotator:
         service.save_draft(session.case_id, annotator, edit.mask, prediction_id=edit.prediction_id,
@@ -300,21 +363,56 @@ def _view_of(editor_value) -> dict:
 # ------------------------------------------------------------------------------ image tab
 
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
-VOLUMES_NOT_YET = ("NIfTI volumes (.nii, .nii.gz) are not supported yet: export a 2-D slice as PNG or DICOM "
-                   "and upload that.")
+VOLUME_READ_FAILED = (USER_ERRORS + (ImportError,))   # reading a DICOM series needs an optional module
+
+
+def _preview_window(values: np.ndarray, modality: str) -> tuple:
+    """A window for the upload's preview only (the model's own window is chosen when it segments):
+    CT's soft-tissue window, else the 1st to 99th percentile of the voxels."""
+    if str(modality or "").upper() == "CT":
+        return CT_WINDOW_PRESETS.get("Soft tissue", (40.0, 400.0))
+    low, high = (float(v) for v in np.percentile(values, [1, 99]))
+    return (low + high) / 2.0, max(high - low, 1e-3)
+
+
+def _upload_volume(service: AnnotationService, file_path: str, name: str) -> Screen:
+    """Preview a scan (NIfTI, or a zip of one DICOM series): its middle slice and its geometry."""
+    from medclipseg.io.volumes import window_to_uint8
+
+    try:
+        volume = service.read_scan(file_path, name=name)
+    except VOLUME_READ_FAILED as exc:
+        text = (f"DICOM series cannot be read by this installation ({exc})." if isinstance(exc, ImportError)
+                else str(exc))
+        return Screen(upload=None, preview=None, image_info="", dicom_controls=False, windowed=False,
+                      status=error_text(text if name in text else f"{name}: {text}"))
+    plane = volume.slice_plane
+    display = volume.to_display(plane=plane)
+    depth, rows, columns = display.shape
+    middle = display[depth // 2]
+    grey = window_to_uint8(middle, _preview_window(display, volume.modality))
+    spacing = " × ".join(f"{float(v):.2f}" for v in volume.spacing)
+    notes = (f"**{name}**: a volume of {' × '.join(map(str, volume.shape))} voxels ({spacing} mm, "
+             f"{volume.orientation_codes()}), {volume.modality or 'modality not recorded'}; segmented as {depth} "
+             f"{plane} slices of {columns} × {rows} (preview: slice {depth // 2 + 1})")
+    if volume.conversions:
+        notes += "; " + "; ".join(volume.conversions)
+    return Screen(preview=enlarged(to_display(np.repeat(grey[..., None], 3, axis=2), PREVIEW_SIDE)),
+                  image_info=notes, dicom_controls=False, windowed=False,
+                  status=f"Loaded **{name}**, a volume of {depth} {plane} slices: type what to segment and press "
+                         "**Segment** to segment it slice by slice.")
 
 
 def upload(service: AnnotationService, file_path: Optional[str]) -> Screen:
-    """Preview an upload; a file that cannot be read is cleared from the box, its message stays."""
+    """Preview an upload; a file that cannot be read is cleared from the box, its message stays.
+    A NIfTI file or a zip (a DICOM series) is a volume."""
     if not file_path:
         return Screen(preview=None, image_info="", dicom_controls=False, windowed=False)
     name = Path(file_path).name
     # The upload box takes any file (its own type check only says "Invalid file type"), so the
     # refusals are here, in words.
-    if name.lower().endswith(VOLUME_SUFFIXES):
-        return Screen(upload=None, preview=None, image_info="", dicom_controls=False, windowed=False,
-                      status=error_text(f"{name}: {VOLUMES_NOT_YET}"))
+    if is_volume_name(name):
+        return _upload_volume(service, file_path, name)
     try:
         loaded = service.read(file_path, name=name)
     except USER_ERRORS as exc:
@@ -376,6 +474,9 @@ def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *
     if not file_path:
         return Screen(status=error_text("Upload an image (or pick an example) first."))
     name = Path(file_path).name
+    if is_volume_name(name):
+        return segment_volume(service, file_path, prompt, samples=samples, annotator=annotator,
+                              editor_value=editor_value, progress=progress, session=session)
     try:
         _keep_draft(service, session, editor_value, annotator)
         if progress:
@@ -397,6 +498,39 @@ def segment(service: AnnotationService, file_path: Optional[str], prompt: str, *
     return screen
 
 
+def segment_volume(service: AnnotationService, file_path: str, prompt: str, *, samples: int,
+                   annotator: Optional[str] = None, editor_value=None,
+                   progress: Optional[Callable[[float, str], None]] = None,
+                   session: Optional[EditorSession] = None) -> Screen:
+    """Segment a scan slice by slice, store it as one volume case (claimed by ``annotator``) and open it
+    on its start slice, the model's most uncertain. Samples per slice: the slider's, at most the
+    service's volume setting (a volume multiplies the model's time by its slice count)."""
+    name = Path(file_path).name
+    samples = min(int(samples), int(service.volume_samples))
+    try:
+        _keep_draft(service, session, editor_value, annotator)
+        if progress:
+            progress(0.05, "Reading the scan")
+        result = service.segment_volume(file_path, prompt, name=name, num_samples=samples, annotator=annotator,
+                                        add_to_queue=True, progress=progress)
+        if progress:
+            progress(0.97, "Sending the start slice to the editor")
+        screen = open_case(service, result.case.id, result.prediction_id, annotator, **_view_of(editor_value))
+    except VOLUME_READ_FAILED as exc:
+        return Screen(status=error_text(exc))
+    if screen.session is None:
+        return screen
+    prediction = result.prediction
+    seconds = float(getattr(prediction, "seconds", 0.0) or 0.0)
+    note = " (prompt truncated to the model's token limit)" if getattr(prediction, "prompt_truncated", False) else ""
+    screen.status = (f"Segmented **{name}** ({screen.session.depth} slices) in {seconds:.1f} s with "
+                     f"{getattr(prediction, 'num_samples', samples)} samples per slice by "
+                     f"`{getattr(prediction, 'model_id', '?')}`{note}; opened on slice {screen.session.slice_index + 1}, "
+                     f"the most uncertain. {screen.editor['start_note']}"
+                     + ("" if annotator else f" **{EDIT_NEEDS_NAME}**"))
+    return screen
+
+
 # ------------------------------------------------------------------------------ the editor's events
 
 
@@ -407,8 +541,16 @@ def editor_changed(service: AnnotationService, session: Optional[EditorSession],
             or editor_value.get("case_id") != session.case_id:
         return Screen()
     try:
-        edit = _keep_draft(service, session, editor_value, annotator)
-        numbers = numbers_text(service, session, edit.mask, edit.threshold, edit.uncertainty_threshold)
+        if session.is_volume:
+            state = _read_volume_value(service, session, editor_value)
+            work = _keep_volume_work(service, session, state, annotator)
+            edit = state.edit
+            numbers = volume_numbers_text(service, session, state.index, edit.mask, edit.threshold,
+                                          edit.uncertainty_threshold,
+                                          reviewed=len(work.reviewed) if work else len(state.reviewed))
+        else:
+            edit = _keep_draft(service, session, editor_value, annotator)
+            numbers = numbers_text(service, session, edit.mask, edit.threshold, edit.uncertainty_threshold)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
     screen = Screen(numbers=numbers)
@@ -467,6 +609,8 @@ def save(service: AnnotationService, session: Optional[EditorSession], editor_va
         return _no_session()
     if not (annotator or "").strip():
         return Screen(status=error_text("Not saved. " + NAME_NEEDED))
+    if session.is_volume:
+        return _save_volume(service, session, editor_value, annotator, accepting=False)
     try:
         edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
         start_mask, start_label = _start_mask(service, session, edit)
@@ -499,6 +643,8 @@ def accept(service: AnnotationService, session: Optional[EditorSession], editor_
         return _no_session()
     if not (annotator or "").strip():
         return Screen(status=error_text("Not saved. " + NAME_NEEDED))
+    if session.is_volume:
+        return _save_volume(service, session, editor_value, annotator, accepting=True)
     try:
         edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
         edited = _differs_from_model(service, edit)
@@ -588,25 +734,581 @@ def next_case(service: AnnotationService, acquisition: str, annotator: Optional[
     if screen.session is None:
         return screen
     screen.prompt = view.case.prompt
+    model_id = _prediction_facts(service, view.prediction_id)["model_id"] if view.case.is_volume \
+        else view.prediction.model_id
+    where = (f", opened on slice {screen.session.slice_index + 1} of {screen.session.depth} (the model's most "
+             "uncertain)") if view.case.is_volume else ""
     screen.status = (f"Case #{view.case.id} (**{view.case.original_name}**), ranked by "
-                     f"{acquisition_label(acquisition)}; predicted by `{view.prediction.model_id}`"
-                     f"{prediction_age(service, view.prediction.model_id)}; prompt: “{view.case.prompt}”. "
+                     f"{acquisition_label(acquisition)}; predicted by `{model_id}`"
+                     f"{prediction_age(service, model_id)}; prompt: “{view.case.prompt}”{where}. "
                      f"{screen.editor['start_note']}")
     return screen
 
 
-def reopen(service: AnnotationService, case_id, annotator: Optional[str]) -> Screen:
-    """Open a stored case again (after a browser reload): its latest prediction, the annotator's draft first."""
+def reopen(service: AnnotationService, case_id, annotator: Optional[str], slice_index=None) -> Screen:
+    """Open a stored case again (after a browser reload): its latest prediction, the annotator's draft
+    first; a volume on the slice the annotator was on (``slice_index``, kept in the browser)."""
     try:
         case_id = int(case_id)
         prediction_id = service.store.latest_prediction_id(case_id)
         if prediction_id is None:
             return Screen()
-        screen = open_case(service, case_id, prediction_id, annotator)
+        screen = open_case(service, case_id, prediction_id, annotator, slice_index=slice_index)
     except (TypeError, ValueError, *USER_ERRORS):
         return Screen()
     if screen.session is not None:
         screen.status = screen.editor["start_note"]
+    return screen
+
+
+# ------------------------------------------------------------------------------ volumes
+
+
+REVIEW_DWELL_MS = 700        # on screen this long, a slice counts as reviewed (mask_editor.js; module docstring)
+WORK_CACHE_SIZE = 8          # annotators' volume work held between requests (one volume mask each)
+PREDICTED_CACHE_SIZE = 4     # predicted volume masks held (decoding one is the slow part of serving a slice)
+
+
+@dataclass
+class VolumeWork:
+    """One annotator's work on one volume case, held by the server between the editor's requests and
+    kept in the store as their draft.
+
+    ``mosaic`` is the volume mask as the store keeps it (slices stacked). It is the annotator's on the
+    reviewed slices; the others show the start: the slices of the version the work builds on, or, when
+    it ``follows_model``, the model's mask at ``threshold`` (computed when needed, so moving the mask
+    threshold moves every slice nobody reviewed). ``revisions`` holds, per slice, the editor revision
+    stored from the page ``session``, so that a request arriving late cannot put an older mask back."""
+
+    case_id: int
+    annotator: str
+    prediction_id: int
+    mosaic: np.ndarray
+    reviewed: set
+    base_version: Optional[int]
+    follows_model: bool
+    threshold: float
+    latest_version: Optional[int]      # the case's latest version when this was read (a newer save: read again)
+    keep_older_draft: bool = False     # an older draft waits for *Use my draft*: looking around does not replace it
+    session: str = ""
+    revisions: dict = field(default_factory=dict)
+
+
+class _VolumeMemory:
+    """What the server holds of volumes between requests, per store: the annotators' work (with a lock
+    each, so that the editor's slice requests and Gradio's events never write a draft at the same time)
+    and the predicted volume masks."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict = {}
+        self._work: "OrderedDict[tuple, VolumeWork]" = OrderedDict()
+        self._predicted: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+
+    def lock(self, key: tuple) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.RLock())
+
+    def work(self, key: tuple) -> Optional[VolumeWork]:
+        with self._guard:
+            work = self._work.get(key)
+            if work is not None:
+                self._work.move_to_end(key)
+            return work
+
+    def keep(self, key: tuple, work: VolumeWork) -> None:
+        with self._guard:
+            self._work[key] = work
+            self._work.move_to_end(key)
+            while len(self._work) > WORK_CACHE_SIZE:
+                self._work.popitem(last=False)
+
+    def forget(self, key: tuple) -> None:
+        with self._guard:
+            self._work.pop(key, None)
+
+    def predicted(self, service: AnnotationService, prediction_id: int) -> np.ndarray:
+        """The prediction's own volume mask (read-only; predictions never change once stored)."""
+        key = (str(service.store.path), int(prediction_id))
+        with self._guard:
+            mask = self._predicted.get(key)
+            if mask is not None:
+                self._predicted.move_to_end(key)
+                return mask
+        mask = np.asarray(service.store.load_mask(service.store.prediction_row(prediction_id)["mask_path"]), bool)
+        mask.setflags(write=False)
+        with self._guard:
+            self._predicted[key] = mask
+            while len(self._predicted) > PREDICTED_CACHE_SIZE:
+                self._predicted.popitem(last=False)
+        return mask
+
+
+VOLUMES = _VolumeMemory()
+
+
+def _work_key(service: AnnotationService, case_id: int, annotator: Optional[str]) -> tuple:
+    return str(service.store.path), int(case_id), annotator or ""
+
+
+def _rows(geometry, index: int) -> slice:
+    """The rows of slice ``index`` in a volume mask (slices stacked top to bottom)."""
+    return slice(int(index) * geometry.rows, (int(index) + 1) * geometry.rows)
+
+
+@dataclass
+class SliceMaps:
+    """One slice of a volume prediction: the stored (8-bit) maps and the model's own mask."""
+
+    probability: np.ndarray      # float32
+    entropy: np.ndarray          # float32, nats
+    predicted: np.ndarray        # the model's mask at its own threshold
+    threshold: float             # the prediction's threshold
+
+    def model(self, threshold: float) -> np.ndarray:
+        """The model's mask at ``threshold`` as the store compares a save with it: its own mask at its
+        own threshold, else the stored probability above the threshold (in float32, as numpy compares)."""
+        if float(threshold) == self.threshold:
+            return self.predicted
+        return self.probability > np.float32(threshold)
+
+    def editor_probability(self) -> np.ndarray:
+        """The stored probability, moved to the threshold's edge where it disagrees with the model's own
+        mask (never by more than the 8-bit step, 1/255), so that the editor, thresholding it, draws the
+        model's own mask at the prediction's threshold and the stored probability's mask at the slider's
+        other steps (0.01 apart): ``model`` in both cases."""
+        limit = np.float32(self.threshold)
+        out = self.probability.copy()
+        out[self.predicted & ~(out > limit)] = np.nextafter(limit, np.float32(1))
+        out[~self.predicted & (out > limit)] = limit
+        return out
+
+
+def slice_maps(service: AnnotationService, geometry, prediction_id: int, index: int) -> SliceMaps:
+    """Slice ``index`` of a volume prediction, read member by member (never the whole volume of maps)."""
+    row = service.store.prediction_row(prediction_id)
+    maps_path = Path(service.store.files_dir) / row["maps_path"]
+    predicted = volume_files.mosaic_slice(VOLUMES.predicted(service, prediction_id), geometry, index)
+    return SliceMaps(probability=volume_files.read_map_slice(maps_path, "probability", index),
+                     entropy=volume_files.read_map_slice(maps_path, "entropy", index),
+                     predicted=np.asarray(predicted, bool), threshold=float(row["threshold"]))
+
+
+def model_mosaic(service: AnnotationService, prediction_id: int, threshold: float) -> np.ndarray:
+    """The model's volume mask at ``threshold``: what the store compares a volume save with."""
+    row = service.store.prediction_row(prediction_id)
+    if float(threshold) == float(row["threshold"]):
+        return VOLUMES.predicted(service, prediction_id)
+    return volume_files.mosaic(service.store.prediction_maps_volume(prediction_id) > np.float32(threshold))
+
+
+def composed_mask(service: AnnotationService, work: VolumeWork) -> np.ndarray:
+    """The whole volume mask of ``work``: its reviewed slices, and the start on the others."""
+    if not work.follows_model:
+        return np.array(work.mosaic, bool)
+    out = np.array(model_mosaic(service, work.prediction_id, work.threshold), bool)
+    geometry = service.store.volume_geometry(work.case_id)
+    for index in work.reviewed:
+        out[_rows(geometry, index)] = work.mosaic[_rows(geometry, index)]
+    return out
+
+
+def _version_reviewed(row: dict) -> set:
+    return {int(i) for i in json.loads(row.get("reviewed_slices") or "[]")}
+
+
+def _open_work(service: AnnotationService, case, prediction_id: int, annotator: Optional[str], *,
+               threshold: Optional[float] = None, use_stale_draft: bool = False, base_version=KEEP) -> tuple:
+    """(work, start, draft, latest version row, stale) for an annotator opening a volume case: their
+    draft, else the latest saved version, else the model's mask (as ``open_case`` chooses for an image).
+
+    ``base_version`` (the version the editor names; given when the server rebuilds work it no longer
+    holds) takes the draft only when it builds on that version."""
+    store = service.store
+    own_threshold = float(store.prediction_row(prediction_id)["threshold"])
+    latest = service.latest_correction(case.id)
+    latest_version = None if latest is None else int(latest["version"])
+    draft = service.draft(case.id, annotator) if annotator else None
+    stale = draft is not None and latest is not None and draft.base_version != latest_version
+    if base_version is KEEP:
+        take_draft = draft is not None and (not stale or use_stale_draft)
+    else:
+        take_draft = draft is not None and draft.base_version == base_version
+    common = dict(case_id=int(case.id), annotator=annotator or "", prediction_id=int(prediction_id),
+                  latest_version=latest_version)
+    if take_draft:
+        work = VolumeWork(mosaic=np.array(draft.mask, bool), reviewed={int(i) for i in draft.reviewed_slices},
+                          base_version=latest_version if stale else draft.base_version,
+                          follows_model=draft.base_version is None,
+                          threshold=own_threshold if draft.threshold is None else float(draft.threshold), **common)
+        start = "draft"
+    elif latest is not None:
+        work = VolumeWork(mosaic=np.array(store.load_mask(latest["mask_path"]), bool),
+                          reviewed=_version_reviewed(latest), base_version=latest_version, follows_model=False,
+                          threshold=own_threshold if latest.get("threshold") is None else float(latest["threshold"]),
+                          keep_older_draft=draft is not None, **common)
+        start = "version"
+    else:
+        work = VolumeWork(mosaic=np.array(VOLUMES.predicted(service, prediction_id), bool), reviewed=set(),
+                          base_version=None, follows_model=True,
+                          threshold=own_threshold if threshold is None else float(threshold), **common)
+        start = "prediction"
+    if base_version is not KEEP:
+        work.base_version = base_version  # a save must still be checked against the version the editor showed
+    return work, start, draft, latest, stale
+
+
+def _work_for(service: AnnotationService, case_id: int, annotator: Optional[str], edit: EditorEdit) -> VolumeWork:
+    """The annotator's work on the volume the editor shows (held, or read again from the store when the
+    server no longer holds it or a save happened since). Call with the work's lock held."""
+    key = _work_key(service, case_id, annotator)
+    latest = service.latest_correction(case_id)
+    latest_version = None if latest is None else int(latest["version"])
+    work = VOLUMES.work(key)
+    if work is not None and work.latest_version == latest_version and work.prediction_id == edit.prediction_id \
+            and work.base_version == edit.base_version:
+        return work
+    work = _open_work(service, service.store.get_case(case_id), edit.prediction_id, annotator,
+                      threshold=edit.threshold, base_version=edit.base_version)[0]
+    VOLUMES.keep(key, work)
+    return work
+
+
+def _take_editor_state(work: VolumeWork, geometry, state: VolumeEdit, *, on_screen_reviewed: bool = False) -> bool:
+    """Put the editor's slices into ``work``: the edits of slices it left (``pending``) and the slice on
+    screen once it counts as reviewed. True when the draft must be written again."""
+    edit = state.edit
+    if state.session != work.session:  # another page (a reload): its revisions count from zero
+        work.session, work.revisions = state.session, {}
+    reviewed = set(state.reviewed)
+    if on_screen_reviewed:
+        reviewed.add(state.index)
+    masks = [(item.index, item.revision, item.mask) for item in state.pending]
+    if state.index in reviewed:
+        masks.append((state.index, edit.revision, edit.mask))
+    changed = False
+    for index, revision, mask in masks:
+        if work.revisions.get(index, -1) > revision:
+            continue  # a newer mask of this slice is stored already: this request was overtaken
+        work.revisions[index] = revision
+        reviewed.add(index)
+        rows = _rows(geometry, index)
+        if not np.array_equal(work.mosaic[rows], mask):
+            work.mosaic[rows] = mask
+            changed = True
+    grew = not reviewed <= work.reviewed
+    work.reviewed |= reviewed
+    moved = float(edit.threshold) != work.threshold
+    work.threshold = float(edit.threshold)
+    if work.keep_older_draft and not changed:
+        return False
+    return changed or grew or (moved and work.follows_model)
+
+
+def _write_draft(service: AnnotationService, work: VolumeWork) -> None:
+    service.save_draft(work.case_id, work.annotator, work.mosaic, prediction_id=work.prediction_id,
+                       base_version=work.base_version, threshold=work.threshold,
+                       reviewed_slices=sorted(work.reviewed))
+    work.keep_older_draft = False
+
+
+def _keep_volume_work(service: AnnotationService, session: EditorSession, state: VolumeEdit,
+                      annotator: Optional[str]) -> Optional[VolumeWork]:
+    """Store the editor's volume state as the annotator's draft (nothing without a name)."""
+    if not annotator:
+        return None
+    geometry = service.store.volume_geometry(session.case_id)
+    with VOLUMES.lock(_work_key(service, session.case_id, annotator)):
+        work = _work_for(service, session.case_id, annotator, state.edit)
+        if _take_editor_state(work, geometry, state):
+            _write_draft(service, work)
+        return work
+
+
+def _read_volume_value(service: AnnotationService, session: EditorSession, editor_value) -> VolumeEdit:
+    return read_volume_edit(editor_value, case_id=session.case_id, shape=session.shape, depth=session.depth)
+
+
+def window_presets(geometry) -> list:
+    """(name, center, width) windows the editor offers: the one the model saw, then CT's standard
+    windows in Hounsfield units, or for other scans (no standard units) a wider and a narrower one."""
+    center, width = (float(v) for v in geometry.window)
+    presets = [("As segmented", center, width)]
+    if str(geometry.modality or "").upper() == "CT":
+        presets += [(name, float(c), float(w)) for name, (c, w) in CT_WINDOW_PRESETS.items()]
+    else:
+        presets += [("Wider", center, width * 2.0), ("Narrower", center, width / 2.0)]
+    return presets
+
+
+def _slice_value(service: AnnotationService, geometry, work: VolumeWork, index: int, threshold: float,
+                 window: tuple) -> dict:
+    from medclipseg.io.volumes import window_to_uint8
+
+    grey = window_to_uint8(service.store.volume_slice(work.case_id, index), window)
+    maps = slice_maps(service, geometry, work.prediction_id, index)
+    follows = work.follows_model and index not in work.reviewed
+    start = maps.model(threshold) if follows else work.mosaic[_rows(geometry, index)]
+    return slice_payload(index=index, image_rgb=np.repeat(grey[..., None], 3, axis=2),
+                         probability=maps.editor_probability(), entropy=maps.entropy, start_mask=np.asarray(start),
+                         follows_model=follows, window=window)
+
+
+def volume_slices(service: AnnotationService, request, annotator: Optional[str]) -> dict:
+    """The editor's slice request (its state, the slices it wants, the window): the slice edits it
+    carries are put into the annotator's draft, then the slices it asked for are answered.
+
+    Answer: ``{"kind": "slices", "case_id", "session", "slices": [slice_payload, ...], "stored":
+    [[slice, revision], ...] (the edits now kept), "reviewed": [...]}``, or ``{"kind": "error",
+    "message"}`` in words. Called by the editor without Gradio's queue (a server function), so a slice
+    is on screen in a few tens of milliseconds; the work's lock orders it with the queued events."""
+    try:
+        if not isinstance(request, dict):
+            raise EditorError("The editor's slice request is not one.")
+        try:
+            case_id = int(request.get("case_id"))
+        except (TypeError, ValueError):
+            raise EditorError("The editor's slice request names no case.") from None
+        case = service.store.get_case(case_id)
+        if not case.is_volume:
+            raise EditorError(f"Case #{case.id} is an image, not a volume; it has no slices.")
+        geometry = service.store.volume_geometry(case.id)
+        asked = read_slice_request(request, case_id=case.id, shape=(geometry.rows, geometry.columns),
+                                   depth=geometry.depth)
+        state = asked.state
+        window = asked.window or tuple(geometry.window)
+        stored = []
+        with VOLUMES.lock(_work_key(service, case.id, annotator)):
+            work = _work_for(service, case.id, annotator, state.edit)
+            if annotator:
+                if _take_editor_state(work, geometry, state):
+                    _write_draft(service, work)
+                stored = [[item.index, item.revision] for item in state.pending]
+            slices = [_slice_value(service, geometry, work, index, state.edit.threshold, window)
+                      for index in asked.wanted]
+            reviewed = sorted(work.reviewed)
+    except USER_ERRORS as exc:
+        return {"kind": "error", "message": str(exc)}
+    return {"kind": "slices", "case_id": case.id, "session": state.session, "slices": slices, "stored": stored,
+            "reviewed": reviewed}
+
+
+def _edited_slices(service: AnnotationService, work: VolumeWork, latest: Optional[dict], geometry) -> list:
+    """Reviewed slices whose mask differs from the start the work builds on (the model's mask at the
+    threshold, or the latest version)."""
+    if not work.reviewed:
+        return []
+    if work.follows_model:
+        base = model_mosaic(service, work.prediction_id, work.threshold)
+    elif latest is not None:
+        base = service.store.load_mask(latest["mask_path"])
+    else:
+        return []
+    return [index for index in sorted(work.reviewed)
+            if not np.array_equal(work.mosaic[_rows(geometry, index)], base[_rows(geometry, index)])]
+
+
+def _prediction_facts(service: AnnotationService, prediction_id: int) -> dict:
+    row = service.store.prediction_row(prediction_id)
+    return {"model_id": row["model_id"], "seconds": row["seconds"], "num_samples": row["num_samples"],
+            "threshold": float(row["threshold"]),
+            "scores": row["scores"] if isinstance(row["scores"], dict) else json.loads(row["scores"] or "{}")}
+
+
+def _volume_nothing_found(service: AnnotationService, work: VolumeWork, prompt: str) -> str:
+    """A sentence when the model's volume mask at the threshold is empty (else "")."""
+    if model_mosaic(service, work.prediction_id, work.threshold).any():
+        return ""
+    highest = float(service.store.prediction_maps_volume(work.prediction_id).max())
+    return (f"The model found nothing for “{prompt}” in this volume (no voxel above the threshold "
+            f"{work.threshold:.2f}; the highest probability is {highest:.2f}). Draw the structure with the brush "
+            "(B) on the slices where it is and save: your corrections teach the model when it is retrained in "
+            "the Model tab.")
+
+
+def open_volume_case(service: AnnotationService, case, prediction_id: int, annotator: Optional[str], *,
+                     threshold: Optional[float] = None,
+                     uncertainty_threshold: float = DEFAULT_VIEW["uncertainty_threshold"],
+                     opacity: float = DEFAULT_VIEW["opacity"], use_stale_draft: bool = False,
+                     slice_index: Optional[int] = None) -> Screen:
+    """Show a volume case in the editor on ``slice_index`` (default: its start slice, the model's most
+    uncertain), starting from the annotator's draft, the latest saved version or the model's mask
+    exactly as ``open_case`` does for an image."""
+    geometry = service.store.volume_geometry(case.id)
+    if geometry.rows * geometry.columns > EDITOR_MAX_PIXELS:
+        message = (f"Case #{case.id} has slices of {geometry.columns} x {geometry.rows}, larger than the editor "
+                   f"holds ({EDITOR_MAX_PIXELS:,} pixels): correct it through the API (save_correction with a "
+                   "NIfTI mask).")
+        return Screen(session=None, editor=closed_value(message), status=error_text(message), history="",
+                      numbers="", queue=queue_text(service))
+    work, start, draft, latest, stale = _open_work(service, case, prediction_id, annotator, threshold=threshold,
+                                                   use_stale_draft=use_stale_draft)
+    depth = geometry.depth
+    if start == "draft":
+        note = (f"Restored your unsaved work on case #{case.id} ({_when(draft.updated_at)}): "
+                f"{len(work.reviewed)} of {depth} slices reviewed.")
+        if stale:
+            note += (f" It began before {version_label(latest, bold=False)}; a save makes v{latest['version'] + 1}, "
+                     "replacing it.")
+    elif start == "version":
+        note = (f"Showing the latest saved version, {version_label(latest, bold=False)} ({len(work.reviewed)} of "
+                f"{depth} slices reviewed); a save makes v{latest['version'] + 1}.")
+        if stale:
+            note += (f" Your unsaved work of {_when(draft.updated_at)} began before it and is kept: *Use my draft* "
+                     "puts it back over this version (editing here first replaces that draft).")
+    else:
+        note = "Showing the model's mask; nothing saved for this case yet."
+    found_nothing = _volume_nothing_found(service, work, case.prompt)
+    if found_nothing:
+        note = f"{found_nothing} {note}"
+    index = case.start_slice or 0
+    if slice_index is not None:
+        try:
+            index = min(max(int(slice_index), 0), depth - 1)
+        except (TypeError, ValueError):
+            pass
+    VOLUMES.keep(_work_key(service, case.id, annotator), work)
+    from medclipseg.io.volumes import window_to_uint8
+
+    window = tuple(float(v) for v in geometry.window)
+    maps = slice_maps(service, geometry, prediction_id, index)
+    follows = work.follows_model and index not in work.reviewed
+    start_mask = np.asarray(maps.model(work.threshold) if follows else work.mosaic[_rows(geometry, index)], bool)
+    grey = window_to_uint8(service.store.volume_slice(case.id, index), window)
+    strip = service.store.slice_scores(prediction_id).get("band_entropy", np.zeros(depth))
+    neighbours = [_slice_value(service, geometry, work, other, work.threshold, window)
+                  for other in (index - 1, index + 1) if 0 <= other < depth]
+    volume = volume_block(depth=depth, index=index, plane=geometry.plane, spacing=geometry.display_spacing,
+                          modality=geometry.modality, strip=strip, reviewed=work.reviewed,
+                          edited=_edited_slices(service, work, latest, geometry), windows=window_presets(geometry),
+                          window=window, neighbours=neighbours)
+    payload = case_payload(
+        case_id=case.id, prediction_id=prediction_id, image_rgb=np.repeat(grey[..., None], 3, axis=2),
+        probability=maps.editor_probability(), entropy=maps.entropy, start_mask=start_mask, start=start,
+        start_note=note, base_version=work.base_version, threshold=work.threshold,
+        uncertainty_threshold=uncertainty_threshold, opacity=opacity,
+        title=f"Case #{case.id} · {case.original_name} · “{case.prompt}” · {depth} {geometry.plane} slices",
+        volume=volume)
+    payload["follows_model"] = follows
+    spacing = tuple(float(v) for v in geometry.display_spacing[1:])
+    session = EditorSession(case_id=int(case.id), prediction_id=int(prediction_id), name=case.original_name,
+                            shape=(geometry.rows, geometry.columns), pixel_spacing=spacing, kind="volume",
+                            depth=depth, slice_index=index)
+    return Screen(session=session, editor=payload, history=history_markdown(service, case.id),
+                  numbers=volume_numbers_text(service, session, index, start_mask, work.threshold,
+                                              uncertainty_threshold, reviewed=len(work.reviewed)),
+                  queue=queue_text(service), stale_draft=stale and not use_stale_draft, skip_confirm=False)
+
+
+def volume_numbers_text(service: AnnotationService, session: EditorSession, index: int, mask: np.ndarray,
+                        threshold: float, uncertainty_threshold: float, *, reviewed: Optional[int] = None) -> str:
+    """The numbers panel of a volume case: the slice on screen, then the volume as the model saw it."""
+    geometry = service.store.volume_geometry(session.case_id)
+    facts = _prediction_facts(service, session.prediction_id)
+    maps = slice_maps(service, geometry, session.prediction_id, index)
+    model = maps.model(threshold)
+    mask = np.asarray(mask, bool)
+    uncertain = maps.entropy >= float(uncertainty_threshold)
+    row_mm, column_mm = (float(v) for v in geometry.display_spacing[1:])
+    pixel_area = row_mm * column_mm
+
+    def area(count: int) -> str:
+        return f"{count:,} px ({100 * count / mask.size:.1f} %), {count * pixel_area:.1f} mm²"
+
+    strip = service.store.slice_scores(session.prediction_id).get("band_entropy")
+    scores = facts["scores"]
+    case = service.store.get_case(session.case_id)
+    rows = [("Slice", f"{index + 1} of {geometry.depth} ({geometry.plane}); the model's most uncertain is "
+                      f"{(case.start_slice or 0) + 1}"),
+            ("Mask area, this slice", area(int(mask.sum()))),
+            (f"Uncertain area, this slice (≥ {float(uncertainty_threshold):.2f} nats)", area(int(uncertain.sum())))]
+    if strip is not None and len(strip) == geometry.depth:
+        rows.append(("Band entropy, this slice", f"{float(strip[index]):.3f} nats"))
+    for key, label in (("band_entropy", "Band entropy, volume"), ("mean_entropy", "Mean entropy, volume")):
+        if isinstance(scores.get(key), (int, float)):
+            rows.append((label, f"{float(scores[key]):.3f} nats"))
+    if reviewed is not None:
+        rows.append(("Slices reviewed", f"{reviewed} of {geometry.depth}"))
+    spacing = " × ".join(f"{float(v):.2f}" for v in geometry.display_spacing)
+    rows.append(("Voxel size (slice × row × column)", f"{spacing} mm, {geometry.modality or 'modality unknown'}"))
+    rows.append(("Mask threshold / samples", f"{float(threshold):.2f} / {facts['num_samples']}"))
+    seconds = facts["seconds"]
+    rows.append(("Model", f"`{facts['model_id']}`" + (f" ({seconds:.1f} s)" if seconds else "")))
+    added = int(np.count_nonzero(mask & ~model))
+    erased = int(np.count_nonzero(model & ~mask))
+    lines = ["| Measure | Value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines) + (f"\n\n**Case #{session.case_id}** · {session.name} · slice {index + 1}: "
+                               f"{added + erased:,} px differ from the model (+{added:,} / −{erased:,})")
+
+
+def _save_volume(service: AnnotationService, session: EditorSession, editor_value, annotator: str, *,
+                 accepting: bool) -> Screen:
+    """Save (or accept) the whole volume: the annotator's work with the editor's slices in it, the slice
+    on screen counted as reviewed. A mask equal to the model's at the threshold is 'accepted'."""
+    try:
+        state = _read_volume_value(service, session, editor_value)
+    except USER_ERRORS as exc:
+        return Screen(status=error_text(exc))
+    edit = state.edit
+    key = _work_key(service, session.case_id, annotator)
+    with VOLUMES.lock(key):
+        try:
+            geometry = service.store.volume_geometry(session.case_id)
+            work = _work_for(service, session.case_id, annotator, edit)
+            _take_editor_state(work, geometry, state, on_screen_reviewed=True)
+            mask = composed_mask(service, work)
+            reviewed = sorted(work.reviewed)
+            latest = service.latest_correction(session.case_id)
+            if edit.base_version is not None and latest is not None and int(latest["version"]) == edit.base_version \
+                    and set(reviewed) <= _version_reviewed(latest) \
+                    and np.array_equal(service.store.load_mask(latest["mask_path"]), mask):
+                return Screen(status=f"Nothing saved: the mask and the reviewed slices are those of "
+                                     f"v{edit.base_version}, the latest version.")
+            edited = not np.array_equal(mask, model_mosaic(service, work.prediction_id, work.threshold))
+            correction = service.save(session.case_id, mask if edited else None, annotator=annotator,
+                                      status="corrected" if edited else "accepted", prediction_id=work.prediction_id,
+                                      threshold=work.threshold, base_version=edit.base_version,
+                                      reviewed_slices=reviewed)
+        except VersionConflict as conflict:
+            return _after_volume_conflict(service, session, work, annotator, conflict)
+        except USER_ERRORS as exc:
+            return Screen(status=error_text(exc))
+        VOLUMES.forget(key)
+    depth = geometry.depth
+    slices = f"{len(reviewed)} of {depth} slices reviewed"
+    if not edited:
+        message = (f"The volume mask is the model's own at threshold {work.threshold:.2f} (no voxel changed): saved "
+                   f"as v{correction.version}, **accepted as predicted**, by **{correction.annotator}**; {slices}.")
+        if accepting:
+            message = (f"Case #{correction.case_id} accepted as predicted (threshold {work.threshold:.2f}) by "
+                       f"**{correction.annotator}**: v{correction.version}; {slices}.")
+    else:
+        message = (f"Saved correction v{correction.version} of case #{correction.case_id} by "
+                   f"**{correction.annotator}**: {correction.pixels_changed:,} voxels differ from the model "
+                   f"(+{correction.pixels_added:,} / −{correction.pixels_erased:,}); {slices}"
+                   + (f"; replaces v{correction.replaces_version}." if correction.replaces_version else "."))
+        if accepting:
+            message = ("The mask shown differs from the model's, so *Accept* saved it as a correction, not as "
+                       "“accepted as predicted”. " + message)
+    return _after_save(service, session, edit, correction, message)
+
+
+def _after_volume_conflict(service: AnnotationService, session: EditorSession, work: VolumeWork,
+                           annotator: Optional[str], conflict: VersionConflict) -> Screen:
+    """Someone saved a newer version of the volume: keep the work as the draft, show that version, offer the draft."""
+    if conflict.latest_version is None or not annotator:
+        return Screen(status=error_text(conflict))
+    try:
+        _write_draft(service, work)
+        VOLUMES.forget(_work_key(service, session.case_id, annotator))
+        screen = open_case(service, session.case_id, work.prediction_id, annotator)
+    except USER_ERRORS as exc:
+        return Screen(status=error_text(f"{conflict} ({exc})"))
+    started = "no saved version" if conflict.base_version is None else f"v{conflict.base_version}"
+    screen.status = error_text(
+        f"Not saved. Case #{session.case_id} was saved as v{conflict.latest_version} by {conflict.latest_annotator} "
+        f"at {_when(conflict.latest_created_at)} after you opened it (you started from {started}). The editor now "
+        f"shows v{conflict.latest_version}; your work is kept as your draft: *Use my draft* puts it back over it.")
     return screen
 
 
@@ -636,14 +1338,22 @@ def ingest_progress_html(done: Optional[int], total: Optional[int], message: str
             f'</div><div style="margin-top:4px;font-size:13px">{html.escape(caption)}</div></div>')
 
 
+VOLUME_EXPORT_WORDS = {"authors": "their reviewed slices as images", "nifti": "NIfTI masks",
+                       "dicom-seg": "DICOM-SEG files"}
+
+
 def export(service: AnnotationService, val_fraction: float, test_fraction: float, seed: Optional[int],
-           statuses: Sequence[str]) -> Screen:
+           statuses: Sequence[str], *, volume_format: str = "authors") -> Screen:
+    """The reviewed cases as a zip in the authors' layout; volume cases as ``volume_format``
+    (authors: their reviewed slices as images; nifti or dicom-seg: one mask file per volume)."""
     try:
         result = service.export_archive(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                                        statuses=tuple(statuses or ()))
+                                        statuses=tuple(statuses or ()), volume_format=volume_format or "authors")
     except USER_ERRORS as exc:
         return Screen(export_file=None, export_report=error_text(exc))
     counts = ", ".join(f"{split} {count}" for split, count in result.counts.items())
-    return Screen(export_file=str(result.zip_path),
-                  export_report=f"Exported {sum(result.counts.values())} cases ({counts}) in the authors' layout.")
+    report = f"Exported {sum(result.counts.values())} cases ({counts}) in the authors' layout."
+    if volume_format and volume_format != "authors":
+        report += f" Volume cases as {VOLUME_EXPORT_WORDS.get(volume_format, volume_format)}."
+    return Screen(export_file=str(result.zip_path), export_report=report)
 

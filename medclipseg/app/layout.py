@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from medclipseg import settings
+from medclipseg.annotation.export import VOLUME_FORMATS
 from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.service import MAX_SAMPLES, AnnotationService
 from medclipseg.app import api, handlers, model_tab
@@ -56,6 +57,13 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
     acquisition_choices = [(handlers.acquisition_label(key), key) for key in ACQUISITION_SCORES]
     examples = handlers.load_examples()
 
+    def volume_slices(slice_request, request: gr.Request):
+        """The editor's slice requests for a volume case (its server function, outside the queue):
+        the annotator is the login name when logins are on, else the name the page typed."""
+        typed = slice_request.get("annotator") if isinstance(slice_request, dict) else None
+        name = login_name(request) if auth_enabled else annotator_of(typed, request)
+        return handlers.volume_slices(service, slice_request, name)
+
     # Uploaded originals (a DICOM still carries its header there) are purged from Gradio's cache
     # after an hour; the database only ever keeps decoded pixels.
     with gr.Blocks(title="MedCLIPSeg Annotator", delete_cache=(3600, 3600)) as demo:
@@ -85,8 +93,10 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                                     placeholder="e.g. One small round polyp on the left in the colonoscopy image.")
                                 segment_button = gr.Button("Segment", variant="primary", elem_id="segment")
                                 # Any file is taken and checked by the handler: Gradio's own type check
-                                # only says "Invalid file type" (a NIfTI volume deserves a sentence).
-                                upload = gr.File(label="Image: PNG, JPEG, BMP, TIFF (8/16-bit), DICOM",
+                                # only says "Invalid file type". A NIfTI file or a zip of one DICOM
+                                # series is a volume, segmented slice by slice and opened as one case.
+                                upload = gr.File(label="Image (PNG, JPEG, BMP, TIFF, DICOM) or scan "
+                                                       "(NIfTI .nii/.nii.gz, zip of a DICOM series)",
                                                  type="filepath", elem_id="upload", height=110)
                                 preview = gr.Image(label="Loaded image", interactive=False, height=180,
                                                    buttons=[], elem_id="preview")
@@ -110,10 +120,15 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                 gr.Markdown("*Next case* (below the editor, key <kbd>N</kbd>) opens the unreviewed "
                                             "case ranked first by this order and reserves it for you.")
                             with gr.Tab("Ingest"):
-                                ingest_files = gr.File(label="Images or one .zip", file_count="multiple",
-                                                       file_types=list(IMAGE_SUFFIXES) + [".zip"], type="filepath",
-                                                       elem_id="ingest-files")
-                                ingest_prompt = gr.Textbox(label="One prompt for every image")
+                                # No type filter: DICOM files often have no suffix; the ingest says
+                                # in words which files it could not read.
+                                ingest_files = gr.File(label="Images, scans (NIfTI .nii/.nii.gz, DICOM files "
+                                                             "or series) or one .zip", file_count="multiple",
+                                                       type="filepath", elem_id="ingest-files")
+                                gr.Markdown(f"Images: {', '.join(IMAGE_SUFFIXES)}. Each NIfTI file and each DICOM "
+                                            "series becomes one volume case, reviewed slice by slice.",
+                                            elem_id="ingest-note")
+                                ingest_prompt = gr.Textbox(label="One prompt for every image or scan")
                                 ingest_csv = gr.File(label="...or a CSV with columns image, prompt", file_types=[".csv"],
                                                      type="filepath")
                                 ingest_batch = gr.Textbox(label="Batch name (optional)")
@@ -126,6 +141,10 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                 split_seed = gr.Number(value=0, precision=0, label="Split seed")
                                 export_statuses = gr.CheckboxGroup(["corrected", "accepted"], value=["corrected", "accepted"],
                                                                    label="Export cases that are")
+                                export_volumes = gr.Dropdown(
+                                    [("Reviewed slices as images (authors' layout)", "authors"),
+                                     ("NIfTI masks (.nii.gz)", "nifti"), ("DICOM-SEG", "dicom-seg")],
+                                    value=VOLUME_FORMATS[0], label="Volume cases as", elem_id="export-volumes")
                                 export_button = gr.Button("Export for retraining (zip)", elem_id="export")
                                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
                                 export_report = gr.Markdown(elem_id="export-report", value=
@@ -146,7 +165,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                                          min_width=110, size="md")
                         # The last action's outcome, right under its buttons (a refused save says why here).
                         status = gr.Markdown(elem_id="status")
-                        editor = mask_editor(elem_id="editor")
+                        editor = mask_editor(elem_id="editor", server_functions=[volume_slices])
                         queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
                         history = gr.Markdown(elem_id="history")
                         numbers = gr.Markdown(elem_id="numbers")
@@ -261,7 +280,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             # An empty name is not sent back: it would wipe a name typed while the page was loading.
             update = {annotator_box: name} if name and not auth_enabled else {}
             if saved.get("case_id") is not None and name:
-                update.update(shown(handlers.reopen(service, saved["case_id"], name)))
+                update.update(shown(handlers.reopen(service, saved["case_id"], name, saved.get("slice"))))
             update[queue_box] = handlers.queue_text(service)
             return update
 
@@ -306,8 +325,8 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             screen = outcome["screen"]
             yield {ingest_progress: handlers.ingest_progress_html(None, None, "Done"), **shown(screen)}
 
-        def on_export(val, test, seed, statuses):
-            return shown(handlers.export(service, val, test, seed, statuses))
+        def on_export(val, test, seed, statuses, volume_format):
+            return shown(handlers.export(service, val, test, seed, statuses, volume_format=volume_format))
 
         private = dict(api_visibility="private")
         upload.change(on_upload, [upload], outputs("upload", "preview", "image_info", "dicom_controls", "windowed",
@@ -327,6 +346,11 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
               concurrency_id="model", concurrency_limit=1, **private)
         editor.input(on_editor_change, [session, editor, annotator_box], outputs("numbers", "status"),
                       trigger_mode="always_last", show_progress="hidden", **private)
+        # A volume's slice on screen is noted in the browser too, so that a reload reopens it there.
+        editor.input(None, [editor, remembered], [remembered], show_progress="hidden",
+                     js="(value, saved) => (value && value.volume && saved && saved.case_id === value.case_id"
+                        " && saved.slice !== value.slice_index) ? {...saved, slice: value.slice_index} : saved",
+                     **private)
         # A refused save (another version was saved) reopens the case, so both answer with the whole case.
         save_button.click(on_save, [session, editor, annotator_box], outputs(*opened), **private)
         accept_button.click(on_accept, [session, editor, annotator_box], outputs(*opened), **private)
@@ -348,12 +372,29 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         ingest_button.click(on_ingest, [ingest_files, ingest_prompt, ingest_csv, ingest_batch, samples],
                             [ingest_progress, *outputs("ingest_report", "queue")], concurrency_id="ingest",
                             concurrency_limit=1, **private)
-        export_button.click(on_export, [val_fraction, test_fraction, split_seed, export_statuses],
+        export_button.click(on_export, [val_fraction, test_fraction, split_seed, export_statuses, export_volumes],
                             outputs("export_file", "export_report"), **private)
 
         _wire_model_tab(demo, service, model_view, model_line, annotator_box)
         api.register(service)
     return demo
+
+
+def login_name(request) -> "str | None":
+    """The login name of a request that Gradio hands over as it came (a component's server function):
+    a username it carries, else the one its session cookie belongs to; None without a login."""
+    if request is None:
+        return None
+    if getattr(request, "username", None):
+        return str(request.username)
+    app = getattr(request, "app", None)
+    tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
+    cookies = getattr(request, "cookies", None) or {}
+    if not isinstance(tokens, dict) or cookie_id is None:
+        return None
+    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
+    user = tokens.get(token) if token else None
+    return str(user) if user else None
 
 
 def _model_tab(service: AnnotationService) -> dict:

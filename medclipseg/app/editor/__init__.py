@@ -4,10 +4,20 @@ from medclipseg.app.editor.component import mask_editor
 from medclipseg.app.editor.payload import (
     EditorEdit,
     EditorError,
+    SliceEdit,
+    SliceRequest,
+    VolumeEdit,
     case_payload,
     closed_value,
     read_edit,
+    read_slice_request,
+    read_volume_edit,
+    read_window,
     saved_value,
+    slice_payload,
+    volume_block,
 )
 
-__all__ = ["EditorEdit", "EditorError", "case_payload", "closed_value", "mask_editor", "read_edit", "saved_value"]
+__all__ = ["EditorEdit", "EditorError", "SliceEdit", "SliceRequest", "VolumeEdit", "case_payload", "closed_value",
+           "mask_editor", "read_edit", "read_slice_request", "read_volume_edit", "read_window", "saved_value",
+           "slice_payload", "volume_block"]

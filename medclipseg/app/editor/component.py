@@ -4,11 +4,17 @@ Gradio 6's HTML component runs our script once with the component's element, its
 (``props.value`` is the value Gradio sends and receives), ``trigger`` (fires the component's
 events) and ``watch`` (called when the server sets a new value). The template and the script
 are plain files shipped inside the package, so neither Spaces nor ``pip install`` need npm.
+
+``server_functions`` are Python functions the script calls as ``await server.<name>(argument)``
+(Gradio posts the argument to the component's server route, outside the event queue, and hands back
+what the function returns as JSON): the layout passes ``volume_slices``, which answers the editor's
+slice requests for volume cases.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import gradio as gr
 
@@ -21,8 +27,10 @@ def editor_source(name: str) -> str:
     return (EDITOR_FILES / name).read_text(encoding="utf-8")
 
 
-def mask_editor(*, elem_id: str = "mask-editor") -> gr.HTML:
-    """The editor component (inside a Blocks being built); its value is a ``payload`` dict or None."""
+def mask_editor(*, elem_id: str = "mask-editor",
+                server_functions: Optional[Sequence[Callable]] = None) -> gr.HTML:
+    """The editor component (inside a Blocks being built); its value is a ``payload`` dict or None.
+    ``server_functions``: callable from the script by their ``__name__`` (``volume_slices``)."""
     return gr.HTML(
         value=None,
         html_template=editor_source("mask_editor.html"),
@@ -32,4 +40,5 @@ def mask_editor(*, elem_id: str = "mask-editor") -> gr.HTML:
         elem_id=elem_id,
         container=False,
         padding=False,
+        server_functions=list(server_functions) if server_functions else None,
     )

@@ -8,6 +8,14 @@
 // foreground) or 2 (forced background). Brush, eraser and tools write overrides, so moving the
 // threshold keeps every edit; undo/redo store the overrides a step changed, or the mask threshold
 // before and after a move of its slider.
+//
+// Volumes: the editor holds one display slice at a time (the same arrays as an image) and a cache
+// of decoded neighbouring slices. Changing slice (slider, wheel, Up/Down, PageUp/PageDown, a click on
+// the uncertainty strip) shows a cached slice at once and asks the server (`server.volume_slices`,
+// one request at a time, without Gradio's queue) for what is missing, sending the edits of the
+// slices left behind; the server keeps them in the annotator's volume draft and confirms them.
+// A slice counts as reviewed when it was edited or stayed on screen REVIEW_DWELL_MS (handlers.py
+// says precisely what that means for the saved volume). Undo works within the slice on screen.
 
 const $ = (selector) => element.querySelector(selector);
 const FOLLOW = 0, FOREGROUND = 1, BACKGROUND = 2;
@@ -16,6 +24,9 @@ const MASK_RGB = [255, 196, 0], BAND_RGB = [0, 200, 255];
 const CANVAS_MIN = 240, CANVAS_MAX = 1100;   // CSS px
 const THRESHOLD_STEP_MS = 600;   // slider moves closer together than this are one undo step
 const NAME_NEEDED = "Type your name in Annotator to edit: drafts and saved versions are kept under your name.";
+const REVIEW_DWELL_MS = 700;     // on screen this long, a slice counts as reviewed (handlers.REVIEW_DWELL_MS)
+const WHEEL_STEP = 50;           // wheel delta (px) per slice: one mouse notch, or a touchpad's small steps added up
+const CACHE_REACH = 4;           // decoded slices kept on either side of the slice on screen
 const TOOLS = {
     brush: "Brush: paint foreground",
     erase: "Eraser: paint background",
@@ -30,7 +41,7 @@ const S = {
     threshold: 0.5, uncertainty: 0.35, opacity: 0.4, localThreshold: 0.5, size: 9, growBy: 2,
     tool: "brush", showOverlay: true, undo: [], redo: [], revision: 0, savedRevision: 0,
     view: { scale: 1, ox: 0, oy: 0 }, stroke: null, panning: null, cursor: null, spaceDown: false,
-    syncTimer: null, magma: null, lastTimings: {},
+    syncTimer: null, magma: null, lastTimings: {}, vol: null,
 };
 
 // ---------------------------------------------------------------- decoding what the server sends
@@ -261,7 +272,7 @@ function fitView() {
 
 function counts() {
     // Once per revision: the value sent and the status line both need them after every edit.
-    const key = `${S.meta.session}:${S.revision}:${S.threshold}`;
+    const key = `${S.meta.session}:${S.vol ? S.vol.index : ""}:${S.revision}:${S.threshold}`;
     if (S.countsKey === key) return S.counted;
     const t = Math.fround(S.threshold);
     let area = 0, added = 0, erased = 0;
@@ -529,6 +540,7 @@ function currentValue() {
         width: S.W, height: S.H, revision: S.revision, saved_revision: S.savedRevision,
         dirty: S.revision !== S.savedRevision, edited: c.added + c.erased > 0, area_px: c.area,
         pixels_added: c.added, pixels_erased: c.erased, steps: S.undo.length, runs: encodeRuns(S.mask).join(","),
+        ...(S.vol ? volumeValue() : {}),
     };
 }
 
@@ -565,8 +577,10 @@ function status(message) {
     const parts = [];
     if (S.loaded) {
         parts.push(`Case #${S.meta.case_id}`);
-        parts.push(`${c.area.toLocaleString()} px in the mask (+${c.added.toLocaleString()} / −${c.erased.toLocaleString()} vs. the model)`);
+        if (S.vol) parts.push(`slice ${S.vol.index + 1} / ${S.vol.depth}`);
+        parts.push(`${c.area.toLocaleString()} px in the ${S.vol ? "slice's " : ""}mask (+${c.added.toLocaleString()} / −${c.erased.toLocaleString()} vs. the model)`);
         parts.push(`${S.undo.length} step(s)`);
+        if (S.vol) parts.push(`${S.vol.reviewed.size} of ${S.vol.depth} slices reviewed`);
         parts.push(S.revision !== S.savedRevision ? "unsaved edits (kept as a draft)" : "no unsaved edits");
     }
     $(".mse-state").textContent = parts.join(" · ");
@@ -597,6 +611,11 @@ function updateLock() {
 
 function editable() {
     // False (and the lock says why) while no name is typed; viewing, zoom and pan stay free.
+    if (S.loaded && S.vol && S.vol.left) {
+        // The slice on screen was left and the next one is on its way: an edit would land on the wrong slice.
+        note(`Slice ${S.vol.target + 1} is loading…`);
+        return false;
+    }
     if (!S.loaded || !updateLock()) return S.loaded;
     note(NAME_NEEDED);
     const lock = $(".mse-lock");
@@ -629,8 +648,9 @@ function updateHint() {
         "corrections teach the model when it is retrained in the Model tab.";
 }
 
-async function openCase(value) {
-    const started = performance.now();
+async function decodeSlice(value) {
+    // A slice (an image case's picture, a volume's slice) ready to show: the picture on a canvas and
+    // its pixels, the maps as arrays, and the mask to start from.
     if (!F16) F16 = float16Table();
     const W = value.width, H = value.height, length = W * H;
     const picture = await loadImage(value.image);
@@ -646,18 +666,44 @@ async function openCase(value) {
     const entropyBits = new Uint16Array(entropyBytes.buffer);
     const ent = new Float32Array(length);
     for (let i = 0; i < length; i++) ent[i] = F16[entropyBits[i]];
+    const prob = new Float32Array(probabilityBytes.buffer);
+    let highest = 0;
+    for (let i = 0; i < length; i++) if (prob[i] > highest) highest = prob[i];
+    return {
+        index: value.volume ? value.volume.index : (value.index ?? null), W, H, imageCanvas,
+        imagePixels: imageContext.getImageData(0, 0, W, H).data, prob, ent, maxProbability: highest,
+        startRuns: value.start_runs, followsModel: Boolean(value.follows_model), window: value.window || null,
+    };
+}
+
+function applyStart(entry) {
+    // The start mask (a draft, the latest saved version or the model's): where it differs from the
+    // model at the threshold, it is an edit. A volume slice nobody reviewed follows the model at
+    // whatever threshold is in use now.
+    const length = S.W * S.H, t = Math.fround(S.threshold);
+    S.over = new Uint8Array(length);
+    if (entry.followsModel) return;
+    const start = decodeRuns(entry.startRuns, length);
+    for (let i = 0; i < length; i++) {
+        const model = S.prob[i] > t ? 1 : 0;
+        S.over[i] = start[i] === model ? FOLLOW : (start[i] ? FOREGROUND : BACKGROUND);
+    }
+}
+
+async function openCase(value) {
+    const started = performance.now();
+    const entry = await decodeSlice(value);
+    const W = entry.W, H = entry.H, length = W * H;
+    if (S.vol) clearTimeout(S.vol.dwellTimer);
     Object.assign(S, {
-        W, H, meta: value, prob: new Float32Array(probabilityBytes.buffer), ent,
-        over: new Uint8Array(length), mask: new Uint8Array(length), band: new Uint8Array(length),
-        imageCanvas, imagePixels: imageContext.getImageData(0, 0, W, H).data,
+        W, H, meta: value, prob: entry.prob, ent: entry.ent,
+        mask: new Uint8Array(length), band: new Uint8Array(length),
+        imageCanvas: entry.imageCanvas, imagePixels: entry.imagePixels,
         threshold: value.threshold, uncertainty: value.uncertainty_threshold,
         opacity: value.opacity ?? S.opacity, undo: [], redo: [], revision: 0, savedRevision: 0,
-        magma: Uint8Array.from(value.colormap), thresholdStep: null,
+        magma: Uint8Array.from(value.colormap), thresholdStep: null, maxProbability: entry.maxProbability, vol: null,
     });
     clearTimeout(S.thresholdTimer);
-    let highest = 0;
-    for (let i = 0; i < length; i++) if (S.prob[i] > highest) highest = S.prob[i];
-    S.maxProbability = highest;
     S.overlayCanvas = document.createElement("canvas");
     S.overlayCanvas.width = W; S.overlayCanvas.height = H;
     S.overlayImage = new ImageData(W, H);
@@ -673,17 +719,14 @@ async function openCase(value) {
     $(".mse-bar-top").textContent = value.max_entropy.toFixed(2);
     $(".mse-bar-mid").textContent = (value.max_entropy / 2).toFixed(2);
     $(".mse-uncertainty").max = String(Math.floor(value.max_entropy * 100) / 100);
-    // The start mask (a draft, the latest saved version or the model's): where it differs
-    // from the model at the threshold, it is an edit.
-    const start = decodeRuns(value.start_runs, length), t = Math.fround(S.threshold);
-    for (let i = 0; i < length; i++) {
-        const model = S.prob[i] > t ? 1 : 0;
-        S.over[i] = start[i] === model ? FOLLOW : (start[i] ? FOREGROUND : BACKGROUND);
-    }
+    applyStart(entry);
     if (value.start === "draft") { S.revision = 1; S.savedRevision = 0; }
     recomputeMask();
     recomputeBand();
     S.loaded = true;
+    if (value.volume) openVolume(value, entry);
+    $(".mse-volume").hidden = !S.vol;
+    $(".mse-volume-keys").hidden = !S.vol;
     syncControls();
     $(".mse-empty").style.display = "none";
     $(".mse-body").style.display = "";
@@ -694,6 +737,7 @@ async function openCase(value) {
     renderOverlay();
     renderHeat();
     draw();
+    if (S.vol) syncVolume();
     props.value = currentValue();
     S.lastTimings.open_ms = performance.now() - started;
     status(value.start_note || "");
@@ -704,6 +748,9 @@ async function openCase(value) {
 function closeCase(message) {
     S.loaded = false;
     S.meta = {};
+    if (S.vol) clearTimeout(S.vol.dwellTimer);
+    S.vol = null;
+    $(".mse-volume").hidden = true;
     S.thresholdStep = null;
     clearTimeout(S.thresholdTimer);
     $(".mse-empty").style.display = "";
@@ -735,6 +782,287 @@ function received() {
     } else if (value.kind === "edit" && S.loaded) {
         props.value = currentValue();
     }
+}
+
+// ---------------------------------------------------------------- volumes: one slice at a time
+
+function openVolume(value, entry) {
+    const block = value.volume;
+    S.vol = {
+        depth: block.depth, index: block.index, target: null, plane: block.plane, spacing: block.spacing,
+        modality: block.modality, strip: block.strip, stripNats: block.strip_nats, windows: block.windows,
+        window: block.window.slice(), reviewed: new Set(block.reviewed), edited: new Set(block.edited),
+        cache: new Map([[block.index, entry]]), pending: new Map(), busy: false, again: false, left: false,
+        shownAt: performance.now(), visitRevision: S.revision, dwellTimer: null, wheel: 0, navStartedAt: null,
+        timings: [],
+    };
+    entry.window = block.window.slice();
+    S.vol.dwellTimer = setTimeout(() => markReviewed(block.index), REVIEW_DWELL_MS);
+    buildWindowButtons();
+    const session = value.session;
+    Promise.all((block.neighbours || []).map(decodeSlice)).then((entries) => {
+        if (!S.vol || S.meta.session !== session) return;
+        for (const neighbour of entries) S.vol.cache.set(neighbour.index, neighbour);
+    }).catch(() => {});   // missing neighbours are asked for when they are needed
+}
+
+function volumeValue() {
+    // What the server needs besides the slice on screen: which slice it is, the slices reviewed,
+    // the edits of slices left behind that the server has not confirmed, the window.
+    const vol = S.vol;
+    return {
+        volume: true, slice_index: vol.index, reviewed: [...vol.reviewed], pending: [...vol.pending.values()],
+        window: vol.window.slice(),
+    };
+}
+
+function windowMatches(entry) {
+    return !entry.window || (entry.window[0] === S.vol.window[0] && entry.window[1] === S.vol.window[1]);
+}
+
+function markReviewed(index) {
+    // The slice stayed on screen long enough to count as reviewed: say so to the server (the
+    // debounced event keeps it in the draft).
+    const vol = S.vol;
+    if (!vol || vol.left || vol.index !== index || vol.reviewed.has(index)) return;
+    vol.reviewed.add(index);
+    drawStrip();
+    status();
+    publish();
+}
+
+function leaveSlice() {
+    // The slice on screen is being left: a reviewed slice (edited, or looked at long enough) becomes
+    // an edit to send, and the cache keeps what it looks like now.
+    const vol = S.vol;
+    if (!vol || vol.left) return;
+    if (S.stroke) endStroke();
+    commitThreshold();
+    clearTimeout(vol.dwellTimer);
+    const index = vol.index, changed = S.revision !== vol.visitRevision;
+    if (changed) vol.edited.add(index);
+    if (changed || performance.now() - vol.shownAt >= REVIEW_DWELL_MS) vol.reviewed.add(index);
+    if (vol.reviewed.has(index)) {
+        const runs = encodeRuns(S.mask).join(",");
+        vol.pending.set(index, { index, revision: S.revision, runs });
+        const entry = vol.cache.get(index);
+        if (entry) { entry.startRuns = runs; entry.followsModel = false; }
+    }
+    vol.left = true;
+}
+
+function showSlice(entry) {
+    // Put a decoded slice on screen, keeping the tool, the thresholds and the zoom.
+    const vol = S.vol;
+    leaveSlice();
+    const length = S.W * S.H;
+    Object.assign(S, {
+        prob: entry.prob, ent: entry.ent, imageCanvas: entry.imageCanvas, imagePixels: entry.imagePixels,
+        maxProbability: entry.maxProbability, mask: new Uint8Array(length), band: new Uint8Array(length),
+        undo: [], redo: [], thresholdStep: null,
+    });
+    applyStart(entry);
+    recomputeMask();
+    recomputeBand();
+    Object.assign(vol, { index: entry.index, target: null, left: false, shownAt: performance.now(),
+                         visitRevision: S.revision });
+    vol.dwellTimer = setTimeout(() => markReviewed(entry.index), REVIEW_DWELL_MS);
+    renderOverlay();
+    renderHeat();
+    draw();
+    syncVolume();
+    if (vol.navStartedAt !== null) {
+        S.lastTimings.slice_shown_ms = performance.now() - vol.navStartedAt;
+        vol.navStartedAt = null;
+    }
+    status(`Slice ${entry.index + 1} of ${vol.depth}.`);
+    // The numbers follow (debounced), and the browser notes the slice so that a reload comes back to it.
+    publish();
+    element.dataset.slice = String(entry.index);
+}
+
+function goToSlice(target) {
+    const vol = S.vol;
+    if (!S.loaded || !vol) return;
+    target = Math.max(0, Math.min(vol.depth - 1, Math.round(Number(target))));
+    if (!Number.isFinite(target) || target === (vol.target ?? vol.index)) { syncVolume(); return; }
+    vol.navStartedAt = performance.now();
+    if (target === vol.index && vol.left) {
+        // Back to the slice still held while another one was loading.
+        showSlice(vol.cache.get(target) || { ...currentEntry(), index: target });
+        syncSlices();
+        return;
+    }
+    leaveSlice();
+    const entry = vol.cache.get(target);
+    if (entry && windowMatches(entry)) {
+        showSlice(entry);
+    } else {
+        vol.target = target;
+        syncVolume();
+        note(`Loading slice ${target + 1}…`);
+    }
+    syncSlices();
+}
+
+function currentEntry() {
+    return { W: S.W, H: S.H, prob: S.prob, ent: S.ent, imageCanvas: S.imageCanvas, imagePixels: S.imagePixels,
+             maxProbability: S.maxProbability, startRuns: encodeRuns(S.mask).join(","), followsModel: false,
+             window: S.vol.window.slice() };
+}
+
+function stepSlice(by) {
+    const vol = S.vol;
+    if (vol) goToSlice((vol.target ?? vol.index) + by);
+}
+
+function slicesWanted() {
+    // The slice to show (when it is not cached), then its neighbours: what the next request asks for.
+    const vol = S.vol, centre = vol.target ?? vol.index, wanted = [];
+    for (const index of [centre, centre + 1, centre - 1]) {
+        if (index < 0 || index >= vol.depth) continue;
+        const entry = vol.cache.get(index);
+        if (!entry || !windowMatches(entry)) wanted.push(index);
+    }
+    return wanted;
+}
+
+async function syncSlices() {
+    // One request at a time; what changes while it is on its way goes with the next one.
+    const vol = S.vol;
+    if (!vol) return;
+    if (vol.busy) { vol.again = true; return; }
+    vol.busy = true;
+    try {
+        do {
+            vol.again = false;
+            const wanted = slicesWanted();
+            if (!wanted.length && !vol.pending.size) break;
+            const request = { ...currentValue(), kind: "slice_request", wanted, annotator: nameText() };
+            const sentAt = performance.now();
+            const answer = await server.volume_slices(request);
+            if (S.vol !== vol) return;   // another case was opened meanwhile
+            await applySliceAnswer(answer, sentAt, wanted);
+        } while (S.vol === vol && (vol.again || (vol.target !== null && slicesWanted().includes(vol.target))));
+    } catch (error) {
+        if (S.vol === vol) note(`The slice could not be loaded (${error.message || error}); change slice to try again.`);
+    } finally {
+        vol.busy = false;
+    }
+}
+
+async function applySliceAnswer(answer, sentAt, wanted) {
+    const vol = S.vol;
+    if (!answer || answer.kind === "error") {
+        note(answer ? answer.message : "The server did not answer the slice request.");
+        vol.again = false;
+        return;
+    }
+    if (answer.case_id !== S.meta.case_id || answer.session !== S.meta.session) return;
+    for (const [index, revision] of answer.stored || []) {
+        const item = vol.pending.get(index);
+        if (item && item.revision <= revision) vol.pending.delete(index);
+    }
+    const entries = await Promise.all((answer.slices || []).map(decodeSlice));
+    if (S.vol !== vol) return;
+    let shown = false;
+    for (const entry of entries) {
+        if (!windowMatches(entry) || entry.W !== S.W || entry.H !== S.H) continue;
+        if (entry.index === vol.index && !vol.left) {
+            // The slice on screen in another window: only its picture changes, its edits stay.
+            Object.assign(S, { imageCanvas: entry.imageCanvas, imagePixels: entry.imagePixels });
+            renderHeat();
+            draw();
+            entry.startRuns = encodeRuns(S.mask).join(",");
+            entry.followsModel = false;
+        }
+        vol.cache.set(entry.index, entry);
+        if (vol.target === entry.index) { showSlice(entry); shown = true; }
+    }
+    vol.timings.push({ round_trip_ms: performance.now() - sentAt, slices: wanted.length, shown });
+    if (vol.timings.length > 200) vol.timings.shift();
+    pruneCache();
+    drawStrip();
+}
+
+function pruneCache() {
+    const vol = S.vol, centre = vol.target ?? vol.index;
+    for (const index of [...vol.cache.keys()]) {
+        if (Math.abs(index - centre) > CACHE_REACH && index !== vol.index) vol.cache.delete(index);
+    }
+}
+
+function nameText() {
+    const box = nameBox();
+    return box ? box.value.trim() : "";
+}
+
+function setWindow(center, width) {
+    // Another window: the slices are drawn again by the server (the picture only; masks and edits stay).
+    const vol = S.vol;
+    if (!vol || (vol.window[0] === center && vol.window[1] === width)) return;
+    vol.window = [center, width];
+    syncVolume();
+    props.value = currentValue();
+    syncSlices();
+}
+
+function buildWindowButtons() {
+    const group = $(".mse-windows");
+    group.textContent = "";
+    const unit = (S.vol.modality || "").toUpperCase() === "CT" ? " HU" : "";
+    for (const preset of S.vol.windows) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = preset.name;
+        button.title = `Window: center ${preset.center}${unit}, width ${preset.width}${unit} (the picture only; the model's maps do not change)`;
+        button.dataset.window = `${preset.center},${preset.width}`;
+        button.addEventListener("click", () => setWindow(preset.center, preset.width));
+        group.appendChild(button);
+    }
+}
+
+function syncVolume() {
+    const vol = S.vol;
+    if (!vol) return;
+    const shown = vol.target ?? vol.index;
+    const slider = $(".mse-slice");
+    slider.max = String(vol.depth);
+    slider.value = String(shown + 1);
+    $(".mse-slice-value").textContent = `${shown + 1} / ${vol.depth}` + (vol.target !== null ? " (loading)" : "");
+    for (const button of element.querySelectorAll(".mse-windows button")) {
+        button.classList.toggle("mse-active", button.dataset.window === `${vol.window[0]},${vol.window[1]}`);
+    }
+    drawStrip();
+}
+
+function drawStrip() {
+    // The model's uncertainty per slice (band entropy, the most uncertain slice brightest) as a heat
+    // bar; below it, a green tick for each reviewed slice and an amber one for each edited slice; the
+    // slice on screen outlined.
+    const vol = S.vol, canvas = $(".mse-strip");
+    if (!vol || !canvas.offsetParent) return;
+    const { width, height, ratio } = fitCanvas(canvas);
+    const context = canvas.getContext("2d");
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.clearRect(0, 0, width, height);
+    const step = width / vol.depth, heat = height - 5, lut = S.magma;
+    for (let i = 0; i < vol.depth; i++) {
+        const k = Math.max(0, Math.min(255, Math.round((vol.strip[i] || 0) * 255))) * 3;
+        context.fillStyle = `rgb(${lut[k]}, ${lut[k + 1]}, ${lut[k + 2]})`;
+        context.fillRect(i * step, 0, Math.ceil(step), heat);
+        if (vol.reviewed.has(i)) { context.fillStyle = "#2fbf4a"; context.fillRect(i * step, heat + 1, Math.max(1, step - 1), 2); }
+        if (vol.edited.has(i)) { context.fillStyle = "rgb(255, 196, 0)"; context.fillRect(i * step, heat + 3, Math.max(1, step - 1), 2); }
+    }
+    const shown = vol.target ?? vol.index;
+    context.strokeStyle = "#ffffff";
+    context.lineWidth = 2;
+    context.strokeRect(shown * step + 1, 1, Math.max(2, step - 2), heat - 2);
+}
+
+function stripSlice(event) {
+    const box = $(".mse-strip").getBoundingClientRect();
+    return Math.max(0, Math.min(S.vol.depth - 1, Math.floor((event.clientX - box.left) / box.width * S.vol.depth)));
 }
 
 // ---------------------------------------------------------------- controls
@@ -864,6 +1192,19 @@ function onPointerUp() {
 function onWheel(event) {
     if (!S.loaded) return;
     event.preventDefault();
+    if (S.vol && !event.ctrlKey && !event.metaKey) {
+        // A volume: the wheel moves through the slices (down: the next one), one per mouse notch, a
+        // touchpad's small steps added up; Ctrl+wheel (and a touchpad pinch, which the browser sends
+        // as one) zooms as it does for an image.
+        const delta = event.deltaMode === 1 ? event.deltaY * 40 : event.deltaMode === 2 ? event.deltaY * 800 : event.deltaY;
+        S.vol.wheel = Math.abs(delta) >= WHEEL_STEP ? delta : S.vol.wheel + delta;
+        if (Math.abs(S.vol.wheel) >= WHEEL_STEP) {
+            const direction = Math.sign(S.vol.wheel);
+            S.vol.wheel = 0;
+            stepSlice(direction);
+        }
+        return;
+    }
     const box = $(".mse-canvas").getBoundingClientRect();
     const mx = event.clientX - box.left, my = event.clientY - box.top;
     const factor = Math.exp(-event.deltaY * 0.0015);
@@ -895,6 +1236,14 @@ function onKey(event) {
     if (!S.loaded) {
         // Without a case only "next case" means something.
         if (key === "n" && !command) { event.preventDefault(); pressButton("next-case"); }
+        return;
+    }
+    const sliceSteps = { arrowup: -1, arrowdown: 1, pageup: -10, pagedown: 10 };
+    if (S.vol && !command && key in sliceSteps) {
+        // A focused slider (the slice slider too) moves itself with these keys.
+        if ((event.target.type || "").toLowerCase() === "range") return;
+        event.preventDefault();
+        stepSlice(sliceSteps[key]);
         return;
     }
     let handled = true;
@@ -958,6 +1307,18 @@ function bind() {
         });
     }
     $(".mse-lock").addEventListener("click", goToName);
+    $(".mse-slice").addEventListener("input", (event) => goToSlice(Number(event.target.value) - 1));
+    const strip = $(".mse-strip");
+    strip.addEventListener("click", (event) => {
+        if (S.vol) goToSlice(stripSlice(event));
+    });
+    strip.addEventListener("pointermove", (event) => {
+        if (!S.vol) return;
+        const index = stripSlice(event), vol = S.vol;
+        const marks = [vol.edited.has(index) ? "edited" : "", vol.reviewed.has(index) ? "reviewed" : ""].filter(Boolean);
+        strip.title = `Slice ${index + 1}: band entropy ${vol.stripNats[index] ?? "?"} nats` +
+            (marks.length ? ` (${marks.join(", ")})` : "") + ". Click to go there.";
+    });
     // The name box is filled by typing (input events) or by the page after a reload (no event): both
     // are followed, the second by a cheap check twice a second.
     document.addEventListener("input", (event) => {
@@ -966,7 +1327,7 @@ function bind() {
     setInterval(() => { if (S.loaded) updateLock(); }, 500);
     document.addEventListener("keydown", onKey);
     document.addEventListener("keyup", (event) => { if (event.key === " ") S.spaceDown = false; });
-    window.addEventListener("resize", () => { if (S.loaded) { fitHeight(); draw(); } });
+    window.addEventListener("resize", () => { if (S.loaded) { fitHeight(); draw(); if (S.vol) drawStrip(); } });
     // Anything above the canvas that grows or shrinks (a longer status line) moves it: fit again.
     if (window.ResizeObserver) {
         let queued = false;
@@ -1009,6 +1370,14 @@ window.medclipsegEditor = {
                     revision: S.revision, saved_revision: S.savedRevision, width: S.W, height: S.H,
                     locked: S.loaded && needsName(), pending: Boolean(S.syncPending) }),
     view: () => ({ ...S.view }),
+    // A volume's slice state, and a way to go to a slice (tests; the page's own controls do the same).
+    volume: () => (S.loaded && S.vol ? {
+        index: S.vol.index, target: S.vol.target, depth: S.vol.depth, waiting: S.vol.left && S.vol.target !== null,
+        reviewed: [...S.vol.reviewed].sort((a, b) => a - b), edited: [...S.vol.edited].sort((a, b) => a - b),
+        pending: [...S.vol.pending.keys()].sort((a, b) => a - b), cached: [...S.vol.cache.keys()].sort((a, b) => a - b),
+        busy: S.vol.busy, window: [...S.vol.window], timings: S.vol.timings.slice(),
+    } : null),
+    goToSlice: (index) => goToSlice(index),
 };
 
 bind();

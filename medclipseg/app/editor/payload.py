@@ -8,6 +8,15 @@ sends only ``saved_value`` (the new version number), so the editor keeps everyth
 
 Editor to server, after every edit (``read_edit``): the mask as runs, the thresholds, the
 version it started from, and a revision counter.
+
+Volumes (CT/MR scans) use the same values, one display slice at a time: the case value is the
+start slice's (its image, maps and start mask, exactly as for an image) plus a ``volume`` block
+(``volume_block``: depth, the slice shown, plane, spacing, modality, the per-slice uncertainty strip,
+the slices reviewed and edited, the window presets and the window in use, and the payloads of the
+neighbouring slices). The editor's value then also names the slice it shows, the slices reviewed and
+the edits of slices it has left that the server has not confirmed yet (``read_volume_edit``). Other
+slices travel through ``slice_payload`` answers to the editor's slice requests (``read_slice_request``):
+one slice per payload, never a whole volume of maps.
 """
 from __future__ import annotations
 
@@ -46,8 +55,9 @@ def _base64(array: np.ndarray, dtype: str) -> str:
 def case_payload(*, case_id: int, prediction_id: int, image_rgb: np.ndarray, probability: np.ndarray,
                  entropy: np.ndarray, start_mask: np.ndarray, start: str, start_note: str,
                  base_version: Optional[int], threshold: float, uncertainty_threshold: float, opacity: float,
-                 title: str) -> dict:
-    """The value that opens a case in the editor. ``start`` is 'draft', 'version' or 'prediction'."""
+                 title: str, volume: Optional[dict] = None) -> dict:
+    """The value that opens a case in the editor. ``start`` is 'draft', 'version' or 'prediction'.
+    A volume case passes its ``volume_block``; the maps and mask are then those of the slice it names."""
     height, width = probability.shape
     if image_rgb.shape[:2] != (height, width) or entropy.shape != (height, width) or \
             start_mask.shape != (height, width):
@@ -55,7 +65,7 @@ def case_payload(*, case_id: int, prediction_id: int, image_rgb: np.ndarray, pro
     if start not in ("draft", "version", "prediction"):
         raise EditorError(f"Unknown start {start!r}.")
     png = encode_png(np.ascontiguousarray(image_rgb[..., ::-1]), compression=1)
-    return {
+    value = {
         "kind": "case", "session": uuid.uuid4().hex, "case_id": int(case_id), "prediction_id": int(prediction_id),
         "width": int(width), "height": int(height), "title": title,
         "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
@@ -65,6 +75,9 @@ def case_payload(*, case_id: int, prediction_id: int, image_rgb: np.ndarray, pro
         "threshold": float(threshold), "uncertainty_threshold": float(uncertainty_threshold),
         "opacity": float(opacity), "max_entropy": float(MAX_BINARY_ENTROPY), "colormap": list(colormap_table()),
     }
+    if volume is not None:
+        value["volume"] = volume
+    return value
 
 
 def saved_value(case_id: int, version: Optional[int], revision: int, message: str) -> dict:
@@ -131,3 +144,140 @@ def read_edit(value, *, case_id: int, shape: tuple) -> EditorEdit:
                                       MAX_BINARY_ENTROPY + 1e-6),
         mask=mask, revision=_whole(value.get("revision") or 0, "revision"), dirty=bool(value.get("dirty")),
         edited=bool(value.get("edited")))
+
+
+# ------------------------------------------------------------------------------ volumes, one slice at a time
+
+MAX_SLICES_PER_ANSWER = 5     # the slice asked for and its neighbours: a request never pulls a volume
+
+
+def slice_payload(*, index: int, image_rgb: np.ndarray, probability: np.ndarray, entropy: np.ndarray,
+                  start_mask: np.ndarray, follows_model: bool, window: tuple) -> dict:
+    """One display slice of a volume for the editor: the same encodings as ``case_payload``.
+
+    ``follows_model``: the slice has not been reviewed and its mask is the model's, so the editor
+    draws it at whatever mask threshold it uses when it shows the slice (``start_runs`` is the
+    model's mask at the threshold of the request)."""
+    height, width = probability.shape
+    if image_rgb.shape[:2] != (height, width) or entropy.shape != (height, width) or \
+            start_mask.shape != (height, width):
+        raise EditorError("The image, maps and start mask of a slice must have the same size.")
+    png = encode_png(np.ascontiguousarray(image_rgb[..., ::-1]), compression=1)
+    return {"index": int(index), "width": int(width), "height": int(height),
+            "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+            "probability": _base64(probability, "<f4"), "entropy": _base64(entropy, "<f2"),
+            "start_runs": runs_text(mask_to_runs(start_mask)), "follows_model": bool(follows_model),
+            "window": [float(window[0]), float(window[1])]}
+
+
+def volume_block(*, depth: int, index: int, plane: str, spacing, modality: str, strip, reviewed, edited,
+                 windows: list, window: tuple, neighbours: list) -> dict:
+    """What the editor needs besides the slice on screen: ``strip`` is the band entropy of every slice
+    (nats, display order), sent as given and scaled to 0..1 by its largest value for the heat bar;
+    ``windows`` are (name, center, width) presets in modality units; ``neighbours`` are
+    ``slice_payload`` values of the slices next to ``index``."""
+    values = np.nan_to_num(np.asarray(list(strip), dtype=np.float64), nan=0.0)
+    if values.size and values.size != int(depth):
+        raise EditorError(f"The uncertainty strip has {values.size} values for a volume of {depth} slices.")
+    top = float(values.max()) if values.size else 0.0
+    scaled = values / top if top > 0 else np.zeros_like(values)
+    return {"depth": int(depth), "index": int(index), "plane": str(plane),
+            "spacing": [float(v) for v in spacing], "modality": str(modality or ""),
+            "strip": [round(float(v), 4) for v in scaled], "strip_nats": [round(float(v), 4) for v in values],
+            "reviewed": sorted({int(i) for i in reviewed}), "edited": sorted({int(i) for i in edited}),
+            "windows": [{"name": str(name), "center": float(center), "width": float(width)}
+                        for name, center, width in windows],
+            "window": [float(window[0]), float(window[1])], "neighbours": list(neighbours)}
+
+
+@dataclass(frozen=True)
+class SliceEdit:
+    """The mask of a slice the editor has left, with the editor's revision when it left it."""
+
+    index: int
+    revision: int
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class VolumeEdit:
+    """The editor's value for a volume case: the slice on screen (``edit``, as for an image), which
+    slice that is, the slices reviewed, and edits of other slices not yet confirmed as stored."""
+
+    edit: EditorEdit
+    index: int
+    reviewed: tuple
+    pending: tuple       # SliceEdit, oldest first
+    session: str
+
+
+def _slice_index(value, depth: int, what: str) -> int:
+    index = _whole(value, what)
+    if not 0 <= index < depth:
+        raise EditorError(f"The editor asked for slice {index + 1}, but the volume has slices 1 to {depth}.")
+    return index
+
+
+def read_volume_edit(value, *, case_id: int, shape: tuple, depth: int) -> VolumeEdit:
+    """The editor's value for the open volume case ``case_id`` (slices of ``shape``, ``depth`` of them), checked."""
+    edit = read_edit(value, case_id=case_id, shape=shape)
+    index = _slice_index(value.get("slice_index"), depth, "slice number")
+    reviewed = value.get("reviewed") or []
+    if not isinstance(reviewed, (list, tuple)) or len(reviewed) > depth:
+        raise EditorError("The editor sent no usable list of reviewed slices.")
+    reviewed = tuple(sorted({_slice_index(i, depth, "reviewed slice") for i in reviewed}))
+    pending = value.get("pending") or []
+    if not isinstance(pending, (list, tuple)) or len(pending) > depth:
+        raise EditorError("The editor sent no usable list of slice edits.")
+    slices = []
+    for item in pending:
+        if not isinstance(item, dict):
+            raise EditorError("The editor sent no usable list of slice edits.")
+        try:
+            mask = mask_from_runs(item.get("runs") or [], shape)
+        except MaskRunsError as exc:
+            raise EditorError(str(exc)) from None
+        slices.append(SliceEdit(index=_slice_index(item.get("index"), depth, "edited slice"),
+                                revision=_whole(item.get("revision") or 0, "revision"), mask=mask))
+    return VolumeEdit(edit=edit, index=index, reviewed=reviewed, pending=tuple(slices),
+                      session=str(value.get("session") or ""))
+
+
+@dataclass(frozen=True)
+class SliceRequest:
+    """The editor asks for slices: its state (a ``VolumeEdit``), which slices, in which window."""
+
+    state: VolumeEdit
+    wanted: tuple
+    window: Optional[tuple]
+
+
+def read_window(value) -> Optional[tuple]:
+    """A (center, width) window sent by the editor; None when it sent none."""
+    if value is None:
+        return None
+    try:
+        center, width = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise EditorError("The editor sent no usable window (center and width).") from None
+    if not (np.isfinite(center) and np.isfinite(width) and 0 < width <= 1e7 and abs(center) <= 1e7):
+        raise EditorError(f"The window width must be above 0 (center {center:g}, width {width:g}).")
+    return center, width
+
+
+def read_slice_request(value, *, case_id: int, shape: tuple, depth: int) -> SliceRequest:
+    """An editor's slice request (``kind`` "slice_request": its edit value plus ``wanted`` and ``window``)."""
+    if not isinstance(value, dict) or value.get("kind") != "slice_request":
+        raise EditorError("The editor's slice request is not one.")
+    state = read_volume_edit(dict(value, kind="edit"), case_id=case_id, shape=shape, depth=depth)
+    wanted = value.get("wanted") or []
+    if not isinstance(wanted, (list, tuple)):
+        raise EditorError("The editor sent no usable list of slices to show.")
+    indices = []
+    for item in wanted:
+        index = _slice_index(item, depth, "slice number")
+        if index not in indices:
+            indices.append(index)
+    if len(indices) > MAX_SLICES_PER_ANSWER:
+        raise EditorError(f"The editor asked for {len(indices)} slices at once; {MAX_SLICES_PER_ANSWER} is the most.")
+    return SliceRequest(state=state, wanted=tuple(indices), window=read_window(value.get("window")))
