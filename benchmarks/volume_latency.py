@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from medclipseg.inference.predictor import Predictor  # noqa: E402
-from medclipseg.inference.volume import compact_maps, expand_maps, predict_volume, slice_seed  # noqa: E402
+from medclipseg.inference.volume import IMAGES_PER_PASS, compact_maps, expand_maps, predict_volume, slice_seed  # noqa: E402
 from medclipseg.io.volumes import ScanVolume, read_nifti, window_to_uint8  # noqa: E402
 
 T1 = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
@@ -94,7 +94,8 @@ def main():
     volume_seconds = time.perf_counter() - started
     peak = peak_rss_mb()
     compact = compact_maps(prediction)
-    per_pass = args.batch_slices or max(1, predictor.chunk_size // max(1, min(predictor.chunk_size, args.samples)))
+    per_pass = args.batch_slices or max(1, min(IMAGES_PER_PASS, predictor.chunk_size)
+                                        // max(1, min(predictor.chunk_size, args.samples)))
     print(f"predict_volume: {volume_seconds:.2f} s ({1000 * volume_seconds / depth:.1f} ms per slice, "
           f"{per_pass} slices per pass); start slice {prediction.start_slice}; "
           f"band entropy {prediction.scores['band_entropy']:.4f}; peak RSS {peak:.0f} MB", flush=True)

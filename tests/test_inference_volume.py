@@ -426,3 +426,14 @@ def test_unknown_ct_preset_lists_the_known_ones(small_tiny_predictor, block, bas
     for threshold in (0.0, 1.0):
         with pytest.raises(ValueError, match="threshold must lie strictly between 0 and 1"):
             base.with_threshold(threshold)
+
+
+@pytest.mark.parametrize("k", [1, 37, 500, 2400])
+def test_volume_top_entropy_is_the_mean_of_the_k_largest_voxels(k):
+    from medclipseg.inference.volume import _top_mean_float16
+
+    rng = np.random.default_rng(k)
+    entropy = (rng.random((6, 20, 20)) * math.log(2)).astype(np.float16)
+    entropy[1] = np.float16(0.25)  # a plateau of ties
+    expected = np.sort(entropy.astype(np.float64).ravel())[::-1][:k].mean()
+    assert _top_mean_float16(entropy, k) == pytest.approx(expected, rel=1e-12)

@@ -62,7 +62,6 @@ from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.inference.uncertainty import (
     MAX_BINARY_ENTROPY,
     MonteCarloAccumulator,
-    _top_mean,
     acquisition_region,
     boundary_band,
     image_scores,
@@ -90,6 +89,10 @@ MAP_NAMES = ("probability", "entropy", "mutual_information")
 # The percentile window reads at most this many voxels (an even stride through the volume): exact
 # for volumes up to this size, and a copy of 64 MB at most instead of one as large as the scan.
 PERCENTILE_SAMPLE_VOXELS = 16_000_000
+# Images (slices x samples) per forward pass by default. On a 2-core CPU passes of 8 to 64 images of
+# the demo model cost the same per image (benchmarks/volume_latency.py: 91-111 ms per slice at 8
+# samples for 1, 2, 4 or 8 slices per pass), while a pass's upscaled feature maps grow with it.
+IMAGES_PER_PASS = 16
 MAP_DTYPE = np.float16
 DEFAULT_CT_WINDOW = "Soft tissue"
 CLEANUP_LARGEST = "largest"
@@ -237,6 +240,22 @@ def clean_mask(mask: np.ndarray, cleanup) -> np.ndarray:
     return keep[labels]
 
 
+def _top_mean_float16(values: np.ndarray, k: int) -> float:
+    """The mean of the k largest values of a float16 volume, exactly, from a count of its 65,536 bit
+    patterns taken slice by slice: no volume-sized temporary (a float16 value is its bit pattern)."""
+    counts = np.zeros(1 << 16, dtype=np.int64)
+    for plane in values:
+        counts += np.bincount(np.ascontiguousarray(plane, dtype=np.float16).view(np.uint16).ravel(),
+                              minlength=1 << 16)
+    patterns = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+    present = np.flatnonzero(counts)
+    present = present[np.isfinite(patterns[present])]
+    order = present[np.argsort(patterns[present], kind="stable")[::-1]]  # largest value first
+    taken = np.minimum(counts[order], np.maximum(0, k - np.concatenate([[0], np.cumsum(counts[order])[:-1]])))
+    total = int(taken.sum())
+    return float(np.dot(taken, patterns[order]) / total) if total else 0.0
+
+
 def _score_volume(probability: np.ndarray, entropy: np.ndarray, mutual_information: np.ndarray,
                   mask: np.ndarray, band_width: int) -> tuple:
     """(per-slice scores, volume scores) of display-order maps (module docstring)."""
@@ -288,7 +307,7 @@ def _score_volume(probability: np.ndarray, entropy: np.ndarray, mutual_informati
         "boundary_band_px": int(band_width),
         "band_entropy": ratio(totals["region_entropy"], totals["region"]),
         "band_mutual_information": ratio(totals["region_mi"], totals["region"]),
-        "top_entropy": _top_mean(entropy.reshape(-1), top_pixel_count(entropy.size)),
+        "top_entropy": _top_mean_float16(entropy, top_pixel_count(entropy.size)),
         "expected_dice": expected_dice,
         "expected_dice_miss": 1.0 - expected_dice,
         "soft_foreground_pixels": totals["p"],
@@ -378,8 +397,8 @@ def predict_volume(
     """Segment ``volume`` (a ScanVolume) slice by slice with ``predictor`` (module docstring).
 
     ``batch_slices`` slices share a forward pass (results do not depend on it beyond float
-    rounding); by default as many as keep a pass at ``predictor.chunk_size`` images, the bound
-    ``Predictor.predict`` keeps (the upscaled feature maps of a pass are most of its memory).
+    rounding); by default as many as keep a pass at IMAGES_PER_PASS images (or
+    ``predictor.chunk_size``, if smaller): batching more saves no time and costs memory.
     ``progress(slices done, total)`` is called after every pass.
     """
     if not 0.0 < threshold < 1.0:
@@ -388,7 +407,7 @@ def predict_volume(
         raise ValueError("num_samples must be >= 1")
     chunk = max(1, min(predictor.chunk_size, num_samples))
     if batch_slices is None:
-        batch_slices = max(1, predictor.chunk_size // chunk)
+        batch_slices = max(1, min(IMAGES_PER_PASS, predictor.chunk_size) // chunk)
     if int(batch_slices) < 1:
         raise ValueError("batch_slices must be >= 1")
     _check_cleanup(cleanup)
@@ -420,7 +439,11 @@ def predict_volume(
             for name, values in (("probability", accumulator.mean_probability),
                                  ("entropy", accumulator.predictive_entropy),
                                  ("mutual_information", accumulator.mutual_information)):
-                maps[name][s] = resize_map(values.cpu().numpy().astype(np.float32), (rows, columns))
+                resized = resize_map(values.cpu().numpy().astype(np.float32), (rows, columns))
+                # torch's float16 conversion rounds exactly as numpy's (both IEEE, to nearest even) but
+                # stays fast on values that become float16 subnormals (p near 0), where numpy's takes
+                # 15 ms for a 512 x 512 slice.
+                maps[name][s] = torch.from_numpy(np.ascontiguousarray(resized)).to(torch.float16).numpy()
         if progress is not None:
             progress(indices[-1] + 1, depth)
     display_mask = clean_mask(maps["probability"] > np.float32(threshold), cleanup)
