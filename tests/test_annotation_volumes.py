@@ -127,6 +127,22 @@ def test_volume_case_enters_the_queue_with_its_start_slice(tmp_path, t1_crop):
     assert served.id == case.id and served.start_slice == 5 and served.kind == "volume"
 
 
+def test_a_new_prediction_moves_the_start_slice_and_its_fingerprint(tmp_path, t1_crop):
+    """Re-scoring by a new model: the queue, and the diverse orders' likeness, follow the new start slice."""
+    from medclipseg.annotation import diversity
+    from medclipseg.io.volumes import window_to_uint8
+
+    store = AnnotationStore(tmp_path / "a.db")
+    case, _ = store.add_volume_case_with_prediction(t1_crop, fake_prediction(t1_crop, start=2), prompt="brain",
+                                                   original_name="t1.nii.gz")
+    store.add_volume_prediction(case.id, fake_prediction(t1_crop, start=9))
+    row = store._db()["cases"].get(case.id)
+    assert (row["start_slice"], row["slice_index"]) == (9, 9)
+    geometry = store.volume_geometry(case.id)
+    expected = diversity.image_descriptor(window_to_uint8(t1_crop.to_display()[9], geometry.window))
+    assert row["descriptor"] == expected
+
+
 def test_quantisation_error_is_within_half_a_step():
     rng = np.random.default_rng(0)
     for name, top in (("probability", 1.0), ("entropy", math.log(2)), ("mutual_information", math.log(2))):

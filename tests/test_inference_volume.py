@@ -437,3 +437,13 @@ def test_volume_top_entropy_is_the_mean_of_the_k_largest_voxels(k):
     entropy[1] = np.float16(0.25)  # a plateau of ties
     expected = np.sort(entropy.astype(np.float64).ravel())[::-1][:k].mean()
     assert _top_mean_float16(entropy, k) == pytest.approx(expected, rel=1e-12)
+
+
+def test_start_slice_without_any_band_falls_back_to_entropy_then_the_middle():
+    from medclipseg.inference.volume import _start_slice
+
+    band = np.array([0.0, 0.2, 0.5, 0.1])
+    mean = np.array([0.3, 0.0, 0.0, 0.0])
+    assert _start_slice(band, mean, 4) == 2
+    assert _start_slice(np.zeros(4), mean, 4) == 0
+    assert _start_slice(np.zeros(5), np.zeros(5), 5) == 2

@@ -591,10 +591,16 @@ class AnnotationStore:
         volume = volume if volume is not None else self.load_volume(case.id)
         geometry = self.volume_geometry(case.id)
         row = self._write_volume_prediction_files(case.id, volume, geometry, prediction, case.prompt)
+        from medclipseg.io.volumes import window_to_uint8
+
+        # The diverse orders compare a volume by its start slice: a new start slice, a new fingerprint.
+        start = int(prediction.start_slice)
+        start_image = window_to_uint8(volume.to_display(plane=geometry.plane)[start], geometry.window)
         try:
             with self._connections.write() as db:
                 prediction_id = self._insert_prediction(db, case.id, row)
-                db["cases"].update(case.id, {"start_slice": int(prediction.start_slice)})
+                db["cases"].update(case.id, {"start_slice": start, "slice_index": start,
+                                             "descriptor": diversity.image_descriptor(start_image)})
                 return prediction_id
         except BaseException:
             self._files.discard(row["maps_path"], row["mask_path"])

@@ -40,7 +40,8 @@ Scores
     sum over slices of H summed over U_s, divided by sum of |U_s|; ``expected_dice`` uses the
     volume's sums of p and p*m; ``top_entropy`` averages the k highest-entropy voxels of the
     volume with k from the volume's voxel count. Added: ``start_slice`` (the display slice with the
-    highest band entropy, where review starts), ``max_slice_band_entropy`` and ``foreground_slices``.
+    highest band entropy, where review starts; the highest mean entropy when no slice has a band, the
+    middle slice when the model is certain everywhere), ``max_slice_band_entropy`` and ``foreground_slices``.
 
 Clean-up (``cleanup``)
     None (default): the thresholded mask as is. ``"largest"``: only the largest 3-D connected
@@ -256,6 +257,17 @@ def _top_mean_float16(values: np.ndarray, k: int) -> float:
     return float(np.dot(taken, patterns[order]) / total) if total else 0.0
 
 
+def _start_slice(band_entropy: np.ndarray, mean_entropy: np.ndarray, depth: int) -> int:
+    """Where review starts: the slice of highest band entropy; when the model found nothing anywhere
+    (no band), the slice of highest mean entropy; when it is certain everywhere, the middle slice."""
+    if depth == 0:
+        return 0
+    for values in (band_entropy, mean_entropy):
+        if float(np.max(values)) > 0:
+            return int(np.argmax(values))
+    return depth // 2
+
+
 def _score_volume(probability: np.ndarray, entropy: np.ndarray, mutual_information: np.ndarray,
                   mask: np.ndarray, band_width: int) -> tuple:
     """(per-slice scores, volume scores) of display-order maps (module docstring)."""
@@ -294,7 +306,7 @@ def _score_volume(probability: np.ndarray, entropy: np.ndarray, mutual_informati
     voxels = float(probability.size)
     expected_dice = (2.0 * totals["p_fg"] + 1.0) / (totals["p"] + totals["fg"] + 1.0)
     band_entropy = per_slice["band_entropy"]
-    start = int(np.argmax(band_entropy)) if depth else 0
+    start = _start_slice(band_entropy, per_slice["mean_entropy"], depth)
     volume_scores = {
         "mean_entropy": totals["entropy"] / voxels,
         "mean_entropy_foreground": ratio(totals["fg_entropy"], totals["fg"]),
