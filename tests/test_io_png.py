@@ -40,3 +40,17 @@ def test_refusals_in_words():
         decode_png(b"definitely not a png")
     with pytest.raises(PNGError, match="not a readable PNG"):
         decode_png(b"")
+
+
+def test_bilevel_png_is_one_bit_and_reads_back_as_0_255():
+    import cv2
+
+    rng = np.random.default_rng(3)
+    mask = np.where(rng.random((37, 101)) > 0.7, 255, 0).astype(np.uint8)
+    data = encode_png(mask, bilevel=True)
+    # IHDR's bit depth (byte 24 of the file) is 1; every reader expands it to 0/255 grey.
+    assert data[24] == 1
+    assert np.array_equal(decode_png(data, grey=True), mask)
+    assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), mask)
+    with pytest.raises(PNGError):
+        encode_png(np.zeros((4, 4, 3), np.uint8), bilevel=True)

@@ -86,16 +86,16 @@ class FileStore:
             raise StorageError(f"Could not write {relative} in {self.root}: {exc}. "
                                "Check free disk space and permissions.") from exc
 
-    def write_png(self, relative: str, array: np.ndarray) -> None:
+    def write_png(self, relative: str, array: np.ndarray, *, bilevel: bool = False) -> None:
         try:
-            data = encode_png(array)
+            data = encode_png(array, bilevel=bilevel)
         except PNGError as exc:
             raise StorageError(f"Could not store {relative}: {exc}") from None
         self.write(relative, lambda handle: handle.write(data))
 
     def write_mask(self, relative: str, mask: np.ndarray) -> None:
-        """A boolean mask as a 0/255 PNG."""
-        self.write_png(relative, mask.astype(np.uint8) * 255)
+        """A boolean mask as a 0/255 PNG of 1 bit a pixel."""
+        self.write_png(relative, mask.astype(np.uint8) * 255, bilevel=True)
 
     def write_maps(self, relative: str, maps: dict) -> None:
         self.write(relative, lambda handle: np.savez_compressed(handle, **maps))
