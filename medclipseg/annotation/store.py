@@ -225,6 +225,18 @@ def _refuse_conflict(db, case_id: int, annotator: str, base_version: Optional[in
                           draft_kept=drafts.get_row(db, case_id, annotator) is not None)
 
 
+def _case_fields(prompt: str, source: str, original_name: str, batch: Optional[str]) -> tuple:
+    """(prompt, name, batch) of a new case, checked and trimmed; StorageError in words otherwise."""
+    try:
+        prompt = validate_prompt(prompt)
+    except PromptError as exc:
+        raise StorageError(str(exc)) from None
+    if source not in SOURCES:
+        raise StorageError(f"Unknown case source {source!r}; use one of {', '.join(SOURCES)}.")
+    batch = None if batch is None or not str(batch).strip() else str(batch).strip()[:MAX_NAME_CHARS]
+    return prompt, str(original_name)[:MAX_NAME_CHARS], batch
+
+
 def _prediction_row(prediction, prompt: str, maps_path: str, mask_path: str, scores: dict,
                     foreground: int) -> dict:
     """A predictions row (without its case id) for files already written, image or volume alike."""
@@ -332,14 +344,7 @@ class AnnotationStore:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise StorageError(f"Case images must be 8-bit colour arrays (H x W x 3, uint8); got "
                                f"{image.dtype} with shape {tuple(image.shape)}.")
-        try:
-            prompt = validate_prompt(prompt)
-        except PromptError as exc:
-            raise StorageError(str(exc)) from None
-        if source not in SOURCES:
-            raise StorageError(f"Unknown case source {source!r}; use one of {', '.join(SOURCES)}.")
-        original_name = str(original_name or "image")[:MAX_NAME_CHARS]
-        batch = None if batch is None or not str(batch).strip() else str(batch).strip()[:MAX_NAME_CHARS]
+        prompt, original_name, batch = _case_fields(prompt, source, original_name or "image", batch)
         # Privacy rule: only whitelisted technical keys are kept (no patient/study identifiers).
         kept = {key: _json_value(value) for key, value in (metadata or {}).items() if key in ALLOWED_METADATA_KEYS}
         image = np.ascontiguousarray(image)
@@ -512,14 +517,7 @@ class AnnotationStore:
         when this scan and prompt are stored already (the prediction is then added to it). The scan is
         kept in its display orientation with its geometry (volume_files); masks are stacked slices.
         Returns (Case, prediction id)."""
-        try:
-            prompt = validate_prompt(prompt)
-        except PromptError as exc:
-            raise StorageError(str(exc)) from None
-        if source not in SOURCES:
-            raise StorageError(f"Unknown case source {source!r}; use one of {', '.join(SOURCES)}.")
-        original_name = str(original_name or "volume")[:MAX_NAME_CHARS]
-        batch = None if batch is None or not str(batch).strip() else str(batch).strip()[:MAX_NAME_CHARS]
+        prompt, original_name, batch = _case_fields(prompt, source, original_name or "volume", batch)
         geometry = volume_files.geometry_of(volume, prediction.window)
         content_hash = volume_files.content_hash(volume)
         same = "content_hash = ? AND prompt = ?"

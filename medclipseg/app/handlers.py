@@ -595,12 +595,18 @@ def _after_conflict(service: AnnotationService, session: EditorSession, edit: Ed
                            uncertainty_threshold=edit.uncertainty_threshold)
     except USER_ERRORS as exc:
         return Screen(status=error_text(f"{conflict} ({exc})"))
-    started = "no saved version" if conflict.base_version is None else f"v{conflict.base_version}"
-    screen.status = error_text(
-        f"Not saved. Case #{session.case_id} was saved as v{conflict.latest_version} by {conflict.latest_annotator} "
-        f"at {_when(conflict.latest_created_at)} after you opened it (you started from {started}). The editor now "
-        f"shows v{conflict.latest_version}; your edits are kept as your draft: *Use my draft* puts them back over it.")
+    screen.status = _conflict_status(session.case_id, conflict, "your edits are kept as your draft: *Use my draft* "
+                                     "puts them back over it")
     return screen
+
+
+def _conflict_status(case_id: int, conflict, kept: str) -> str:
+    """What a refused save says: who saved which version when, what the editor shows, what was kept."""
+    started = "no saved version" if conflict.base_version is None else f"v{conflict.base_version}"
+    return error_text(
+        f"Not saved. Case #{case_id} was saved as v{conflict.latest_version} by {conflict.latest_annotator} "
+        f"at {_when(conflict.latest_created_at)} after you opened it (you started from {started}). The editor now "
+        f"shows v{conflict.latest_version}; {kept}.")
 
 
 def save(service: AnnotationService, session: Optional[EditorSession], editor_value, annotator: Optional[str]) -> Screen:
@@ -1304,11 +1310,8 @@ def _after_volume_conflict(service: AnnotationService, session: EditorSession, w
         screen = open_case(service, session.case_id, work.prediction_id, annotator)
     except USER_ERRORS as exc:
         return Screen(status=error_text(f"{conflict} ({exc})"))
-    started = "no saved version" if conflict.base_version is None else f"v{conflict.base_version}"
-    screen.status = error_text(
-        f"Not saved. Case #{session.case_id} was saved as v{conflict.latest_version} by {conflict.latest_annotator} "
-        f"at {_when(conflict.latest_created_at)} after you opened it (you started from {started}). The editor now "
-        f"shows v{conflict.latest_version}; your work is kept as your draft: *Use my draft* puts it back over it.")
+    screen.status = _conflict_status(session.case_id, conflict, "your work is kept as your draft: *Use my draft* "
+                                     "puts it back over it")
     return screen
 
 
