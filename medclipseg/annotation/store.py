@@ -660,6 +660,14 @@ class AnnotationStore:
     def _image_path(self, case_id: int) -> str:
         return _get(self._db(), "cases", case_id, "Case")["image_path"]
 
+    def volume_scan_path(self, case_id: int) -> Path:
+        """The file of a volume case's scan (one member per display slice; see ``volume_files``)."""
+        return self._files.resolve(self._image_path(case_id), "volumes")
+
+    def prediction_maps_path(self, prediction_id: int) -> Path:
+        """The file of a prediction's maps (a volume's: 8-bit, one member per slice and map)."""
+        return self._files.resolve(_get(self._db(), "predictions", prediction_id, "Prediction")["maps_path"], "maps")
+
     def volume_slice(self, case_id: int, index: int) -> np.ndarray:
         """One display slice of a volume case's scan, float32 in modality units."""
         geometry = self.volume_geometry(case_id)
