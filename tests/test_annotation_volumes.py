@@ -149,3 +149,25 @@ def test_quantisation_error_is_within_half_a_step():
         values = rng.uniform(0, top, size=(50, 60)).astype(np.float32)
         back = volume_files.dequantise(name, volume_files.quantise(name, values))
         assert np.abs(back - values).max() <= volume_files.QUANTISATION_STEP[name] / 2 + 1e-6
+
+
+def test_slice_provenance_is_kept_in_drafts_versions_and_refused_when_wrong(tmp_path, t1_crop):
+    from medclipseg.annotation.volume_tools import DRAWN, INTERPOLATED, PREDICTED, PROPAGATED
+
+    store = AnnotationStore(tmp_path / "a.db")
+    case, _ = store.add_volume_case_with_prediction(t1_crop, fake_prediction(t1_crop), prompt="brain",
+                                                   original_name="t1.nii.gz")
+    depth, rows, columns = t1_crop.display_shape()
+    mask = np.zeros((depth, rows, columns), bool)
+    provenance = [PREDICTED] * depth
+    provenance[1], provenance[2], provenance[4], provenance[5] = DRAWN, INTERPOLATED, DRAWN, PROPAGATED
+    draft = store.save_draft(case.id, "ann", mask, slice_provenance=provenance)
+    expected = {"drawn": [1, 4], "interpolated": [2], "propagated": [5]}
+    assert draft.slice_provenance == expected and store.draft(case.id, "ann").slice_provenance == expected
+    store.save_correction(case.id, mask, annotator="ann", reviewed_slices=[1, 4], slice_provenance=expected)
+    assert json.loads(store.latest_correction(case.id)["slice_provenance"]) == expected
+    for wrong, words in (([DRAWN] * (depth + 1), "volume has"), ({"drawn": [depth]}, "outside"),
+                         ({"drawn": [1], "propagated": [1]}, "two provenances"), ({"guessed": [1]}, "unknown")):
+        with pytest.raises(StorageError, match=words):
+            store.save_correction(case.id, mask, annotator="ann", slice_provenance=wrong)
+    assert store.latest_correction(case.id)["version"] == 1  # refusals wrote nothing

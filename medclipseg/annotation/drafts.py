@@ -28,6 +28,7 @@ class Draft:
     updated_at: str
     mask: np.ndarray  # bool H x W
     reviewed_slices: tuple = ()  # a volume's slices the annotator has looked at (display indices)
+    slice_provenance: Optional[dict] = None  # a volume's {"drawn": [...], ...} (volume_tools.provenance_record)
 
 
 def get_row(db, case_id: int, annotator: str) -> Optional[dict]:
@@ -58,4 +59,5 @@ def from_row(row: dict, mask: np.ndarray) -> Draft:
     return Draft(case_id=int(row["case_id"]), annotator=row["annotator"], prediction_id=row["prediction_id"],
                  base_version=row["base_version"], threshold=row["threshold"], pixels=int(row["pixels"]),
                  revision=int(row["revision"]), updated_at=row["updated_at"], mask=mask,
-                 reviewed_slices=tuple(json.loads(row.get("reviewed_slices") or "[]")))
+                 reviewed_slices=tuple(json.loads(row.get("reviewed_slices") or "[]")),
+                 slice_provenance=json.loads(row["slice_provenance"]) if row.get("slice_provenance") else None)

@@ -270,6 +270,8 @@ def _export_volume(store, row: dict, split: str, staging: Path, tables: dict, vo
         "version": int(row["version"]), "model_id": row.get("model_id"), "scores": row["scores"] or {},
         "content_hash": row.get("content_hash"), "original_name": row.get("original_name"),
         "reviewed_slices": reviewed, "slices": slices, "files": files,
+        # Where each slice's mask came from (drawn, interpolated, propagated; the rest: the model's).
+        "slice_provenance": json.loads(row["slice_provenance"]) if row.get("slice_provenance") else None,
         "geometry": {"shape": list(geometry.file_shape), "affine": [list(r) for r in geometry.affine],
                      "orientation": geometry.orientation, "plane": geometry.plane,
                      "display_spacing": list(geometry.display_spacing), "modality": geometry.modality,

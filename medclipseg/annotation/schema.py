@@ -1,6 +1,6 @@
 """Tables, indexes and schema version of the annotation database, and the migrations between versions.
 
-Tables (``SCHEMA_VERSION`` 4): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
+Tables (``SCHEMA_VERSION`` 6): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
 ``gold_seed``, ``gold_fraction``), ``cases`` (one per distinct image pixels + prompt, with review
 status, the annotator lease, the gold flag and the queue ranks of the current model),
 ``predictions`` (one per model run, with its image-level uncertainty scores), ``corrections``
@@ -25,6 +25,11 @@ slices of a volume the annotator looked at, a JSON list). A volume's masks are i
 into one image (medclipseg.annotation.volume_files), so versions, drafts and conflicts work as for
 images.
 
+Slice provenance (version 6): ``slice_provenance`` on corrections and drafts of volumes, where each
+slice's mask came from, as JSON ``{"drawn": [...], "interpolated": [...], "propagated": [...]}``
+(display indices; a slice in none of the lists shows the model's prediction); see
+medclipseg.annotation.volume_tools.
+
 Queue ranks (version 2): each case carries ``rank_<acquisition>`` columns copied from the scores
 of its latest prediction *by the current model* (``ranked_model_id``), with one partial index per
 acquisition over unreviewed cases, so the top of the queue is an index lookup rather than a join
@@ -47,7 +52,7 @@ from pathlib import Path
 
 from medclipseg.annotation.errors import StorageError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
@@ -246,9 +251,15 @@ def _add_volumes(db) -> None:
     db["drafts"].add_column("reviewed_slices", str)
 
 
+def _add_slice_provenance(db) -> None:
+    """Version 6: ``slice_provenance`` on corrections and drafts (see the module docstring)."""
+    db["corrections"].add_column("slice_provenance", str)
+    db["drafts"].add_column("slice_provenance", str)
+
+
 # Index i migrates schema version i to i + 1.
 MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage, _add_queue_diversity,
-              _add_volumes]
+              _add_volumes, _add_slice_provenance]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -507,7 +507,8 @@ class AnnotationService:
 
     def save(self, case_id: int, mask: Optional[np.ndarray] = None, *, annotator: str,
              status: str = "corrected", prediction_id: Optional[int] = None,
-             threshold: Optional[float] = None, base_version=KEEP_UNCHECKED, reviewed_slices=None):
+             threshold: Optional[float] = None, base_version=KEEP_UNCHECKED, reviewed_slices=None,
+             slice_provenance=None):
         """Record a review. The status chooses the mask: 'corrected' saves ``mask`` (required),
         'accepted' the prediction's own mask at ``threshold`` (no mask may be sent), 'skipped'
         none (the case leaves the queue; returns None). Otherwise returns the store's Correction."""
@@ -535,7 +536,7 @@ class AnnotationService:
         # For 'accepted' (mask None) the store saves the very mask it compares with.
         return self.store.save_correction(case_id, mask, annotator=annotator, prediction_id=prediction_id,
                                           status=status, threshold=threshold, base_version=base_version,
-                                          reviewed_slices=reviewed_slices)
+                                          reviewed_slices=reviewed_slices, slice_provenance=slice_provenance)
 
     def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False) -> None:
         """Take a case out of the queue without a mask (status 'skipped'; it is never exported or trained on).

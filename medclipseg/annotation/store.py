@@ -746,7 +746,7 @@ class AnnotationStore:
     def save_correction(self, case_id: int, corrected_mask: Optional[np.ndarray], *, annotator: str,
                         prediction_id: Optional[int] = None, status: str = "corrected",
                         threshold: Optional[float] = None, base_version=KEEP_UNCHECKED,
-                        reviewed_slices=None) -> Correction:
+                        reviewed_slices=None, slice_provenance=None) -> Correction:
         """Save a new version; ``corrected_mask`` None (status 'accepted' only) saves the compared
         prediction's own mask at ``threshold``.
 
@@ -767,6 +767,7 @@ class AnnotationStore:
         if checked:  # a conflict visible already is refused before any work; checked again under the lock
             _refuse_conflict(self._db(), case.id, annotator, base_version, _latest_version_row(self._db(), case.id))
         reviewed = self._reviewed_slices(case, reviewed_slices)
+        provenance = self._slice_provenance(case, slice_provenance)
         if case.is_volume and corrected_mask is not None and np.ndim(corrected_mask) == 3:
             corrected_mask = volume_files.mosaic(np.asarray(corrected_mask))
         corrected = None if corrected_mask is None else _binary_mask(corrected_mask, (case.height, case.width),
@@ -800,7 +801,8 @@ class AnnotationStore:
                     "model_id": prediction["model_id"] if prediction else None,
                     "scores": None if scores is None else json.dumps(_json_value(scores)),
                     "created_at": now, "replaces_version": replaces,
-                    "reviewed_slices": None if reviewed is None else json.dumps(reviewed)}).last_rowid
+                    "reviewed_slices": None if reviewed is None else json.dumps(reviewed),
+                    "slice_provenance": provenance}).last_rowid
                 draft_path = drafts.delete_row(db, case.id, annotator)
                 changes = {"status": status, "status_by": annotator, "updated_at": now, **queue.NO_LEASE}
                 if db["cases"].get(case.id)["gold"] is None:  # chosen once, when first corrected
@@ -828,6 +830,28 @@ class AnnotationStore:
             raise StorageError(f"Reviewed slices must lie between 0 and {depth - 1}; got {values[0]}..{values[-1]}.")
         return values
 
+    def _slice_provenance(self, case: Case, slice_provenance) -> Optional[str]:
+        """Where each slice of a volume save or draft came from, as stored (JSON of
+        ``volume_tools.provenance_record``); None when not given. ``slice_provenance``: a per-slice
+        list or such a record. Images have none."""
+        if slice_provenance is None:
+            return None
+        if not case.is_volume:
+            raise StorageError(f"Case {case.id} is an image; it has no slices to record the provenance of.")
+        from medclipseg.annotation import volume_tools
+
+        depth = self._volume_row(case.id)["depth"]
+        try:
+            if isinstance(slice_provenance, dict):
+                listed = volume_tools.provenance_from_record(slice_provenance, depth)
+            else:
+                listed = list(slice_provenance)
+                if len(listed) != depth:
+                    raise ValueError(f"the provenance lists {len(listed)} slices; the volume has {depth}")
+            return json.dumps(volume_tools.provenance_record(listed))
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"The slice provenance of case {case.id} is not usable: {exc}.") from None
+
     def latest_correction(self, case_id: int) -> Optional[dict]:
         """The case's highest-version correction row (any status; scores decoded), None before the first."""
         case_id = int(_get(self._db(), "cases", case_id, "Case")["id"])
@@ -847,7 +871,7 @@ class AnnotationStore:
     # -- drafts ---------------------------------------------------------------------------------
     def save_draft(self, case_id: int, annotator: str, mask, *, prediction_id: Optional[int] = None,
                    base_version: Optional[int] = None, threshold: Optional[float] = None,
-                   reviewed_slices=None) -> Draft:
+                   reviewed_slices=None, slice_provenance=None) -> Draft:
         """Keep ``annotator``'s in-progress mask of the case (one per case and annotator, overwritten;
         its revision counts the saves). ``base_version`` is the saved version the editor opened."""
         annotator = _clean_annotator(annotator)
@@ -856,6 +880,7 @@ class AnnotationStore:
             mask = volume_files.mosaic(np.asarray(mask))
         mask = _binary_mask(mask, (case.height, case.width), "draft mask")
         reviewed = self._reviewed_slices(case, reviewed_slices)
+        provenance = self._slice_provenance(case, slice_provenance)
         base_version = _check_base_version(base_version)
         threshold = None if threshold is None else _check_threshold(threshold)
         if prediction_id is not None:
@@ -872,7 +897,8 @@ class AnnotationStore:
                     "case_id": case.id, "annotator": annotator, "prediction_id": prediction_id,
                     "base_version": base_version, "threshold": threshold, "mask_path": mask_path,
                     "pixels": int(np.count_nonzero(mask)), "updated_at": _now_iso(),
-                    "reviewed_slices": None if reviewed is None else json.dumps(reviewed)}, existing)
+                    "reviewed_slices": None if reviewed is None else json.dumps(reviewed),
+                    "slice_provenance": provenance}, existing)
         except BaseException:
             self._files.discard(mask_path)
             raise

@@ -60,10 +60,18 @@ def _as_mask(mask, name: str = "mask") -> np.ndarray:
     return array.astype(bool, copy=True)
 
 
-def _as_map(values, shape: tuple, name: str) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if array.shape != shape:
-        raise ValueError(f"{name} has shape {array.shape}, the mask {shape}")
+def _as_map(values, shape: tuple, name: str):
+    """A map as the tools read it, one slice at a time: a float array as given (no volume-sized
+    copy), another array as float64, or an object with ``shape`` whose ``[s]`` gives a float slice
+    (an 8-bit map read lazily, e.g. ``volume_planes.QuantisedMap``)."""
+    if not isinstance(values, np.ndarray) and hasattr(values, "shape") and hasattr(values, "__getitem__"):
+        array = values
+    else:
+        array = np.asarray(values)
+        if not np.issubdtype(array.dtype, np.floating):
+            array = array.astype(np.float64)
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(array.shape)}, the mask {shape}")
     return array
 
 
@@ -545,3 +553,42 @@ def merge_provenance(current: Sequence[Optional[str]], updates) -> list:
             continue
         merged[index] = value
     return merged
+
+
+def provenance_record(provenance: Sequence[Optional[str]]) -> dict:
+    """A per-slice provenance list as stored and exported: ``{"drawn": [...], "interpolated": [...],
+    "propagated": [...]}`` (sorted display indices); slices in none of the lists (None or PREDICTED)
+    show the model's prediction."""
+    record = {name: [] for name in (DRAWN, INTERPOLATED, PROPAGATED)}
+    for index, value in enumerate(provenance):
+        if value is None or value == PREDICTED:
+            continue
+        if value not in record:
+            raise ValueError(f"unknown provenance {value!r} on slice {index}: use one of {', '.join(PROVENANCES)}")
+        record[value].append(index)
+    return record
+
+
+def provenance_from_record(record: Optional[dict], depth: int) -> list:
+    """The per-slice list of a stored record (None or empty: every slice PREDICTED). Unknown names,
+    slices outside the volume and slices listed twice raise ValueError."""
+    provenance = [PREDICTED] * int(depth)
+    if not record:
+        return provenance
+    if not isinstance(record, dict):
+        raise ValueError("a slice provenance record is a mapping of provenance names to slice lists")
+    seen = set()
+    for name, indices in record.items():
+        if name not in (DRAWN, INTERPOLATED, PROPAGATED, PREDICTED):
+            raise ValueError(f"unknown provenance {name!r}: use one of {', '.join(PROVENANCES)}")
+        if not isinstance(indices, (list, tuple)):
+            raise ValueError(f"the {name} slices must be a list of slice indices")
+        for index in indices:
+            index = int(index)
+            if not 0 <= index < int(depth):
+                raise ValueError(f"slice {index} lies outside the volume's {int(depth)} slices")
+            if index in seen:
+                raise ValueError(f"slice {index} is listed under two provenances")
+            seen.add(index)
+            provenance[index] = name
+    return provenance
