@@ -348,3 +348,29 @@ def test_provenance_merging_keeps_drawn_slices():
         vt.merge_provenance(provenance, {1: "guessed"})
     with pytest.raises(ValueError, match="entries"):
         vt.merge_provenance(provenance, [None])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tools_computed_in_the_masks_box_equal_the_whole_volume_computation(seed):
+    """The tools work inside the mask's bounding box; on masks small, large, and touching the
+    volume's faces, the results equal scipy's computed on the whole array."""
+    rng = np.random.default_rng(seed)
+    shape = (9, 23, 17)
+    mask = np.zeros(shape, bool)
+    low = [int(rng.integers(0, n // 2)) for n in shape]
+    high = [int(rng.integers(lo + 2, n + 1)) for lo, n in zip(low, shape)]
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    mask[box] = rng.random(tuple(b - a for a, b in zip(low, high))) > 0.35
+    spacing = (2.5, 0.8, 1.1)
+    mm = float(rng.choice([0.9, 2.0, 3.3]))
+    assert np.array_equal(vt.grow_mm(mask, mm, spacing),
+                          ndimage.distance_transform_edt(~mask, sampling=spacing) <= mm)
+    assert np.array_equal(vt.shrink_mm(mask, mm, spacing),
+                          mask & (ndimage.distance_transform_edt(mask, sampling=spacing) > mm))
+    assert np.array_equal(vt.fill_holes_3d(mask), ndimage.binary_fill_holes(mask))
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    assert np.array_equal(vt.remove_islands(mask, min_voxels=3),
+                          np.isin(labels, 1 + np.flatnonzero(sizes >= 3)))
+    voxel = tuple(int(v) for v in np.argwhere(mask)[0])
+    assert np.array_equal(vt.component_at(mask, voxel), labels == labels[voxel])
