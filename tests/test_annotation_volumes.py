@@ -171,3 +171,24 @@ def test_slice_provenance_is_kept_in_drafts_versions_and_refused_when_wrong(tmp_
         with pytest.raises(StorageError, match=words):
             store.save_correction(case.id, mask, annotator="ann", slice_provenance=wrong)
     assert store.latest_correction(case.id)["version"] == 1  # refusals wrote nothing
+
+
+def test_slices_saved_by_others_since_a_version_are_the_ones_propagation_must_leave(tmp_path, t1_crop):
+    from types import SimpleNamespace
+
+    from medclipseg.annotation.volume_workflow import slices_saved_since
+
+    store = AnnotationStore(tmp_path / "a.db")
+    case, _ = store.add_volume_case_with_prediction(t1_crop, fake_prediction(t1_crop), prompt="brain",
+                                                   original_name="t1.nii.gz")
+    mask = np.zeros(t1_crop.display_shape(), bool)
+    service = SimpleNamespace(store=store)
+    assert slices_saved_since(service, case.id, None) == []
+    store.save_correction(case.id, mask, annotator="ann", reviewed_slices=[1, 2], base_version=None)
+    store.save_correction(case.id, mask, annotator="bob", reviewed_slices=[2, 7], base_version=1)
+    store.save_correction(case.id, mask, annotator="ann", reviewed_slices=[9], base_version=2)
+    assert slices_saved_since(service, case.id, None) == [1, 2, 7, 9]
+    assert slices_saved_since(service, case.id, 1) == [2, 7, 9]
+    assert slices_saved_since(service, case.id, 1, annotator="ann") == [2, 7]
+    assert slices_saved_since(service, case.id, 3) == []
+    assert [row["version"] for row in store.versions_after(case.id, 1)] == [2, 3]

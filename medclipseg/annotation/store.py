@@ -862,6 +862,14 @@ class AnnotationStore:
         row["scores"] = None if row["scores"] is None else json.loads(row["scores"])
         return row
 
+    def versions_after(self, case_id: int, version: Optional[int]) -> list:
+        """The case's correction rows with a version above ``version`` (None: every version), oldest
+        first, with their annotator and reviewed slices (JSON as stored)."""
+        case_id = int(_get(self._db(), "cases", case_id, "Case")["id"])
+        return list(self._db()["corrections"].rows_where(
+            "case_id = ? AND version > ?", [case_id, -1 if version is None else int(version)],
+            select="version, annotator, status, reviewed_slices, created_at", order_by="version"))
+
     def case_history(self, case_id: int) -> list:
         """Every saved version of the case, oldest first, as dicts with the keys of HISTORY_COLUMNS."""
         case_id = int(_get(self._db(), "cases", case_id, "Case")["id"])

@@ -233,3 +233,17 @@ def mask_nifti_file(service, case_id: int, mosaic_mask: np.ndarray, path: Path) 
     volume, mask = mask_on_file_grid(service, case_id, mosaic_mask)
     nib.save(volume.nifti_image(mask, dtype=np.uint8), str(path))
     return path
+
+
+def slices_saved_since(service, case_id: int, base_version: Optional[int], annotator: Optional[str] = None) -> list:
+    """Display slices that versions saved after ``base_version`` (None: any version) by someone other
+    than ``annotator`` name as reviewed: propagation must not write over them, and the annotator
+    should see them before saving (their save would be refused as a conflict anyway)."""
+    import json
+
+    slices = set()
+    for row in service.store.versions_after(case_id, base_version):
+        if annotator and row["annotator"] == annotator:
+            continue
+        slices.update(int(i) for i in json.loads(row["reviewed_slices"] or "[]"))
+    return sorted(slices)
