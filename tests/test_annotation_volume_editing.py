@@ -188,3 +188,50 @@ def test_3d_tools_match_scipy_and_keep_or_mark_provenance():
     for value in (0, -1, float("nan"), 1e6, "wide", None):
         with pytest.raises(EditRefused, match="millimetres|between 0 and"):
             edits.grow(value)
+
+
+def test_tool_requests_are_checked_in_words_and_dispatched():
+    from medclipseg.annotation.volume_editing import apply_tool
+
+    mask = np.zeros((6, 12, 12), bool)
+    mask[1:4, 3:8, 3:8] = True
+    edits = VolumeMaskEdits(mask.copy(), spacing=SPACING)
+    probability = np.where(mask, 0.9, 0.1).astype(np.float32)
+    entropy = np.full(mask.shape, 0.05, np.float32)
+    outcome = apply_tool(edits, "grow", {"mm": 1}, probability=probability, entropy=entropy)
+    assert outcome.changed and edits.mask.sum() > mask.sum()
+    assert apply_tool(edits, "undo").label == "undo" and np.array_equal(edits.mask, mask)
+    apply_tool(edits, "redo")
+    apply_tool(edits, "undo")
+    refusals = [("paint", {}, "Unknown tool"), ("grow", {"mm": "a lot"}, "millimetres"),
+                ("grow", {}, "millimetres"), ("propagate", {"start": 99}, "outside"),
+                ("propagate", {"start": 2, "direction": "sideways"}, "up, down or both"),
+                ("propagate", {"start": 2, "max_band_entropy": 7}, "between 0 and 1"),
+                ("delete_component", {"point": [1, 2]}, "three voxel numbers"),
+                ("keep_component", {"point": [0, 0, 0]}, "click inside"),
+                ("sphere", {"center": [2, 5, 5], "radius_mm": 0}, "between 0 and"),
+                ("interpolate", {}, "no slice is drawn")]
+    for tool, params, words in refusals:
+        with pytest.raises(EditRefused, match=words):
+            apply_tool(edits, tool, params, probability=probability, entropy=entropy)
+        assert np.array_equal(edits.mask, mask)
+    with pytest.raises(EditRefused, match="no prediction"):
+        apply_tool(edits, "propagate", {"start": 2})
+    # The stops switched off by None: propagation runs to the end of the mask's support.
+    outcome = apply_tool(edits, "propagate", {"start": 2, "max_band_entropy": None, "max_area_change": None},
+                         probability=probability, entropy=None)
+    assert outcome.changed == [] or all(edits.provenance[s] == PROPAGATED for s in outcome.changed)
+
+
+def test_next_uncertain_slice_and_progress():
+    from medclipseg.annotation.volume_editing import next_uncertain_slice, progress
+
+    strip = [0.1, 0.5, 0.2, 0.6, 0.05, 0.7]
+    provenance = [PREDICTED, DRAWN, PREDICTED, INTERPOLATED, PREDICTED, PREDICTED]
+    assert next_uncertain_slice(strip, provenance, 0, limit=0.3) == 3      # slice 1 is drawn
+    assert next_uncertain_slice(strip, provenance, 3, limit=0.3) == 5
+    assert next_uncertain_slice(strip, provenance, 5, limit=0.3) == 3      # wraps round
+    assert next_uncertain_slice(strip, provenance, 3, limit=0.3, direction=-1) == 5
+    assert next_uncertain_slice(strip, provenance, 0, limit=0.9) is None
+    assert progress(provenance, reviewed=[0, 1]) == {"drawn": 1, "interpolated": 1, "propagated": 0,
+                                                     "predicted": 4, "reviewed": 2, "depth": 6}

@@ -357,3 +357,130 @@ def _millimetres(value, what: str) -> float:
     if not np.isfinite(mm) or mm <= 0 or mm > MAX_MILLIMETRES:
         raise EditRefused(f"The {what} distance must lie between 0 and {MAX_MILLIMETRES:g} mm; got {value}.")
     return mm
+
+
+# ---------------------------------------------------------------------- requests from the editor and the API
+TOOLS = ("undo", "redo", "interpolate", "propagate", "remove_islands", "delete_component", "keep_component",
+         "fill_holes", "grow", "shrink", "sphere")
+DIRECTIONS = {"up": 1, "down": -1, "both": "both", 1: 1, -1: -1}
+
+
+def _point(value, shape: tuple, what: str = "point") -> tuple:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise EditRefused(f"The {what} must be three voxel numbers (slice, row, column).")
+    try:
+        point = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise EditRefused(f"The {what} must be three whole voxel numbers (slice, row, column).") from None
+    if not all(0 <= v < n for v, n in zip(point, shape)):
+        raise EditRefused(f"The {what} {point} lies outside the volume ({' x '.join(map(str, shape))} voxels).")
+    return point
+
+
+def _limit(value, what: str, low: float, high: float) -> Optional[float]:
+    """An optional stop limit: None or "" switches the stop off."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise EditRefused(f"The {what} must be a number, not {value!r}.") from None
+    if not np.isfinite(number) or not low <= number <= high:
+        raise EditRefused(f"The {what} must lie between {low:g} and {high:g}; got {value}.")
+    return number
+
+
+def apply_tool(edits: VolumeMaskEdits, tool: str, params: Optional[dict] = None, *, probability=None, entropy=None,
+               threshold: float = 0.5, locked: Iterable[int] = ()) -> EditOutcome:
+    """Run the editor's (or an API client's) tool request on ``edits``: ``tool`` one of :data:`TOOLS`,
+    ``params`` its values as JSON gives them (checked here, refused in words):
+
+    * propagate: ``start`` (stored slice), ``direction`` "up" / "down" / "both", ``max_band_entropy``
+      (nats) and ``max_area_change`` (fraction), each None to switch that stop off, ``dilation_mm``;
+    * interpolate: ``around`` (optional: only the gap holding that slice);
+    * remove_islands: ``min_voxels`` (optional; none: keep the largest component);
+    * delete_component / keep_component: ``point`` (stored [slice, row, column]);
+    * grow / shrink: ``mm``; sphere: ``center``, ``radius_mm``, ``threshold`` (default: ``threshold``).
+
+    ``probability`` and ``entropy`` are the prediction's maps in stored order (arrays or
+    ``volume_planes.QuantisedMap``); ``locked`` slices are never written by propagation."""
+    params = dict(params or {})
+    if tool not in TOOLS:
+        raise EditRefused(f"Unknown tool {tool!r}; the tools are {', '.join(TOOLS)}.")
+    if tool == "undo":
+        return edits.undo()
+    if tool == "redo":
+        return edits.redo()
+    if tool == "interpolate":
+        around = params.get("around")
+        return edits.interpolate(None if around is None else _point([around, 0, 0], (edits.depth, 1, 1), "slice")[0])
+    if tool in ("propagate", "sphere") and probability is None:
+        raise EditRefused("This case has no prediction to follow: segment it first.")
+    if tool == "propagate":
+        start = _point([params.get("start"), 0, 0], (edits.depth, 1, 1), "start slice")[0]
+        direction = params.get("direction", "both")
+        if direction not in DIRECTIONS:
+            raise EditRefused(f"The direction must be up, down or both, not {direction!r}.")
+        band = _limit(params.get("max_band_entropy", DEFAULT_STOP["max_band_entropy"]),
+                      "uncertainty limit (band entropy, nats)", 0.0, 1.0)
+        area = _limit(params.get("max_area_change", DEFAULT_STOP["max_area_change"]),
+                      "area change limit (a fraction)", 0.0, 100.0)
+        dilation = _limit(params.get("dilation_mm", volume_tools.DEFAULT_DILATION_MM), "search margin (mm)",
+                          0.0, MAX_MILLIMETRES)
+        if band is not None and entropy is None:
+            raise EditRefused("This case has no uncertainty map for the uncertainty stop: switch it off or "
+                              "segment the case again.")
+        return edits.propagate(start, probability, entropy, direction=DIRECTIONS[direction], threshold=threshold,
+                               dilation_mm=volume_tools.DEFAULT_DILATION_MM if dilation is None else dilation,
+                               max_band_entropy=band, max_area_change=area, locked=locked)
+    if tool == "remove_islands":
+        minimum = params.get("min_voxels")
+        if minimum not in (None, ""):
+            minimum = _limit(minimum, "smallest island kept (voxels)", 1, 1e9)
+            minimum = int(minimum)
+        else:
+            minimum = None
+        return edits.remove_islands(minimum)
+    if tool in ("delete_component", "keep_component"):
+        point = _point(params.get("point"), edits.mask.shape)
+        return edits.delete_component(point) if tool == "delete_component" else edits.keep_component(point)
+    if tool == "fill_holes":
+        return edits.fill_holes()
+    if tool == "grow":
+        return edits.grow(params.get("mm"))
+    if tool == "shrink":
+        return edits.shrink(params.get("mm"))
+    center = _point(params.get("center"), edits.mask.shape, "brush centre")
+    brush_threshold = _limit(params.get("threshold", threshold), "brush threshold", 0.0, 1.0)
+    return edits.sphere(center, params.get("radius_mm"), probability,
+                        threshold=threshold if brush_threshold is None else brush_threshold)
+
+
+DEFAULT_STOP = {"max_band_entropy": volume_tools.DEFAULT_MAX_BAND_ENTROPY,
+                "max_area_change": volume_tools.DEFAULT_MAX_AREA_CHANGE}
+
+
+def next_uncertain_slice(strip: Sequence[float], provenance: Sequence[Optional[str]], current: int, *,
+                         limit: float, direction: int = 1) -> Optional[int]:
+    """The next stored slice after ``current`` (in ``direction``, wrapping round once) whose
+    uncertainty ``strip[s]`` (band entropy, nats) is above ``limit`` and that nobody drew; None
+    when there is none."""
+    depth = len(provenance)
+    if len(strip) != depth or depth == 0:
+        return None
+    step = 1 if direction >= 0 else -1
+    for offset in range(1, depth + 1):
+        index = (int(current) + step * offset) % depth
+        if provenance[index] != DRAWN and float(strip[index]) > float(limit):
+            return index
+    return None
+
+
+def progress(provenance: Sequence[Optional[str]], reviewed: Iterable[int]) -> dict:
+    """What the volume's progress bar shows: slices drawn, interpolated, propagated, predicted, and
+    how many of all slices the annotator has reviewed (looked at or drew)."""
+    counts = {name: 0 for name in volume_tools.PROVENANCES}
+    for value in provenance:
+        counts[value if value in counts else PREDICTED] += 1
+    reviewed = {int(i) for i in reviewed} | {i for i, value in enumerate(provenance) if value == DRAWN}
+    return dict(counts, reviewed=len(reviewed), depth=len(provenance))
