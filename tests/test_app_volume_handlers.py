@@ -354,8 +354,8 @@ def test_the_page_wires_the_editors_slice_requests(service, opened):
         demo = build_app(service, auth_enabled=auth_enabled)
         editors = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "editor"]
         assert len(editors) == 1
-        assert [fn.__name__ for fn in editors[0].server_fns] == ["volume_slices"]
-        assert editors[0].get_config()["server_fns"] == ["volume_slices"]
+        assert [fn.__name__ for fn in editors[0].server_fns] == ["volume_slices", "volume_plane"]
+        assert editors[0].get_config()["server_fns"] == ["volume_slices", "volume_plane"]
         # A request as Gradio hands it over: no login (the typed name counts only without logins).
         answer = editors[0].volume_slices(slice_request(state, [index], annotator="alice"), SimpleNamespace())
         assert answer["kind"] == "slices" and answer["stored"] == ([[index, 1]] if expected else [])
@@ -366,3 +366,165 @@ def test_the_page_wires_the_editors_slice_requests(service, opened):
     assert login_name(SimpleNamespace(app=app, cookies={"access-token-unsecure-abc": "t0k"})) == "carol"
     assert login_name(SimpleNamespace(app=app, cookies={"access-token-abc": "forged"})) is None
     assert login_name(SimpleNamespace(username="dave")) == "dave" and login_name(None) is None
+
+
+# ------------------------------------------------------------------------------ three planes
+
+
+def reformatted(axial: np.ndarray, plane: str) -> np.ndarray:
+    """An axial display volume ([slice, row, column]: toward superior, posterior, left) in another
+    plane's display convention, written out here with numpy: coronal [anterior, inferior, left],
+    sagittal [left, inferior, posterior]."""
+    if plane == "axial":
+        return axial
+    if plane == "coronal":
+        return axial[::-1, ::-1, :].transpose(1, 0, 2)
+    return axial[::-1].transpose(2, 0, 1)
+
+
+def decoded_image(payload) -> np.ndarray:
+    from medclipseg.io.png import decode_png
+
+    return decode_png(base64.b64decode(payload["image"].split(",", 1)[1]))
+
+
+def plane_request(value, wanted, *, strips=(), annotator="alice", plane_edits=(), revision=1):
+    """The editor's plane request: its state with ``plane_edits`` ((plane, slice, revision, mask) painted
+    in other planes), the (plane, slice) pairs it wants and the strips it needs."""
+    request = dict(value, kind="plane_request", wanted=[list(pair) for pair in wanted], strips=list(strips),
+                   annotator=annotator, revision=revision)
+    request["plane_edits"] = [{"plane": plane, "index": int(index), "revision": int(rev),
+                               "runs": ",".join(map(str, mask_to_runs(mask)))}
+                              for plane, index, rev, mask in plane_edits]
+    return request
+
+
+def flipped(mask, box) -> np.ndarray:
+    """``mask`` with every pixel of ``box`` (top, left, bottom, right) turned over: a sure change."""
+    top, left, bottom, right = box
+    out = np.array(mask, bool)
+    out[top:bottom, left:right] = ~out[top:bottom, left:right]
+    return out
+
+
+def display_scan(service, case_id, geometry) -> np.ndarray:
+    return np.stack([service.store.volume_slice(case_id, i) for i in range(geometry.depth)])
+
+
+def model_volume(service, case_value, geometry) -> np.ndarray:
+    row = service.store.prediction_row(case_value["prediction_id"])
+    return volume_files.unmosaic(service.store.load_mask(row["mask_path"]).astype(bool), geometry)
+
+
+def test_the_case_value_describes_the_three_planes(opened):
+    screen, case, geometry = opened
+    planes = screen.editor["volume"]["planes"]
+    assert geometry.plane == "axial"
+    depth, rows, columns = geometry.display_shape
+    slice_mm, row_mm, column_mm = geometry.display_spacing
+    assert planes["axial"] == {"depth": depth, "shape": [depth, rows, columns],
+                               "spacing": [slice_mm, row_mm, column_mm], "axes": [[0, False], [1, False], [2, False]]}
+    assert planes["coronal"]["shape"] == [rows, depth, columns]
+    assert planes["coronal"]["spacing"] == [row_mm, slice_mm, column_mm]
+    assert planes["coronal"]["axes"] == [[1, True], [0, True], [2, False]]
+    assert planes["sagittal"]["shape"] == [columns, depth, rows]
+    assert planes["sagittal"]["axes"] == [[2, False], [0, True], [1, False]]
+
+
+def test_a_plane_request_answers_the_reformatted_slices_and_strips(service, opened):
+    from medclipseg.io.volumes import window_to_uint8
+
+    screen, case, geometry = opened
+    value = screen.editor
+    index = value["volume"]["index"]
+    scan = display_scan(service, case.id, geometry)
+    model = model_volume(service, value, geometry)
+    entropy = service.store.prediction_maps_volume(value["prediction_id"], "entropy")
+    window = tuple(value["volume"]["window"])
+    state = edit_value(value, model[index], index=index)
+    wanted = [("coronal", geometry.rows // 2), ("sagittal", 3), ("axial", index)]
+    answer = handlers.volume_plane(service, plane_request(state, wanted, strips=["coronal", "sagittal"]), "alice")
+    assert answer["kind"] == "planes", answer
+    assert [(s["plane"], s["index"]) for s in answer["slices"]] == wanted
+    for payload, (plane, number) in zip(answer["slices"], wanted):
+        expected_scan = reformatted(scan, plane)[number]
+        assert (payload["height"], payload["width"]) == expected_scan.shape
+        grey = decoded_image(payload)
+        assert np.array_equal(grey[..., 0], window_to_uint8(expected_scan, window)), plane
+        # Nothing reviewed: the start is the model's own mask, and the editor's threshold draws it.
+        expected_mask = reformatted(model, plane)[number]
+        assert payload["follows_model"] and np.array_equal(start_mask(payload), expected_mask), plane
+        assert np.array_equal(decoded_probability(payload) > np.float32(value["threshold"]), expected_mask), plane
+        decoded_entropy = np.frombuffer(base64.b64decode(payload["entropy"]), "<f2").reshape(expected_scan.shape)
+        assert np.allclose(decoded_entropy, reformatted(entropy, plane)[number], atol=2e-3), plane
+        row_axis, column_axis = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}[plane]
+        assert payload["spacing"] == [geometry.display_spacing[row_axis], geometry.display_spacing[column_axis]]
+    for plane in ("coronal", "sagittal"):
+        means = reformatted(entropy, plane).mean(axis=(1, 2))
+        assert np.allclose(answer["strips"][plane]["strip_nats"], means, atol=1e-3), plane
+    assert answer["reviewed"] == [] and answer["edited"] == []
+
+
+def test_painting_a_sagittal_slice_changes_exactly_the_expected_axial_voxels(service, opened):
+    screen, case, geometry = opened
+    value = screen.editor
+    index = value["volume"]["index"]
+    model = model_volume(service, value, geometry)
+    column = geometry.columns // 2
+    sagittal = reformatted(model, "sagittal")[column]          # [slice from the top, row]
+    painted_mask = flipped(sagittal, (2, 5, 6, 15))           # rows 2..5 from the top: four axial slices
+    state = edit_value(value, model[index], index=index)
+    answer = handlers.volume_plane(service, plane_request(state, [("sagittal", column)],
+                                                          plane_edits=[("sagittal", column, 3, painted_mask)]),
+                                   "alice")
+    assert answer["kind"] == "planes", answer
+    assert answer["stored_planes"] == [["sagittal", column, 3]]
+    expected = model.copy()
+    reformatted(expected, "sagittal")[column] = painted_mask    # a numpy view: writes the axial volume
+    changed = sorted(int(s) for s in np.flatnonzero((expected != model).any(axis=(1, 2))))
+    assert changed == [geometry.depth - 1 - k for k in range(5, 1, -1)]
+    assert answer["edited"] == changed and answer["reviewed"] == changed
+    assert np.array_equal(start_mask(answer["slices"][0]), painted_mask)
+    # Every axial slice as the slice protocol serves it: the painted voxels, nothing else.
+    for first in range(0, geometry.depth, 5):
+        wanted = list(range(first, min(first + 5, geometry.depth)))
+        slices = handlers.volume_slices(service, slice_request(state, wanted), "alice")["slices"]
+        for payload in slices:
+            assert np.array_equal(start_mask(payload), expected[payload["index"]]), payload["index"]
+            assert payload["follows_model"] == (payload["index"] not in changed)
+    # The draft holds it: a reload shows the same volume.
+    draft = service.draft(case.id, "alice")
+    assert np.array_equal(volume_files.unmosaic(np.asarray(draft.mask, bool), geometry), expected)
+    assert sorted(draft.reviewed_slices) == changed
+    # An older plane edit does not overwrite a slice stored since with a newer revision.
+    slice_edit = flipped(model[changed[0]], (0, 0, 2, 2))
+    newer = edit_value(value, model[index], index=index, pending=[(changed[0], 9, slice_edit)])
+    assert handlers.volume_slices(service, slice_request(newer, []), "alice")["stored"] == [[changed[0], 9]]
+    back = sagittal   # the model's column again, sent with revision 5: older than slice changed[0]'s 9
+    answer = handlers.volume_plane(service, plane_request(newer, [], plane_edits=[("sagittal", column, 5, back)]),
+                                   "alice")
+    assert answer["kind"] == "planes" and answer["edited"] == changed[1:], answer
+    slices = handlers.volume_slices(service, slice_request(newer, changed), "alice")["slices"]
+    assert np.array_equal(start_mask(slices[0]), slice_edit)
+    for payload in slices[1:]:   # newer than their revision 3: they are the model's again
+        assert np.array_equal(start_mask(payload), model[payload["index"]]), payload["index"]
+
+
+def test_a_save_from_another_plane_keeps_the_plane_edit(service, opened):
+    screen, case, geometry = opened
+    value = screen.editor
+    index = value["volume"]["index"]
+    model = model_volume(service, value, geometry)
+    row = geometry.rows // 2
+    coronal = reformatted(model, "coronal")[geometry.rows - 1 - row]
+    painted_mask = flipped(coronal, (0, 0, geometry.depth, 8))
+    state = edit_value(value, np.zeros_like(model[index]), index=index, reviewed=[index])
+    state.update(plane="coronal", plane_edits=[{"plane": "coronal", "index": geometry.rows - 1 - row, "revision": 2,
+                                                "runs": ",".join(map(str, mask_to_runs(painted_mask)))}])
+    screen = handlers.save(service, screen.session, state, "alice")
+    assert "Saved correction v1" in screen.status, screen.status
+    expected = model.copy()
+    reformatted(expected, "coronal")[geometry.rows - 1 - row] = painted_mask
+    saved = service.latest_correction(case.id)
+    assert np.array_equal(volume_files.unmosaic(service.store.load_mask(saved["mask_path"]).astype(bool), geometry),
+                          expected)   # the on-screen acquisition mask (empty here) is not an edit from coronal

@@ -9,7 +9,9 @@ Sliders re-render from the maps cached in the service; only ``segment`` and ``in
 Volumes (CT/MR scans) open in the same editor, one display slice at a time (see "volumes" below):
 the editor asks for slices through ``volume_slices`` (a server function of the editor component,
 answered without Gradio's queue) and every handler that keeps or saves a mask also takes the slice
-edits the editor sends. What counts as a *reviewed* slice, precisely: a slice the annotator edited
+edits the editor sends. The editor also shows the coronal and sagittal (or axial) planes, reformatted
+on the voxel grid (``volume_plane``); a slice painted in one of those is written into the same 3-D
+mask, and the acquisition slices whose voxels it changed count as edited and reviewed. What counts as a *reviewed* slice, precisely: a slice the annotator edited
 (any change of its mask, the mask threshold slider included), a slice that stayed on screen for at
 least ``REVIEW_DWELL_MS`` (long enough to look at it; scrolling past with the wheel does not count),
 and the slice on screen when the volume is saved or accepted. Reviewed slices keep the mask they had
@@ -33,17 +35,24 @@ from medclipseg.annotation.queue import ACQUISITION_LABELS
 from medclipseg.annotation.service import AnnotationService, ConfirmationNeeded, RequestError
 from medclipseg.annotation.store import StorageError, VersionConflict
 from medclipseg.annotation import volume_files
+from medclipseg.annotation.volume_planes import PLANES, PlaneGeometry, loaded_volume, plane_slice, plane_strip
 from medclipseg.annotation.volume_workflow import is_volume_name
 from medclipseg.app.editor import (
     EditorEdit,
     EditorError,
+    PlaneSliceEdit,
+    SliceEdit,
     VolumeEdit,
     case_payload,
     closed_value,
+    plane_block,
+    plane_slice_payload,
     read_edit,
+    read_plane_request,
     read_slice_request,
     read_volume_edit,
     saved_value,
+    scaled_strip,
     slice_payload,
     volume_block,
 )
@@ -980,20 +989,37 @@ def _work_for(service: AnnotationService, case_id: int, annotator: Optional[str]
     return work
 
 
-def _take_editor_state(work: VolumeWork, geometry, state: VolumeEdit, *, on_screen_reviewed: bool = False) -> bool:
-    """Put the editor's slices into ``work``: the edits of slices it left (``pending``) and the slice on
-    screen once it counts as reviewed. True when the draft must be written again."""
+def _take_editor_state(work: VolumeWork, geometry, state: VolumeEdit, *, on_screen_reviewed: bool = False,
+                       service: Optional[AnnotationService] = None, edited: Optional[set] = None) -> bool:
+    """Put the editor's slices into ``work``: the edits of slices it left (``pending``), the slice on
+    screen once it counts as reviewed, and the slices painted in other planes (``plane_edits``, which
+    need ``service``), all in the order of their revisions. True when the draft must be written again.
+    ``edited`` collects the acquisition slices that plane edits changed."""
     edit = state.edit
     if state.session != work.session:  # another page (a reload): its revisions count from zero
         work.session, work.revisions = state.session, {}
     reviewed = set(state.reviewed)
-    if on_screen_reviewed:
+    on_acquisition = not state.plane or state.plane == geometry.plane
+    if on_screen_reviewed and on_acquisition:
         reviewed.add(state.index)
-    masks = [(item.index, item.revision, item.mask) for item in state.pending]
-    if state.index in reviewed:
-        masks.append((state.index, edit.revision, edit.mask))
+    masks = [(item.revision, 0, item) for item in state.pending]
+    if state.index in reviewed and on_acquisition:
+        masks.append((edit.revision, 0, SliceEdit(index=state.index, revision=edit.revision, mask=edit.mask)))
+    masks += [(item.revision, 1, item) for item in state.plane_edits]
+    # The threshold first: slices that follow the model, filled in by a plane edit, take the one in use.
+    moved = float(edit.threshold) != work.threshold
+    work.threshold = float(edit.threshold)
     changed = False
-    for index, revision, mask in masks:
+    for _, _, item in sorted(masks, key=lambda entry: entry[:2]):
+        if isinstance(item, PlaneSliceEdit):
+            if service is None:
+                raise EditorError("Edits of other planes need the store.")
+            hit = _apply_plane_edit(service, work, geometry, item)
+            changed = changed or bool(hit)
+            if edited is not None:
+                edited |= hit
+            continue
+        index, revision, mask = item.index, item.revision, item.mask
         if work.revisions.get(index, -1) > revision:
             continue  # a newer mask of this slice is stored already: this request was overtaken
         work.revisions[index] = revision
@@ -1004,8 +1030,6 @@ def _take_editor_state(work: VolumeWork, geometry, state: VolumeEdit, *, on_scre
             changed = True
     grew = not reviewed <= work.reviewed
     work.reviewed |= reviewed
-    moved = float(edit.threshold) != work.threshold
-    work.threshold = float(edit.threshold)
     if work.keep_older_draft and not changed:
         return False
     return changed or grew or (moved and work.follows_model)
@@ -1026,13 +1050,15 @@ def _keep_volume_work(service: AnnotationService, session: EditorSession, state:
     geometry = service.store.volume_geometry(session.case_id)
     with VOLUMES.lock(_work_key(service, session.case_id, annotator)):
         work = _work_for(service, session.case_id, annotator, state.edit)
-        if _take_editor_state(work, geometry, state):
+        if _take_editor_state(work, geometry, state, service=service):
             _write_draft(service, work)
         return work
 
 
 def _read_volume_value(service: AnnotationService, session: EditorSession, editor_value) -> VolumeEdit:
-    return read_volume_edit(editor_value, case_id=session.case_id, shape=session.shape, depth=session.depth)
+    geometry = service.store.volume_geometry(session.case_id)
+    return read_volume_edit(editor_value, case_id=session.case_id, shape=session.shape, depth=session.depth,
+                            plane_shapes=plane_shapes(geometry))
 
 
 def window_presets(geometry) -> list:
@@ -1080,14 +1106,14 @@ def volume_slices(service: AnnotationService, request, annotator: Optional[str])
             raise EditorError(f"Case #{case.id} is an image, not a volume; it has no slices.")
         geometry = service.store.volume_geometry(case.id)
         asked = read_slice_request(request, case_id=case.id, shape=(geometry.rows, geometry.columns),
-                                   depth=geometry.depth)
+                                   depth=geometry.depth, plane_shapes=plane_shapes(geometry))
         state = asked.state
         window = asked.window or tuple(geometry.window)
         stored = []
         with VOLUMES.lock(_work_key(service, case.id, annotator)):
             work = _work_for(service, case.id, annotator, state.edit)
             if annotator:
-                if _take_editor_state(work, geometry, state):
+                if _take_editor_state(work, geometry, state, service=service):
                     _write_draft(service, work)
                 stored = [[item.index, item.revision] for item in state.pending]
             slices = [_slice_value(service, geometry, work, index, state.edit.threshold, window)
@@ -1097,6 +1123,174 @@ def volume_slices(service: AnnotationService, request, annotator: Optional[str])
         return {"kind": "error", "message": str(exc)}
     return {"kind": "slices", "case_id": case.id, "session": state.session, "slices": slices, "stored": stored,
             "reviewed": reviewed}
+
+
+# Three planes. The work's mosaic reshaped to [slice, row, column] is a view of it, and
+# PlaneGeometry.view of that is a view again: a plane slice painted in the editor is assigned into it.
+
+
+def plane_shapes(geometry) -> dict:
+    """(slices, rows, columns) of each plane's view of a volume."""
+    views = PlaneGeometry.of(geometry)
+    return {name: views.shape(name) for name in PLANES}
+
+
+def plane_axes(views: PlaneGeometry, plane: str) -> list:
+    """For each axis of ``plane``'s view (slice, row, column): (stored axis, runs the other way), read
+    from where ``PlaneGeometry.point`` sends the first voxel and its stored neighbours."""
+    shape = views.stored_shape
+    origin = views.point((0, 0, 0), views.stored_plane, plane)
+    out = [None, None, None]
+    for axis in range(3):
+        if shape[axis] < 2:
+            continue
+        step = [0, 0, 0]
+        step[axis] = 1
+        moved = views.point(tuple(step), views.stored_plane, plane)
+        target = next(k for k in range(3) if moved[k] != origin[k])
+        out[target] = (axis, moved[target] < origin[target])
+    # Axes one voxel long map to whichever view axes are left (their direction does not matter).
+    spare = [axis for axis in range(3) if shape[axis] < 2]
+    return [item if item is not None else (spare.pop(0), False) for item in out]
+
+
+def _volume_of(work: VolumeWork, geometry) -> np.ndarray:
+    """The work's mask as [slice, row, column]: a view of its mosaic, so writes go into the work."""
+    return work.mosaic.reshape(geometry.depth, geometry.rows, geometry.columns)
+
+
+def _model_slices(service: AnnotationService, work: VolumeWork, loaded, indices) -> np.ndarray:
+    """The model's mask on acquisition slices ``indices`` at the work's threshold, as ``slice_maps``
+    gives it (its own mask at its own threshold, else the stored probability above the threshold)."""
+    geometry = loaded.geometry
+    own = float(service.store.prediction_row(work.prediction_id)["threshold"])
+    indices = np.asarray(list(indices), dtype=np.int64)
+    if work.threshold == own:
+        predicted = volume_files.unmosaic(VOLUMES.predicted(service, work.prediction_id), geometry)
+        return np.asarray(predicted[indices], bool)
+    probability = volume_files.dequantise("probability", loaded.probability_map().values[indices])
+    return probability > np.float32(work.threshold)
+
+
+def _along(views: PlaneGeometry, plane: str, index: int, per_slice: np.ndarray) -> np.ndarray:
+    """A value per acquisition slice spread over slice ``index`` of ``plane``: for each of its pixels,
+    the value of the acquisition slice the pixel lies in."""
+    spread = np.broadcast_to(np.asarray(per_slice)[:, None, None], views.stored_shape)
+    return np.ascontiguousarray(views.view(spread, plane)[index])
+
+
+def _plane_maps(service: AnnotationService, work: VolumeWork, loaded, plane: str, index: int, window) -> tuple:
+    """(PlaneSlice, SliceMaps, start mask, follows the model) of slice ``index`` of ``plane``: the work's
+    mask there, with the model's at the threshold on acquisition slices nobody reviewed (when it follows
+    the model)."""
+    geometry, views = loaded.geometry, loaded.planes
+    volume = _volume_of(work, geometry)
+    shown = plane_slice(loaded, plane, index, volume, window)
+    predicted = volume_files.unmosaic(VOLUMES.predicted(service, work.prediction_id), geometry)
+    own = float(service.store.prediction_row(work.prediction_id)["threshold"])
+    maps = SliceMaps(probability=shown.probability, entropy=shown.entropy,
+                     predicted=np.ascontiguousarray(views.view(predicted, plane)[index]), threshold=own)
+    if not work.follows_model:
+        return shown, maps, shown.mask, False
+    reviewed = np.zeros(geometry.depth, bool)
+    reviewed[sorted(work.reviewed)] = True
+    from_work = _along(views, plane, index, reviewed)
+    start = np.where(from_work, shown.mask, maps.model(work.threshold))
+    return shown, maps, start, not from_work.any()
+
+
+def _apply_plane_edit(service: AnnotationService, work: VolumeWork, geometry, item: PlaneSliceEdit) -> set:
+    """Write a slice painted in another plane into the work's 3-D mask. Only the acquisition slices
+    whose voxels it changes take it (each unless a newer edit of that slice is stored: the last write
+    wins per slice, by revision); they become reviewed, keeping the rest of their mask (the model's
+    when they followed it). Returns those slices."""
+    loaded = loaded_volume(service.store, work.case_id, work.prediction_id)
+    views = loaded.planes
+    if item.mask.shape != views.shape(item.plane)[1:]:
+        raise EditorError(f"The editor's {item.plane} mask does not have that plane's size.")
+    _, _, start, _ = _plane_maps(service, work, loaded, item.plane, item.index, geometry.window)
+    crossing = _along(views, item.plane, item.index, np.arange(geometry.depth))
+    differs = item.mask != start
+    touched = [int(s) for s in np.unique(crossing[differs]) if work.revisions.get(int(s), -1) <= item.revision]
+    if not touched:
+        return set()
+    volume = _volume_of(work, geometry)
+    filled = [s for s in touched if work.follows_model and s not in work.reviewed]
+    if filled:
+        volume[filled] = _model_slices(service, work, loaded, filled)
+    write = differs & np.isin(crossing, touched)
+    target = views.view(volume, item.plane)[item.index]
+    target[write] = item.mask[write]
+    for s in touched:
+        work.revisions[s] = item.revision
+    work.reviewed.update(touched)
+    return set(touched)
+
+
+def _plane_value(service: AnnotationService, geometry, work: VolumeWork, plane: str, index: int, window) -> dict:
+    """Slice ``index`` of ``plane`` for the editor (the acquisition plane's as ``volume_slices`` sends it)."""
+    views = PlaneGeometry.of(geometry)
+    if plane == geometry.plane:
+        value = _slice_value(service, geometry, work, index, work.threshold, window)
+        value.update(plane=plane, spacing=[float(v) for v in views.spacing(plane)[1:]])
+        return value
+    loaded = loaded_volume(service.store, work.case_id, work.prediction_id)
+    shown, maps, start, follows = _plane_maps(service, work, loaded, plane, index, window)
+    return plane_slice_payload(plane=plane, spacing=shown.spacing, index=index, image_rgb=shown.image_rgb,
+                               probability=maps.editor_probability(), entropy=maps.entropy, start_mask=start,
+                               follows_model=follows, window=window)
+
+
+def plane_strip_values(service: AnnotationService, work: VolumeWork, geometry, plane: str) -> list:
+    """The per-slice uncertainty strip of ``plane``: the prediction's band entropy along the acquisition
+    plane (as the slice bar shows it), the mean entropy of each slice in the other planes."""
+    if plane == geometry.plane:
+        return list(service.store.slice_scores(work.prediction_id).get("band_entropy", np.zeros(geometry.depth)))
+    return plane_strip(loaded_volume(service.store, work.case_id, work.prediction_id), plane)
+
+
+def volume_plane(service: AnnotationService, request, annotator: Optional[str]) -> dict:
+    """The editor's plane request: its state (the edits it carries, of any plane, are put into the
+    annotator's draft first, as ``volume_slices`` does), the (plane, slice) pairs it wants, the window,
+    and the planes whose strip it needs.
+
+    Answer: ``{"kind": "planes", "case_id", "session", "slices": [plane_slice_payload, ...], "strips":
+    {plane: {"strip", "strip_nats"}}, "stored": [[slice, revision], ...], "stored_planes": [[plane, slice,
+    revision], ...], "reviewed": [...], "edited": [...]}`` (``edited``: acquisition slices the plane edits
+    changed), or ``{"kind": "error", "message"}``."""
+    try:
+        if not isinstance(request, dict):
+            raise EditorError("The editor's plane request is not one.")
+        try:
+            case_id = int(request.get("case_id"))
+        except (TypeError, ValueError):
+            raise EditorError("The editor's plane request names no case.") from None
+        case = service.store.get_case(case_id)
+        if not case.is_volume:
+            raise EditorError(f"Case #{case.id} is an image, not a volume; it has no planes.")
+        geometry = service.store.volume_geometry(case.id)
+        asked = read_plane_request(request, case_id=case.id, shape=(geometry.rows, geometry.columns),
+                                   depth=geometry.depth, plane_shapes=plane_shapes(geometry))
+        state = asked.state
+        window = asked.window or tuple(geometry.window)
+        stored, stored_planes, edited = [], [], set()
+        with VOLUMES.lock(_work_key(service, case.id, annotator)):
+            work = _work_for(service, case.id, annotator, state.edit)
+            if annotator:
+                if _take_editor_state(work, geometry, state, service=service, edited=edited):
+                    _write_draft(service, work)
+                stored = [[item.index, item.revision] for item in state.pending]
+                stored_planes = [[item.plane, item.index, item.revision] for item in state.plane_edits]
+            slices = [_plane_value(service, geometry, work, plane, index, window) for plane, index in asked.wanted]
+            strips = {}
+            for plane in asked.strips:
+                scaled, nats = scaled_strip(plane_strip_values(service, work, geometry, plane))
+                strips[plane] = {"strip": scaled, "strip_nats": nats}
+            reviewed = sorted(work.reviewed)
+    except USER_ERRORS as exc:
+        return {"kind": "error", "message": str(exc)}
+    return {"kind": "planes", "case_id": case.id, "session": state.session, "slices": slices, "strips": strips,
+            "stored": stored, "stored_planes": stored_planes, "reviewed": reviewed, "edited": sorted(edited)}
 
 
 def _edited_slices(service: AnnotationService, work: VolumeWork, latest: Optional[dict], geometry) -> list:
@@ -1184,10 +1378,13 @@ def open_volume_case(service: AnnotationService, case, prediction_id: int, annot
     strip = service.store.slice_scores(prediction_id).get("band_entropy", np.zeros(depth))
     neighbours = [_slice_value(service, geometry, work, other, work.threshold, window)
                   for other in (index - 1, index + 1) if 0 <= other < depth]
+    views = PlaneGeometry.of(geometry)
     volume = volume_block(depth=depth, index=index, plane=geometry.plane, spacing=geometry.display_spacing,
                           modality=geometry.modality, strip=strip, reviewed=work.reviewed,
                           edited=_edited_slices(service, work, latest, geometry), windows=window_presets(geometry),
-                          window=window, neighbours=neighbours)
+                          window=window, neighbours=neighbours, planes=plane_block(
+                              {name: (views.shape(name), views.spacing(name), plane_axes(views, name))
+                               for name in PLANES}))
     payload = case_payload(
         case_id=case.id, prediction_id=prediction_id, image_rgb=np.repeat(grey[..., None], 3, axis=2),
         probability=maps.editor_probability(), entropy=maps.entropy, start_mask=start_mask, start=start,
@@ -1261,7 +1458,7 @@ def _save_volume(service: AnnotationService, session: EditorSession, editor_valu
         try:
             geometry = service.store.volume_geometry(session.case_id)
             work = _work_for(service, session.case_id, annotator, edit)
-            _take_editor_state(work, geometry, state, on_screen_reviewed=True)
+            _take_editor_state(work, geometry, state, on_screen_reviewed=True, service=service)
             mask = composed_mask(service, work)
             reviewed = sorted(work.reviewed)
             latest = service.latest_correction(session.case_id)

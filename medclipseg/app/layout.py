@@ -64,6 +64,12 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         name = login_name(request) if auth_enabled else annotator_of(typed, request)
         return handlers.volume_slices(service, slice_request, name)
 
+    def volume_plane(plane_request, request: gr.Request):
+        """The editor's requests for slices of the three planes (a server function, like volume_slices)."""
+        typed = plane_request.get("annotator") if isinstance(plane_request, dict) else None
+        name = login_name(request) if auth_enabled else annotator_of(typed, request)
+        return handlers.volume_plane(service, plane_request, name)
+
     # Uploaded originals (a DICOM still carries its header there) are purged from Gradio's cache
     # after an hour; the database only ever keeps decoded pixels.
     with gr.Blocks(title="MedCLIPSeg Annotator", delete_cache=(3600, 3600)) as demo:
@@ -165,7 +171,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                                          min_width=110, size="md")
                         # The last action's outcome, right under its buttons (a refused save says why here).
                         status = gr.Markdown(elem_id="status")
-                        editor = mask_editor(elem_id="editor", server_functions=[volume_slices])
+                        editor = mask_editor(elem_id="editor", server_functions=[volume_slices, volume_plane])
                         queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
                         history = gr.Markdown(elem_id="history")
                         numbers = gr.Markdown(elem_id="numbers")

@@ -4,20 +4,27 @@ from medclipseg.app.editor.component import mask_editor
 from medclipseg.app.editor.payload import (
     EditorEdit,
     EditorError,
+    PlaneRequest,
+    PlaneSliceEdit,
     SliceEdit,
     SliceRequest,
     VolumeEdit,
     case_payload,
     closed_value,
+    plane_block,
+    plane_slice_payload,
     read_edit,
+    read_plane_request,
     read_slice_request,
     read_volume_edit,
     read_window,
     saved_value,
+    scaled_strip,
     slice_payload,
     volume_block,
 )
 
-__all__ = ["EditorEdit", "EditorError", "SliceEdit", "SliceRequest", "VolumeEdit", "case_payload", "closed_value",
-           "mask_editor", "read_edit", "read_slice_request", "read_volume_edit", "read_window", "saved_value",
-           "slice_payload", "volume_block"]
+__all__ = ["EditorEdit", "EditorError", "PlaneRequest", "PlaneSliceEdit", "SliceEdit", "SliceRequest", "VolumeEdit",
+           "case_payload", "closed_value", "mask_editor", "plane_block", "plane_slice_payload", "read_edit",
+           "read_plane_request", "read_slice_request", "read_volume_edit", "read_window", "saved_value",
+           "scaled_strip", "slice_payload", "volume_block"]

@@ -17,6 +17,13 @@ neighbouring slices). The editor's value then also names the slice it shows, the
 the edits of slices it has left that the server has not confirmed yet (``read_volume_edit``). Other
 slices travel through ``slice_payload`` answers to the editor's slice requests (``read_slice_request``):
 one slice per payload, never a whole volume of maps.
+
+Three planes: the ``volume`` block also describes the axial, coronal and sagittal views of the
+volume (``plane_block``: each plane's shape, spacing and axes, so that the editor moves the crosshair
+between planes without asking). A slice of a plane other than the acquisition plane travels through
+``plane_slice_payload`` answers to plane requests (``read_plane_request``), and the editor's value
+carries the active plane and its unconfirmed edits of such slices (``plane_edits``), which the
+server writes into the same 3-D mask. The acquisition plane keeps the slice protocol above.
 """
 from __future__ import annotations
 
@@ -171,23 +178,49 @@ def slice_payload(*, index: int, image_rgb: np.ndarray, probability: np.ndarray,
 
 
 def volume_block(*, depth: int, index: int, plane: str, spacing, modality: str, strip, reviewed, edited,
-                 windows: list, window: tuple, neighbours: list) -> dict:
+                 windows: list, window: tuple, neighbours: list, planes: Optional[dict] = None) -> dict:
     """What the editor needs besides the slice on screen: ``strip`` is the band entropy of every slice
     (nats, display order), sent as given and scaled to 0..1 by its largest value for the heat bar;
     ``windows`` are (name, center, width) presets in modality units; ``neighbours`` are
-    ``slice_payload`` values of the slices next to ``index``."""
-    values = np.nan_to_num(np.asarray(list(strip), dtype=np.float64), nan=0.0)
-    if values.size and values.size != int(depth):
-        raise EditorError(f"The uncertainty strip has {values.size} values for a volume of {depth} slices.")
-    top = float(values.max()) if values.size else 0.0
-    scaled = values / top if top > 0 else np.zeros_like(values)
+    ``slice_payload`` values of the slices next to ``index``; ``planes`` is a ``plane_block``."""
+    scaled, values = scaled_strip(strip)
+    if values and len(values) != int(depth):
+        raise EditorError(f"The uncertainty strip has {len(values)} values for a volume of {depth} slices.")
     return {"depth": int(depth), "index": int(index), "plane": str(plane),
             "spacing": [float(v) for v in spacing], "modality": str(modality or ""),
-            "strip": [round(float(v), 4) for v in scaled], "strip_nats": [round(float(v), 4) for v in values],
+            "strip": scaled, "strip_nats": values,
             "reviewed": sorted({int(i) for i in reviewed}), "edited": sorted({int(i) for i in edited}),
             "windows": [{"name": str(name), "center": float(center), "width": float(width)}
                         for name, center, width in windows],
-            "window": [float(window[0]), float(window[1])], "neighbours": list(neighbours)}
+            "window": [float(window[0]), float(window[1])], "neighbours": list(neighbours),
+            **({"planes": planes} if planes is not None else {})}
+
+
+def scaled_strip(strip) -> tuple:
+    """(values scaled to 0..1 by the largest, values in nats) of a per-slice uncertainty strip."""
+    values = np.nan_to_num(np.asarray(list(strip), dtype=np.float64), nan=0.0)
+    top = float(values.max()) if values.size else 0.0
+    scaled = values / top if top > 0 else np.zeros_like(values)
+    return [round(float(v), 4) for v in scaled], [round(float(v), 4) for v in values]
+
+
+def plane_block(planes: dict) -> dict:
+    """The three views for the editor: ``planes`` maps each plane to (shape, spacing, axes) of its
+    view, ``axes`` giving for each of its axes (slice, row, column) the stored axis and whether it runs
+    the other way, so that the editor maps a voxel between planes as the server does."""
+    return {name: {"depth": int(shape[0]), "shape": [int(n) for n in shape],
+                   "spacing": [float(v) for v in spacing],
+                   "axes": [[int(axis), bool(flipped)] for axis, flipped in axes]}
+            for name, (shape, spacing, axes) in planes.items()}
+
+
+def plane_slice_payload(*, plane: str, spacing, **fields) -> dict:
+    """A slice of one plane: a ``slice_payload`` that also names its plane and the size of its pixels
+    (row mm, column mm), which the editor draws at their aspect ratio."""
+    value = slice_payload(**fields)
+    value["plane"] = str(plane)
+    value["spacing"] = [float(v) for v in spacing]
+    return value
 
 
 @dataclass(frozen=True)
@@ -200,15 +233,31 @@ class SliceEdit:
 
 
 @dataclass(frozen=True)
+class PlaneSliceEdit:
+    """The mask of a slice of a plane other than the acquisition plane, at the editor's revision."""
+
+    plane: str
+    index: int
+    revision: int
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
 class VolumeEdit:
     """The editor's value for a volume case: the slice on screen (``edit``, as for an image), which
-    slice that is, the slices reviewed, and edits of other slices not yet confirmed as stored."""
+    slice that is, the slices reviewed, and edits of other slices not yet confirmed as stored.
+
+    ``plane`` is the plane being edited ("" for the acquisition plane). In another plane ``edit`` and
+    ``index`` are the acquisition slice at the crosshair as the editor last had it (shown, not an
+    edit), and that plane's edits are in ``plane_edits``."""
 
     edit: EditorEdit
     index: int
     reviewed: tuple
     pending: tuple       # SliceEdit, oldest first
     session: str
+    plane: str = ""
+    plane_edits: tuple = ()   # PlaneSliceEdit, oldest first
 
 
 def _slice_index(value, depth: int, what: str) -> int:
@@ -218,8 +267,35 @@ def _slice_index(value, depth: int, what: str) -> int:
     return index
 
 
-def read_volume_edit(value, *, case_id: int, shape: tuple, depth: int) -> VolumeEdit:
-    """The editor's value for the open volume case ``case_id`` (slices of ``shape``, ``depth`` of them), checked."""
+def _plane_edits(value, plane_shapes: Optional[dict]) -> tuple:
+    items = value.get("plane_edits") or []
+    if not items:
+        return ()
+    if not plane_shapes or not isinstance(items, (list, tuple)) or len(items) > sum(s[0] for s in plane_shapes.values()):
+        raise EditorError("The editor sent no usable list of plane edits.")
+    out = []
+    for item in items:
+        plane = item.get("plane") if isinstance(item, dict) else None
+        if plane not in plane_shapes:
+            raise EditorError(f"The editor sent an edit of an unknown plane {plane!r}.")
+        depth, rows, columns = plane_shapes[plane]
+        index = _whole(item.get("index"), "slice number")
+        if not 0 <= index < depth:
+            raise EditorError(f"The editor sent an edit of {plane} slice {index + 1}, but that plane has slices "
+                              f"1 to {depth}.")
+        try:
+            mask = mask_from_runs(item.get("runs") or [], (rows, columns))
+        except MaskRunsError as exc:
+            raise EditorError(str(exc)) from None
+        out.append(PlaneSliceEdit(plane=plane, index=index, revision=_whole(item.get("revision") or 0, "revision"),
+                                  mask=mask))
+    return tuple(out)
+
+
+def read_volume_edit(value, *, case_id: int, shape: tuple, depth: int,
+                     plane_shapes: Optional[dict] = None) -> VolumeEdit:
+    """The editor's value for the open volume case ``case_id`` (slices of ``shape``, ``depth`` of them), checked.
+    ``plane_shapes``: (slices, rows, columns) of each plane's view, to read edits made in other planes."""
     edit = read_edit(value, case_id=case_id, shape=shape)
     index = _slice_index(value.get("slice_index"), depth, "slice number")
     reviewed = value.get("reviewed") or []
@@ -239,8 +315,12 @@ def read_volume_edit(value, *, case_id: int, shape: tuple, depth: int) -> Volume
             raise EditorError(str(exc)) from None
         slices.append(SliceEdit(index=_slice_index(item.get("index"), depth, "edited slice"),
                                 revision=_whole(item.get("revision") or 0, "revision"), mask=mask))
+    plane = value.get("plane") or ""
+    if plane and plane_shapes is not None and plane not in plane_shapes:
+        raise EditorError(f"The editor shows an unknown plane {plane!r}.")
     return VolumeEdit(edit=edit, index=index, reviewed=reviewed, pending=tuple(slices),
-                      session=str(value.get("session") or ""))
+                      session=str(value.get("session") or ""), plane=str(plane),
+                      plane_edits=_plane_edits(value, plane_shapes))
 
 
 @dataclass(frozen=True)
@@ -265,11 +345,13 @@ def read_window(value) -> Optional[tuple]:
     return center, width
 
 
-def read_slice_request(value, *, case_id: int, shape: tuple, depth: int) -> SliceRequest:
+def read_slice_request(value, *, case_id: int, shape: tuple, depth: int,
+                       plane_shapes: Optional[dict] = None) -> SliceRequest:
     """An editor's slice request (``kind`` "slice_request": its edit value plus ``wanted`` and ``window``)."""
     if not isinstance(value, dict) or value.get("kind") != "slice_request":
         raise EditorError("The editor's slice request is not one.")
-    state = read_volume_edit(dict(value, kind="edit"), case_id=case_id, shape=shape, depth=depth)
+    state = read_volume_edit(dict(value, kind="edit"), case_id=case_id, shape=shape, depth=depth,
+                             plane_shapes=plane_shapes)
     wanted = value.get("wanted") or []
     if not isinstance(wanted, (list, tuple)):
         raise EditorError("The editor sent no usable list of slices to show.")
@@ -281,3 +363,46 @@ def read_slice_request(value, *, case_id: int, shape: tuple, depth: int) -> Slic
     if len(indices) > MAX_SLICES_PER_ANSWER:
         raise EditorError(f"The editor asked for {len(indices)} slices at once; {MAX_SLICES_PER_ANSWER} is the most.")
     return SliceRequest(state=state, wanted=tuple(indices), window=read_window(value.get("window")))
+
+
+MAX_PLANE_SLICES_PER_ANSWER = 6   # two slices of each plane: the crosshair's, or one and a neighbour
+
+
+@dataclass(frozen=True)
+class PlaneRequest:
+    """The editor asks for slices of the three planes: its state, (plane, slice) pairs, the window, and
+    the planes whose uncertainty strip it still needs."""
+
+    state: VolumeEdit
+    wanted: tuple        # (plane, index)
+    window: Optional[tuple]
+    strips: tuple
+
+
+def read_plane_request(value, *, case_id: int, shape: tuple, depth: int, plane_shapes: dict) -> PlaneRequest:
+    """An editor's plane request (``kind`` "plane_request": its edit value plus ``wanted`` as
+    ``[[plane, slice], ...]``, ``window`` and ``strips``)."""
+    if not isinstance(value, dict) or value.get("kind") != "plane_request":
+        raise EditorError("The editor's plane request is not one.")
+    state = read_volume_edit(dict(value, kind="edit"), case_id=case_id, shape=shape, depth=depth,
+                             plane_shapes=plane_shapes)
+    wanted = value.get("wanted") or []
+    if not isinstance(wanted, (list, tuple)):
+        raise EditorError("The editor sent no usable list of slices to show.")
+    pairs = []
+    for item in wanted:
+        if not isinstance(item, (list, tuple)) or len(item) != 2 or item[0] not in plane_shapes:
+            raise EditorError("The editor asked for a slice of no known plane.")
+        plane, index = item[0], _whole(item[1], "slice number")
+        if not 0 <= index < plane_shapes[plane][0]:
+            raise EditorError(f"The editor asked for {plane} slice {index + 1}, but that plane has slices 1 to "
+                              f"{plane_shapes[plane][0]}.")
+        if (plane, index) not in pairs:
+            pairs.append((plane, index))
+    if len(pairs) > MAX_PLANE_SLICES_PER_ANSWER:
+        raise EditorError(f"The editor asked for {len(pairs)} slices at once; {MAX_PLANE_SLICES_PER_ANSWER} is the most.")
+    strips = value.get("strips") or []
+    if not isinstance(strips, (list, tuple)) or any(name not in plane_shapes for name in strips):
+        raise EditorError("The editor asked for the strip of no known plane.")
+    return PlaneRequest(state=state, wanted=tuple(pairs), window=read_window(value.get("window")),
+                        strips=tuple(dict.fromkeys(strips)))
