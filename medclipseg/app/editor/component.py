@@ -7,8 +7,8 @@ are plain files shipped inside the package, so neither Spaces nor ``pip install`
 
 ``server_functions`` are Python functions the script calls as ``await server.<name>(argument)``
 (Gradio posts the argument to the component's server route, outside the event queue, and hands back
-what the function returns as JSON): the layout passes ``volume_slices``, which answers the editor's
-slice requests for volume cases.
+what the function returns as JSON): the layout passes ``volume_slices`` and ``volume_plane``, which answer the
+editor's slice and plane requests for volume cases.
 """
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ from typing import Callable, Optional, Sequence
 import gradio as gr
 
 EDITOR_FILES = Path(__file__).resolve().parent
+# The script is these files in this order (one scope: the plane views use the editor's state and
+# drawing), then startEditor() once every declaration is in place.
+EDITOR_SCRIPTS = ("mask_editor.js", "volume_planes.js")
 
 
 @lru_cache(maxsize=None)
 def editor_source(name: str) -> str:
     """One of the editor's shipped files (mask_editor.js, .html or .css)."""
     return (EDITOR_FILES / name).read_text(encoding="utf-8")
+
+
+def editor_script() -> str:
+    """The editor's whole script, as js_on_load runs it."""
+    return "\n".join(editor_source(name) for name in EDITOR_SCRIPTS) + "\nstartEditor();\n"
 
 
 def mask_editor(*, elem_id: str = "mask-editor",
@@ -35,7 +43,7 @@ def mask_editor(*, elem_id: str = "mask-editor",
         value=None,
         html_template=editor_source("mask_editor.html"),
         css_template=editor_source("mask_editor.css"),
-        js_on_load=editor_source("mask_editor.js"),
+        js_on_load=editor_script(),
         apply_default_css=False,
         elem_id=elem_id,
         container=False,

@@ -16,6 +16,7 @@
 // slices left behind; the server keeps them in the annotator's volume draft and confirms them.
 // A slice counts as reviewed when it was edited or stayed on screen REVIEW_DWELL_MS (handlers.py
 // says precisely what that means for the saved volume). Undo works within the slice on screen.
+// The other two anatomical planes, the crosshair and painting in them: volume_planes.js.
 
 const $ = (selector) => element.querySelector(selector);
 const FOLLOW = 0, FOREGROUND = 1, BACKGROUND = 2;
@@ -33,6 +34,7 @@ const TOOLS = {
     local: "Threshold brush: inside the brush, mask = probability > t",
     component: "Component: click deletes a connected piece, Shift+click keeps only it",
     hand: "Hand: drag to pan",
+    crosshair: "Crosshair: click a voxel, the other planes go there (Alt+click does it with any tool)",
 };
 
 const S = {
@@ -42,7 +44,11 @@ const S = {
     tool: "brush", showOverlay: true, undo: [], redo: [], revision: 0, savedRevision: 0,
     view: { scale: 1, ox: 0, oy: 0 }, stroke: null, panning: null, cursor: null, spaceDown: false,
     syncTimer: null, magma: null, lastTimings: {}, vol: null,
+    canvas: null, aspect: 1,   // the canvas being edited (a volume's active plane) and its pixels' height / width
 };
+let DECODED = 0;   // decoded slices, numbered: the plane panes redraw only when what they show changed
+
+function editorCanvas() { return S.canvas || $(".mse-canvas"); }
 
 // ---------------------------------------------------------------- decoding what the server sends
 
@@ -175,12 +181,13 @@ function fitCanvas(canvas) {
     return { width: box.width, height: box.height, ratio };
 }
 
-function drawView(canvas, layers, view) {
+function drawView(canvas, layers, view, aspect = 1) {
+    // aspect: the height of a pixel over its width (a coronal slice of 2.5 mm slices of 0.7 mm pixels).
     const { width, height, ratio } = fitCanvas(canvas);
     const context = canvas.getContext("2d");
     context.setTransform(1, 0, 0, 1, 0, 0);
     context.clearRect(0, 0, canvas.width, canvas.height);
-    context.setTransform(ratio * view.scale, 0, 0, ratio * view.scale, ratio * view.ox, ratio * view.oy);
+    context.setTransform(ratio * view.scale, 0, 0, ratio * view.scale * aspect, ratio * view.ox, ratio * view.oy);
     // Nearest neighbour when enlarging, so a 64 x 64 slice shows its pixels; smooth when shrinking.
     context.imageSmoothingEnabled = view.scale < 1;
     for (const layer of layers) context.drawImage(layer, 0, 0);
@@ -204,15 +211,15 @@ function outlinePath(mask, x0, y0, x1, y1) {
 }
 
 function drawVectorOutlines(context, ratio, width, height) {
-    const v = S.view;
-    const x0 = Math.max(0, Math.floor(-v.ox / v.scale)), y0 = Math.max(0, Math.floor(-v.oy / v.scale));
-    const x1 = Math.min(S.W - 1, Math.ceil((width - v.ox) / v.scale)), y1 = Math.min(S.H - 1, Math.ceil((height - v.oy) / v.scale));
+    const v = S.view, sy = v.scale * S.aspect;
+    const x0 = Math.max(0, Math.floor(-v.ox / v.scale)), y0 = Math.max(0, Math.floor(-v.oy / sy));
+    const x1 = Math.min(S.W - 1, Math.ceil((width - v.ox) / v.scale)), y1 = Math.min(S.H - 1, Math.ceil((height - v.oy) / sy));
     const key = `${S.overlayVersion}:${x0}:${y0}:${x1}:${y1}`;
     if (S.outlineKey !== key) {
         S.outlineKey = key;
         S.outlines = { mask: outlinePath(S.mask, x0, y0, x1, y1), band: outlinePath(S.band, x0, y0, x1, y1) };
     }
-    context.setTransform(ratio * v.scale, 0, 0, ratio * v.scale, ratio * v.ox, ratio * v.oy);
+    context.setTransform(ratio * v.scale, 0, 0, ratio * sy, ratio * v.ox, ratio * v.oy);
     context.lineWidth = 2 / v.scale;
     context.strokeStyle = `rgb(${MASK_RGB.join(",")})`;
     context.stroke(S.outlines.mask);
@@ -223,18 +230,18 @@ function drawVectorOutlines(context, ratio, width, height) {
 function draw() {
     if (!S.loaded) return;
     const started = performance.now();
-    const editor = $(".mse-canvas");
+    const editor = editorCanvas();
     const vector = S.view.scale >= 2;
     if (vector !== S.vectorOutlines) { S.vectorOutlines = vector; renderOverlay(); }
-    const { context, ratio, width, height } = drawView(editor, [S.imageCanvas, S.overlayCanvas], S.view);
+    const { context, ratio, width, height } = drawView(editor, [S.imageCanvas, S.overlayCanvas], S.view, S.aspect);
     if (vector && S.showOverlay) drawVectorOutlines(context, ratio, width, height);
-    if (S.cursor && S.tool !== "hand" && S.tool !== "component") {
+    if (S.cursor && S.tool !== "hand" && S.tool !== "component" && S.tool !== "crosshair") {
         // The brush outline, in image pixels: what the brush will change.
         context.setTransform(ratio, 0, 0, ratio, 0, 0);
         const radius = S.size / 2 * S.view.scale;
-        const cx = S.view.ox + (S.cursor.x + 0.5) * S.view.scale, cy = S.view.oy + (S.cursor.y + 0.5) * S.view.scale;
+        const cx = S.view.ox + (S.cursor.x + 0.5) * S.view.scale, cy = S.view.oy + (S.cursor.y + 0.5) * S.view.scale * S.aspect;
         context.beginPath();
-        context.arc(cx, cy, Math.max(1, radius), 0, 2 * Math.PI);
+        context.ellipse(cx, cy, Math.max(1, radius), Math.max(1, radius * S.aspect), 0, 0, 2 * Math.PI);
         context.strokeStyle = S.tool === "erase" ? "#ff4fd8" : S.tool === "local" ? "#7df9ff" : "#00e000";
         context.lineWidth = 1.5;
         context.stroke();
@@ -242,14 +249,18 @@ function draw() {
     const heat = $(".mse-heat");
     const heatBox = heat.getBoundingClientRect(), editorBox = editor.getBoundingClientRect();
     const k = editorBox.width > 0 ? heatBox.width / editorBox.width : 1;
-    drawView(heat, [S.heatCanvas], { scale: S.view.scale * k, ox: S.view.ox * k, oy: S.view.oy * k });
+    drawView(heat, [S.heatCanvas], { scale: S.view.scale * k, ox: S.view.ox * k, oy: S.view.oy * k }, S.aspect);
+    if (hasPlanes()) {
+        drawCrosshair(context, ratio, S.vol.active, S.view, S.aspect, S.W, S.H);
+        drawPanes();
+    }
     S.lastTimings.draw_ms = performance.now() - started;
 }
 
 function fitHeight() {
     // The canvas reaches down to the bottom of the screen, less room for the two status lines under
     // it, so the case's buttons, the whole image and the last action's status show without scrolling.
-    const canvas = $(".mse-canvas");
+    const canvas = editorCanvas();
     if (!S.loaded || S.stroke || !canvas.offsetParent) return;
     const top = canvas.getBoundingClientRect().top + window.scrollY;
     const below = $(".mse-message").offsetHeight + $(".mse-state").offsetHeight + 16;
@@ -259,12 +270,13 @@ function fitHeight() {
         : Math.min(window.innerHeight, window.screen.availHeight - 120);
     const height = Math.round(Math.min(CANVAS_MAX, Math.max(CANVAS_MIN, screenHeight - top - below)));
     if (Math.abs(canvas.offsetHeight - height) >= 2) canvas.style.height = `${height}px`;
+    if (hasPlanes()) fitPaneHeights(height);
 }
 
 function fitView() {
-    const box = $(".mse-canvas").getBoundingClientRect();
-    const scale = Math.min(box.width / S.W, box.height / S.H);
-    S.view = { scale, ox: (box.width - S.W * scale) / 2, oy: (box.height - S.H * scale) / 2 };
+    const box = editorCanvas().getBoundingClientRect();
+    const scale = Math.min(box.width / S.W, box.height / (S.H * S.aspect));
+    S.view = { scale, ox: (box.width - S.W * scale) / 2, oy: (box.height - S.H * scale * S.aspect) / 2 };
     S.fitted = true;
 }
 
@@ -272,7 +284,7 @@ function fitView() {
 
 function counts() {
     // Once per revision: the value sent and the status line both need them after every edit.
-    const key = `${S.meta.session}:${S.vol ? S.vol.index : ""}:${S.revision}:${S.threshold}`;
+    const key = `${S.meta.session}:${S.vol ? `${S.vol.active || ""}${activeTrack().shown}` : ""}:${S.revision}:${S.threshold}:${S.W}`;
     if (S.countsKey === key) return S.counted;
     const t = Math.fround(S.threshold);
     let area = 0, added = 0, erased = 0;
@@ -565,6 +577,7 @@ function flush() {
 
 function edited(message) {
     S.revision++;
+    if (hasPlanes()) planesAfterEdit();
     draw();
     publish();
     status(message);
@@ -577,7 +590,8 @@ function status(message) {
     const parts = [];
     if (S.loaded) {
         parts.push(`Case #${S.meta.case_id}`);
-        if (S.vol) parts.push(`slice ${S.vol.index + 1} / ${S.vol.depth}`);
+        if (S.vol) parts.push(planeActive() ? `${S.vol.active} slice ${S.vol.views[S.vol.active].index + 1} / ${S.vol.views[S.vol.active].depth}`
+                                            : `slice ${S.vol.index + 1} / ${S.vol.depth}`);
         parts.push(`${c.area.toLocaleString()} px in the ${S.vol ? "slice's " : ""}mask (+${c.added.toLocaleString()} / −${c.erased.toLocaleString()} vs. the model)`);
         parts.push(`${S.undo.length} step(s)`);
         if (S.vol) parts.push(`${S.vol.reviewed.size} of ${S.vol.depth} slices reviewed`);
@@ -611,9 +625,10 @@ function updateLock() {
 
 function editable() {
     // False (and the lock says why) while no name is typed; viewing, zoom and pan stay free.
-    if (S.loaded && S.vol && S.vol.left) {
+    const track = S.loaded && S.vol ? (planeActive() ? S.vol.views[S.vol.active] : S.vol) : null;
+    if (track && track.left) {
         // The slice on screen was left and the next one is on its way: an edit would land on the wrong slice.
-        note(`Slice ${S.vol.target + 1} is loading…`);
+        note(`Slice ${(track.target ?? 0) + 1} is loading…`);
         return false;
     }
     if (!S.loaded || !updateLock()) return S.loaded;
@@ -673,6 +688,7 @@ async function decodeSlice(value) {
         index: value.volume ? value.volume.index : (value.index ?? null), W, H, imageCanvas,
         imagePixels: imageContext.getImageData(0, 0, W, H).data, prob, ent, maxProbability: highest,
         startRuns: value.start_runs, followsModel: Boolean(value.follows_model), window: value.window || null,
+        id: ++DECODED, plane: value.plane || null,
     };
 }
 
@@ -724,6 +740,7 @@ async function openCase(value) {
     recomputeMask();
     recomputeBand();
     S.loaded = true;
+    resetPanes();
     if (value.volume) openVolume(value, entry);
     $(".mse-volume").hidden = !S.vol;
     $(".mse-volume-keys").hidden = !S.vol;
@@ -750,6 +767,7 @@ function closeCase(message) {
     S.meta = {};
     if (S.vol) clearTimeout(S.vol.dwellTimer);
     S.vol = null;
+    resetPanes();
     $(".mse-volume").hidden = true;
     S.thresholdStep = null;
     clearTimeout(S.thresholdTimer);
@@ -797,6 +815,7 @@ function openVolume(value, entry) {
         timings: [],
     };
     entry.window = block.window.slice();
+    setupPlanes(block, entry);
     S.vol.dwellTimer = setTimeout(() => markReviewed(block.index), REVIEW_DWELL_MS);
     buildWindowButtons();
     const session = value.session;
@@ -812,7 +831,7 @@ function volumeValue() {
     const vol = S.vol;
     return {
         volume: true, slice_index: vol.index, reviewed: [...vol.reviewed], pending: [...vol.pending.values()],
-        window: vol.window.slice(),
+        window: vol.window.slice(), ...(hasPlanes() ? planeValue() : {}),
     };
 }
 
@@ -846,7 +865,7 @@ function leaveSlice() {
         const runs = encodeRuns(S.mask).join(",");
         vol.pending.set(index, { index, revision: S.revision, runs });
         const entry = vol.cache.get(index);
-        if (entry) { entry.startRuns = runs; entry.followsModel = false; }
+        if (entry) { entry.startRuns = runs; entry.followsModel = false; entry.rev = (entry.rev || 0) + 1; }
     }
     vol.left = true;
 }
@@ -855,26 +874,17 @@ function showSlice(entry) {
     // Put a decoded slice on screen, keeping the tool, the thresholds and the zoom.
     const vol = S.vol;
     leaveSlice();
-    const length = S.W * S.H;
-    Object.assign(S, {
-        prob: entry.prob, ent: entry.ent, imageCanvas: entry.imageCanvas, imagePixels: entry.imagePixels,
-        maxProbability: entry.maxProbability, mask: new Uint8Array(length), band: new Uint8Array(length),
-        undo: [], redo: [], thresholdStep: null,
-    });
-    applyStart(entry);
-    recomputeMask();
-    recomputeBand();
+    putOnScreen(entry);
     Object.assign(vol, { index: entry.index, target: null, left: false, shownAt: performance.now(),
                          visitRevision: S.revision });
+    if (hasPlanes()) vol.views[vol.acquisition].shown = entry;
     vol.dwellTimer = setTimeout(() => markReviewed(entry.index), REVIEW_DWELL_MS);
+    if (S.fitted) fitView();
     renderOverlay();
     renderHeat();
     draw();
     syncVolume();
-    if (vol.navStartedAt !== null) {
-        S.lastTimings.slice_shown_ms = performance.now() - vol.navStartedAt;
-        vol.navStartedAt = null;
-    }
+    shownTimings();
     status(`Slice ${entry.index + 1} of ${vol.depth}.`);
     // The numbers follow (debounced), and the browser notes the slice so that a reload comes back to it.
     publish();
@@ -884,9 +894,11 @@ function showSlice(entry) {
 function goToSlice(target) {
     const vol = S.vol;
     if (!S.loaded || !vol) return;
+    if (planeActive()) { goToPlaneSlice(target); return; }
     target = Math.max(0, Math.min(vol.depth - 1, Math.round(Number(target))));
     if (!Number.isFinite(target) || target === (vol.target ?? vol.index)) { syncVolume(); return; }
     vol.navStartedAt = performance.now();
+    if (hasPlanes()) vol.point[0] = target;
     if (target === vol.index && vol.left) {
         // Back to the slice still held while another one was loading.
         showSlice(vol.cache.get(target) || { ...currentEntry(), index: target });
@@ -912,8 +924,7 @@ function currentEntry() {
 }
 
 function stepSlice(by) {
-    const vol = S.vol;
-    if (vol) goToSlice((vol.target ?? vol.index) + by);
+    if (S.vol) goToSlice(activeTrack().shown + by);
 }
 
 function slicesWanted() {
@@ -939,10 +950,10 @@ async function syncSlices() {
             const wanted = slicesWanted();
             if (!wanted.length && !vol.pending.size) break;
             const request = { ...currentValue(), kind: "slice_request", wanted, annotator: nameText() };
-            const sentAt = performance.now();
+            const sentAt = performance.now(), generation = vol.generation || 0;
             const answer = await server.volume_slices(request);
             if (S.vol !== vol) return;   // another case was opened meanwhile
-            await applySliceAnswer(answer, sentAt, wanted);
+            await applySliceAnswer(answer, sentAt, wanted, generation);
         } while (S.vol === vol && (vol.again || (vol.target !== null && slicesWanted().includes(vol.target))));
     } catch (error) {
         if (S.vol === vol) note(`The slice could not be loaded (${error.message || error}); change slice to try again.`);
@@ -951,7 +962,7 @@ async function syncSlices() {
     }
 }
 
-async function applySliceAnswer(answer, sentAt, wanted) {
+async function applySliceAnswer(answer, sentAt, wanted, generation = 0) {
     const vol = S.vol;
     if (!answer || answer.kind === "error") {
         note(answer ? answer.message : "The server did not answer the slice request.");
@@ -967,7 +978,10 @@ async function applySliceAnswer(answer, sentAt, wanted) {
     if (S.vol !== vol) return;
     let shown = false;
     for (const entry of entries) {
-        if (!windowMatches(entry) || entry.W !== S.W || entry.H !== S.H) continue;
+        if (!windowMatches(entry) || entry.W !== (vol.width ?? S.W) || entry.H !== (vol.height ?? S.H)) continue;
+        // Sent before an edit in another plane crossed it: asked for again.
+        if (hasPlanes() && !freshFor(vol.acquisition, generation)) { vol.again = true; continue; }
+        entry.generation = generation;
         if (entry.index === vol.index && !vol.left) {
             // The slice on screen in another window: only its picture changes, its edits stay.
             Object.assign(S, { imageCanvas: entry.imageCanvas, imagePixels: entry.imagePixels });
@@ -983,12 +997,14 @@ async function applySliceAnswer(answer, sentAt, wanted) {
     if (vol.timings.length > 200) vol.timings.shift();
     pruneCache();
     drawStrip();
+    if (hasPlanes()) drawPanes();
 }
 
 function pruneCache() {
     const vol = S.vol, centre = vol.target ?? vol.index;
     for (const index of [...vol.cache.keys()]) {
-        if (Math.abs(index - centre) > CACHE_REACH && index !== vol.index) vol.cache.delete(index);
+        if (Math.abs(index - centre) > CACHE_REACH && index !== vol.index &&
+            !(hasPlanes() && index === vol.point[0])) vol.cache.delete(index);
     }
 }
 
@@ -1005,6 +1021,7 @@ function setWindow(center, width) {
     syncVolume();
     props.value = currentValue();
     syncSlices();
+    if (hasPlanes()) syncPlanes();
 }
 
 function buildWindowButtons() {
@@ -1025,11 +1042,12 @@ function buildWindowButtons() {
 function syncVolume() {
     const vol = S.vol;
     if (!vol) return;
-    const shown = vol.target ?? vol.index;
+    const track = activeTrack(), shown = track.shown;
     const slider = $(".mse-slice");
-    slider.max = String(vol.depth);
+    slider.max = String(track.depth);
     slider.value = String(shown + 1);
-    $(".mse-slice-value").textContent = `${shown + 1} / ${vol.depth}` + (vol.target !== null ? " (loading)" : "");
+    $(".mse-slice-value").textContent = `${shown + 1} / ${track.depth}` + (track.loading ? " (loading)" : "");
+    $(".mse-slice-plane").textContent = hasPlanes() ? PLANE_NAMES[vol.active] : "Slice";
     for (const button of element.querySelectorAll(".mse-windows button")) {
         button.classList.toggle("mse-active", button.dataset.window === `${vol.window[0]},${vol.window[1]}`);
     }
@@ -1042,27 +1060,42 @@ function drawStrip() {
     // slice on screen outlined.
     const vol = S.vol, canvas = $(".mse-strip");
     if (!vol || !canvas.offsetParent) return;
+    paintStrip(canvas, activeTrack(), 5);
+}
+
+function paintStrip(canvas, track, ticks) {
+    // track: depth, strip (0..1 per slice), reviewed and edited (sets, or null), shown; ticks: px under the heat.
     const { width, height, ratio } = fitCanvas(canvas);
     const context = canvas.getContext("2d");
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     context.clearRect(0, 0, width, height);
-    const step = width / vol.depth, heat = height - 5, lut = S.magma;
-    for (let i = 0; i < vol.depth; i++) {
-        const k = Math.max(0, Math.min(255, Math.round((vol.strip[i] || 0) * 255))) * 3;
+    const step = width / track.depth, heat = height - ticks, lut = S.magma, strip = track.strip || [];
+    for (let i = 0; i < track.depth; i++) {
+        const k = Math.max(0, Math.min(255, Math.round((strip[i] || 0) * 255))) * 3;
         context.fillStyle = `rgb(${lut[k]}, ${lut[k + 1]}, ${lut[k + 2]})`;
         context.fillRect(i * step, 0, Math.ceil(step), heat);
-        if (vol.reviewed.has(i)) { context.fillStyle = "#2fbf4a"; context.fillRect(i * step, heat + 1, Math.max(1, step - 1), 2); }
-        if (vol.edited.has(i)) { context.fillStyle = "rgb(255, 196, 0)"; context.fillRect(i * step, heat + 3, Math.max(1, step - 1), 2); }
+        if (!ticks) continue;
+        if (track.reviewed && track.reviewed.has(i)) { context.fillStyle = "#2fbf4a"; context.fillRect(i * step, heat + 1, Math.max(1, step - 1), 2); }
+        if (track.edited && track.edited.has(i)) { context.fillStyle = "rgb(255, 196, 0)"; context.fillRect(i * step, heat + 3, Math.max(1, step - 1), 2); }
     }
-    const shown = vol.target ?? vol.index;
     context.strokeStyle = "#ffffff";
-    context.lineWidth = 2;
-    context.strokeRect(shown * step + 1, 1, Math.max(2, step - 2), heat - 2);
+    context.lineWidth = ticks ? 2 : 1.5;
+    context.strokeRect(track.shown * step + 1, 1, Math.max(2, step - 2), Math.max(2, heat - 2));
 }
 
-function stripSlice(event) {
-    const box = $(".mse-strip").getBoundingClientRect();
-    return Math.max(0, Math.min(S.vol.depth - 1, Math.floor((event.clientX - box.left) / box.width * S.vol.depth)));
+function activeTrack() {
+    // The slice bar's plane: the acquisition plane (the slice protocol), or the plane being edited.
+    const vol = S.vol;
+    if (!planeActive()) {
+        return { depth: vol.depth, strip: vol.strip, stripNats: vol.stripNats, reviewed: vol.reviewed,
+                 edited: vol.edited, shown: vol.target ?? vol.index, loading: vol.target !== null };
+    }
+    return planeTrack(vol.active);
+}
+
+function stripSlice(event, canvas = $(".mse-strip"), depth = activeTrack().depth) {
+    const box = canvas.getBoundingClientRect();
+    return Math.max(0, Math.min(depth - 1, Math.floor((event.clientX - box.left) / box.width * depth)));
 }
 
 // ---------------------------------------------------------------- controls
@@ -1082,10 +1115,16 @@ function syncControls() {
     }
     $(".mse-toggle-overlay").classList.toggle("mse-active", S.showOverlay);
     $(".mse-tool-help").textContent = TOOLS[S.tool];
-    $(".mse-canvas").style.cursor = S.tool === "hand" ? "grab" : S.tool === "component" ? "pointer" : "crosshair";
+    editorCanvas().style.cursor = S.tool === "hand" ? "grab" : S.tool === "component" ? "pointer" :
+        S.tool === "crosshair" ? "cell" : "crosshair";
 }
 
-function setTool(tool) { S.tool = tool; syncControls(); draw(); }
+function setTool(tool) {
+    if (tool === "crosshair" && !hasPlanes()) return;
+    S.tool = tool;
+    syncControls();
+    draw();
+}
 
 function setSize(size) {
     const value = Math.round(Number(size));
@@ -1139,15 +1178,15 @@ function onOpacity(event) {
 }
 
 function imagePoint(event) {
-    const box = $(".mse-canvas").getBoundingClientRect();
+    const box = editorCanvas().getBoundingClientRect();
     const x = Math.floor((event.clientX - box.left - S.view.ox) / S.view.scale);
-    const y = Math.floor((event.clientY - box.top - S.view.oy) / S.view.scale);
+    const y = Math.floor((event.clientY - box.top - S.view.oy) / (S.view.scale * S.aspect));
     return { x, y, inside: x >= 0 && y >= 0 && x < S.W && y < S.H };
 }
 
 function onPointerDown(event) {
     if (!S.loaded) return;
-    const canvas = $(".mse-canvas");
+    const canvas = editorCanvas();
     canvas.setPointerCapture(event.pointerId);
     if (S.tool === "hand" || S.spaceDown || event.button === 1 || event.button === 2) {
         S.panning = { x: event.clientX, y: event.clientY, ox: S.view.ox, oy: S.view.oy };
@@ -1205,10 +1244,10 @@ function onWheel(event) {
         }
         return;
     }
-    const box = $(".mse-canvas").getBoundingClientRect();
+    const box = editorCanvas().getBoundingClientRect();
     const mx = event.clientX - box.left, my = event.clientY - box.top;
     const factor = Math.exp(-event.deltaY * 0.0015);
-    const fit = Math.min(box.width / S.W, box.height / S.H);
+    const fit = Math.min(box.width / S.W, box.height / (S.H * S.aspect));
     const scale = Math.max(fit / 4, Math.min(64, S.view.scale * factor));
     S.view.ox = mx - (mx - S.view.ox) * scale / S.view.scale;
     S.view.oy = my - (my - S.view.oy) * scale / S.view.scale;
@@ -1258,6 +1297,7 @@ function onKey(event) {
     else if (key === "t") setTool("local");
     else if (key === "c") setTool("component");
     else if (key === "h") setTool("hand");
+    else if (key === "x" && hasPlanes()) setTool("crosshair");
     else if (key === "[") setSize(Math.max(1, S.size - (S.size > 20 ? 5 : 1)));
     else if (key === "]") setSize(Math.min(500, S.size + (S.size >= 20 ? 5 : 1)));
     else if (key === "o") { S.showOverlay = !S.showOverlay; syncControls(); renderOverlay(); draw(); }
@@ -1272,14 +1312,17 @@ function onKey(event) {
 }
 
 function bind() {
-    const canvas = $(".mse-canvas");
-    canvas.addEventListener("pointerdown", onPointerDown);
-    canvas.addEventListener("pointermove", onPointerMove);
-    canvas.addEventListener("pointerup", onPointerUp);
-    canvas.addEventListener("pointercancel", onPointerUp);
-    canvas.addEventListener("pointerleave", () => { S.cursor = null; draw(); });
-    canvas.addEventListener("wheel", onWheel, { passive: false });
-    canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+    // Every pane's canvas: the pane being edited takes the tools, the others the crosshair (volume_planes.js).
+    for (const canvas of element.querySelectorAll(".mse-plane-canvas")) {
+        canvas.addEventListener("pointerdown", onPanePointerDown);
+        canvas.addEventListener("pointermove", (event) => { if (event.currentTarget === editorCanvas()) onPointerMove(event); });
+        canvas.addEventListener("pointerup", onPointerUp);
+        canvas.addEventListener("pointercancel", onPointerUp);
+        canvas.addEventListener("pointerleave", () => { S.cursor = null; draw(); });
+        canvas.addEventListener("wheel", onPaneWheel, { passive: false });
+        canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+    }
+    bindPanes();
     $(".mse-threshold").addEventListener("input", onThreshold);
     $(".mse-threshold").addEventListener("change", () => commitThreshold());
     $(".mse-uncertainty").addEventListener("input", onUncertainty);
@@ -1314,9 +1357,10 @@ function bind() {
     });
     strip.addEventListener("pointermove", (event) => {
         if (!S.vol) return;
-        const index = stripSlice(event), vol = S.vol;
-        const marks = [vol.edited.has(index) ? "edited" : "", vol.reviewed.has(index) ? "reviewed" : ""].filter(Boolean);
-        strip.title = `Slice ${index + 1}: band entropy ${vol.stripNats[index] ?? "?"} nats` +
+        const index = stripSlice(event), track = activeTrack();
+        const marks = [track.edited && track.edited.has(index) ? "edited" : "",
+                       track.reviewed && track.reviewed.has(index) ? "reviewed" : ""].filter(Boolean);
+        strip.title = `Slice ${index + 1}: ${planeActive() ? "mean" : "band"} entropy ${(track.stripNats || [])[index] ?? "?"} nats` +
             (marks.length ? ` (${marks.join(", ")})` : "") + ". Click to go there.";
     });
     // The name box is filled by typing (input events) or by the page after a reload (no event): both
@@ -1327,7 +1371,7 @@ function bind() {
     setInterval(() => { if (S.loaded) updateLock(); }, 500);
     document.addEventListener("keydown", onKey);
     document.addEventListener("keyup", (event) => { if (event.key === " ") S.spaceDown = false; });
-    window.addEventListener("resize", () => { if (S.loaded) { fitHeight(); draw(); if (S.vol) drawStrip(); } });
+    window.addEventListener("resize", () => { if (S.loaded) { fitHeight(); if (S.fitted) fitView(); draw(); if (S.vol) drawStrip(); } });
     // Anything above the canvas that grows or shrinks (a longer status line) moves it: fit again.
     if (window.ResizeObserver) {
         let queued = false;
@@ -1345,7 +1389,10 @@ function bind() {
         if (S.loaded && S.revision !== S.savedRevision) { event.preventDefault(); event.returnValue = ""; }
     });
     // A resized page keeps the user's zoom; only a fitted view is fitted again.
-    if (window.ResizeObserver) new ResizeObserver(() => { if (S.loaded) { if (S.fitted) fitView(); draw(); } }).observe(canvas);
+    if (window.ResizeObserver) {
+        const observer = new ResizeObserver(() => { if (S.loaded) { if (S.fitted) fitView(); draw(); } });
+        for (const canvas of element.querySelectorAll(".mse-plane-canvas")) observer.observe(canvas);
+    }
 }
 
 // A small page-level API: the app's buttons ask before leaving a case, the browser tests and the
@@ -1369,7 +1416,7 @@ window.medclipsegEditor = {
                     scale: S.view.scale, overlay: S.showOverlay, steps: S.undo.length, redo: S.redo.length,
                     revision: S.revision, saved_revision: S.savedRevision, width: S.W, height: S.H,
                     locked: S.loaded && needsName(), pending: Boolean(S.syncPending) }),
-    view: () => ({ ...S.view }),
+    view: () => ({ ...S.view, aspect: S.aspect }),
     // A volume's slice state, and a way to go to a slice (tests; the page's own controls do the same).
     volume: () => (S.loaded && S.vol ? {
         index: S.vol.index, target: S.vol.target, depth: S.vol.depth, waiting: S.vol.left && S.vol.target !== null,
@@ -1378,9 +1425,17 @@ window.medclipsegEditor = {
         busy: S.vol.busy, window: [...S.vol.window], timings: S.vol.timings.slice(),
     } : null),
     goToSlice: (index) => goToSlice(index),
+    // The three planes (volume_planes.js): their state, the plane being edited, the crosshair.
+    planes: () => planesState(),
+    activatePlane: (plane) => activatePlane(plane),
+    moveCrosshair: (point) => moveCrosshair(point),
+    paneMaskRuns: (plane) => paneMaskRuns(plane),
+    paneView: (plane) => paneView(plane),
 };
 
-bind();
-syncControls();
-watch("value", received);
-received();
+function startEditor() {
+    bind();
+    syncControls();
+    watch("value", received);
+    received();
+}
