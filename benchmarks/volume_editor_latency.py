@@ -1,0 +1,150 @@
+"""What an annotator waits for in the three-plane volume editor, driven in a real browser.
+
+    python benchmarks/volume_editor_latency.py [--size 512x512x300] [--events 20]
+
+A new database with one volume case: the real Colin27 T1 (Debian's mricron-data) resampled to
+``--size`` voxels, with a prediction of the demo model at 2 Monte-Carlo samples. A real
+``python app.py`` serves it and Debian's Chromium (Playwright, headless, 1440x900) takes it with
+*Next case*. Then, ``events`` times each, from the call in the page until the editor shows the
+result and the next animation frame is drawn:
+
+- ``slice``: the next acquisition slice (what the wheel and the arrow keys do), alternating up and
+  down, so the slice comes from the editor's cache of neighbours, as it does while scrolling;
+- ``plane``: switching the edited plane (axial -> coronal -> sagittal -> axial ...), until the new
+  active pane shows its slice;
+- ``crosshair``: moving the crosshair to another voxel (a click with the crosshair tool), until
+  every pane shows the slice through it, fresh from the server when it was not cached.
+
+Medians throughout. The last line reads ``slice_ms=<x> plane_ms=<y> interpolate_ms=<z>
+propagate_slice_ms=<w>``: ``plane_ms`` is the larger of the plane switch and crosshair medians;
+interpolation and propagation are not in the editor yet and read ``nan``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import app_support  # noqa: E402
+from volume_latency import PROMPT, T1, parse_size, resampled_t1  # noqa: E402
+
+TIMED = """([script, arg, done]) => new Promise((resolve) => {
+    const started = performance.now();
+    new Function("arg", script)(arg);
+    const check = () => {
+        if (new Function(done)()) requestAnimationFrame(() => resolve(performance.now() - started));
+        else setTimeout(check, 1);
+    };
+    check();
+})"""
+PLANES_SETTLED = """const p = window.medclipsegEditor.planes();
+return p && !p.busy && Object.values(p.panes).every((pane) => pane.fresh && !pane.loading && pane.shown === pane.index);"""
+
+
+def make_database(folder: Path, size: tuple) -> Path:
+    from medclipseg.inference.predictor import Predictor
+    from medclipseg.inference.volume import predict_volume
+
+    db_path = folder / "db" / "annotations.db"
+    store = app_support.demo_database(db_path)
+    volume = resampled_t1(size)
+    began = time.perf_counter()
+    prediction = predict_volume(Predictor.from_pretrained("demo"), volume, PROMPT, num_samples=2, seed=0)
+    case, _ = store.add_volume_case_with_prediction(volume, prediction, prompt=PROMPT, original_name="t1.nii.gz")
+    geometry = store.volume_geometry(case.id)
+    print(f"case of {geometry.depth} {geometry.plane} slices of {geometry.rows} x {geometry.columns} predicted and "
+          f"stored in {time.perf_counter() - began:.1f} s", flush=True)
+    store.close()
+    return db_path
+
+
+def timed(page, script: str, arg, done: str) -> float:
+    return page.evaluate(TIMED, [script, arg, done])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=parse_size, default=(512, 512, 300), help="voxels i x j x k")
+    parser.add_argument("--events", type=int, default=20)
+    args = parser.parse_args()
+    if not T1.is_file():
+        sys.exit(f"{T1} is missing: install Debian's mricron-data for the real T1.")
+    if not app_support.CHROMIUM.exists():
+        sys.exit(f"{app_support.CHROMIUM} is not installed (Debian's chromium package).")
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="medclipseg-bench-") as folder, ExitStack() as stack:
+        db_path = make_database(Path(folder), args.size)
+        url, _ = stack.enter_context(app_support.app_server(db_path, log_path=Path(folder) / "server.log"))
+        playwright = stack.enter_context(sync_playwright())
+        browser = playwright.chromium.launch(executable_path=str(app_support.CHROMIUM), headless=True,
+                                             args=app_support.CHROMIUM_ARGS)
+        stack.callback(browser.close)
+        page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.wait_for_selector("#next-case")
+        page.fill("#annotator textarea", "bench")
+        began = time.perf_counter()
+        page.click("#next-case")
+        page.wait_for_selector('#editor [data-ready="true"]')
+        page.wait_for_function(f"(() => {{ {PLANES_SETTLED} }})()")
+        print(f"case open with its three planes in {time.perf_counter() - began:.1f} s", flush=True)
+
+        # Slice: one step at a time, up and down (the neighbours are cached as the wheel finds them).
+        slice_times = []
+        for event in range(args.events):
+            index = page.evaluate("window.medclipsegEditor.volume().index")
+            target = index + (1 if event % 2 == 0 else -1)
+            slice_times.append(timed(page, "window.medclipsegEditor.goToSlice(arg)", target,
+                                     "const v = window.medclipsegEditor.volume(); return v.index === "
+                                     f"{target} && v.target === null && !v.waiting;"))
+            page.wait_for_function("!window.medclipsegEditor.volume().busy")
+
+        # Plane switch: the next plane becomes the edited one.
+        order = ["coronal", "sagittal", "axial"]
+        plane_times = []
+        for event in range(args.events):
+            plane = order[event % 3]
+            plane_times.append(timed(page, "window.medclipsegEditor.activatePlane(arg)", plane,
+                                     "const p = window.medclipsegEditor.planes(); return p.active === "
+                                     f"'{plane}' && !p.panes['{plane}'].loading;"))
+            page.wait_for_function(f"(() => {{ {PLANES_SETTLED} }})()")
+        page.evaluate("window.medclipsegEditor.activatePlane('axial')")
+        page.wait_for_function(f"(() => {{ {PLANES_SETTLED} }})()")
+
+        # Crosshair: another voxel, away from the slices cached.
+        shape = page.evaluate("(() => { const p = window.medclipsegEditor.planes().panes; "
+                              "return [p.axial.depth, p.coronal.depth, p.sagittal.depth]; })()")
+        rng = np.random.default_rng(0)
+        crosshair_times = []
+        for _ in range(args.events):
+            point = [int(rng.integers(0, shape[0])), int(rng.integers(0, shape[1])), int(rng.integers(0, shape[2]))]
+            crosshair_times.append(timed(page, "window.medclipsegEditor.moveCrosshair(arg)", point, PLANES_SETTLED))
+            page.wait_for_function("!window.medclipsegEditor.volume().busy")
+        round_trips = [t["round_trip_ms"] for t in page.evaluate("window.medclipsegEditor.planes().timings")]
+
+    slice_ms = statistics.median(slice_times)
+    switch_ms = statistics.median(plane_times)
+    crosshair_ms = statistics.median(crosshair_times)
+    print(f"slice change (cached neighbour): median {slice_ms:.1f} ms, max {max(slice_times):.1f} ms")
+    print(f"plane switch: median {switch_ms:.1f} ms, max {max(plane_times):.1f} ms")
+    print(f"crosshair move: median {crosshair_ms:.1f} ms, max {max(crosshair_times):.1f} ms; "
+          f"plane requests: median round trip {statistics.median(round_trips):.1f} ms")
+    print(f"slice_ms={slice_ms:.1f} plane_ms={max(switch_ms, crosshair_ms):.1f} interpolate_ms=nan "
+          "propagate_slice_ms=nan")
+
+
+if __name__ == "__main__":
+    main()
