@@ -12,8 +12,9 @@ result and the next animation frame is drawn:
   down, so the slice comes from the editor's cache of neighbours, as it does while scrolling;
 - ``plane``: switching the edited plane (axial -> coronal -> sagittal -> axial ...), until the new
   active pane shows its slice;
-- ``crosshair``: moving the crosshair to another voxel (a click with the crosshair tool), until
-  every pane shows the slice through it, fresh from the server when it was not cached.
+- ``crosshair``: moving the crosshair to another voxel of one pane's slice (a click with the
+  crosshair tool in the axial, then the coronal pane), until every pane shows the slice through it,
+  fresh from the server (the two other planes' slices are not cached).
 
 Medians throughout. The last line reads ``slice_ms=<x> plane_ms=<y> interpolate_ms=<z>
 propagate_slice_ms=<w>``: ``plane_ms`` is the larger of the plane switch and crosshair medians;
@@ -124,13 +125,17 @@ def main():
         page.evaluate("window.medclipsegEditor.activatePlane('axial')")
         page.wait_for_function(f"(() => {{ {PLANES_SETTLED} }})()")
 
-        # Crosshair: another voxel, away from the slices cached.
+        # Crosshair: a click in one pane moves the voxel within that pane's slice, so the other two
+        # planes change slice (slices not cached: far from the ones before). Clicks in the axial pane
+        # (coronal and sagittal change) and in the coronal pane (axial and sagittal change) in turn.
         shape = page.evaluate("(() => { const p = window.medclipsegEditor.planes().panes; "
                               "return [p.axial.depth, p.coronal.depth, p.sagittal.depth]; })()")
         rng = np.random.default_rng(0)
         crosshair_times = []
-        for _ in range(args.events):
-            point = [int(rng.integers(0, shape[0])), int(rng.integers(0, shape[1])), int(rng.integers(0, shape[2]))]
+        for event in range(args.events):
+            point = page.evaluate("window.medclipsegEditor.planes().point")
+            kept = 0 if event % 2 == 0 else 1     # the clicked pane's own axis keeps its slice
+            point = [point[k] if k == kept else int(rng.integers(0, shape[k])) for k in range(3)]
             crosshair_times.append(timed(page, "window.medclipsegEditor.moveCrosshair(arg)", point, PLANES_SETTLED))
             page.wait_for_function("!window.medclipsegEditor.volume().busy")
         round_trips = [t["round_trip_ms"] for t in page.evaluate("window.medclipsegEditor.planes().timings")]
