@@ -45,6 +45,13 @@ def test_each_view_is_the_file_reformatted_in_that_plane(axcodes):
         assert view.shape == expected.shape == geometry.shape(plane)
         assert np.array_equal(view, expected)
         assert geometry.spacing(plane) == pytest.approx(volume.display_spacing(plane))
+        # The axes description: flipping and transposing the stored array by it gives the view.
+        axes = geometry.axes(plane)
+        rebuilt = np.transpose(stored, [axis for axis, _ in axes])
+        for position, (_, flipped) in enumerate(axes):
+            if flipped:
+                rebuilt = np.flip(rebuilt, axis=position)
+        assert np.array_equal(rebuilt, expected)
 
 
 @pytest.mark.parametrize("axcodes", ORDERS)

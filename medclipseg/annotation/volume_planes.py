@@ -60,6 +60,11 @@ class PlaneGeometry:
         return cls(stored_plane=geometry.plane, stored_shape=tuple(int(n) for n in geometry.display_shape),
                    stored_spacing=tuple(float(v) for v in geometry.display_spacing))
 
+    def axes(self, plane: str) -> list:
+        """For each axis (slice, row, column) of ``plane``'s view: (the stored axis it runs along,
+        whether it runs the other way). What a client needs to map points without asking."""
+        return [(int(axis), bool(flipped)) for axis, flipped in self._axes(plane)]
+
     def _axes(self, plane: str) -> list:
         """For each axis of ``plane``'s view: (stored axis, flipped)."""
         transform = _transform(self.stored_plane, plane)
