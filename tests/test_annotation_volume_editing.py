@@ -235,3 +235,23 @@ def test_next_uncertain_slice_and_progress():
     assert next_uncertain_slice(strip, provenance, 0, limit=0.9) is None
     assert progress(provenance, reviewed=[0, 1]) == {"drawn": 1, "interpolated": 1, "propagated": 0,
                                                      "predicted": 4, "reviewed": 2, "depth": 6}
+
+
+def test_set_slices_is_one_drawn_step_that_undoes_exactly():
+    start = np.zeros((6, 20, 20), bool)
+    start[2, 5:9, 5:9] = True
+    edits = VolumeMaskEdits(start.copy(), spacing=SPACING)
+    new = np.zeros((2, 20, 20), bool)
+    new[0, 1:4, 1:4] = True
+    new[1] = start[2]                      # unchanged pixels, but now drawn
+    outcome = edits.set_slices([4, 2], new)
+    assert outcome.changed == [2, 4] and outcome.can_undo
+    assert np.array_equal(edits.mask[4], new[0]) and np.array_equal(edits.mask[2], start[2])
+    assert edits.provenance[2] == edits.provenance[4] == DRAWN
+    assert edits.set_slices([4], new[:1]).changed == []          # nothing new: no step
+    edits.undo()
+    assert np.array_equal(edits.mask, start) and edits.provenance == [PREDICTED] * 6
+    with pytest.raises(EditRefused, match="distinct"):
+        edits.set_slices([1, 1], np.zeros((2, 20, 20), bool))
+    with pytest.raises(EditRefused, match="expected"):
+        edits.set_slices([1], np.zeros((1, 20, 19), bool))

@@ -208,6 +208,37 @@ class VolumeMaskEdits:
         where = "the slice" if in_stored_plane else f"the {plane} view"
         return self._commit("painting", new_mask, provenance, f"Painted {where}.")
 
+    def set_slices(self, indices: Sequence[int], masks: np.ndarray, *, label: str = "painting",
+                   message: Optional[str] = None) -> EditOutcome:
+        """Stored slices ``indices`` replaced by the annotator's ``masks`` ([n, row, column]) as one
+        step, each marked DRAWN: ``paint`` for slices already cut out (the editor's slice edits, the
+        slices a plane edit changed), without copying the volume."""
+        indices = np.asarray([int(i) for i in indices], dtype=np.int64)
+        masks = np.asarray(masks, dtype=bool)
+        if masks.shape != (indices.size,) + self.mask.shape[1:]:
+            raise EditRefused(f"{indices.size} slice masks of {self.mask.shape[1]} x {self.mask.shape[2]} pixels "
+                              f"were expected; got {' x '.join(map(str, masks.shape))}.")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.depth or np.unique(indices).size != indices.size):
+            raise EditRefused(f"The slices to set must be distinct slices of 1 to {self.depth}.")
+        order = np.argsort(indices)
+        indices, masks = indices[order], masks[order]
+        differs = np.array([not np.array_equal(self.mask[i], m) or self.provenance[i] != DRAWN
+                            for i, m in zip(indices, masks)], dtype=bool)
+        slices, masks = indices[differs], masks[differs]
+        if slices.size:
+            step = _Step(label=label, slices=slices, before=np.packbits(self.mask[slices]), after=np.packbits(masks),
+                         provenance_before=[self.provenance[i] for i in slices],
+                         provenance_after=[DRAWN] * int(slices.size))
+            self.mask[slices] = masks
+            for index in slices:
+                self.provenance[int(index)] = DRAWN
+            self._undo.append(step)
+            self._redo.clear()
+            self._trim()
+        return EditOutcome(label=label, changed=[int(i) for i in slices],
+                           message=message or f"Painted {_slices_words(slices)}.",
+                           can_undo=self.can_undo, can_redo=self.can_redo)
+
     # ------------------------------------------------------------------ interpolation
     def interpolate(self, around: Optional[int] = None) -> EditOutcome:
         """Fill the slices between drawn slices (all gaps; ``around``: only the gap holding that slice)."""
