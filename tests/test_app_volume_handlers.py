@@ -354,8 +354,8 @@ def test_the_page_wires_the_editors_slice_requests(service, opened):
         demo = build_app(service, auth_enabled=auth_enabled)
         editors = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "editor"]
         assert len(editors) == 1
-        assert [fn.__name__ for fn in editors[0].server_fns] == ["volume_slices", "volume_plane"]
-        assert editors[0].get_config()["server_fns"] == ["volume_slices", "volume_plane"]
+        assert [fn.__name__ for fn in editors[0].server_fns] == ["volume_slices", "volume_plane", "volume_tool"]
+        assert editors[0].get_config()["server_fns"] == ["volume_slices", "volume_plane", "volume_tool"]
         # A request as Gradio hands it over: no login (the typed name counts only without logins).
         answer = editors[0].volume_slices(slice_request(state, [index], annotator="alice"), SimpleNamespace())
         assert answer["kind"] == "slices" and answer["stored"] == ([[index, 1]] if expected else [])

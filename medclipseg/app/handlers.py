@@ -34,9 +34,11 @@ import numpy as np
 from medclipseg.annotation.queue import ACQUISITION_LABELS
 from medclipseg.annotation.service import AnnotationService, ConfirmationNeeded, RequestError
 from medclipseg.annotation.store import StorageError, VersionConflict
-from medclipseg.annotation import volume_files
+from medclipseg.annotation import volume_files, volume_tools
+from medclipseg.annotation.volume_editing import EditRefused, VolumeMaskEdits, apply_tool
+from medclipseg.annotation.volume_editing import progress as volume_progress
 from medclipseg.annotation.volume_planes import PLANES, PlaneGeometry, loaded_volume, plane_slice, plane_strip
-from medclipseg.annotation.volume_workflow import is_volume_name
+from medclipseg.annotation.volume_workflow import is_volume_name, slices_saved_since
 from medclipseg.app.editor import (
     EditorEdit,
     EditorError,
@@ -51,6 +53,7 @@ from medclipseg.app.editor import (
     read_plane_request,
     read_slice_request,
     read_volume_edit,
+    read_window,
     saved_value,
     scaled_strip,
     slice_payload,
@@ -807,6 +810,8 @@ class VolumeWork:
     keep_older_draft: bool = False     # an older draft waits for *Use my draft*: looking around does not replace it
     session: str = ""
     revisions: dict = field(default_factory=dict)
+    provenance: Optional[list] = None  # per slice: drawn / interpolated / propagated / predicted
+    edits: Optional[VolumeMaskEdits] = None   # the history of steps (made at the first edit)
 
 
 class _VolumeMemory:
@@ -951,26 +956,69 @@ def _open_work(service: AnnotationService, case, prediction_id: int, annotator: 
         take_draft = draft is not None and draft.base_version == base_version
     common = dict(case_id=int(case.id), annotator=annotator or "", prediction_id=int(prediction_id),
                   latest_version=latest_version)
+    depth = store.volume_geometry(case.id).depth
     if take_draft:
-        work = VolumeWork(mosaic=np.array(draft.mask, bool), reviewed={int(i) for i in draft.reviewed_slices},
+        reviewed = {int(i) for i in draft.reviewed_slices}
+        draft_threshold = own_threshold if draft.threshold is None else float(draft.threshold)
+        work = VolumeWork(mosaic=np.array(draft.mask, bool), reviewed=reviewed,
                           base_version=latest_version if stale else draft.base_version,
-                          follows_model=draft.base_version is None,
-                          threshold=own_threshold if draft.threshold is None else float(draft.threshold), **common)
+                          follows_model=draft.base_version is None and _unreviewed_are_the_models(
+                              service, draft.mask, reviewed, prediction_id, draft_threshold,
+                              store.volume_geometry(case.id).rows),
+                          threshold=own_threshold if draft.threshold is None else float(draft.threshold),
+                          provenance=_provenance_of(draft.slice_provenance, depth), **common)
         start = "draft"
     elif latest is not None:
         work = VolumeWork(mosaic=np.array(store.load_mask(latest["mask_path"]), bool),
                           reviewed=_version_reviewed(latest), base_version=latest_version, follows_model=False,
                           threshold=own_threshold if latest.get("threshold") is None else float(latest["threshold"]),
-                          keep_older_draft=draft is not None, **common)
+                          keep_older_draft=draft is not None,
+                          provenance=_provenance_of(latest.get("slice_provenance"), depth), **common)
         start = "version"
     else:
         work = VolumeWork(mosaic=np.array(VOLUMES.predicted(service, prediction_id), bool), reviewed=set(),
                           base_version=None, follows_model=True,
-                          threshold=own_threshold if threshold is None else float(threshold), **common)
+                          threshold=own_threshold if threshold is None else float(threshold),
+                          provenance=volume_tools.empty_provenance(depth), **common)
         start = "prediction"
     if base_version is not KEEP:
         work.base_version = base_version  # a save must still be checked against the version the editor showed
     return work, start, draft, latest, stale
+
+
+def _unreviewed_are_the_models(service: AnnotationService, mosaic: np.ndarray, reviewed: set, prediction_id: int,
+                               threshold: float, rows_per_slice: int) -> bool:
+    """True when every slice of ``mosaic`` nobody reviewed is the model's at ``threshold``: a draft
+    that may follow the model (a volume tool writes unreviewed slices: that draft no longer does)."""
+    model = model_mosaic(service, prediction_id, threshold)
+    differs = np.asarray(mosaic, bool) != np.asarray(model, bool)
+    if not differs.any():
+        return True
+    rows = np.flatnonzero(differs.any(axis=1))
+    return all(int(row) // rows_per_slice in reviewed for row in rows)
+
+
+def _provenance_of(record, depth: int) -> list:
+    """The per-slice provenance of a draft's or version's record (JSON text or a dict; none: predicted)."""
+    if isinstance(record, str):
+        record = json.loads(record or "null")
+    try:
+        return volume_tools.provenance_from_record(record, depth)
+    except ValueError:
+        return volume_tools.empty_provenance(depth)
+
+
+def slice_provenance(work: VolumeWork) -> list:
+    """The work's provenance per slice (the history's once it has one)."""
+    return list(work.edits.provenance if work.edits is not None else work.provenance)
+
+
+def _edits_of(work: VolumeWork, geometry) -> VolumeMaskEdits:
+    """The work's step history, over a view of its mosaic: every step writes into the work."""
+    if work.edits is None:
+        work.edits = VolumeMaskEdits(_volume_of(work, geometry), spacing=geometry.display_spacing,
+                                     provenance=work.provenance)
+    return work.edits
 
 
 def _work_for(service: AnnotationService, case_id: int, annotator: Optional[str], edit: EditorEdit) -> VolumeWork:
@@ -1023,10 +1071,16 @@ def _take_editor_state(work: VolumeWork, geometry, state: VolumeEdit, *, on_scre
         if work.revisions.get(index, -1) > revision:
             continue  # a newer mask of this slice is stored already: this request was overtaken
         work.revisions[index] = revision
-        reviewed.add(index)
         rows = _rows(geometry, index)
-        if not np.array_equal(work.mosaic[rows], mask):
-            work.mosaic[rows] = mask
+        if work.follows_model and index not in work.reviewed and service is not None:
+            # The slice showed the model at the threshold in use: that is what an undo goes back to.
+            loaded = loaded_volume(service.store, work.case_id, work.prediction_id)
+            work.mosaic[rows] = _model_slices(service, work, loaded, [index])[0]
+        reviewed.add(index)
+        differs = not np.array_equal(work.mosaic[rows], mask)
+        if differs or (item.drawn and slice_provenance(work)[index] != volume_tools.DRAWN):
+            # A slice the annotator changed is a drawn one, and a step of the same history as the tools.
+            _edits_of(work, geometry).set_slices([index], mask[None])
             changed = True
     grew = not reviewed <= work.reviewed
     work.reviewed |= reviewed
@@ -1038,7 +1092,8 @@ def _take_editor_state(work: VolumeWork, geometry, state: VolumeEdit, *, on_scre
 def _write_draft(service: AnnotationService, work: VolumeWork) -> None:
     service.save_draft(work.case_id, work.annotator, work.mosaic, prediction_id=work.prediction_id,
                        base_version=work.base_version, threshold=work.threshold,
-                       reviewed_slices=sorted(work.reviewed))
+                       reviewed_slices=sorted(work.reviewed),
+                       slice_provenance=volume_tools.provenance_record(slice_provenance(work)))
     work.keep_older_draft = False
 
 
@@ -1218,9 +1273,14 @@ def _apply_plane_edit(service: AnnotationService, work: VolumeWork, geometry, it
     filled = [s for s in touched if work.follows_model and s not in work.reviewed]
     if filled:
         volume[filled] = _model_slices(service, work, loaded, filled)
+    before = volume[touched].copy()
     write = differs & np.isin(crossing, touched)
     target = views.view(volume, item.plane)[item.index]
     target[write] = item.mask[write]
+    # Written through the plane's view, then made one step of the history (those slices become drawn).
+    after = volume[touched].copy()
+    volume[touched] = before
+    _edits_of(work, geometry).set_slices(touched, after, message=f"Painted {item.plane} slice {item.index + 1}.")
     for s in touched:
         work.revisions[s] = item.revision
     work.reviewed.update(touched)
@@ -1293,6 +1353,120 @@ def volume_plane(service: AnnotationService, request, annotator: Optional[str]) 
             "stored": stored, "stored_planes": stored_planes, "reviewed": reviewed, "edited": sorted(edited)}
 
 
+# Volume tools (interpolation, propagation, 3-D clean-up, the 3-D threshold brush, undo/redo). The
+# work holds one history (``VolumeMaskEdits`` over its mosaic) for every step the server makes: the
+# slice edits the editor sends (one step per slice, that slice drawn) and the tools. The editor keeps
+# its own undo only for the strokes on the slice on screen since it was shown or since the last step:
+# before a tool it hands that slice over (a step here) and forgets its strokes, so its Undo undoes
+# its own strokes first and then asks the server to undo its latest step: always the latest thing done.
+
+TOOL_NAME_NEEDED = "Type your name in Annotator to use the volume tools: they change your draft."
+
+
+def _tool_locked_slices(service: AnnotationService, work: VolumeWork) -> list:
+    """Slices other annotators saved after the version the work corrects: propagation leaves them."""
+    return slices_saved_since(service, work.case_id, work.base_version, work.annotator)
+
+
+def volume_progress_of(work: VolumeWork) -> dict:
+    """The progress bar's numbers: slices drawn / interpolated / propagated / predicted, and reviewed."""
+    return volume_progress(slice_provenance(work), work.reviewed)
+
+
+def _stop_words(stop) -> dict:
+    return {"slice": None if stop.slice is None else int(stop.slice), "direction": "up" if stop.direction > 0 else "down",
+            "code": stop.code, "reason": stop.reason}
+
+
+def volume_tool(service: AnnotationService, request, annotator: Optional[str]) -> dict:
+    """The editor's tool request: its state (the slice edits it carries are put into the work first,
+    as ``volume_slices`` does), ``tool`` and ``params`` (``volume_editing.apply_tool``), and ``wanted``:
+    slices it shows, sent back when the step changed them.
+
+    Before the first tool a work that follows the model takes the model's mask at the threshold in use
+    on every slice nobody reviewed (the slices stop following the threshold slider). Answer:
+    ``{"kind": "tool", "tool", "message", "changed", "stops": [{"slice", "direction", "code", "reason"}],
+    "review", "locked", "provenance" (record), "progress", "can_undo", "can_redo", "slices", "stored",
+    "stored_planes", "reviewed"}``; a refused step ``{"kind": "refused", "message", ...}`` with the mask
+    unchanged; ``{"kind": "error", "message"}`` for a request that is not one."""
+    try:
+        if not isinstance(request, dict):
+            raise EditorError("The editor's tool request is not one.")
+        try:
+            case_id = int(request.get("case_id"))
+        except (TypeError, ValueError):
+            raise EditorError("The editor's tool request names no case.") from None
+        case = service.store.get_case(case_id)
+        if not case.is_volume:
+            raise EditorError(f"Case #{case.id} is an image, not a volume: its tools are in the editor.")
+        if not annotator:
+            raise EditorError(TOOL_NAME_NEEDED)
+        geometry = service.store.volume_geometry(case.id)
+        shapes = plane_shapes(geometry)
+        state = read_volume_edit(dict(request, kind="edit"), case_id=case.id, shape=(geometry.rows, geometry.columns),
+                                 depth=geometry.depth, plane_shapes=shapes)
+        tool = request.get("tool")
+        params = request.get("params") or {}
+        if not isinstance(params, dict):
+            raise EditorError("The tool's settings are not a mapping of names to values.")
+        wanted = request.get("wanted") or []
+        if not isinstance(wanted, (list, tuple)) or len(wanted) > MAX_SLICES_PER_TOOL_ANSWER:
+            raise EditorError("The editor sent no usable list of slices it shows.")
+        wanted = [int(i) for i in wanted if isinstance(i, int) and 0 <= i < geometry.depth]
+        window = read_window(request.get("window")) or tuple(geometry.window)
+        with VOLUMES.lock(_work_key(service, case.id, annotator)):
+            work = _work_for(service, case.id, annotator, state.edit)
+            edited = set()
+            took = _take_editor_state(work, geometry, state, service=service, edited=edited)
+            stored = [[item.index, item.revision] for item in state.pending]
+            stored_planes = [[item.plane, item.index, item.revision] for item in state.plane_edits]
+            if work.follows_model and tool not in ("undo", "redo"):
+                work.mosaic[...] = composed_mask(service, work)
+                work.follows_model = False
+            edits = _edits_of(work, geometry)
+            locked = _tool_locked_slices(service, work)
+            loaded = loaded_volume(service.store, work.case_id, work.prediction_id)
+            try:
+                outcome = apply_tool(edits, tool, params, probability=loaded.probability_map(),
+                                     entropy=loaded.entropy_map(), threshold=work.threshold, locked=locked)
+            except EditRefused as refused:
+                if took:
+                    _write_draft(service, work)
+                return {"kind": "refused", "case_id": case.id, "session": state.session, "tool": tool,
+                        "message": str(refused), "stored": stored, "stored_planes": stored_planes,
+                        "reviewed": sorted(work.reviewed), "progress": volume_progress_of(work),
+                        "provenance": volume_tools.provenance_record(slice_provenance(work)),
+                        "can_undo": edits.can_undo, "can_redo": edits.can_redo, "changed": sorted(edited)}
+            drawn = {i for i, value in enumerate(edits.provenance) if value == volume_tools.DRAWN}
+            work.reviewed |= drawn & set(outcome.changed)
+            _write_draft(service, work)
+            changed = sorted(set(outcome.changed) | edited)
+            slices = [_slice_value(service, geometry, work, index, work.threshold, window)
+                      for index in wanted if index in changed]
+            message = outcome.message
+            if tool == "propagate" and locked:
+                message += (f" Left {_slice_range_words(locked)}: saved by another annotator since the version you "
+                            "correct.")
+            answer = {"kind": "tool", "case_id": case.id, "session": state.session, "tool": tool, "message": message,
+                      "changed": changed, "stops": [_stop_words(stop) for stop in outcome.stops],
+                      "review": [int(i) for i in outcome.review], "locked": locked,
+                      "provenance": volume_tools.provenance_record(edits.provenance),
+                      "progress": volume_progress_of(work), "can_undo": outcome.can_undo,
+                      "can_redo": outcome.can_redo, "slices": slices, "stored": stored,
+                      "stored_planes": stored_planes, "reviewed": sorted(work.reviewed)}
+    except USER_ERRORS as exc:
+        return {"kind": "error", "message": str(exc)}
+    return answer
+
+
+MAX_SLICES_PER_TOOL_ANSWER = 5
+
+
+def _slice_range_words(indices) -> str:
+    indices = sorted(indices)
+    return "no slice" if not indices else ("slice " if len(indices) == 1 else "slices ") + slice_list(indices)
+
+
 def _edited_slices(service: AnnotationService, work: VolumeWork, latest: Optional[dict], geometry) -> list:
     """Reviewed slices whose mask differs from the start the work builds on (the model's mask at the
     threshold, or the latest version)."""
@@ -1341,8 +1515,17 @@ def open_volume_case(service: AnnotationService, case, prediction_id: int, annot
                    "NIfTI mask).")
         return Screen(session=None, editor=closed_value(message), status=error_text(message), history="",
                       numbers="", queue=queue_text(service))
-    work, start, draft, latest, stale = _open_work(service, case, prediction_id, annotator, threshold=threshold,
-                                                   use_stale_draft=use_stale_draft)
+    key = _work_key(service, case.id, annotator)
+    with VOLUMES.lock(key):  # a step still running (a propagation) ends before the work is read again
+        work, start, draft, latest, stale = _open_work(service, case, prediction_id, annotator, threshold=threshold,
+                                                       use_stale_draft=use_stale_draft)
+        held = VOLUMES.work(key)
+        if start == "draft" and held is not None and held.edits is not None \
+                and (held.prediction_id, held.base_version, held.latest_version, held.follows_model) == \
+                (work.prediction_id, work.base_version, work.latest_version, work.follows_model) \
+                and held.threshold == work.threshold and np.array_equal(held.mosaic, work.mosaic):
+            work = held   # the same work as the draft (a reload): its steps stay undoable
+        VOLUMES.keep(key, work)
     depth = geometry.depth
     if start == "draft":
         note = (f"Restored your unsaved work on case #{case.id} ({_when(draft.updated_at)}): "
@@ -1367,7 +1550,6 @@ def open_volume_case(service: AnnotationService, case, prediction_id: int, annot
             index = min(max(int(slice_index), 0), depth - 1)
         except (TypeError, ValueError):
             pass
-    VOLUMES.keep(_work_key(service, case.id, annotator), work)
     from medclipseg.io.volumes import window_to_uint8
 
     window = tuple(float(v) for v in geometry.window)
@@ -1393,6 +1575,10 @@ def open_volume_case(service: AnnotationService, case, prediction_id: int, annot
         title=f"Case #{case.id} · {case.original_name} · “{case.prompt}” · {depth} {geometry.plane} slices",
         volume=volume)
     payload["follows_model"] = follows
+    payload["volume"].update(provenance=volume_tools.provenance_record(slice_provenance(work)),
+                             progress=volume_progress_of(work),
+                             can_undo=work.edits is not None and work.edits.can_undo,
+                             can_redo=work.edits is not None and work.edits.can_redo)
     spacing = tuple(float(v) for v in geometry.display_spacing[1:])
     session = EditorSession(case_id=int(case.id), prediction_id=int(prediction_id), name=case.original_name,
                             shape=(geometry.rows, geometry.columns), pixel_spacing=spacing, kind="volume",
@@ -1460,7 +1646,8 @@ def _save_volume(service: AnnotationService, session: EditorSession, editor_valu
             work = _work_for(service, session.case_id, annotator, edit)
             _take_editor_state(work, geometry, state, on_screen_reviewed=True, service=service)
             mask = composed_mask(service, work)
-            reviewed = sorted(work.reviewed)
+            provenance = slice_provenance(work)
+            reviewed = sorted(work.reviewed | {i for i, value in enumerate(provenance) if value == volume_tools.DRAWN})
             latest = service.latest_correction(session.case_id)
             if edit.base_version is not None and latest is not None and int(latest["version"]) == edit.base_version \
                     and set(reviewed) <= _version_reviewed(latest) \
@@ -1471,14 +1658,15 @@ def _save_volume(service: AnnotationService, session: EditorSession, editor_valu
             correction = service.save(session.case_id, mask if edited else None, annotator=annotator,
                                       status="corrected" if edited else "accepted", prediction_id=work.prediction_id,
                                       threshold=work.threshold, base_version=edit.base_version,
-                                      reviewed_slices=reviewed)
+                                      reviewed_slices=reviewed,
+                                      slice_provenance=volume_tools.provenance_record(provenance))
         except VersionConflict as conflict:
             return _after_volume_conflict(service, session, work, annotator, conflict)
         except USER_ERRORS as exc:
             return Screen(status=error_text(exc))
         VOLUMES.forget(key)
     depth = geometry.depth
-    slices = f"{len(reviewed)} of {depth} slices reviewed"
+    slices = f"{len(reviewed)} of {depth} slices reviewed" + (f" ({slice_list(reviewed)})" if reviewed else "")
     if not edited:
         message = (f"The volume mask is the model's own at threshold {work.threshold:.2f} (no voxel changed): saved "
                    f"as v{correction.version}, **accepted as predicted**, by **{correction.annotator}**; {slices}.")

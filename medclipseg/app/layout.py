@@ -70,6 +70,12 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         name = login_name(request) if auth_enabled else annotator_of(typed, request)
         return handlers.volume_plane(service, plane_request, name)
 
+    def volume_tool(tool_request, request: gr.Request):
+        """The editor's volume tools (interpolate, propagate, 3-D tools, undo/redo): a server function."""
+        typed = tool_request.get("annotator") if isinstance(tool_request, dict) else None
+        name = login_name(request) if auth_enabled else annotator_of(typed, request)
+        return handlers.volume_tool(service, tool_request, name)
+
     # Uploaded originals (a DICOM still carries its header there) are purged from Gradio's cache
     # after an hour; the database only ever keeps decoded pixels.
     with gr.Blocks(title="MedCLIPSeg Annotator", delete_cache=(3600, 3600)) as demo:
@@ -171,7 +177,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                                          min_width=110, size="md")
                         # The last action's outcome, right under its buttons (a refused save says why here).
                         status = gr.Markdown(elem_id="status")
-                        editor = mask_editor(elem_id="editor", server_functions=[volume_slices, volume_plane])
+                        editor = mask_editor(elem_id="editor", server_functions=[volume_slices, volume_plane, volume_tool])
                         queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
                         history = gr.Markdown(elem_id="history")
                         numbers = gr.Markdown(elem_id="numbers")

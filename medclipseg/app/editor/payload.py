@@ -230,6 +230,7 @@ class SliceEdit:
     index: int
     revision: int
     mask: np.ndarray
+    drawn: bool = False    # the annotator changed it on screen (a drawn slice even when it ends as it began)
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,8 @@ def read_volume_edit(value, *, case_id: int, shape: tuple, depth: int,
         except MaskRunsError as exc:
             raise EditorError(str(exc)) from None
         slices.append(SliceEdit(index=_slice_index(item.get("index"), depth, "edited slice"),
-                                revision=_whole(item.get("revision") or 0, "revision"), mask=mask))
+                                revision=_whole(item.get("revision") or 0, "revision"), mask=mask,
+                                drawn=bool(item.get("drawn"))))
     plane = value.get("plane") or ""
     if plane and plane_shapes is not None and plane not in plane_shapes:
         raise EditorError(f"The editor shows an unknown plane {plane!r}.")
