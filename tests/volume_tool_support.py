@@ -34,8 +34,9 @@ def display_maps() -> tuple:
     return probability, binary_entropy(probability).astype(np.float32), strip
 
 
-def controlled_case(store, prompt: str = "disc"):
-    """(case, prediction id, volume) of the controlled volume added to ``store``."""
+def controlled_case(store, prompt: str = "disc", model_id: str = "fake@1"):
+    """(case, prediction id, volume) of the controlled volume added to ``store``; ``model_id``: the
+    prediction's model (the app's own, so that its queue does not predict the case again)."""
     affine = np.diag([1.0, 1.0, SLICE_MM, 1.0])
     placeholder = ScanVolume(array=np.zeros((COLUMNS, ROWS, DEPTH), np.int16), affine=affine, modality="MR",
                              name="disc.nii.gz")
@@ -47,7 +48,8 @@ def controlled_case(store, prompt: str = "disc"):
     prediction = FakeVolumePrediction(
         probability=raw(probability), entropy=raw(entropy), mutual_information=raw(entropy * 0.1),
         mask=raw(probability > 0.5), scores={"band_entropy": 0.3, "mean_entropy": 0.1},
-        slice_scores={"band_entropy": strip}, start_slice=4, window=(500.0, 1000.0), prompt=prompt)
+        slice_scores={"band_entropy": strip}, start_slice=4, window=(500.0, 1000.0), prompt=prompt,
+        model_id=model_id)
     case, prediction_id = store.add_volume_case_with_prediction(volume, prediction, prompt=prompt,
                                                                original_name="disc.nii.gz")
     return case, prediction_id, volume

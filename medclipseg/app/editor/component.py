@@ -7,8 +7,8 @@ are plain files shipped inside the package, so neither Spaces nor ``pip install`
 
 ``server_functions`` are Python functions the script calls as ``await server.<name>(argument)``
 (Gradio posts the argument to the component's server route, outside the event queue, and hands back
-what the function returns as JSON): the layout passes ``volume_slices`` and ``volume_plane``, which answer the
-editor's slice and plane requests for volume cases.
+what the function returns as JSON): the layout passes ``volume_slices``, ``volume_plane`` and
+``volume_tool``, which answer the editor's slice, plane and volume tool requests for volume cases.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import gradio as gr
 EDITOR_FILES = Path(__file__).resolve().parent
 # The script is these files in this order (one scope: the plane views use the editor's state and
 # drawing), then startEditor() once every declaration is in place.
-EDITOR_SCRIPTS = ("mask_editor.js", "volume_planes.js")
+EDITOR_SCRIPTS = ("mask_editor.js", "volume_planes.js", "volume_tools.js")
 
 
 @lru_cache(maxsize=None)

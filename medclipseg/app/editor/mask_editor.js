@@ -367,6 +367,8 @@ function setMask(next, label) {
 
 function undo() {
     commitThreshold();
+    // A volume: the strokes on the slice on screen first, then the server's steps (volume_tools.js).
+    if (!S.undo.length && S.vol && serverHasUndo()) { S.redo = []; volumeTool("undo"); return; }
     const step = S.undo.pop();
     if (!step) { note("Nothing to undo."); return; }
     S.redo.push(step);
@@ -381,6 +383,7 @@ function undo() {
 
 function redo() {
     commitThreshold();
+    if (!S.redo.length && S.vol && S.vol.serverRedo) { volumeTool("redo"); return; }
     const step = S.redo.pop();
     if (!step) { note("Nothing to redo."); return; }
     S.undo.push(step);
@@ -744,6 +747,7 @@ async function openCase(value) {
     if (value.volume) openVolume(value, entry);
     $(".mse-volume").hidden = !S.vol;
     $(".mse-volume-keys").hidden = !S.vol;
+    if (!S.vol) closeVolumeTools();
     syncControls();
     $(".mse-empty").style.display = "none";
     $(".mse-body").style.display = "";
@@ -769,6 +773,7 @@ function closeCase(message) {
     S.vol = null;
     resetPanes();
     $(".mse-volume").hidden = true;
+    closeVolumeTools();
     S.thresholdStep = null;
     clearTimeout(S.thresholdTimer);
     $(".mse-empty").style.display = "";
@@ -816,6 +821,7 @@ function openVolume(value, entry) {
     };
     entry.window = block.window.slice();
     setupPlanes(block, entry);
+    setupVolumeTools(block);
     S.vol.dwellTimer = setTimeout(() => markReviewed(block.index), REVIEW_DWELL_MS);
     buildWindowButtons();
     const session = value.session;
@@ -862,8 +868,9 @@ function leaveSlice() {
     if (changed) vol.edited.add(index);
     if (changed || performance.now() - vol.shownAt >= REVIEW_DWELL_MS) vol.reviewed.add(index);
     if (vol.reviewed.has(index)) {
-        const runs = encodeRuns(S.mask).join(",");
-        vol.pending.set(index, { index, revision: S.revision, runs });
+        const runs = encodeRuns(S.mask).join(","), before = vol.pending.get(index);
+        // drawn: changed on screen, so a drawn slice on the server even if it ends as it began.
+        vol.pending.set(index, { index, revision: S.revision, runs, drawn: changed || Boolean(before && before.drawn) });
         const entry = vol.cache.get(index);
         if (entry) { entry.startRuns = runs; entry.followsModel = false; entry.rev = (entry.rev || 0) + 1; }
     }
@@ -972,7 +979,7 @@ async function applySliceAnswer(answer, sentAt, wanted, generation = 0) {
     if (answer.case_id !== S.meta.case_id || answer.session !== S.meta.session) return;
     for (const [index, revision] of answer.stored || []) {
         const item = vol.pending.get(index);
-        if (item && item.revision <= revision) vol.pending.delete(index);
+        if (item && item.revision <= revision) { vol.pending.delete(index); if (item.drawn) vol.serverUndo = true; }
     }
     const entries = await Promise.all((answer.slices || []).map(decodeSlice));
     if (S.vol !== vol) return;
@@ -1046,7 +1053,8 @@ function syncVolume() {
     const slider = $(".mse-slice");
     slider.max = String(track.depth);
     slider.value = String(shown + 1);
-    $(".mse-slice-value").textContent = `${shown + 1} / ${track.depth}` + (track.loading ? " (loading)" : "");
+    $(".mse-slice-value").textContent = `${shown + 1} / ${track.depth}` + (planeActive() ? "" : provenanceWord(shown)) +
+        (track.loading ? " (loading)" : "");
     $(".mse-slice-plane").textContent = hasPlanes() ? PLANE_NAMES[vol.active] : "Slice";
     for (const button of element.querySelectorAll(".mse-windows button")) {
         button.classList.toggle("mse-active", button.dataset.window === `${vol.window[0]},${vol.window[1]}`);
@@ -1060,7 +1068,8 @@ function drawStrip() {
     // slice on screen outlined.
     const vol = S.vol, canvas = $(".mse-strip");
     if (!vol || !canvas.offsetParent) return;
-    paintStrip(canvas, activeTrack(), 5);
+    const step = paintStrip(canvas, activeTrack(), 8);
+    if (!planeActive() && vol.provenance) paintProvenance(canvas.getContext("2d"), step, canvas.clientHeight - 3, 3);
 }
 
 function paintStrip(canvas, track, ticks) {
@@ -1081,6 +1090,7 @@ function paintStrip(canvas, track, ticks) {
     context.strokeStyle = "#ffffff";
     context.lineWidth = ticks ? 2 : 1.5;
     context.strokeRect(track.shown * step + 1, 1, Math.max(2, step - 2), Math.max(2, heat - 2));
+    return step;
 }
 
 function activeTrack() {
@@ -1121,6 +1131,7 @@ function syncControls() {
 
 function setTool(tool) {
     if (tool === "crosshair" && !hasPlanes()) return;
+    if (tool in VOLUME_TOOL_MODES && !S.vol) return;
     S.tool = tool;
     syncControls();
     draw();
@@ -1198,6 +1209,10 @@ function onPointerDown(event) {
     const point = imagePoint(event);
     if (S.tool === "component") {
         if (point.inside) timed("tool_ms", () => component(point.x, point.y, event.shiftKey));
+        return;
+    }
+    if (S.tool in VOLUME_TOOL_MODES) {
+        if (point.inside && S.vol) volumeToolClick(point, event.shiftKey);
         return;
     }
     S.stroke = { tool: S.tool, offsets: brushOffsets(S.size), touched: new Map(), last: null };
@@ -1298,6 +1313,7 @@ function onKey(event) {
     else if (key === "c") setTool("component");
     else if (key === "h") setTool("hand");
     else if (key === "x" && hasPlanes()) setTool("crosshair");
+    else if (key === "u" && S.vol) nextUncertainSlice(event.shiftKey ? -1 : 1);
     else if (key === "[") setSize(Math.max(1, S.size - (S.size > 20 ? 5 : 1)));
     else if (key === "]") setSize(Math.min(500, S.size + (S.size >= 20 ? 5 : 1)));
     else if (key === "o") { S.showOverlay = !S.showOverlay; syncControls(); renderOverlay(); draw(); }
@@ -1323,6 +1339,7 @@ function bind() {
         canvas.addEventListener("contextmenu", (event) => event.preventDefault());
     }
     bindPanes();
+    bindVolumeTools();
     $(".mse-threshold").addEventListener("input", onThreshold);
     $(".mse-threshold").addEventListener("change", () => commitThreshold());
     $(".mse-uncertainty").addEventListener("input", onUncertainty);
@@ -1359,7 +1376,10 @@ function bind() {
         if (!S.vol) return;
         const index = stripSlice(event), track = activeTrack();
         const marks = [track.edited && track.edited.has(index) ? "edited" : "",
-                       track.reviewed && track.reviewed.has(index) ? "reviewed" : ""].filter(Boolean);
+                       track.reviewed && track.reviewed.has(index) ? "reviewed" : "",
+                       planeActive() ? "" : provenanceWord(index).replace(" · ", ""),
+                       !planeActive() && S.vol.stops.has(index) ? `propagation stopped here: ${S.vol.stops.get(index).reason}` : ""]
+            .filter(Boolean);
         strip.title = `Slice ${index + 1}: ${planeActive() ? "mean" : "band"} entropy ${(track.stripNats || [])[index] ?? "?"} nats` +
             (marks.length ? ` (${marks.join(", ")})` : "") + ". Click to go there.";
     });
@@ -1431,6 +1451,13 @@ window.medclipsegEditor = {
     moveCrosshair: (point) => moveCrosshair(point),
     paneMaskRuns: (plane) => paneMaskRuns(plane),
     paneView: (plane) => paneView(plane),
+    // The volume tools (volume_tools.js): run one as its button does, read provenance and progress.
+    volumeTool: (tool, extra) => volumeTool(tool, extra || {}),
+    provenance: () => (S.vol ? S.vol.provenance.slice() : null),
+    progress: () => (S.vol ? JSON.parse(element.dataset.progress || "null") : null),
+    stops: () => (S.vol ? [...S.vol.stops.values()] : null),
+    nextUncertainSlice: (direction) => nextUncertainSlice(direction || 1),
+    canUndo: () => Boolean(S.undo.length || serverHasUndo()),
 };
 
 function startEditor() {

@@ -227,11 +227,11 @@ async function applyPlaneAnswer(answer, generation, sentAt, asked) {
     if (answer.case_id !== S.meta.case_id || answer.session !== S.meta.session) return;
     for (const [index, revision] of answer.stored || []) {
         const item = vol.pending.get(index);
-        if (item && item.revision <= revision) vol.pending.delete(index);
+        if (item && item.revision <= revision) { vol.pending.delete(index); if (item.drawn) vol.serverUndo = true; }
     }
     for (const [plane, index, revision] of answer.stored_planes || []) {
         const item = vol.planePending.get(`${plane}:${index}`);
-        if (item && item.revision <= revision) vol.planePending.delete(`${plane}:${index}`);
+        if (item && item.revision <= revision) { vol.planePending.delete(`${plane}:${index}`); vol.serverUndo = true; }
     }
     for (const index of answer.reviewed || []) vol.reviewed.add(index);
     for (const index of answer.edited || []) vol.edited.add(index);
