@@ -23,7 +23,7 @@ Methods (each starts from an empty volume with the drawn slices set to the truth
   slices; slices outside the drawn range stay empty (k = 1: the drawn slice alone).
 * ``propagation``: the default. From every non-empty drawn slice, ``propagate`` both ways through
   the model's probability map with ``locked`` = the drawn slices and the default limits (band
-  entropy 0.35 nats, area change 50 %, 3 mm dilation). A slice reached from two drawn slices takes
+  entropy 0.45 nats, area change 50 %, 3 mm dilation). A slice reached from two drawn slices takes
   the mask from the nearer one (the lower one on a tie). Then every run of slices left unwritten
   between two written slices (only possible between drawn slices, where the two propagation fronts
   stopped) is filled by ``interpolate_slices`` between the written slices on either side. Slices

@@ -99,7 +99,7 @@ def test_propagation_with_a_perfect_model(cylinder):
 
 def test_the_uncertainty_stop(cylinder):
     probability = cylinder.astype(float)
-    uncertain = np.full(cylinder.shape, 0.6)  # above the 0.35-nat limit everywhere
+    uncertain = np.full(cylinder.shape, 0.6)  # above the default band-entropy limit everywhere
     mask, provenance, stops = study.fill_propagation(cylinder, [5], probability, uncertain, stop=True)
     assert dsc(mask, cylinder) == pytest.approx(2 / (LENGTH + 1))  # nothing carried
     assert stops == ["uncertain", "uncertain"]
