@@ -16,9 +16,18 @@ result and the next animation frame is drawn:
   crosshair tool in the axial, then the coronal pane), until every pane shows the slice through it,
   fresh from the server (the two other planes' slices are not cached).
 
+- ``interpolate``: a brush stroke on two acquisition slices 21 apart, then *Interpolate* (20 slices
+  filled), until the editor has the server's answer and the slice on screen drawn; then *Undo*
+  and again (``--tool-events`` times);
+- ``propagate``: from the slice the case opened on (the model's most uncertain), *Propagate ↕*
+  with both stop limits off (so it runs until the model's mask ends or the volume does), divided
+  by the slices it filled; undone and again.
+
+Both tool timings include handing over the stroked slice on screen (a step of the server's
+history) and writing the draft with its provenance, as every step does.
+
 Medians throughout. The last line reads ``slice_ms=<x> plane_ms=<y> interpolate_ms=<z>
-propagate_slice_ms=<w>``: ``plane_ms`` is the larger of the plane switch and crosshair medians;
-interpolation and propagation are not in the editor yet and read ``nan``.
+propagate_slice_ms=<w>``: ``plane_ms`` is the larger of the plane switch and crosshair medians.
 """
 from __future__ import annotations
 
@@ -67,17 +76,85 @@ def make_database(folder: Path, size: tuple) -> Path:
     print(f"case of {geometry.depth} {geometry.plane} slices of {geometry.rows} x {geometry.columns} predicted and "
           f"stored in {time.perf_counter() - began:.1f} s", flush=True)
     store.close()
-    return db_path
+    # The mask threshold propagation runs at: a tenth of the start slice above it (the demo model
+    # is not a brain segmenter; at 0.5 its mask can be empty there).
+    start = np.asarray(volume.to_display(prediction.probability)[case.start_slice or 0], np.float32)
+    threshold = float(np.clip(np.round(np.quantile(start, 0.9), 2), 0.05, 0.95))
+    return db_path, threshold
 
 
 def timed(page, script: str, arg, done: str) -> float:
     return page.evaluate(TIMED, [script, arg, done])
 
 
+TOOL_DONE = "Number(document.querySelector('#editor [data-case-id]').dataset.toolDone || 0) > {done}"
+
+
+def go_to(page, index: int) -> None:
+    page.evaluate("(i) => window.medclipsegEditor.goToSlice(i)", index)
+    page.wait_for_function(f"(() => {{ const v = window.medclipsegEditor.volume(); return v.index === {index} && "
+                           "v.target === null && !v.busy; })()")
+
+
+def stroke(page, y: int, x0: int, x1: int) -> None:
+    """A brush stroke along row ``y`` of the axial pane's slice, as the mouse paints it."""
+    def at(x):
+        return page.evaluate("""([x, y]) => { const v = window.medclipsegEditor.paneView('axial');
+            return [v.left + v.ox + (x + 0.5) * v.scale, v.top + v.oy + (y + 0.5) * v.scale * v.aspect]; }""", [x, y])
+    page.mouse.move(*at(x0))
+    page.mouse.down()
+    for x in range(x0 + 1, x1 + 1, 8):
+        page.mouse.move(*at(x))
+    page.mouse.up()
+
+
+def timed_tool(page, tool: str, extra: dict) -> float:
+    done = int(page.evaluate("document.querySelector('#editor [data-case-id]').dataset.toolDone || '0'"))
+    return timed(page, "window.medclipsegEditor.volumeTool(arg[0], arg[1])", [tool, extra],
+                 "return " + TOOL_DONE.format(done=done) + ";")
+
+
+def tool_timings(page, events: int, threshold: float) -> tuple:
+    """(interpolation times, [(propagation time, slices filled)]) in ms, as the module docstring says."""
+    volume = page.evaluate("window.medclipsegEditor.volume()")
+    depth, shown = volume["depth"], volume["index"]
+    low = max(0, min(shown - 10, depth - 23))
+    high = low + 21
+    width = page.evaluate("window.medclipsegEditor.state().width")
+    page.keyboard.press("b")
+    for index in (low, high):
+        go_to(page, index)
+        stroke(page, width // 2, width // 4, 3 * width // 4)
+    interpolate = []
+    for event in range(events):
+        interpolate.append(timed_tool(page, "interpolate", {}))
+        provenance = page.evaluate("window.medclipsegEditor.provenance()")
+        assert provenance.count("interpolated") == 20, provenance.count("interpolated")
+        timed_tool(page, "undo", {})
+    page.fill("#editor .mse-stop-entropy", "")
+    page.fill("#editor .mse-stop-area", "")
+    # From the slice the case opened on (the model's most uncertain, where its mask is), both ways.
+    go_to(page, shown)
+    page.evaluate("""(t) => { const slider = document.querySelector('#editor .mse-threshold');
+        slider.value = String(t); slider.dispatchEvent(new Event('input', { bubbles: true }));
+        slider.dispatchEvent(new Event('change', { bubbles: true })); }""", threshold)
+    propagate = []
+    for event in range(events):
+        ms = timed_tool(page, "propagate", {"direction": "both"})
+        filled = page.evaluate("window.medclipsegEditor.provenance()").count("propagated")
+        if event == 0:
+            print("propagation:", page.locator("#editor .mse-message").inner_text(), flush=True)
+        propagate.append((ms, filled))
+        if filled:
+            timed_tool(page, "undo", {})
+    return interpolate, propagate
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=parse_size, default=(512, 512, 300), help="voxels i x j x k")
     parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--tool-events", type=int, default=5)
     args = parser.parse_args()
     if not T1.is_file():
         sys.exit(f"{T1} is missing: install Debian's mricron-data for the real T1.")
@@ -86,7 +163,7 @@ def main():
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="medclipseg-bench-") as folder, ExitStack() as stack:
-        db_path = make_database(Path(folder), args.size)
+        db_path, threshold = make_database(Path(folder), args.size)
         url, _ = stack.enter_context(app_support.app_server(db_path, log_path=Path(folder) / "server.log"))
         playwright = stack.enter_context(sync_playwright())
         browser = playwright.chromium.launch(executable_path=str(app_support.CHROMIUM), headless=True,
@@ -139,6 +216,7 @@ def main():
             crosshair_times.append(timed(page, "window.medclipsegEditor.moveCrosshair(arg)", point, PLANES_SETTLED))
             page.wait_for_function("!window.medclipsegEditor.volume().busy")
         round_trips = [t["round_trip_ms"] for t in page.evaluate("window.medclipsegEditor.planes().timings")]
+        interpolate_times, propagate_times = tool_timings(page, args.tool_events, threshold)
 
     slice_ms = statistics.median(slice_times)
     switch_ms = statistics.median(plane_times)
@@ -147,8 +225,15 @@ def main():
     print(f"plane switch: median {switch_ms:.1f} ms, max {max(plane_times):.1f} ms")
     print(f"crosshair move: median {crosshair_ms:.1f} ms, max {max(crosshair_times):.1f} ms; "
           f"plane requests: median round trip {statistics.median(round_trips):.1f} ms")
-    print(f"slice_ms={slice_ms:.1f} plane_ms={max(switch_ms, crosshair_ms):.1f} interpolate_ms=nan "
-          "propagate_slice_ms=nan")
+    interpolate_ms = statistics.median(interpolate_times)
+    propagate_ms = statistics.median(t for t, _ in propagate_times)
+    filled = propagate_times[0][1]
+    propagate_slice_ms = propagate_ms / max(1, filled)
+    print(f"interpolation of 20 slices: median {interpolate_ms:.1f} ms, max {max(interpolate_times):.1f} ms")
+    print(f"propagation both ways, stops off: {filled} slices in a median {propagate_ms:.1f} ms "
+          f"({propagate_slice_ms:.1f} ms a slice)")
+    print(f"slice_ms={slice_ms:.1f} plane_ms={max(switch_ms, crosshair_ms):.1f} interpolate_ms={interpolate_ms:.1f} "
+          f"propagate_slice_ms={propagate_slice_ms:.1f}")
 
 
 if __name__ == "__main__":

@@ -164,3 +164,25 @@ def test_read_edit_refusals_are_sentences(value, words):
     message = str(refused.value)
     assert words in message, message
     assert message[0].isupper() and message.rstrip().endswith(".")
+
+
+def test_volume_slice_maps_go_as_8_bit_steps_with_the_exact_values_off_them():
+    from medclipseg.annotation.volume_files import dequantise, quantise
+    from medclipseg.app.editor.payload import decoded_maps, slice_payload
+
+    rng = np.random.default_rng(3)
+    probability = dequantise("probability", rng.integers(0, 256, (HEIGHT, WIDTH)).astype(np.uint8))
+    probability[0, :3] = [np.nextafter(np.float32(0.5), np.float32(1)), np.float32(0.5), np.float32(0.123456)]
+    entropy = dequantise("entropy", quantise("entropy", rng.random((HEIGHT, WIDTH)) * 0.69))
+    value = slice_payload(index=0, image_rgb=np.zeros((HEIGHT, WIDTH, 3), np.uint8), probability=probability,
+                          entropy=entropy, start_mask=probability > 0.5, follows_model=True, window=(0.0, 1.0))
+    assert "probability_u8" in value and "entropy_u8" in value and "probability" not in value
+    got_probability, got_entropy = decoded_maps(value)
+    assert got_probability.view(np.uint32).tolist() == probability.view(np.uint32).tolist()   # bit for bit
+    assert np.array_equal(got_entropy, entropy)
+    assert len(base64.b64decode(value["probability_u8"])) == HEIGHT * WIDTH
+    # Values off the steps everywhere: the whole float map goes.
+    smooth = slice_payload(index=0, image_rgb=np.zeros((HEIGHT, WIDTH, 3), np.uint8),
+                           probability=rng.random((HEIGHT, WIDTH)).astype(np.float32), entropy=entropy,
+                           start_mask=probability > 0.5, follows_model=True, window=(0.0, 1.0))
+    assert "probability" in smooth and "probability_u8" not in smooth

@@ -666,6 +666,47 @@ function updateHint() {
         "corrections teach the model when it is retrained in the Model tab.";
 }
 
+// A volume's maps are kept 8-bit by the store and sent so (payload.volume_maps_fields): the step
+// tables give exactly the float32 values numpy's dequantise gives (a float32 product, rounded once).
+const STEP_TABLES = {};
+function stepTable(name) {
+    if (!STEP_TABLES[name]) {
+        const step = Math.fround((name === "probability" ? 1 : Math.LN2) / 255), table = new Float32Array(256);
+        for (let k = 0; k < 256; k++) table[k] = Math.fround(k * step);
+        STEP_TABLES[name] = table;
+    }
+    return STEP_TABLES[name];
+}
+
+function decodeMaps(value, length) {
+    let prob, ent;
+    if (value.probability_u8 !== undefined) {
+        const steps = bytesOf(value.probability_u8), table = stepTable("probability");
+        if (steps.length !== length) throw new Error("the maps sent do not match the image size");
+        prob = new Float32Array(length);
+        for (let i = 0; i < length; i++) prob[i] = table[steps[i]];
+        const at = new Int32Array(bytesOf(value.probability_fix_at).buffer);
+        const exact = new Float32Array(bytesOf(value.probability_fix).buffer);
+        for (let k = 0; k < at.length; k++) prob[at[k]] = exact[k];
+    } else {
+        const bytes = bytesOf(value.probability);
+        if (bytes.length !== length * 4) throw new Error("the maps sent do not match the image size");
+        prob = new Float32Array(bytes.buffer);
+    }
+    ent = new Float32Array(length);
+    if (value.entropy_u8 !== undefined) {
+        const steps = bytesOf(value.entropy_u8), table = stepTable("entropy");
+        if (steps.length !== length) throw new Error("the maps sent do not match the image size");
+        for (let i = 0; i < length; i++) ent[i] = table[steps[i]];
+    } else {
+        const bytes = bytesOf(value.entropy);
+        if (bytes.length !== length * 2) throw new Error("the maps sent do not match the image size");
+        const bits = new Uint16Array(bytes.buffer);
+        for (let i = 0; i < length; i++) ent[i] = F16[bits[i]];
+    }
+    return { prob, ent };
+}
+
 async function decodeSlice(value) {
     // A slice (an image case's picture, a volume's slice) ready to show: the picture on a canvas and
     // its pixels, the maps as arrays, and the mask to start from.
@@ -676,15 +717,7 @@ async function decodeSlice(value) {
     imageCanvas.width = W; imageCanvas.height = H;
     const imageContext = imageCanvas.getContext("2d");
     imageContext.drawImage(picture, 0, 0, W, H);
-    const probabilityBytes = bytesOf(value.probability);
-    const entropyBytes = bytesOf(value.entropy);
-    if (probabilityBytes.length !== length * 4 || entropyBytes.length !== length * 2) {
-        throw new Error("the maps sent do not match the image size");
-    }
-    const entropyBits = new Uint16Array(entropyBytes.buffer);
-    const ent = new Float32Array(length);
-    for (let i = 0; i < length; i++) ent[i] = F16[entropyBits[i]];
-    const prob = new Float32Array(probabilityBytes.buffer);
+    const { prob, ent } = decodeMaps(value, length);
     let highest = 0;
     for (let i = 0; i < length; i++) if (prob[i] > highest) highest = prob[i];
     return {

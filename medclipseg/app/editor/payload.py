@@ -155,6 +155,60 @@ def read_edit(value, *, case_id: int, shape: tuple) -> EditorEdit:
 
 # ------------------------------------------------------------------------------ volumes, one slice at a time
 
+MAX_EXACT_FRACTION = 0.05   # more pixels off the 8-bit steps than this: the map goes as float32/float16
+
+
+def _eight_bit(name: str, values: np.ndarray) -> tuple:
+    """(uint8 steps, pixels whose value is not its step's) of a map, as the store quantises it."""
+    from medclipseg.annotation.volume_files import dequantise, quantise
+
+    values = np.asarray(values, dtype=np.float32)
+    steps = quantise(name, values)
+    off = np.flatnonzero(dequantise(name, steps).view(np.uint32) != values.view(np.uint32))
+    return steps, off
+
+
+def volume_maps_fields(probability: np.ndarray, entropy: np.ndarray) -> dict:
+    """A volume slice's maps for the editor. The store keeps them 8-bit, so they go as 8-bit steps
+    (a quarter of float32: what makes a plane slice quick to fetch); the few probabilities moved to
+    the threshold's edge (``SliceMaps.editor_probability``) go as their exact float32 values with
+    their pixel numbers, so the editor's threshold still draws the model's own mask. A map with many
+    values off the steps goes whole (float32 probability, float16 entropy)."""
+    out = {}
+    steps, off = _eight_bit("probability", probability)
+    if off.size <= MAX_EXACT_FRACTION * steps.size:
+        out.update(probability_u8=_base64(steps, "u1"), probability_fix_at=_base64(off, "<i4"),
+                   probability_fix=_base64(np.asarray(probability, np.float32).ravel()[off], "<f4"))
+    else:
+        out["probability"] = _base64(probability, "<f4")
+    steps, off = _eight_bit("entropy", entropy)
+    if off.size == 0:
+        out["entropy_u8"] = _base64(steps, "u1")
+    else:
+        out["entropy"] = _base64(entropy, "<f2")
+    return out
+
+
+def decoded_maps(value: dict) -> tuple:
+    """(probability float32, entropy float32) of a slice payload, read as the editor reads them."""
+    from medclipseg.annotation.volume_files import dequantise
+
+    shape = (int(value["height"]), int(value["width"]))
+
+    def raw(key, dtype):
+        return np.frombuffer(base64.b64decode(value[key]), dtype)
+
+    if "probability_u8" in value:
+        probability = dequantise("probability", raw("probability_u8", "u1")).copy()
+        probability[raw("probability_fix_at", "<i4")] = raw("probability_fix", "<f4")
+    else:
+        probability = raw("probability", "<f4").copy()
+    if "entropy_u8" in value:
+        entropy = dequantise("entropy", raw("entropy_u8", "u1"))
+    else:
+        entropy = raw("entropy", "<f2").astype(np.float32)
+    return probability.reshape(shape), entropy.reshape(shape)
+
 MAX_SLICES_PER_ANSWER = 5     # the slice asked for and its neighbours: a request never pulls a volume
 
 
@@ -172,7 +226,7 @@ def slice_payload(*, index: int, image_rgb: np.ndarray, probability: np.ndarray,
     png = encode_png(np.ascontiguousarray(image_rgb[..., ::-1]), compression=1)
     return {"index": int(index), "width": int(width), "height": int(height),
             "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-            "probability": _base64(probability, "<f4"), "entropy": _base64(entropy, "<f2"),
+            **volume_maps_fields(probability, entropy),
             "start_runs": runs_text(mask_to_runs(start_mask)), "follows_model": bool(follows_model),
             "window": [float(window[0]), float(window[1])]}
 
