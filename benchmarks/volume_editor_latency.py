@@ -19,7 +19,7 @@ result and the next animation frame is drawn:
 - ``interpolate``: a brush stroke on two acquisition slices 21 apart, then *Interpolate* (20 slices
   filled), until the editor has the server's answer and the slice on screen drawn; then *Undo*
   and again (``--tool-events`` times);
-- ``propagate``: from the slice the case opened on (the model's most uncertain), *Propagate ↕*
+- ``propagate``: from the slice where the model's mask is largest, *Propagate ↕*
   with both stop limits off (so it runs until the model's mask ends or the volume does), divided
   by the slices it filled; undone and again.
 
@@ -76,11 +76,10 @@ def make_database(folder: Path, size: tuple) -> Path:
     print(f"case of {geometry.depth} {geometry.plane} slices of {geometry.rows} x {geometry.columns} predicted and "
           f"stored in {time.perf_counter() - began:.1f} s", flush=True)
     store.close()
-    # The mask threshold propagation runs at: a tenth of the start slice above it (the demo model
-    # is not a brain segmenter; at 0.5 its mask can be empty there).
-    start = np.asarray(volume.to_display(prediction.probability)[case.start_slice or 0], np.float32)
-    threshold = float(np.clip(np.round(np.quantile(start, 0.9), 2), 0.05, 0.95))
-    return db_path, threshold
+    # Propagation starts on the slice where the model's mask is largest (the demo model is not a
+    # brain segmenter: its mask is empty on most slices, the start slice included).
+    areas = (volume.to_display(prediction.probability) > prediction.threshold).sum(axis=(1, 2))
+    return db_path, int(np.argmax(areas))
 
 
 def timed(page, script: str, arg, done: str) -> float:
@@ -114,7 +113,7 @@ def timed_tool(page, tool: str, extra: dict) -> float:
                  "return " + TOOL_DONE.format(done=done) + ";")
 
 
-def tool_timings(page, events: int, threshold: float) -> tuple:
+def tool_timings(page, events: int, propagate_from: int) -> tuple:
     """(interpolation times, [(propagation time, slices filled)]) in ms, as the module docstring says."""
     volume = page.evaluate("window.medclipsegEditor.volume()")
     depth, shown = volume["depth"], volume["index"]
@@ -133,11 +132,7 @@ def tool_timings(page, events: int, threshold: float) -> tuple:
         timed_tool(page, "undo", {})
     page.fill("#editor .mse-stop-entropy", "")
     page.fill("#editor .mse-stop-area", "")
-    # From the slice the case opened on (the model's most uncertain, where its mask is), both ways.
-    go_to(page, shown)
-    page.evaluate("""(t) => { const slider = document.querySelector('#editor .mse-threshold');
-        slider.value = String(t); slider.dispatchEvent(new Event('input', { bubbles: true }));
-        slider.dispatchEvent(new Event('change', { bubbles: true })); }""", threshold)
+    go_to(page, propagate_from)
     propagate = []
     for event in range(events):
         ms = timed_tool(page, "propagate", {"direction": "both"})
@@ -163,7 +158,7 @@ def main():
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="medclipseg-bench-") as folder, ExitStack() as stack:
-        db_path, threshold = make_database(Path(folder), args.size)
+        db_path, propagate_from = make_database(Path(folder), args.size)
         url, _ = stack.enter_context(app_support.app_server(db_path, log_path=Path(folder) / "server.log"))
         playwright = stack.enter_context(sync_playwright())
         browser = playwright.chromium.launch(executable_path=str(app_support.CHROMIUM), headless=True,
@@ -216,7 +211,7 @@ def main():
             crosshair_times.append(timed(page, "window.medclipsegEditor.moveCrosshair(arg)", point, PLANES_SETTLED))
             page.wait_for_function("!window.medclipsegEditor.volume().busy")
         round_trips = [t["round_trip_ms"] for t in page.evaluate("window.medclipsegEditor.planes().timings")]
-        interpolate_times, propagate_times = tool_timings(page, args.tool_events, threshold)
+        interpolate_times, propagate_times = tool_timings(page, args.tool_events, propagate_from)
 
     slice_ms = statistics.median(slice_times)
     switch_ms = statistics.median(plane_times)
@@ -228,7 +223,7 @@ def main():
     interpolate_ms = statistics.median(interpolate_times)
     propagate_ms = statistics.median(t for t, _ in propagate_times)
     filled = propagate_times[0][1]
-    propagate_slice_ms = propagate_ms / max(1, filled)
+    propagate_slice_ms = propagate_ms / filled if filled else float("nan")
     print(f"interpolation of 20 slices: median {interpolate_ms:.1f} ms, max {max(interpolate_times):.1f} ms")
     print(f"propagation both ways, stops off: {filled} slices in a median {propagate_ms:.1f} ms "
           f"({propagate_slice_ms:.1f} ms a slice)")

@@ -1174,10 +1174,12 @@ def volume_slices(service: AnnotationService, request, annotator: Optional[str])
             slices = [_slice_value(service, geometry, work, index, state.edit.threshold, window)
                       for index in asked.wanted]
             reviewed = sorted(work.reviewed)
+            provenance = volume_tools.provenance_record(slice_provenance(work))
+            progress = volume_progress_of(work)
     except USER_ERRORS as exc:
         return {"kind": "error", "message": str(exc)}
     return {"kind": "slices", "case_id": case.id, "session": state.session, "slices": slices, "stored": stored,
-            "reviewed": reviewed}
+            "reviewed": reviewed, "provenance": provenance, "progress": progress}
 
 
 # Three planes. The work's mosaic reshaped to [slice, row, column] is a view of it, and
@@ -1347,10 +1349,12 @@ def volume_plane(service: AnnotationService, request, annotator: Optional[str]) 
                 scaled, nats = scaled_strip(plane_strip_values(service, work, geometry, plane))
                 strips[plane] = {"strip": scaled, "strip_nats": nats}
             reviewed = sorted(work.reviewed)
+            provenance = volume_tools.provenance_record(slice_provenance(work))
     except USER_ERRORS as exc:
         return {"kind": "error", "message": str(exc)}
     return {"kind": "planes", "case_id": case.id, "session": state.session, "slices": slices, "strips": strips,
-            "stored": stored, "stored_planes": stored_planes, "reviewed": reviewed, "edited": sorted(edited)}
+            "stored": stored, "stored_planes": stored_planes, "reviewed": reviewed, "edited": sorted(edited),
+            "provenance": provenance}
 
 
 # Volume tools (interpolation, propagation, 3-D clean-up, the 3-D threshold brush, undo/redo). The
@@ -1439,6 +1443,10 @@ def volume_tool(service: AnnotationService, request, annotator: Optional[str]) -
                         "can_undo": edits.can_undo, "can_redo": edits.can_redo, "changed": sorted(edited)}
             drawn = {i for i, value in enumerate(edits.provenance) if value == volume_tools.DRAWN}
             work.reviewed |= drawn & set(outcome.changed)
+            # The step's result is the newest revision of the slices it changed (the editor counts on
+            # from it): a request sent before it cannot put an older mask back.
+            for index in outcome.changed:
+                work.revisions[index] = max(work.revisions.get(index, -1), state.edit.revision + 1)
             _write_draft(service, work)
             changed = sorted(set(outcome.changed) | edited)
             slices = [_slice_value(service, geometry, work, index, work.threshold, window)

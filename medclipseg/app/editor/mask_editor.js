@@ -1014,6 +1014,7 @@ async function applySliceAnswer(answer, sentAt, wanted, generation = 0) {
         const item = vol.pending.get(index);
         if (item && item.revision <= revision) { vol.pending.delete(index); if (item.drawn) vol.serverUndo = true; }
     }
+    takeProvenance(answer);
     const entries = await Promise.all((answer.slices || []).map(decodeSlice));
     if (S.vol !== vol) return;
     let shown = false;

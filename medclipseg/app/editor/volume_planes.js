@@ -235,6 +235,7 @@ async function applyPlaneAnswer(answer, generation, sentAt, asked) {
     }
     for (const index of answer.reviewed || []) vol.reviewed.add(index);
     for (const index of answer.edited || []) vol.edited.add(index);
+    takeProvenance(answer);
     for (const [plane, strip] of Object.entries(answer.strips || {})) {
         vol.views[plane].values = strip.strip;
         vol.views[plane].valuesNats = strip.strip_nats;

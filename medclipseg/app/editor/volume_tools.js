@@ -38,6 +38,13 @@ function setupVolumeTools(block) {
 
 function closeVolumeTools() { $(".mse-volume-tools").hidden = true; }
 
+function takeProvenance(answer) {
+    // Slice and plane answers carry the provenance too: slice edits make slices drawn.
+    if (!S.vol || !answer || !answer.provenance) return;
+    S.vol.provenance = provenanceList(answer.provenance, S.vol.depth);
+    drawProgress();
+}
+
 function serverHasUndo() {
     // Slice edits not yet confirmed become server steps with the next request.
     const vol = S.vol;
