@@ -170,3 +170,50 @@ def test_provenance_goes_into_the_saved_version_and_comes_back_on_reopening(serv
     assert json.loads(row["reviewed_slices"]) == [2, 6]
     reopened = handlers.open_case(service, case.id, value["prediction_id"], "alice")
     assert reopened.editor["volume"]["provenance"]["drawn"] == [2, 6]
+
+
+def test_a_reload_during_a_propagation_waits_for_it_and_the_step_stays_undoable(service, opened, monkeypatch):
+    import threading
+    import time
+
+    from medclipseg.annotation import volume_tools
+
+    screen, case = opened
+    value = screen.editor
+    slow, started = volume_tools.propagate, threading.Event()
+
+    def propagate_slowly(*args, **kwargs):
+        started.set()
+        time.sleep(0.5)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(volume_tools, "propagate", propagate_slowly)
+    answers = {}
+    worker = threading.Thread(target=lambda: answers.update(step=handlers.volume_tool(
+        service, tool_request(value, "propagate", {"start": 4, "direction": "up", "max_band_entropy": 0.3,
+                                                    "max_area_change": None}), "alice")))
+    worker.start()
+    assert started.wait(5)
+    reopened = handlers.open_case(service, case.id, value["prediction_id"], "alice")   # the reload
+    worker.join()
+    assert answers["step"]["kind"] == "tool"
+    block = reopened.editor["volume"]
+    assert block["provenance"]["propagated"] == list(range(5, UNSURE)) and block["can_undo"]
+    undone = handlers.volume_tool(service, tool_request(reopened.editor, "undo"), "alice")
+    assert undone["changed"] == list(range(5, UNSURE))
+    assert service.latest_correction(case.id) is None     # nothing saved that the annotator did not save
+
+
+def test_3d_piece_and_ball_brush_by_click(service, opened):
+    screen, case = opened
+    value = screen.editor
+    kept = handlers.volume_tool(service, tool_request(value, "delete_component", {"point": [6, 24, 24]}), "alice")
+    assert kept["kind"] == "tool" and kept["changed"] == list(range(DEPTH))
+    assert not draft_volume(service, case).any()
+    missed = handlers.volume_tool(service, tool_request(value, "keep_component", {"point": [6, 0, 0]}), "alice")
+    assert missed["kind"] == "refused" and "No mask under that point" in missed["message"]
+    ball = handlers.volume_tool(service, tool_request(value, "sphere", {"center": [6, 24, 24], "radius_mm": 4,
+                                                                         "threshold": 0.5}), "alice")
+    assert ball["kind"] == "tool" and ball["provenance"]["drawn"] == [4, 5, 6, 7, 8]   # 2 mm slices
+    volume = draft_volume(service, case)
+    assert volume[6, 24, 24] and volume[6, 24, 20] and not volume[6, 24, 29] and not volume[3].any()

@@ -1529,8 +1529,8 @@ def open_volume_case(service: AnnotationService, case, prediction_id: int, annot
                                                        use_stale_draft=use_stale_draft)
         held = VOLUMES.work(key)
         if start == "draft" and held is not None and held.edits is not None \
-                and (held.prediction_id, held.base_version, held.latest_version, held.follows_model) == \
-                (work.prediction_id, work.base_version, work.latest_version, work.follows_model) \
+                and (held.prediction_id, held.base_version, held.latest_version) == \
+                (work.prediction_id, work.base_version, work.latest_version) \
                 and held.threshold == work.threshold and np.array_equal(held.mosaic, work.mosaic):
             work = held   # the same work as the draft (a reload): its steps stay undoable
         VOLUMES.keep(key, work)
