@@ -17,6 +17,9 @@ least ``REVIEW_DWELL_MS`` (long enough to look at it; scrolling past with the wh
 and the slice on screen when the volume is saved or accepted. Reviewed slices keep the mask they had
 when the annotator left them. A slice nobody reviewed keeps its start: the saved version's slice, or,
 when the work starts from the model, the model's mask at the volume's current mask threshold.
+The volume tools (``volume_tool``: interpolation, propagation, 3-D clean-up, undo/redo) run on the
+whole work as steps of one history, slice edits included; each slice records its provenance (drawn,
+interpolated, propagated, predicted), kept in the draft and the saved version.
 """
 
 from __future__ import annotations
