@@ -217,3 +217,16 @@ def test_3d_piece_and_ball_brush_by_click(service, opened):
     assert ball["kind"] == "tool" and ball["provenance"]["drawn"] == [4, 5, 6, 7, 8]   # 2 mm slices
     volume = draft_volume(service, case)
     assert volume[6, 24, 24] and volume[6, 24, 20] and not volume[6, 24, 29] and not volume[3].any()
+
+
+def test_the_editors_propagation_stop_fields_start_at_the_library_defaults():
+    import re
+
+    from medclipseg.annotation import volume_tools
+    from medclipseg.app.editor.component import editor_source
+
+    html = editor_source("mask_editor.html")
+    band = re.search(r'class="mse-stop-entropy"[^>]*value="([0-9.]+)"', html)
+    area = re.search(r'class="mse-stop-area"[^>]*value="([0-9.]+)"', html)
+    assert float(band.group(1)) == volume_tools.DEFAULT_MAX_BAND_ENTROPY
+    assert float(area.group(1)) / 100 == volume_tools.DEFAULT_MAX_AREA_CHANGE

@@ -158,3 +158,15 @@ def test_interpolate_undo_propagate_and_reload(server, page):
     go_to(page, 4)
     assert np.array_equal(editor_mask(page), saved[4])
     assert DEPTH == len(provenance)
+
+    # Moving the mask threshold on a slice reviews it but does not make it a drawn slice (an
+    # interpolation anchor): only strokes and tools do.
+    go_to(page, 1)
+    page.evaluate("""() => { const slider = document.querySelector('#editor .mse-threshold');
+        slider.value = '0.3'; slider.dispatchEvent(new Event('input', { bubbles: true })); }""")
+    go_to(page, 12)
+    page.wait_for_function("window.medclipsegEditor.volume().pending.size === 0 || "
+                           "!window.medclipsegEditor.volume().busy")
+    run_step(page, lambda: page.click('#editor [data-volume-action="interpolate"]'))
+    provenance = page.evaluate("window.medclipsegEditor.provenance()")
+    assert provenance[1] != "drawn" and [i for i, p in enumerate(provenance) if p == "drawn"] == [2, 8]

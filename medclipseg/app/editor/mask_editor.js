@@ -580,6 +580,8 @@ function flush() {
 
 function edited(message) {
     S.revision++;
+    // Strokes and tools (not the threshold slider): what makes a volume slice "drawn".
+    S.paintRevision = (S.paintRevision || 0) + 1;
     if (hasPlanes()) planesAfterEdit();
     draw();
     publish();
@@ -849,7 +851,8 @@ function openVolume(value, entry) {
         modality: block.modality, strip: block.strip, stripNats: block.strip_nats, windows: block.windows,
         window: block.window.slice(), reviewed: new Set(block.reviewed), edited: new Set(block.edited),
         cache: new Map([[block.index, entry]]), pending: new Map(), busy: false, again: false, left: false,
-        shownAt: performance.now(), visitRevision: S.revision, dwellTimer: null, wheel: 0, navStartedAt: null,
+        shownAt: performance.now(), visitRevision: S.revision, visitPaint: S.paintRevision || 0, dwellTimer: null,
+        wheel: 0, navStartedAt: null,
         timings: [],
     };
     entry.window = block.window.slice();
@@ -898,12 +901,14 @@ function leaveSlice() {
     commitThreshold();
     clearTimeout(vol.dwellTimer);
     const index = vol.index, changed = S.revision !== vol.visitRevision;
+    const painted = (S.paintRevision || 0) !== vol.visitPaint;
     if (changed) vol.edited.add(index);
     if (changed || performance.now() - vol.shownAt >= REVIEW_DWELL_MS) vol.reviewed.add(index);
     if (vol.reviewed.has(index)) {
         const runs = encodeRuns(S.mask).join(","), before = vol.pending.get(index);
-        // drawn: changed on screen, so a drawn slice on the server even if it ends as it began.
-        vol.pending.set(index, { index, revision: S.revision, runs, drawn: changed || Boolean(before && before.drawn) });
+        // drawn: painted on screen (a stroke or a tool; a threshold move alone is not drawing), so a
+        // drawn slice on the server even if it ends as it began.
+        vol.pending.set(index, { index, revision: S.revision, runs, drawn: painted || Boolean(before && before.drawn) });
         const entry = vol.cache.get(index);
         if (entry) { entry.startRuns = runs; entry.followsModel = false; entry.rev = (entry.rev || 0) + 1; }
     }
@@ -916,7 +921,7 @@ function showSlice(entry) {
     leaveSlice();
     putOnScreen(entry);
     Object.assign(vol, { index: entry.index, target: null, left: false, shownAt: performance.now(),
-                         visitRevision: S.revision });
+                         visitRevision: S.revision, visitPaint: S.paintRevision || 0 });
     if (hasPlanes()) vol.views[vol.acquisition].shown = entry;
     vol.dwellTimer = setTimeout(() => markReviewed(entry.index), REVIEW_DWELL_MS);
     if (S.fitted) fitView();

@@ -59,14 +59,16 @@ function handOverSlice() {
     commitThreshold();
     if (!planeActive()) {
         if (S.revision !== vol.visitRevision) {
-            const index = vol.index, runs = encodeRuns(S.mask).join(",");
-            vol.pending.set(index, { index, revision: S.revision, runs, drawn: true });
+            const index = vol.index, runs = encodeRuns(S.mask).join(","), before = vol.pending.get(index);
+            const painted = (S.paintRevision || 0) !== vol.visitPaint;  // a threshold move alone is not drawing
+            vol.pending.set(index, { index, revision: S.revision, runs, drawn: painted || Boolean(before && before.drawn) });
             vol.reviewed.add(index);
             vol.edited.add(index);
             const entry = vol.cache.get(index);
             if (entry) { entry.startRuns = runs; entry.followsModel = false; entry.rev = (entry.rev || 0) + 1; }
         }
         vol.visitRevision = S.revision;
+        vol.visitPaint = S.paintRevision || 0;
     } else {
         vol.views[vol.active].visitRevision = S.revision;
     }
@@ -170,6 +172,7 @@ async function applyToolAnswer(answer, revision) {
             // The slice on screen: its new mask replaces the old one (no undo of strokes across a step).
             putOnScreen(entry);
             vol.visitRevision = S.revision;
+            vol.visitPaint = S.paintRevision || 0;
             vol.cache.set(entry.index, entry);
             if (hasPlanes()) vol.views[vol.acquisition].shown = entry;
         } else {
