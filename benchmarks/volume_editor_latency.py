@@ -90,21 +90,12 @@ TOOL_DONE = "Number(document.querySelector('#editor [data-case-id]').dataset.too
 
 
 def go_to(page, index: int) -> None:
-    page.evaluate("(i) => window.medclipsegEditor.goToSlice(i)", index)
-    page.wait_for_function(f"(() => {{ const v = window.medclipsegEditor.volume(); return v.index === {index} && "
-                           "v.target === null && !v.busy; })()")
+    app_support.go_to_slice(page, index)
 
 
 def stroke(page, y: int, x0: int, x1: int) -> None:
     """A brush stroke along row ``y`` of the axial pane's slice, as the mouse paints it."""
-    def at(x):
-        return page.evaluate("""([x, y]) => { const v = window.medclipsegEditor.paneView('axial');
-            return [v.left + v.ox + (x + 0.5) * v.scale, v.top + v.oy + (y + 0.5) * v.scale * v.aspect]; }""", [x, y])
-    page.mouse.move(*at(x0))
-    page.mouse.down()
-    for x in range(x0 + 1, x1 + 1, 8):
-        page.mouse.move(*at(x))
-    page.mouse.up()
+    app_support.axial_stroke(page, y, x0, x1, step=8)
 
 
 def timed_tool(page, tool: str, extra: dict) -> float:

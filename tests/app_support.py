@@ -338,3 +338,64 @@ def drag_across_editor(page, start, step, moves=24) -> None:
     for move in range(1, moves + 1):
         page.mouse.move(x0 + move * step[0], y0 + move * step[1])
     page.mouse.up()
+
+
+@contextmanager
+def chromium_browser():
+    """Debian's Chromium, headless, through Playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def new_app_page(browser, url, *, width=1440, height=900):
+    """A page of its own (a new context) on the app at ``url``, loaded up to the *Next case* button."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector("#next-case")
+    return page
+
+
+def ingest_scan_in_browser(browser, url, db_path, scan, prompt, *, name_like) -> int:
+    """Ingest ``scan`` through the Ingest tab with one ``prompt``; returns the id of the volume case
+    whose original name is LIKE ``name_like`` (there must be exactly one)."""
+    page = new_app_page(browser, url)
+    try:
+        open_tab(page, "Ingest")
+        page.locator("#ingest-files input[type=file]").set_input_files([str(scan)])
+        page.get_by_label("One prompt for every image or scan").fill(prompt)
+        page.click("#ingest")
+        page.wait_for_function("document.querySelector('#ingest-report').innerText.includes('volume added')",
+                               timeout=240_000)
+    finally:
+        page.context.close()
+    rows = db_rows(db_path, "SELECT id FROM cases WHERE original_name LIKE ?", (name_like,))
+    assert len(rows) == 1, rows
+    return int(rows[0][0])
+
+
+def go_to_slice(page, index: int) -> None:
+    """Move the volume editor to slice ``index`` and wait until it shows it and nothing is on its way."""
+    page.evaluate("(i) => window.medclipsegEditor.goToSlice(i)", index)
+    page.wait_for_function(f"(() => {{ const v = window.medclipsegEditor.volume(); return v.index === {index} && "
+                           "v.target === null && !v.busy; })()")
+
+
+def axial_stroke(page, y: int, x0: int, x1: int, step: int = 2) -> None:
+    """A stroke of the current tool along row ``y`` of the axial pane's slice, from column ``x0`` to
+    ``x1``, as the mouse paints it (a move every ``step`` pixels)."""
+    def at(x):
+        return page.evaluate("""([x, y]) => { const v = window.medclipsegEditor.paneView('axial');
+            return [v.left + v.ox + (x + 0.5) * v.scale, v.top + v.oy + (y + 0.5) * v.scale * v.aspect]; }""", [x, y])
+    page.mouse.move(*at(x0))
+    page.mouse.down()
+    for x in range(x0 + 1, x1 + 1, step):
+        page.mouse.move(*at(x))
+    page.mouse.up()

@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 
 from app_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     app_server,
     browser_or_skip,
-    db_rows,
+    chromium_browser,
     demo_database,
-    open_tab,
+    ingest_scan_in_browser,
+    new_app_page,
     screenshot_dir,
 )
 from medclipseg.io.masks import mask_from_runs
@@ -55,38 +54,19 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    with chromium_browser() as launched:
         yield launched
-        launched.close()
 
 
 def new_page(browser, server, *, width=1440, height=900):
-    context = browser.new_context(viewport={"width": width, "height": height})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(server["url"])
-    page.wait_for_selector("#next-case")
-    return page
+    return new_app_page(browser, server["url"], width=width, height=height)
 
 
 @pytest.fixture(scope="module")
 def volume_case(server, browser):
-    page = new_page(browser, server)
-    try:
-        open_tab(page, "Ingest")
-        page.locator("#ingest-files input[type=file]").set_input_files([str(server["scan"])])
-        page.get_by_label("One prompt for every image or scan").fill(PROMPT)
-        page.click("#ingest")
-        page.wait_for_function("document.querySelector('#ingest-report').innerText.includes('volume added')",
-                               timeout=240_000)
-    finally:
-        page.context.close()
-    rows = db_rows(server["db"], "SELECT id FROM cases WHERE original_name LIKE 't1-thick%'")
-    assert len(rows) == 1, rows
-    return rows[0][0], server["store"].volume_geometry(rows[0][0])
+    """The scan ingested through the Ingest tab: (case id, geometry)."""
+    case_id = ingest_scan_in_browser(browser, server["url"], server["db"], server["scan"], PROMPT, name_like="t1-thick%")
+    return case_id, server["store"].volume_geometry(case_id)
 
 
 def planes(page) -> dict:

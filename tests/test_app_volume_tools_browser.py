@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from app_support import CHROMIUM, CHROMIUM_ARGS, app_server, browser_or_skip, demo_database, demo_model_id
+from app_support import (
+    app_server,
+    axial_stroke,
+    browser_or_skip,
+    chromium_browser,
+    demo_database,
+    demo_model_id,
+    go_to_slice,
+    new_app_page,
+)
 from medclipseg.annotation import volume_files
 from medclipseg.io.masks import mask_from_runs
 from volume_tool_support import COLUMNS, DEPTH, ROWS, UNSURE, controlled_case, display_maps
@@ -34,36 +43,19 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        yield page
-        browser.close()
+    with chromium_browser() as browser:
+        yield new_app_page(browser, server["url"])
 
 
 def editor_mask(page) -> np.ndarray:
     return mask_from_runs(page.evaluate("window.medclipsegEditor.maskRuns()"), (ROWS, COLUMNS))
 
 
-def go_to(page, index: int) -> None:
-    page.evaluate("(i) => window.medclipsegEditor.goToSlice(i)", index)
-    page.wait_for_function(f"(() => {{ const v = window.medclipsegEditor.volume(); return v.index === {index} && "
-                           "v.target === null; })()")
+go_to = go_to_slice
 
 
 def stroke(page, y: int, x0: int, x1: int) -> None:
-    def at(x):
-        return page.evaluate("""([x, y]) => { const v = window.medclipsegEditor.paneView('axial');
-            return [v.left + v.ox + (x + 0.5) * v.scale, v.top + v.oy + (y + 0.5) * v.scale * v.aspect]; }""", [x, y])
-    page.mouse.move(*at(x0))
-    page.mouse.down()
-    for x in range(x0 + 1, x1 + 1, 2):
-        page.mouse.move(*at(x))
-    page.mouse.up()
+    axial_stroke(page, y, x0, x1, step=2)
 
 
 def run_step(page, action) -> None:

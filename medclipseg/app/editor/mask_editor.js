@@ -1007,18 +1007,27 @@ async function syncSlices() {
     }
 }
 
-async function applySliceAnswer(answer, sentAt, wanted, generation = 0) {
+function takeAnswer(answer, what) {
+    // The head every slice and plane answer shares: "error" (said to the annotator), false for
+    // another case or page, else true once the slice edits it confirms as stored leave the pending list.
     const vol = S.vol;
     if (!answer || answer.kind === "error") {
-        note(answer ? answer.message : "The server did not answer the slice request.");
-        vol.again = false;
-        return;
+        note(answer ? answer.message : `The server did not answer the ${what} request.`);
+        return "error";
     }
-    if (answer.case_id !== S.meta.case_id || answer.session !== S.meta.session) return;
+    if (answer.case_id !== S.meta.case_id || answer.session !== S.meta.session) return false;
     for (const [index, revision] of answer.stored || []) {
         const item = vol.pending.get(index);
         if (item && item.revision <= revision) { vol.pending.delete(index); if (item.drawn) vol.serverUndo = true; }
     }
+    return true;
+}
+
+async function applySliceAnswer(answer, sentAt, wanted, generation = 0) {
+    const vol = S.vol;
+    const taken = takeAnswer(answer, "slice");
+    if (taken === "error") vol.again = false;
+    if (taken !== true) return;
     takeProvenance(answer);
     const entries = await Promise.all((answer.slices || []).map(decodeSlice));
     if (S.vol !== vol) return;

@@ -219,16 +219,9 @@ async function syncPlanes() {
 
 async function applyPlaneAnswer(answer, generation, sentAt, asked) {
     const vol = S.vol;
-    if (!answer || answer.kind === "error") {
-        note(answer ? answer.message : "The server did not answer the plane request.");
-        vol.planeAgain = false;
-        return;
-    }
-    if (answer.case_id !== S.meta.case_id || answer.session !== S.meta.session) return;
-    for (const [index, revision] of answer.stored || []) {
-        const item = vol.pending.get(index);
-        if (item && item.revision <= revision) { vol.pending.delete(index); if (item.drawn) vol.serverUndo = true; }
-    }
+    const taken = takeAnswer(answer, "plane");
+    if (taken === "error") vol.planeAgain = false;
+    if (taken !== true) return;
     for (const [plane, index, revision] of answer.stored_planes || []) {
         const item = vol.planePending.get(`${plane}:${index}`);
         if (item && item.revision <= revision) { vol.planePending.delete(`${plane}:${index}`); vol.serverUndo = true; }
