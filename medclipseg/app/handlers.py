@@ -1144,6 +1144,21 @@ def _slice_value(service: AnnotationService, geometry, work: VolumeWork, index: 
                          follows_model=follows, window=window)
 
 
+def _requested_volume_case(service: AnnotationService, request, what: str, image_note: str):
+    """The volume case an editor's ``what`` request ("slice", "plane", "tool") names; refused in words
+    (``image_note`` ends the refusal for an image case)."""
+    if not isinstance(request, dict):
+        raise EditorError(f"The editor's {what} request is not one.")
+    try:
+        case_id = int(request.get("case_id"))
+    except (TypeError, ValueError):
+        raise EditorError(f"The editor's {what} request names no case.") from None
+    case = service.store.get_case(case_id)
+    if not case.is_volume:
+        raise EditorError(f"Case #{case.id} is an image, not a volume{image_note}")
+    return case
+
+
 def volume_slices(service: AnnotationService, request, annotator: Optional[str]) -> dict:
     """The editor's slice request (its state, the slices it wants, the window): the slice edits it
     carries are put into the annotator's draft, then the slices it asked for are answered.
@@ -1153,15 +1168,7 @@ def volume_slices(service: AnnotationService, request, annotator: Optional[str])
     "message"}`` in words. Called by the editor without Gradio's queue (a server function), so a slice
     is on screen in a few tens of milliseconds; the work's lock orders it with the queued events."""
     try:
-        if not isinstance(request, dict):
-            raise EditorError("The editor's slice request is not one.")
-        try:
-            case_id = int(request.get("case_id"))
-        except (TypeError, ValueError):
-            raise EditorError("The editor's slice request names no case.") from None
-        case = service.store.get_case(case_id)
-        if not case.is_volume:
-            raise EditorError(f"Case #{case.id} is an image, not a volume; it has no slices.")
+        case = _requested_volume_case(service, request, "slice", "; it has no slices.")
         geometry = service.store.volume_geometry(case.id)
         asked = read_slice_request(request, case_id=case.id, shape=(geometry.rows, geometry.columns),
                                    depth=geometry.depth, plane_shapes=plane_shapes(geometry))
@@ -1324,15 +1331,7 @@ def volume_plane(service: AnnotationService, request, annotator: Optional[str]) 
     revision], ...], "reviewed": [...], "edited": [...]}`` (``edited``: acquisition slices the plane edits
     changed), or ``{"kind": "error", "message"}``."""
     try:
-        if not isinstance(request, dict):
-            raise EditorError("The editor's plane request is not one.")
-        try:
-            case_id = int(request.get("case_id"))
-        except (TypeError, ValueError):
-            raise EditorError("The editor's plane request names no case.") from None
-        case = service.store.get_case(case_id)
-        if not case.is_volume:
-            raise EditorError(f"Case #{case.id} is an image, not a volume; it has no planes.")
+        case = _requested_volume_case(service, request, "plane", "; it has no planes.")
         geometry = service.store.volume_geometry(case.id)
         asked = read_plane_request(request, case_id=case.id, shape=(geometry.rows, geometry.columns),
                                    depth=geometry.depth, plane_shapes=plane_shapes(geometry))
@@ -1397,15 +1396,7 @@ def volume_tool(service: AnnotationService, request, annotator: Optional[str]) -
     "stored_planes", "reviewed"}``; a refused step ``{"kind": "refused", "message", ...}`` with the mask
     unchanged; ``{"kind": "error", "message"}`` for a request that is not one."""
     try:
-        if not isinstance(request, dict):
-            raise EditorError("The editor's tool request is not one.")
-        try:
-            case_id = int(request.get("case_id"))
-        except (TypeError, ValueError):
-            raise EditorError("The editor's tool request names no case.") from None
-        case = service.store.get_case(case_id)
-        if not case.is_volume:
-            raise EditorError(f"Case #{case.id} is an image, not a volume: its tools are in the editor.")
+        case = _requested_volume_case(service, request, "tool", ": its tools are in the editor.")
         if not annotator:
             raise EditorError(TOOL_NAME_NEEDED)
         geometry = service.store.volume_geometry(case.id)
