@@ -1,6 +1,7 @@
 """Background jobs: one active at a time, dead workers reported failed, cancellation requests."""
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ import time
 import pytest
 
 from medclipseg.annotation import jobs
+from medclipseg.annotation.errors import JobNotRunning
 from medclipseg.annotation.store import AnnotationStore, StorageError
 
 
@@ -49,7 +51,7 @@ def test_unique_index_refuses_a_second_running_job_even_past_the_check(store):
     conn.close()
 
 
-def test_dead_or_silent_worker_is_reported_failed_and_its_scratch_removed(tmp_path):
+def test_dead_worker_is_reported_failed_and_its_scratch_removed(tmp_path):
     path = tmp_path / "annotations.db"
     with AnnotationStore(path) as first:
         job_id = first.start_job("retrain", by="alice", params={}, pid=_dead_pid())
@@ -61,11 +63,60 @@ def test_dead_or_silent_worker_is_reported_failed_and_its_scratch_removed(tmp_pa
         job = restarted.job(job_id)
         assert job.status == "failed" and "process stopped" in job.message and job.finished_at
         assert not scratch.exists() and scratch.with_suffix(".log").exists()
-        # A live process that stopped reporting is failed too.
-        silent = restarted.start_job("retrain", by="bob", params={})
-        restarted.update_job(silent, heartbeat=time.time() - jobs.STALE_SECONDS - 1)
-        assert restarted.active_job() is None
-        assert "stopped reporting" in restarted.job(silent).message
+
+
+def _move_job_to_another_machine(store, job_id):
+    conn = sqlite3.connect(store.path)
+    with conn:
+        conn.execute("UPDATE jobs SET host = 'another-machine' WHERE id = ?", [job_id])
+    conn.close()
+
+
+def test_a_slow_worker_alive_on_this_machine_is_never_reaped(store):
+    """A heartbeat 10 minutes late does not kill a job whose process is alive here (it was only slow)."""
+    job_id = store.start_job("retrain", by="alice", params={})  # this test's own process: alive
+    store.update_job(job_id, heartbeat=time.time() - 600)
+    assert store.active_job().id == job_id and store.reap_jobs() == []
+    assert store.job(job_id).status == "running"
+
+
+def test_a_silent_worker_elsewhere_is_reaped_only_once_its_renewed_grace_lapses(store):
+    job_id = store.start_job("retrain", by="alice", params={})
+    _move_job_to_another_machine(store, job_id)
+    # The worker announced a long silent step: a heartbeat from 2 minutes ago promised 10 minutes.
+    store.update_job(job_id, heartbeat=time.time() - 120, grace_seconds=600)
+    _move_job_to_another_machine(store, job_id)
+    assert store.reap_jobs() == [] and store.job(job_id).status == "running"
+    # The same late heartbeat with the default grace (STALE_SECONDS) has lapsed: reaped.
+    store.update_job(job_id, heartbeat=time.time() - jobs.STALE_SECONDS - 1)
+    _move_job_to_another_machine(store, job_id)
+    assert store.reap_jobs() == [job_id]
+    job = store.job(job_id)
+    assert job.status == "failed" and "stopped reporting" in job.message
+
+
+def test_a_reaped_job_keeps_its_status_against_a_late_finish_and_records_no_version(store):
+    job_id = store.start_job("retrain", by="alice", params={}, pid=_dead_pid())
+    assert store.reap_jobs() == [job_id]
+    reaped = store.job(job_id)
+    with pytest.raises(JobNotRunning, match=f"Job {job_id} is no longer running .*failed"):
+        store.finish_job(job_id, status="succeeded", message="done", version_id="m@2")
+    after = store.job(job_id)
+    assert (after.status, after.message, after.finished_at, after.version_id) == \
+        ("failed", reaped.message, reaped.finished_at, None)
+    folder = store.models_dir / "m-2"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(JobNotRunning):
+        store.add_trained_version(folder, model_id="m@2", name="m", parent_id=None, created_by="alice",
+                                  recipe={}, correction_ids=[], train_cases=1, job_id=job_id)
+    assert [v.id for v in store.model_versions()] == []
+    # Finishing twice is refused the same way.
+    second = store.start_job("retrain", by="bob", params={})
+    store.finish_job(second, status="cancelled", message="cancelled by request")
+    with pytest.raises(JobNotRunning):
+        store.finish_job(second, status="failed", message="late")
+    assert store.job(second).status == "cancelled"
 
 
 def test_cancel_request(store):

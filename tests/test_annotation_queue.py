@@ -108,3 +108,25 @@ def test_queue_summary(store):
     summary = store.queue_summary()
     assert summary == QueueSummary(unreviewed=2, corrected=1, accepted=0, skipped=1, saved_versions=2, in_review=1)
     assert summary.text() == "2 unreviewed · 1 corrected · 0 accepted · 1 skipped · 2 saved versions"
+
+
+def test_editing_renews_the_lease_so_a_long_correction_is_not_served_to_another(tmp_path):
+    with AnnotationStore(tmp_path / "annotations.db", lease_seconds=1.5) as store:
+        first, second = fill_scored_queue(store, 2)
+        taken = store.next_case("alice", acquisition="random")
+        other = second if taken.id == first.id else first
+        for _ in range(3):  # 3 s of editing, a draft every 0.75 s: longer than one lease
+            time.sleep(0.75)
+            store.save_draft(taken.id, "alice", np.zeros((24, 32), bool))
+        renewed = store.get_case(taken.id)
+        conn = sqlite3.connect(store.path)
+        expires = conn.execute("SELECT lease_expires FROM cases WHERE id = ?", [taken.id]).fetchone()[0]
+        conn.close()
+        assert renewed.assigned_to == "alice" and expires > time.time() + 1.0
+        assert store.next_case("bob", acquisition="random").id == other.id  # not alice's case
+        # A draft on a case nobody holds takes it; one on a case another holds leaves their lease.
+        store.release(taken.id, annotator="alice")
+        store.save_draft(taken.id, "carol", np.zeros((24, 32), bool))
+        assert store.get_case(taken.id).assigned_to == "carol"
+        store.save_draft(taken.id, "alice", np.zeros((24, 32), bool))
+        assert store.get_case(taken.id).assigned_to == "carol"

@@ -172,3 +172,33 @@ def test_stop_signal_reads_gains_and_top_of_queue(tmp_path):
     result = stop_signal(store)
     assert result.stop and result.recent_gains == [0.005, 0.002] and "Consider stopping" in result.text
     store.close()
+
+
+def test_a_promotion_by_hand_during_a_round_is_not_overridden_by_its_promotion(tmp_path):
+    """The round was asked to promote its version, but someone promoted another version while it
+    trained: the round records its version, leaves the hand-made choice current, and says why."""
+    from medclipseg.annotation.retraining import run_retrain
+
+    store = _reviewed_store(tmp_path / "annotations.db")
+    AnnotationService(store, weights="demo", device="cpu", num_samples=4).close()  # records the base version
+    base = store.current_model_id()
+    chosen = store.models_dir / "chosen-by-hand"
+    chosen.mkdir(parents=True)
+    (chosen / "config.json").write_text("{}")
+    store.add_trained_version(chosen, model_id="chosen@1", name="chosen", parent_id=base, created_by="carol",
+                              recipe={}, correction_ids=[], train_cases=1)
+    lines = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("scoring "):  # mid-round, after training: carol promotes by hand
+            store.promote("chosen@1", by="carol", reason="promoted by hand")
+
+    outcome = run_retrain(store, by="alice", epochs=1, promote="yes", device="cpu", log=log)
+    assert outcome.promoted is False and "changed to chosen@1" in outcome.reason
+    assert store.current_model_id() == "chosen@1"
+    assert store.model_version(outcome.version_id).kind == "trained"  # recorded, not promoted
+    job = store.job(outcome.job_id)
+    assert job.status == "succeeded" and "not promoted" in job.message and "by hand" in job.message
+    assert [row["version_id"] for row in store.promotion_log()] == [base, "chosen@1"]
+    store.close()

@@ -177,3 +177,60 @@ def test_cases_to_rescore_includes_cases_never_predicted_and_leaves_out_excluded
     assert store.cases_to_rescore("model-a@1", exclude=[waiting.id]) == [predicted.id]
     assert store.cases_to_rescore("model-a@1", exclude={waiting.id, predicted.id}) == []
     assert store.cases_to_rescore("model-a@1", limit=1, exclude=()) == [waiting.id]
+
+
+def _versions(store, *ids):
+    base = store.ensure_base_version(ids[0], source="demo", name="base")
+    for index, version_id in enumerate(ids[1:]):
+        folder = _trained_folder(store, version_id.replace("@", "-"))
+        store.add_trained_version(folder, model_id=version_id, name="trained", parent_id=base.id,
+                                  created_by="alice", recipe={}, correction_ids=[], train_cases=index + 1)
+
+
+def test_rollback_walks_back_through_the_promotion_history(store):
+    _versions(store, "a@1", "b@2", "c@3", "d@4")
+    for version_id in ("b@2", "c@3"):
+        store.promote(version_id, by="alice")
+    assert store.rollback_target() == "b@2"
+    assert store.rollback(by="bob").id == "b@2"
+    assert store.rollback(by="bob").id == "a@1"  # further back, not forth to c@3
+    with pytest.raises(StorageError, match="no earlier model version"):
+        store.rollback(by="bob")
+    # A promotion after rollbacks starts a new branch: rolling it back returns to where it branched.
+    store.promote("d@4", by="alice")
+    assert store.rollback(by="bob").id == "a@1"
+    kinds = [(row["version_id"], row["kind"]) for row in store.promotion_log()]
+    assert kinds == [("a@1", "promote"), ("b@2", "promote"), ("c@3", "promote"), ("b@2", "rollback"),
+                     ("a@1", "rollback"), ("d@4", "promote"), ("a@1", "rollback")]
+
+
+def test_promote_if_current_refuses_once_the_current_model_changed(store):
+    _versions(store, "a@1", "b@2", "c@3")
+    # A retraining round started from a@1; meanwhile someone promoted b@2 by hand.
+    store.promote("b@2", by="carol", reason="promoted by hand")
+    assert store.promote_if_current("c@3", expected_current="a@1", by="worker", reason="beats parent") is False
+    assert store.current_model_id() == "b@2"
+    assert [row["version_id"] for row in store.promotion_log()] == ["a@1", "b@2"]  # nothing written
+    assert store.promote_if_current("c@3", expected_current="b@2", by="worker", reason="beats parent") is True
+    assert store.current_model_id() == "c@3"
+
+
+def test_a_database_of_schema_6_keeps_its_rollbacks_as_rollbacks(tmp_path):
+    """Version 7 marks the promotions older releases wrote with reason 'rollback' as rollbacks."""
+    path = tmp_path / "annotations.db"
+    with AnnotationStore(path) as store:
+        _versions(store, "a@1", "b@2", "c@3")
+        store.promote("b@2", by="alice")
+        store.promote("c@3", by="alice")
+        store.rollback(by="alice")  # back to b@2
+    conn = sqlite3.connect(path)
+    with conn:  # as schema 6 left it: no kind column, the rollback known by its reason only
+        conn.execute("ALTER TABLE promotions DROP COLUMN kind")
+        conn.execute("ALTER TABLE jobs DROP COLUMN grace_until")
+        conn.execute("ALTER TABLE jobs DROP COLUMN host")
+        conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    conn.close()
+    with AnnotationStore(path) as store:
+        assert store.schema_version == 7
+        assert [row["kind"] for row in store.promotion_log()] == ["promote", "promote", "promote", "rollback"]
+        assert store.rollback(by="alice").id == "a@1"

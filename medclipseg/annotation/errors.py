@@ -80,3 +80,15 @@ class SavedVersionExists(StorageError):
 def _rebuild_saved(case_id, version, annotator, status, created_at):
     return SavedVersionExists(case_id=case_id, version=version, annotator=annotator, status=status,
                               created_at=created_at)
+
+
+class JobNotRunning(StorageError):
+    """A job's worker tried to finish it or record its result after the job stopped running (it was
+    reaped as silent, cancelled and finished, or finished twice): what the job row says stands."""
+
+    def __init__(self, job_id: int, status: str):
+        self.job_id, self.status = int(job_id), str(status)
+        super().__init__(f"Job {job_id} is no longer running (it is {status}); its result was not recorded.")
+
+    def __reduce__(self):
+        return JobNotRunning, (self.job_id, self.status)

@@ -5,19 +5,29 @@ no other job is active (a unique partial index enforces it as well), so two clic
 servers cannot start two retrainings. The worker updates ``progress``, ``eta_seconds``,
 ``message`` and ``heartbeat`` as it goes and reads ``cancel_requested`` between training steps.
 
-A worker that dies (killed, machine restarted) cannot mark its own job; :func:`reap` does, for
-any running job whose process is gone or whose heartbeat is older than ``STALE_SECONDS``, so
-after a restart the job is reported failed. Nothing the dead worker wrote can be promoted: a
-model version row is only inserted once its folder is complete (medclipseg.annotation.versions).
+A worker that dies (killed, machine restarted) cannot mark its own job; :func:`reap` does, so
+after a restart the job is reported failed. A job is reaped only when its worker is known to be
+gone: its process no longer exists on the machine the job row names (``host``), or the worker's
+own promise has lapsed: each heartbeat renews ``grace_until`` (``STALE_SECONDS`` ahead by default,
+longer when the worker announces a long step), and a worker on another machine, whose process
+cannot be seen from here, is reaped only once that time has passed. A worker whose process is
+alive on this machine is never reaped for a slow heartbeat.
+
+A reaped job stays failed: :func:`finish` and a version row for the job are refused
+(:class:`~medclipseg.annotation.errors.JobNotRunning`) once it is no longer running, so a
+worker that was only slow cannot overwrite the status with its late result, and it stops at its
+next step. Nothing a dead worker wrote can be promoted: a model version row is only inserted
+once its folder is complete (medclipseg.annotation.versions).
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from medclipseg.annotation.errors import StorageError
+from medclipseg.annotation.errors import JobNotRunning, StorageError
 
 STALE_SECONDS = 45.0
 KINDS = ("retrain",)
@@ -43,6 +53,8 @@ class Job:
     parent_id: Optional[str]
     version_id: Optional[str]
     cancel_requested: bool
+    grace_until: Optional[float] = None
+    host: Optional[str] = None
 
     @property
     def active(self) -> bool:
@@ -55,7 +67,12 @@ def job_from_row(row: dict) -> Job:
                pid=row["pid"], heartbeat=row["heartbeat"], progress=float(row["progress"] or 0.0),
                eta_seconds=row["eta_seconds"], message=row["message"] or "", log_path=row["log_path"],
                params=json.loads(row["params"] or "{}"), parent_id=row["parent_id"], version_id=row["version_id"],
-               cancel_requested=bool(row["cancel_requested"]))
+               cancel_requested=bool(row["cancel_requested"]), grace_until=row.get("grace_until"),
+               host=row.get("host"))
+
+
+def this_host() -> str:
+    return socket.gethostname()
 
 
 def process_alive(pid: Optional[int]) -> bool:
@@ -91,18 +108,29 @@ def recent(db, limit: int = 20) -> list:
     return [job_from_row(row) for row in db["jobs"].rows_where(order_by="id DESC", limit=int(limit))]
 
 
-def reap(db, *, now: float, now_iso: str, is_alive: Callable[[Optional[int]], bool] = process_alive) -> list:
-    """Mark running jobs whose worker is gone as failed; returns their ids."""
+def reap(db, *, now: float, now_iso: str, is_alive: Callable[[Optional[int]], bool] = process_alive,
+         host: Optional[str] = None) -> list:
+    """Mark running jobs whose worker is gone as failed (the module docstring says when); returns their ids."""
+    host = this_host() if host is None else host
     reaped = []
     for row in list(db["jobs"].rows_where("status = 'running'")):
-        stale = row["heartbeat"] is None or now - float(row["heartbeat"]) > STALE_SECONDS
-        if not is_alive(row["pid"]) or stale:
-            why = "its process stopped" if not is_alive(row["pid"]) else "it stopped reporting"
-            db["jobs"].update(row["id"], {
-                "status": "failed", "finished_at": now_iso,
-                "message": f"The job did not finish: {why} (server restart, crash or kill). "
-                           "Nothing it trained was recorded; start it again."})
-            reaped.append(int(row["id"]))
+        local = row.get("host") in (None, host)  # rows from before version 7 were all local
+        if local and row["pid"] and not is_alive(row["pid"]):
+            why = "its process stopped"
+        elif local and row["pid"]:
+            continue  # alive here: slow, not dead (a cancel request stops it)
+        else:
+            promised = row.get("grace_until")
+            if promised is None:
+                promised = (float(row["heartbeat"]) if row["heartbeat"] is not None else 0.0) + STALE_SECONDS
+            if now <= float(promised):
+                continue
+            why = "it stopped reporting"
+        db["jobs"].update(row["id"], {
+            "status": "failed", "finished_at": now_iso,
+            "message": f"The job did not finish: {why} (server restart, crash or kill). "
+                       "Nothing it trained was recorded; start it again."})
+        reaped.append(int(row["id"]))
     return reaped
 
 
@@ -120,20 +148,37 @@ def start(db, *, kind: str, by: str, params: dict, parent_id: Optional[str], now
         "kind": kind, "status": "running", "created_by": by, "created_at": now_iso, "started_at": now_iso,
         "pid": pid if pid is not None else os.getpid(), "heartbeat": now, "progress": 0.0,
         "message": "starting", "params": json.dumps(params), "parent_id": parent_id,
-        "cancel_requested": 0}).last_rowid)
+        "cancel_requested": 0, "grace_until": now + STALE_SECONDS, "host": this_host()}).last_rowid)
 
 
-def update(db, job_id: int, **fields) -> None:
+def update(db, job_id: int, *, grace_seconds: Optional[float] = None, **fields) -> None:
+    """Progress of a job. A heartbeat renews its grace: ``grace_seconds`` (default ``STALE_SECONDS``)
+    from the heartbeat, so a worker about to run a long silent step can promise a later beat."""
     allowed = {"pid", "heartbeat", "progress", "eta_seconds", "message", "log_path", "parent_id"}
     unknown = set(fields) - allowed
     if unknown:
         raise StorageError(f"Cannot update job fields {sorted(unknown)}.")
+    if fields.get("heartbeat") is not None:
+        fields["grace_until"] = float(fields["heartbeat"]) + float(
+            STALE_SECONDS if grace_seconds is None else max(0.0, grace_seconds))
+    if "pid" in fields:
+        fields["host"] = this_host()
     db["jobs"].update(int(job_id), fields)
 
 
+def require_running(db, job_id: int) -> Job:
+    """The job, while it runs; JobNotRunning otherwise."""
+    job = get(db, job_id)
+    if job.status != "running":
+        raise JobNotRunning(job.id, job.status)
+    return job
+
+
 def finish(db, job_id: int, *, status: str, message: str, now_iso: str, version_id: Optional[str] = None) -> None:
+    """Record a running job's end; JobNotRunning (nothing written) when it is not running any more."""
     if status not in FINAL_STATUSES:
         raise StorageError(f"A job finishes as one of {', '.join(FINAL_STATUSES)}, not {status!r}.")
+    require_running(db, job_id)
     changes = {"status": status, "message": message, "finished_at": now_iso, "version_id": version_id}
     if status == "succeeded":
         changes["progress"] = 1.0

@@ -7,7 +7,9 @@ columns of ``cases`` (see medclipseg.annotation.schema), so serving the top is a
 
 Leases: serving or claiming a case leases it to the annotator for ``lease_seconds``; while the
 lease is live nobody else is served it. An annotator holds one lease at a time (a new one clears
-their others), and asking again re-serves their own. A save or a status change clears the lease.
+their others), and asking again re-serves their own. Editing renews it (every draft the editor
+writes calls :func:`renew`), so a case being corrected for longer than a lease is not served to
+anyone else. A save or a status change clears the lease.
 
 Every function here takes the ``sqlite_utils.Database`` of an open write transaction
 (``Connections.write()``), so the check and the lease it takes are one atomic step.
@@ -201,6 +203,23 @@ def claim(db, case_id: int, annotator: str, *, now: float, lease_seconds: float)
         return False
     lease(db, case_id, annotator, now=now, lease_seconds=lease_seconds)
     return True
+
+
+def renew(db, case_id: int, annotator: str, *, now: float, lease_seconds: float) -> bool:
+    """Editing keeps a case: `annotator`'s lease on it runs ``lease_seconds`` from now again, and an
+    unreviewed case nobody holds is leased to them. Someone else's live lease is left as it is
+    (their save and this one meet in the version check). True when `annotator` holds it now."""
+    rows = list(db["cases"].rows_where("id = ?", [int(case_id)], select="status, assigned_to, lease_expires"))
+    if not rows:
+        return False
+    holder, expires = rows[0]["assigned_to"], rows[0]["lease_expires"]
+    if holder == annotator:
+        db["cases"].update(int(case_id), {"lease_expires": now + lease_seconds})
+        return True
+    if rows[0]["status"] == "unreviewed" and (holder is None or expires is None or expires <= now):
+        lease(db, case_id, annotator, now=now, lease_seconds=lease_seconds)
+        return True
+    return False
 
 
 def release(db, case_id: int, annotator: str) -> None:

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-from medclipseg.annotation.errors import StorageError
+from medclipseg.annotation.errors import JobNotRunning, StorageError
 from medclipseg.annotation.queue import RANKED_BY_MODEL, UNCERTAINTY_ORDER, order_column
 from medclipseg.training.config import RetrainRecipe
 
@@ -188,7 +188,9 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
     work = store.job_folder(job_id)
 
     def should_stop() -> bool:
-        return store.job(job_id).cancel_requested
+        # A job no longer running (reaped as silent, or finished elsewhere) stops like a cancelled one.
+        job = store.job(job_id)
+        return job.cancel_requested or not job.active
 
     def report(fraction: float, message: str, eta: Optional[float] = None) -> None:
         store.update_job(job_id, progress=round(min(max(fraction, 0.0), 1.0), 4), message=message,
@@ -256,20 +258,24 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
                 parent_gold_dsc=None if parent_score is None else parent_score.dsc, job_id=job_id, seconds=seconds)
 
             promoted, reason = _decide(promote, child_score, parent_score)
-            if promoted:
-                store.promote(version.id, by=by, reason=reason)
+            if promoted and not store.promote_if_current(version.id, expected_current=parent, by=by, reason=reason):
+                # Someone promoted or rolled back while this round trained: their choice stands.
+                promoted = False
+                reason = (f"{reason}, but the current model changed to {store.current_model_id()} while it "
+                          "trained (a promotion or rollback by hand), and that choice stands; promote this "
+                          "version by hand if it should serve")
             message = f"version {version.id} recorded; {'promoted' if promoted else 'not promoted'}: {reason}"
             log(message)
             store.finish_job(job_id, status="succeeded", message=message, version_id=version.id)
     except TrainingCancelled:
-        store.finish_job(job_id, status="cancelled", message=f"cancelled by request after "
-                         f"{time.perf_counter() - started:.0f} s; no version was recorded")
+        _finish_unless_ended(store, job_id, log, status="cancelled", message=f"cancelled by request after "
+                             f"{time.perf_counter() - started:.0f} s; no version was recorded")
         log("cancelled; no version was recorded")
         raise
     except BaseException as exc:
         text = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
         try:
-            store.finish_job(job_id, status="failed", message=f"failed: {text}"[:2000])
+            _finish_unless_ended(store, job_id, log, status="failed", message=f"failed: {text}"[:2000])
         finally:
             log(f"failed: {text}")
         raise
@@ -281,6 +287,15 @@ def run_retrain(store, *, by: str, recipe: Optional[RetrainRecipe] = None, epoch
                           gold_uncertainty_spearman=version.gold_uncertainty_spearman,
                           parent_gold_dsc=version.parent_gold_dsc, promoted=promoted, reason=reason,
                           seconds=seconds)
+
+
+def _finish_unless_ended(store, job_id: int, log: Callable[[str], None], **outcome) -> None:
+    """Mark the job's end, unless it already ended (reaped while this worker was slow): the job
+    row's status then stands and this worker only says so in its log."""
+    try:
+        store.finish_job(job_id, **outcome)
+    except JobNotRunning as exc:
+        log(str(exc))
 
 
 def _decide(promote: str, child, parent) -> tuple:

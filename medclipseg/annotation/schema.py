@@ -1,6 +1,6 @@
 """Tables, indexes and schema version of the annotation database, and the migrations between versions.
 
-Tables (``SCHEMA_VERSION`` 6): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
+Tables (``SCHEMA_VERSION`` 7): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
 ``gold_seed``, ``gold_fraction``), ``cases`` (one per distinct image pixels + prompt, with review
 status, the annotator lease, the gold flag and the queue ranks of the current model),
 ``predictions`` (one per model run, with its image-level uncertainty scores), ``corrections``
@@ -30,6 +30,13 @@ slice's mask came from, as JSON ``{"drawn": [...], "interpolated": [...], "propa
 (display indices; a slice in none of the lists shows the model's prediction); see
 medclipseg.annotation.volume_tools.
 
+Promotion kinds and job grace (version 7): ``promotions.kind`` says whether a row promoted a
+version (``promote``) or rolled one back (``rollback``), so a rollback walks back through the
+history instead of toggling between the last two versions (medclipseg.annotation.versions);
+``jobs.grace_until`` is the time until which the worker has promised its next heartbeat (it
+renews it with each one) and ``jobs.host`` the machine it runs on, so that only a job whose worker
+is known to be gone, or whose promise has lapsed, is reaped (medclipseg.annotation.jobs).
+
 Queue ranks (version 2): each case carries ``rank_<acquisition>`` columns copied from the scores
 of its latest prediction *by the current model* (``ranked_model_id``), with one partial index per
 acquisition over unreviewed cases, so the top of the queue is an index lookup rather than a join
@@ -52,7 +59,7 @@ from pathlib import Path
 
 from medclipseg.annotation.errors import StorageError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
@@ -257,9 +264,18 @@ def _add_slice_provenance(db) -> None:
     db["drafts"].add_column("slice_provenance", str)
 
 
+def _add_promotion_kinds_and_job_grace(db) -> None:
+    """Version 7: ``promotions.kind`` and ``jobs.grace_until`` / ``jobs.host`` (see the module docstring)."""
+    db["promotions"].add_column("kind", str, not_null_default="promote")
+    # Until now a rollback was the promotion whose reason is exactly "rollback".
+    db.execute("UPDATE promotions SET kind = 'rollback' WHERE reason = 'rollback'")
+    db["jobs"].add_column("grace_until", float)
+    db["jobs"].add_column("host", str)
+
+
 # Index i migrates schema version i to i + 1.
 MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage, _add_queue_diversity,
-              _add_volumes, _add_slice_provenance]
+              _add_volumes, _add_slice_provenance, _add_promotion_kinds_and_job_grace]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -907,6 +907,8 @@ class AnnotationStore:
                     "pixels": int(np.count_nonzero(mask)), "updated_at": _now_iso(),
                     "reviewed_slices": None if reviewed is None else json.dumps(reviewed),
                     "slice_provenance": provenance}, existing)
+                # Editing keeps the case: the annotator's lease runs again from now (queue.renew).
+                queue.renew(db, case.id, annotator, now=time.time(), lease_seconds=self.lease_seconds)
         except BaseException:
             self._files.discard(mask_path)
             raise
@@ -1072,6 +1074,8 @@ class AnnotationStore:
             raise StorageError(f"A trained version must be a complete model folder inside {self.models_dir}.")
         gold = gold or {}
         with self._connections.write() as db:
+            if job_id is not None:  # a reaped or cancelled job's late result is not recorded
+                jobs.require_running(db, job_id)
             versions.insert(db, {
                 "id": model_id, "name": name, "parent_id": parent_id, "kind": "trained",
                 "path": f"models/{folder.name}", "recipe": recipe, "correction_ids": list(correction_ids),
@@ -1085,19 +1089,44 @@ class AnnotationStore:
     def promote(self, version_id: str, *, by: str, reason: str = "promoted by hand"):
         """Make a version current (the queue then ranks by it); returns the version."""
         by = _clean_annotator(by)
-        version = self.model_version(version_id)
-        if version.kind == "trained" and not (self.files_dir / version.path / "config.json").is_file():
-            raise StorageError(f"Model version {version_id} has lost its files ({version.path}); it cannot serve.")
+        version = self._servable_version(version_id)
         with self._connections.write() as db:
             versions.promote(db, version.id, by=by, reason=reason, now=_now_iso())
         return self.model_version(version.id)
 
+    def promote_if_current(self, version_id: str, *, expected_current: Optional[str], by: str, reason: str) -> bool:
+        """Promote `version_id` only while `expected_current` is still the current model, checked in
+        the promoting transaction: a retraining round's automatic promotion never overrides a
+        promotion or rollback someone made while it trained. True when promoted."""
+        by = _clean_annotator(by)
+        version = self._servable_version(version_id)
+        with self._connections.write() as db:
+            if versions.current_id(db) != expected_current:
+                return False
+            versions.promote(db, version.id, by=by, reason=reason, now=_now_iso())
+        return True
+
+    def _servable_version(self, version_id: str):
+        version = self.model_version(version_id)
+        if version.kind == "trained" and not (self.files_dir / version.path / "config.json").is_file():
+            raise StorageError(f"Model version {version_id} has lost its files ({version.path}); it cannot serve.")
+        return version
+
     def rollback(self, *, by: str):
-        """Make the version that was current before the current one current again."""
-        target = versions.rollback_target(self._db())
-        if target is None:
-            raise StorageError("There is no earlier model version to roll back to.")
-        return self.promote(target, by=by, reason="rollback")
+        """Make the version promoted before the current one current again; repeated rollbacks walk
+        further back through the promotion history (versions.promotion_stack)."""
+        by = _clean_annotator(by)
+        with self._connections.write() as db:  # target and change in one transaction
+            target = versions.rollback_target(db)
+            if target is None:
+                raise StorageError("There is no earlier model version to roll back to.")
+            self._servable_version(target)
+            versions.promote(db, target, by=by, reason="rollback", now=_now_iso(), kind="rollback")
+        return self.model_version(target)
+
+    def rollback_target(self) -> Optional[str]:
+        """The version a rollback would make current now (None when there is none)."""
+        return versions.rollback_target(self._db())
 
     def promotion_log(self) -> list:
         return versions.promotion_log(self._db())
@@ -1173,11 +1202,12 @@ class AnnotationStore:
         """A job's scratch folder; its log is the ``.log`` file beside it."""
         return self.files_dir / "jobs" / f"{int(job_id):06d}"
 
-    def update_job(self, job_id: int, **fields) -> None:
-        """Progress of a running job; also refreshes its heartbeat."""
+    def update_job(self, job_id: int, *, grace_seconds: Optional[float] = None, **fields) -> None:
+        """Progress of a running job; also refreshes its heartbeat and renews its grace
+        (``grace_seconds`` ahead, ``jobs.STALE_SECONDS`` by default; see medclipseg.annotation.jobs)."""
         fields.setdefault("heartbeat", time.time())
         with self._connections.write() as db:
-            jobs.update(db, job_id, **fields)
+            jobs.update(db, job_id, grace_seconds=grace_seconds, **fields)
 
     def finish_job(self, job_id: int, *, status: str, message: str, version_id: Optional[str] = None) -> None:
         with self._connections.write() as db:

@@ -7,7 +7,8 @@ set of weights. ``base`` versions are the model the database started with (``pat
 written completely before their row is inserted, so a row always points at a whole model.
 
 ``meta.current_model_id`` names the promoted version; ``promotions`` logs every change of it
-(who, when, why), which is what a rollback walks back along. Every function takes the
+(who, when, why, and whether it was a rollback), which is what a rollback walks back along
+(:func:`promotion_stack`). Every function takes the
 ``sqlite_utils.Database`` of an open write transaction, except the readers.
 """
 from __future__ import annotations
@@ -85,16 +86,21 @@ def insert(db, row: dict) -> None:
     db["model_versions"].insert(row)
 
 
-def promote(db, version_id: str, *, by: str, reason: str, now: str) -> Optional[str]:
+PROMOTION_KINDS = ("promote", "rollback")
+
+
+def promote(db, version_id: str, *, by: str, reason: str, now: str, kind: str = "promote") -> Optional[str]:
     """Make `version_id` the current model; returns the previous one. Unreviewed cases keep a rank
     only where the new model already made their latest prediction; the rest wait to be re-scored."""
+    if kind not in PROMOTION_KINDS:
+        raise StorageError(f"Unknown promotion kind {kind!r}.")
     get(db, version_id)  # refuses an unknown id
     previous = current_id(db)
     if previous == version_id:
         return previous
     db["meta"].insert({"key": "current_model_id", "value": version_id}, replace=True)
     db["promotions"].insert({"version_id": version_id, "previous_id": previous, "promoted_by": by,
-                             "reason": reason, "created_at": now})
+                             "reason": reason, "created_at": now, "kind": kind})
     db.execute("UPDATE cases SET ranked_prediction_id = (SELECT max(id) FROM predictions p "
                "WHERE p.case_id = cases.id AND p.model_id = ?) WHERE status = 'unreviewed'", [version_id])
     db.execute("UPDATE cases SET ranked_model_id = CASE WHEN ranked_prediction_id IS NULL THEN NULL ELSE ? END "
@@ -103,11 +109,34 @@ def promote(db, version_id: str, *, by: str, reason: str, now: str) -> Optional[
     return previous
 
 
+def promotion_stack(db) -> list:
+    """The versions a rollback walks back through, oldest first, the current one last.
+
+    Replays the promotion log: a promotion puts its version on top; a rollback takes versions off
+    until the one it went back to is on top. So after promoting A, B, C, rolling back twice gives
+    B then A (never C again), and a promotion after a rollback starts a new branch from there."""
+    stack: list = []
+    for row in db.query("SELECT version_id, previous_id, kind FROM promotions ORDER BY id"):
+        if not stack and row["previous_id"]:
+            stack.append(row["previous_id"])
+        if row["kind"] == "rollback":
+            while stack and stack[-1] != row["version_id"]:
+                stack.pop()
+            if not stack:
+                stack.append(row["version_id"])
+        else:
+            stack.append(row["version_id"])
+    current = current_id(db)
+    if current is not None and (not stack or stack[-1] != current):
+        stack.append(current)  # a current model set without a log row (never by this module)
+    return stack
+
+
 def rollback_target(db) -> Optional[str]:
-    """The version that was current before the current one (None when there is none)."""
-    rows = list(db.query("SELECT previous_id FROM promotions WHERE version_id = ? ORDER BY id DESC LIMIT 1",
-                         [current_id(db)]))
-    return rows[0]["previous_id"] if rows else None
+    """The version a rollback makes current: the one promoted before the current one, walking back
+    through earlier rollbacks (None when there is none)."""
+    stack = promotion_stack(db)
+    return stack[-2] if len(stack) >= 2 else None
 
 
 def promotion_log(db) -> list:
