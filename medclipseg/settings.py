@@ -8,7 +8,8 @@ win over these.
 |---|---|---|
 | ``MEDCLIPSEG_WEIGHTS`` | model source of the app and of ``Predictor.from_pretrained()`` | ``demo`` (shipped, offline) |
 | ``MEDCLIPSEG_DB`` | SQLite file for cases, predictions and corrections | ``/data/medclipseg/annotations.db`` on a Space with persistent storage, else ``feedback_db/annotations.db`` |
-| ``MEDCLIPSEG_AUTH`` | app logins, ``user:password`` pairs separated by commas | no login |
+| ``MEDCLIPSEG_AUTH`` | app logins and roles, ``user:password[:role]`` separated by commas; role ``annotator`` (default), ``reviewer`` or ``admin`` (medclipseg.team.access) | no login: open, everyone an admin |
+| ``MEDCLIPSEG_ALLOW_NO_LOGIN`` | ``1``: start without logins although the app listens beyond 127.0.0.1 (refused otherwise) | unset |
 | ``MEDCLIPSEG_SAMPLES`` | Monte-Carlo samples per segmentation in the app | 30 |
 | ``MEDCLIPSEG_VOLUME_SAMPLES`` | Monte-Carlo samples per slice when a volume is segmented | 8 |
 | ``MEDCLIPSEG_MAX_PIXELS`` | largest accepted image, width x height | 100,000,000 |
@@ -30,6 +31,7 @@ from typing import Optional
 WEIGHTS_ENV = "MEDCLIPSEG_WEIGHTS"
 DB_ENV = "MEDCLIPSEG_DB"
 AUTH_ENV = "MEDCLIPSEG_AUTH"
+ALLOW_NO_LOGIN_ENV = "MEDCLIPSEG_ALLOW_NO_LOGIN"
 SAMPLES_ENV = "MEDCLIPSEG_SAMPLES"
 VOLUME_SAMPLES_ENV = "MEDCLIPSEG_VOLUME_SAMPLES"
 MAX_PIXELS_ENV = "MEDCLIPSEG_MAX_PIXELS"
@@ -98,6 +100,11 @@ def db_path() -> Path:
 def auth_setting() -> Optional[str]:
     """The raw MEDCLIPSEG_AUTH value (parsed by the app, which explains a malformed one)."""
     return _text(AUTH_ENV)
+
+
+def allow_no_login() -> bool:
+    """MEDCLIPSEG_ALLOW_NO_LOGIN=1 (or true/yes): an open app may listen beyond this machine."""
+    return (_text(ALLOW_NO_LOGIN_ENV) or "").lower() in ("1", "true", "yes")
 
 
 def app_samples() -> int:

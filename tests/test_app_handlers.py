@@ -758,11 +758,12 @@ def test_scratch_folders_are_removed_after_use(tmp_path):
 
 def test_api_accepts_files_only_as_uploads():
     from medclipseg.annotation.service import RequestError
-    from medclipseg.app.api import annotator_of, uploaded
+    from medclipseg.app.api import uploaded
+    from medclipseg.team.access import Team
 
     assert uploaded(None, "image") is None
     assert uploaded({"path": "/cache/abc/scan.png", "orig_name": "scan.png", "meta": {}}, "image") == \
         ("/cache/abc/scan.png", "scan.png")
     with pytest.raises(RequestError, match="as a file"):
         uploaded("/etc/passwd", "image")
-    assert annotator_of("  carol ", None) == "carol" and annotator_of("", None) is None
+    assert Team.open().actor(None, "  carol ").name == "carol" and Team.open().actor(None, "").name is None

@@ -12,18 +12,8 @@ def app_module():
     from types import SimpleNamespace
 
     from medclipseg.app.handlers import load_examples
-    from medclipseg.app.launch import parse_auth
 
-    return SimpleNamespace(parse_auth=parse_auth, load_examples=load_examples)
-
-
-def test_parse_auth_pairs(app_module):
-    assert app_module.parse_auth(None) is None
-    assert app_module.parse_auth("  ") is None
-    assert app_module.parse_auth("ann:pw1, rev:p:w2") == [("ann", "pw1"), ("rev", "p:w2")]
-    for bad in ("justaname", ":nopass", "user:"):
-        with pytest.raises(ValueError, match="user:password"):
-            app_module.parse_auth(bad)
+    return SimpleNamespace(load_examples=load_examples)
 
 
 def test_examples_exist_with_prompts(app_module):
@@ -34,16 +24,31 @@ def test_examples_exist_with_prompts(app_module):
 
 
 @pytest.mark.parametrize("setting, value, message", [
-    ("MEDCLIPSEG_AUTH", "nopassword", "MEDCLIPSEG_AUTH must be user:password pairs"),
+    ("MEDCLIPSEG_AUTH", "nopassword", "MEDCLIPSEG_AUTH: entry 1 (nopassword) is not user:password"),
+    ("MEDCLIPSEG_AUTH", "ann:pw1,rev:pw2:boss", "user 'rev' has the unknown role 'boss'"),
+    ("MEDCLIPSEG_AUTH", "ann:pw1,rev::reviewer", "user 'rev' has an empty password"),
+    ("MEDCLIPSEG_AUTH", "ann:pw1,ann:pw2:admin", "user 'ann' is named twice"),
     ("MEDCLIPSEG_SAMPLES", "100000", "number of samples must lie between 1 and 64"),
     ("MEDCLIPSEG_QUEUE_ORDER", "loudest_first", "MEDCLIPSEG_QUEUE_ORDER='loudest_first' is not a queue order"),
-], ids=["bad_login", "too_many_samples", "unknown_queue_order"])
+], ids=["bad_login", "unknown_role", "empty_password", "duplicate_user", "too_many_samples",
+       "unknown_queue_order"])
 def test_bad_setting_stops_with_a_clear_message(tmp_path, setting, value, message):
     env = {setting: value, "MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode != 0
     assert message in result.stderr
+    assert "pw1" not in result.stderr and "pw2" not in result.stderr  # passwords are never printed
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_an_open_server_beyond_this_machine_does_not_start_unless_asked(tmp_path):
+    env = {"MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, str(ROOT / "app.py"), "--host", "0.0.0.0", "--port", "1"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "would listen on 0.0.0.0, beyond this machine, with no login" in result.stderr
+    assert "MEDCLIPSEG_AUTH" in result.stderr and "MEDCLIPSEG_ALLOW_NO_LOGIN=1" in result.stderr
     assert not (tmp_path / "a.db").exists()
 
 

@@ -347,22 +347,27 @@ def test_the_page_wires_the_editors_slice_requests(service, opened):
     the typed name without logins and only the login name with them."""
     from types import SimpleNamespace
 
-    from medclipseg.app.layout import build_app, login_name
+    from medclipseg.app.api import login_name
+    from medclipseg.app.layout import build_app
+    from medclipseg.team.access import Team
 
     screen, case, geometry = opened
     value = screen.editor
     index = value["volume"]["index"]
     mask = painted(model_slice(service, value, geometry, index), (1, 1, 6, 6))
     state = edit_value(value, mask, index=(index + 1) % geometry.depth, reviewed=[index], pending=[(index, 1, mask)])
-    for auth_enabled, expected in ((True, None), (False, "alice")):
-        demo = build_app(service, auth_enabled=auth_enabled)
+    for team, expected in ((Team.from_setting("carol:pw"), None), (None, "alice")):
+        demo = build_app(service, team=team)
         editors = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "editor"]
         assert len(editors) == 1
         assert [fn.__name__ for fn in editors[0].server_fns] == ["volume_slices", "volume_plane", "volume_tool"]
         assert editors[0].get_config()["server_fns"] == ["volume_slices", "volume_plane", "volume_tool"]
         # A request as Gradio hands it over: no login (the typed name counts only without logins).
         answer = editors[0].volume_slices(slice_request(state, [index], annotator="alice"), SimpleNamespace())
-        assert answer["kind"] == "slices" and answer["stored"] == ([[index, 1]] if expected else [])
+        if expected:
+            assert answer["kind"] == "slices" and answer["stored"] == [[index, 1]]
+        else:  # logins on and none with the request: refused in words, nothing kept
+            assert answer["kind"] == "error" and "sign in" in answer["message"]
         assert (service.draft(case.id, "alice") is not None) == (expected is not None)
     # With logins, the name is the one the session cookie belongs to.
     app = SimpleNamespace(tokens={"t0k": "carol"}, cookie_id="abc")

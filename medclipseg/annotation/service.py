@@ -508,7 +508,7 @@ class AnnotationService:
     def save(self, case_id: int, mask: Optional[np.ndarray] = None, *, annotator: str,
              status: str = "corrected", prediction_id: Optional[int] = None,
              threshold: Optional[float] = None, base_version=KEEP_UNCHECKED, reviewed_slices=None,
-             slice_provenance=None):
+             slice_provenance=None, others_allowed: bool = True):
         """Record a review. The status chooses the mask: 'corrected' saves ``mask`` (required),
         'accepted' the prediction's own mask at ``threshold`` (no mask may be sent), 'skipped'
         none (the case leaves the queue; returns None). Otherwise returns the store's Correction."""
@@ -522,7 +522,7 @@ class AnnotationService:
         if threshold is not None:
             threshold = check_threshold(threshold)
         if status == "skipped":
-            self.skip(case_id, annotator=annotator)
+            self.skip(case_id, annotator=annotator, others_allowed=others_allowed)
             return None
         if status == "corrected" and mask is None:
             raise RequestError("Send the corrected mask as a PNG (white = foreground), or use the "
@@ -538,17 +538,19 @@ class AnnotationService:
                                           status=status, threshold=threshold, base_version=base_version,
                                           reviewed_slices=reviewed_slices, slice_provenance=slice_provenance)
 
-    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False) -> None:
+    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False, others_allowed: bool = True) -> None:
         """Take a case out of the queue without a mask (status 'skipped'; it is never exported or trained on).
 
         Refused while another annotator holds a live lease on the case. A case with a saved version
         (corrected or accepted) raises ConfirmationNeeded unless ``discard_saved``: skipping takes
-        that version out of export and retraining (``unskip`` puts it back)."""
+        that version out of export and retraining (``unskip`` puts it back). ``others_allowed``
+        False (an annotator's role): a case someone else saved is refused (medclipseg.team.access)."""
         case_id, annotator = check_case_id(case_id), check_annotator(annotator)
         if not isinstance(discard_saved, (bool, np.bool_)):
             raise RequestError(f"discard_saved must be true or false, not {discard_saved!r}.")
         try:
-            self.store.skip(case_id, annotator=annotator, discard_saved=bool(discard_saved))
+            self.store.skip(case_id, annotator=annotator, discard_saved=bool(discard_saved),
+                            others_allowed=bool(others_allowed))
         except SavedVersionExists as saved:
             raise ConfirmationNeeded(
                 f"Case #{saved.case_id} has a saved version: v{saved.version} ({saved.status}), saved by "
@@ -559,12 +561,12 @@ class AnnotationService:
         except StorageError as exc:  # another's lease, an unknown case: a refused request, in the store's words
             raise RequestError(str(exc)) from None
 
-    def unskip(self, case_id: int, *, annotator: str) -> str:
+    def unskip(self, case_id: int, *, annotator: str, others_allowed: bool = True) -> str:
         """Undo a skip: the case gets the status of its latest saved version (corrected or accepted),
         or goes back to the queue ('unreviewed') when it has none. Returns that status."""
         case_id, annotator = check_case_id(case_id), check_annotator(annotator)
         try:
-            return self.store.unskip(case_id, annotator=annotator)
+            return self.store.unskip(case_id, annotator=annotator, others_allowed=bool(others_allowed))
         except StorageError as exc:  # not skipped, an unknown case
             raise RequestError(str(exc)) from None
 

@@ -950,36 +950,47 @@ class AnnotationStore:
             db["cases"].update(int(case_id), {"status": status, "status_by": annotator, "updated_at": _now_iso(),
                                               **queue.NO_LEASE})
 
-    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False) -> None:
+    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False, others_allowed: bool = True) -> None:
         """Take a case out of the queue without a mask (status 'skipped': never exported or trained on).
 
         Refused (StorageError) while another annotator holds a live lease on the case. A case with a
         saved version (corrected or accepted) is refused with SavedVersionExists unless
         ``discard_saved``, since skipping takes that version out of export and retraining; ``unskip``
-        puts it back. Checks and change are one transaction, so a lease or a save cannot slip in between."""
+        puts it back. ``others_allowed`` False (an annotator's role): a case whose latest version
+        someone else saved is refused. Checks and change are one transaction, so a lease or a save
+        cannot slip in between."""
         annotator = _clean_annotator(annotator)
         with self._connections.write() as db:
             row = _get(db, "cases", case_id, "Case")
             _refuse_others_lease(row, annotator, now=time.time())
-            if row["status"] in CORRECTION_STATUSES and not discard_saved:
+            if row["status"] in CORRECTION_STATUSES:
                 latest = next(iter(db["corrections"].rows_where(
                     "case_id = ?", [row["id"]], select="version, annotator, status, created_at",
                     order_by="version DESC", limit=1)))
+                if not others_allowed and latest["annotator"] != annotator:
+                    raise StorageError(f"Case #{row['id']} was saved as v{latest['version']} by {latest['annotator']}; "
+                                       "only a reviewer or an admin may skip a case someone else saved. "
+                                       "Nothing was changed.")
+            if row["status"] in CORRECTION_STATUSES and not discard_saved:
                 raise SavedVersionExists(case_id=int(row["id"]), version=int(latest["version"]),
                                          annotator=latest["annotator"], status=latest["status"],
                                          created_at=latest["created_at"])
             db["cases"].update(row["id"], {"status": "skipped", "status_by": annotator, "updated_at": _now_iso(),
                                            **queue.NO_LEASE})
 
-    def unskip(self, case_id: int, *, annotator: str) -> str:
+    def unskip(self, case_id: int, *, annotator: str, others_allowed: bool = True) -> str:
         """Undo a skip: the case takes the status of its latest saved version (corrected or accepted), or
-        goes back to the queue as 'unreviewed' when it has none. Returns the status it now has."""
+        goes back to the queue as 'unreviewed' when it has none. Returns the status it now has.
+        ``others_allowed`` False (an annotator's role): only the annotator's own skip is undone."""
         annotator = _clean_annotator(annotator)
         with self._connections.write() as db:
             row = _get(db, "cases", case_id, "Case")
             if row["status"] != "skipped":
                 raise StorageError(f"Case #{row['id']} is not skipped (its status is {row['status']}); there is "
                                    "no skip to undo.")
+            if not others_allowed and row.get("status_by") not in (None, annotator):
+                raise StorageError(f"Case #{row['id']} was skipped by {row['status_by']}; only a reviewer or an "
+                                   "admin may undo someone else's skip. Nothing was changed.")
             latest = list(db["corrections"].rows_where("case_id = ?", [row["id"]], select="status",
                                                        order_by="version DESC", limit=1))
             status = latest[0]["status"] if latest else "unreviewed"

@@ -6,10 +6,11 @@ Gradio is imported only when one of them is called.
 """
 
 
-def build_app(service, *, auth_enabled: bool = False):
+def build_app(service, *, team=None):
+    """``team``: a medclipseg.team.access.Team (logins and roles); None: the open, one-person app."""
     from medclipseg.app.layout import build_app as build
 
-    return build(service, auth_enabled=auth_enabled)
+    return build(service, team=team)
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,9 @@ the client side). Every endpoint checks its inputs before doing anything and ans
 request with a ``gr.Error`` in words; files it returns are copied by Gradio into its cache
 and removed from the service's scratch space soon after.
 
-With logins on (``MEDCLIPSEG_AUTH``) the login name is the annotator, whatever is sent.
+With logins on (``MEDCLIPSEG_AUTH``) the login name is the annotator, whatever is sent, and every
+endpoint checks the login's role first (``API_ACTIONS``, medclipseg.team.access): a refusal says
+which role may do it and writes nothing.
 """
 
 import functools
@@ -25,16 +27,42 @@ from medclipseg.annotation.service import AnnotationService, RequestError, check
 from medclipseg.annotation import volume_workflow
 from medclipseg.app import model_tab
 from medclipseg.app.handlers import USER_ERRORS
+from medclipseg.team.access import Actor, Team
 
 API_NAMES = ("segment", "save_correction", "skip", "unskip", "next_case", "ingest", "export", "retrain", "job",
              "cancel_job", "models", "promote", "rollback")
 
 
-def annotator_of(typed_name: Optional[str], request: Optional[gr.Request]) -> Optional[str]:
-    """The login name when logins are on, else the name sent (None if empty)."""
-    if request is not None and getattr(request, "username", None):
+# endpoint -> the action it takes (medclipseg.team.access.ACTIONS); a save with status 'skipped'
+# and a skip of someone else's case are checked further inside.
+API_ACTIONS = {"segment": "segment", "save_correction": "save", "skip": "skip_own", "unskip": "skip_own",
+               "next_case": "take_case", "ingest": "ingest", "export": "export", "retrain": "retrain",
+               "job": "see_models", "cancel_job": "cancel_job", "models": "see_models", "promote": "promote",
+               "rollback": "rollback"}
+assert set(API_ACTIONS) == set(API_NAMES)
+
+
+def login_name(request) -> "str | None":
+    """The login name of a request: the username Gradio set on it, else (a component's server
+    function, handed the request as it came) the one its session cookie belongs to; None without."""
+    if request is None:
+        return None
+    if getattr(request, "username", None):
         return str(request.username)
-    return (typed_name or "").strip() if isinstance(typed_name, str) and typed_name.strip() else None
+    app = getattr(request, "app", None)
+    tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
+    cookies = getattr(request, "cookies", None) or {}
+    if not isinstance(tokens, dict) or cookie_id is None:
+        return None
+    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
+    user = tokens.get(token) if token else None
+    return str(user) if user else None
+
+
+def acting(team: Team, request, typed_name: Optional[str], action: str) -> Actor:
+    """Who asks (the login, or the typed name without logins), once their role allows `action`;
+    AccessDenied in words otherwise."""
+    return team.actor(login_name(request), typed_name).require(action)
 
 
 def uploaded(value, what: str) -> Optional[tuple]:
@@ -68,8 +96,9 @@ def _in_words(endpoint):
     return wrapper
 
 
-def register(service: AnnotationService) -> None:
+def register(service: AnnotationService, team: Optional[Team] = None) -> None:
     """Add the endpoints to the gr.Blocks being built (call inside its ``with`` block)."""
+    team = Team.open() if team is None else team
 
     @_in_words
     def segment(image: Optional[FileData], prompt: str, samples: int = service.num_samples,
@@ -81,6 +110,7 @@ def register(service: AnnotationService) -> None:
         A volume (.nii / .nii.gz, or a .zip of one DICOM series) answers with the mask as .nii.gz (0/1)
         and the probability as .nii.gz, both on the scan's own grid with its affine; the summary has
         kind "volume", shape, start_slice and the volume's scores."""
+        who = acting(team, request, annotator, "segment").name
         sent = uploaded(image, "image")
         if sent is None:
             raise RequestError("No image given: send one with handle_file(path) (PNG, JPEG, BMP, TIFF or DICOM).")
@@ -88,10 +118,9 @@ def register(service: AnnotationService) -> None:
         if not isinstance(add_to_queue, bool):
             raise RequestError("add_to_queue must be true or false.")
         if volume_workflow.is_volume_name(name):
-            return _segment_volume(path, name, prompt, samples, threshold, annotator_of(annotator, request),
-                                   add_to_queue)
+            return _segment_volume(path, name, prompt, samples, threshold, who, add_to_queue)
         result = service.segment(path, prompt, name=name, num_samples=samples, threshold=threshold,
-                                 annotator=annotator_of(annotator, request), add_to_queue=add_to_queue,
+                                 annotator=who, add_to_queue=add_to_queue,
                                  origin="api")
         prediction = result.prediction
         mask_path, maps_path = service.prediction_files(prediction)
@@ -133,7 +162,8 @@ def register(service: AnnotationService) -> None:
         affine; anything else is refused, nothing written) and optionally `reviewed_slices` (slice
         numbers as /next_case counts them, along its `plane`)."""
         status = (status or "corrected").strip() if isinstance(status, str) else status
-        name = annotator_of(annotator, request)
+        actor = acting(team, request, annotator, "skip_own" if status == "skipped" else "save")
+        name = actor.name
         sent = uploaded(mask, "mask")
         case = service.store.get_case(check_case_id(case_id))
         if sent is not None and case.is_volume:
@@ -155,7 +185,7 @@ def register(service: AnnotationService) -> None:
                 raise RequestError(f"The base_version must be 0 (no saved version) or a version number, not {number}.")
             checked["base_version"] = None if number == 0 else number
         correction = service.save(case_id, corrected, annotator=name, status=status, prediction_id=prediction_id,
-                                  reviewed_slices=reviewed, **checked)
+                                  reviewed_slices=reviewed, others_allowed=actor.may("skip_others"), **checked)
         if correction is None:
             return {"correction_id": None, "case_id": check_case_id(case_id), "version": None, "annotator": name,
                     "status": "skipped"}
@@ -175,18 +205,20 @@ def register(service: AnnotationService) -> None:
         Refused while another annotator holds the case. A case with a saved version (corrected or
         accepted) is refused, naming that version, unless discard_saved is true: skipping takes the
         version out of export and retraining. /unskip undoes a skip."""
-        name = annotator_of(annotator, request)
+        actor = acting(team, request, annotator, "skip_own")
+        name = actor.name
         if not isinstance(discard_saved, bool):
             raise RequestError("discard_saved must be true or false.")
-        service.skip(case_id, annotator=name, discard_saved=discard_saved)
+        service.skip(case_id, annotator=name, discard_saved=discard_saved, others_allowed=actor.may("skip_others"))
         return {"case_id": check_case_id(case_id), "status": "skipped", "annotator": name}
 
     @_in_words
     def unskip(case_id: Optional[int], annotator: str = "", request: gr.Request = None) -> dict:
         """Undo a skip: the case gets the status of its latest saved version (corrected or accepted),
         or goes back to the review queue (unreviewed) when it has none."""
-        name = annotator_of(annotator, request)
-        status = service.unskip(case_id, annotator=name)
+        actor = acting(team, request, annotator, "skip_own")
+        name = actor.name
+        status = service.unskip(case_id, annotator=name, others_allowed=actor.may("skip_others"))
         return {"case_id": check_case_id(case_id), "status": status, "annotator": name}
 
     @_in_words
@@ -196,7 +228,7 @@ def register(service: AnnotationService) -> None:
         image (PNG); case_id null and no image when the queue is empty. A volume case has kind
         "volume", shape, affine, plane, slices and start_slice (its most uncertain slice, counted along
         `plane` as the app shows it) and its image as .nii.gz in modality units on its own grid."""
-        name = annotator_of(annotator, request)
+        name = acting(team, request, annotator, "take_case").name
         acquisition = acquisition or settings.queue_order()
         view = service.next_case(name, acquisition=acquisition)
         if view is None:
@@ -230,9 +262,10 @@ def register(service: AnnotationService) -> None:
 
     @_in_words
     def ingest(files: list[FileData], prompt: str = "", prompts_csv: Optional[FileData] = None,
-               batch: str = "", samples: int = service.num_samples) -> dict:
+               batch: str = "", samples: int = service.num_samples, request: gr.Request = None) -> dict:
         """Add images (or one .zip) to the review queue, each predicted and ranked by uncertainty.
-        Give one prompt for all, or a CSV with columns image, prompt."""
+        Give one prompt for all, or a CSV with columns image, prompt. Admins only."""
+        acting(team, request, None, "ingest")
         if files is not None and not isinstance(files, (list, tuple)):
             files = [files]
         sent = [uploaded(item, "image") for item in files or []]
@@ -246,11 +279,12 @@ def register(service: AnnotationService) -> None:
 
     @_in_words
     def export(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-               volume_format: str = "authors") -> tuple[FileData, str]:
+               volume_format: str = "authors", request: gr.Request = None) -> tuple[FileData, str]:
         """Zip the corrected and accepted cases in the authors' layout (Train/Val/Test folders).
         `volume_format`: "authors" (volumes as their reviewed slices), "nifti" (also each volume's
         image, mask, probability and entropy as .nii.gz on its own grid) or "dicom-seg" (also a
-        DICOM-SEG for volumes read from DICOM)."""
+        DICOM-SEG for volumes read from DICOM). Admins only."""
+        acting(team, request, None, "export")
         result = service.export_archive(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                                         volume_format=volume_format)
         return _file(result.zip_path), json.dumps({"counts": result.counts, "manifest": "manifest.json"})
@@ -262,28 +296,32 @@ def register(service: AnnotationService) -> None:
         in a background process; answers at once with the job id and the estimate (null before the
         first round). promote: auto (when it beats the current version on the gold split), yes or no.
         Refused while a job runs or with nothing to train on. Follow it with /job."""
-        started = model_tab.start_retrain(service, annotator_of(annotator, request), epochs, promote)
+        who = acting(team, request, annotator, "retrain").name
+        started = model_tab.start_retrain(service, who, epochs, promote)
         return {"job_id": started.job_id, "estimate_seconds": started.estimate_seconds, "epochs": started.epochs,
                 "promote": started.promote, "train_cases": started.train_cases, "gold_cases": started.gold_cases,
                 "message": started.message()}
 
     @_in_words
-    def job(job_id: Optional[int] = None) -> dict:
+    def job(job_id: Optional[int] = None, request: gr.Request = None) -> dict:
         """A retraining job: status (running, succeeded, failed, cancelled), progress 0-1, message,
         eta_seconds, version_id (once recorded) and the log's tail; without job_id the running job,
         else the latest (job_id null when none has run)."""
+        acting(team, request, None, "see_models")
         return model_tab.job_summary(service, job_id)
 
     @_in_words
     def cancel_job(job_id: Optional[int] = None, annotator: str = "", request: gr.Request = None) -> dict:
         """Ask the running retraining (or job_id) to stop at its next step; it records no version."""
-        message = model_tab.cancel_retrain(service, annotator_of(annotator, request), job_id)
+        who = acting(team, request, annotator, "cancel_job").name
+        message = model_tab.cancel_retrain(service, who, job_id)
         return {"message": message, **model_tab.job_summary(service, job_id)}
 
     @_in_words
-    def models() -> list[dict]:
+    def models(request: gr.Request = None) -> list[dict]:
         """Every model version, oldest first: id, current (the promoted one), kind, parent_id,
         created_at/by, train_cases, gold_cases, gold_dsc, gold_nsd, gold_uncertainty_spearman."""
+        acting(team, request, None, "see_models")
         service.model_id  # a new database records its base version first
         return [model_tab.version_summary(version) for version in service.store.model_versions()]
 
@@ -291,13 +329,16 @@ def register(service: AnnotationService) -> None:
     def promote(version_id: str, annotator: str = "", request: gr.Request = None) -> dict:
         """Make a version current: predictions carry its id from now on and the unreviewed cases are
         re-scored by it in the background."""
-        message = model_tab.promote_version(service, version_id, annotator_of(annotator, request))
+        who = acting(team, request, annotator, "promote").name
+        message = model_tab.promote_version(service, version_id, who)
         return {"current": service.store.current_model_id(), "serving": service.model_id, "message": message}
 
     @_in_words
     def rollback(annotator: str = "", request: gr.Request = None) -> dict:
-        """Make the version that was current before the current one current again."""
-        message = model_tab.roll_back(service, annotator_of(annotator, request))
+        """Make the version promoted before the current one current again; each further rollback goes
+        one promotion further back."""
+        who = acting(team, request, annotator, "rollback").name
+        message = model_tab.roll_back(service, who)
         return {"current": service.store.current_model_id(), "serving": service.model_id, "message": message}
 
     gr.api(segment, api_name="segment", concurrency_id="model", concurrency_limit=1)

@@ -67,9 +67,10 @@ from medclipseg.inference.uncertainty import MAX_BINARY_ENTROPY
 from medclipseg.io.dicom import CT_WINDOW_PRESETS
 from medclipseg.io.images import ImageReadError
 from medclipseg.io.prompts import PromptError
+from medclipseg.team.access import AccessDenied
 from medclipseg.weights.sources import assets_dir
 
-USER_ERRORS = (ImageReadError, PromptError, StorageError, RequestError, EditorError, ValueError)
+USER_ERRORS = (ImageReadError, PromptError, StorageError, RequestError, EditorError, ValueError, AccessDenied)
 HEADER_WINDOW = "From the file"   # window preset: the DICOM header's own window
 PREVIEW_SIDE = 512
 # The checkout's assets/examples, or the copy shipped inside an installed wheel.
@@ -691,7 +692,7 @@ def accept(service: AnnotationService, session: Optional[EditorSession], editor_
 
 
 def skip(service: AnnotationService, session: Optional[EditorSession], annotator: Optional[str], *,
-         discard_saved: bool = False, editor_value=None) -> Screen:
+         discard_saved: bool = False, editor_value=None, others_allowed: bool = True) -> Screen:
     """Take the open case out of the queue without saving a mask; the editor closes it (a draft stays).
 
     A case with a saved version is skipped only with ``discard_saved`` (the *Skip anyway* button):
@@ -700,7 +701,8 @@ def skip(service: AnnotationService, session: Optional[EditorSession], annotator
         return _no_session()
     try:
         _keep_draft(service, session, editor_value, annotator)
-        service.skip(session.case_id, annotator=annotator, discard_saved=bool(discard_saved))
+        service.skip(session.case_id, annotator=annotator, discard_saved=bool(discard_saved),
+                     others_allowed=others_allowed)
     except ConfirmationNeeded as asked:
         saved = f"v{asked.version} ({asked.status}, saved by {asked.annotator})"
         return Screen(skip_confirm=True, status=error_text(

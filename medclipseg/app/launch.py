@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from typing import Optional
 
 from medclipseg import settings
 
 
-def parse_auth(text: Optional[str]) -> Optional[list]:
-    """``"ann:pw1, rev:pw2"`` -> [("ann", "pw1"), ("rev", "pw2")]; None when unset."""
-    if not text or not text.strip():
-        return None
-    pairs = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        user, sep, password = item.partition(":")
-        if not sep or not user.strip() or not password:
-            raise ValueError(f"{settings.AUTH_ENV} must be user:password pairs separated by commas.")
-        pairs.append((user.strip(), password))
-    return pairs or None
+def team_from_settings(host: str):
+    """The logins and roles of MEDCLIPSEG_AUTH (medclipseg.team.access.Team); ValueError in words for a
+    malformed setting, or for an open server (no logins) listening beyond this machine unless
+    MEDCLIPSEG_ALLOW_NO_LOGIN=1 says it is meant to be."""
+    from medclipseg.team.access import Team, is_loopback
+
+    team = Team.from_setting(settings.auth_setting(), setting=settings.AUTH_ENV)
+    if not team.logins_required and not is_loopback(host) and not settings.allow_no_login():
+        raise ValueError(
+            f"The app would listen on {host}, beyond this machine, with no login: anyone who reaches it could "
+            f"export every label and retrain the model. Set {settings.AUTH_ENV}=\"user:password[:role],...\" "
+            f"(roles: annotator, reviewer, admin), or set {settings.ALLOW_NO_LOGIN_ENV}=1 to run it open anyway.")
+    return team
+
+
+def open_warning(host: str) -> str:
+    from medclipseg.team.access import is_loopback
+
+    where = "this machine only" if is_loopback(host) else f"{host}, reachable from other machines"
+    return ("WARNING: no login (MEDCLIPSEG_AUTH is not set) and the app listens on " + where + ": whoever reaches "
+            "it may annotate, export every label, retrain, promote and roll back, under any name.")
 
 
 def _stop_on_sigterm() -> None:
@@ -51,7 +59,7 @@ def main(argv=None) -> None:
     from medclipseg.app.layout import PAGE_CSS, build_app
 
     try:
-        auth = parse_auth(settings.auth_setting())
+        team = team_from_settings(args.host)
         settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
         service = AnnotationService(None if args.db is None else AnnotationStore(args.db), weights=args.weights,
                                     device=args.device, num_samples=args.samples)
@@ -62,11 +70,16 @@ def main(argv=None) -> None:
         service.predictor  # load now, so that the first request does not wait for it
         # Keeps the queue ranked by the current version, also after a promotion by another process.
         service.start_background_rescoring()
-        demo = build_app(service, auth_enabled=auth is not None)
+        demo = build_app(service, team=team)
         demo.queue(default_concurrency_limit=8, max_size=256)
         print(f"MedCLIPSeg Annotator: model {service.model_id}, database {service.store.path}", flush=True)
+        if team.logins_required:
+            roles = ", ".join(f"{name} ({role})" for name, role in team.users.items())
+            print(f"Logins required: {roles}", flush=True)
+        else:
+            print(open_warning(args.host), file=sys.stderr, flush=True)
         _stop_on_sigterm()
-        demo.launch(server_name=args.host, server_port=args.port, auth=auth, max_file_size="512mb", css=PAGE_CSS,
+        demo.launch(server_name=args.host, server_port=args.port, auth=team.authenticate if team.logins_required else None, max_file_size="512mb", css=PAGE_CSS,
                     allowed_paths=[str(EXAMPLES_DIR)], show_error=True)
     finally:
         service.close()

@@ -8,10 +8,13 @@ as a ``{component: value}`` update. The *Model* tab's events and its timer call
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import queue as queue_module
 import threading
 from pathlib import Path
+from typing import Optional
 
 import gradio as gr
 
@@ -20,15 +23,19 @@ from medclipseg.annotation.export import VOLUME_FORMATS
 from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.service import MAX_SAMPLES, AnnotationService
 from medclipseg.app import api, handlers, model_tab
-from medclipseg.app.api import annotator_of
+from medclipseg.app.api import acting
 from medclipseg.app.editor import mask_editor
 from medclipseg.app.handlers import HEADER_WINDOW, KEEP, Screen
 from medclipseg.io.dicom import CT_WINDOW_PRESETS
 from medclipseg.io.images import IMAGE_SUFFIXES
+from medclipseg.team.access import AccessDenied, Team
 
 __all__ = ["PAGE_CSS", "build_app"]
 
 QUEUE_POLL_SECONDS = 3.0
+OPEN_WARNING = ("⚠ **No login: this server is open.** Anyone who can reach it may annotate, export every label, "
+                "retrain, promote and roll back, under any name. Set `MEDCLIPSEG_AUTH=\"user:password[:role],...\"` "
+                "to require a login and give each person a role.")
 # A compact header, so that the case's buttons, the whole image and the last action's status fit on
 # one 1440 x 900 screen. One column under 900 px: the editor first (after its case bar), then the
 # side panel, both full width.
@@ -52,29 +59,37 @@ PAGE_CSS = """
 """
 
 
-def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.Blocks:
-    """The app around ``service``: the page for annotators and the API for scripts."""
+def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.Blocks:
+    """The app around ``service``: the page for annotators and the API for scripts. ``team``: the
+    logins and roles (medclipseg.team.access); without one the app is open (everyone an admin)."""
+    team = Team.open() if team is None else team
+    auth_enabled = team.logins_required
     acquisition_choices = [(handlers.acquisition_label(key), key) for key in ACQUISITION_SCORES]
     examples = handlers.load_examples()
 
+    def editing_request(request_value, http_request) -> "tuple[Optional[str], Optional[dict]]":
+        """(annotator, None) for an editor server function's request whose sender may edit, else
+        (None, the editor's error answer): the login name with logins on, else the typed name."""
+        typed = request_value.get("annotator") if isinstance(request_value, dict) else None
+        try:
+            return acting(team, http_request, typed, "save").name, None
+        except AccessDenied as exc:
+            return None, {"kind": "error", "message": str(exc)}
+
     def volume_slices(slice_request, request: gr.Request):
-        """The editor's slice requests for a volume case (its server function, outside the queue):
-        the annotator is the login name when logins are on, else the name the page typed."""
-        typed = slice_request.get("annotator") if isinstance(slice_request, dict) else None
-        name = login_name(request) if auth_enabled else annotator_of(typed, request)
-        return handlers.volume_slices(service, slice_request, name)
+        """The editor's slice requests for a volume case (its server function, outside the queue)."""
+        name, refused = editing_request(slice_request, request)
+        return refused or handlers.volume_slices(service, slice_request, name)
 
     def volume_plane(plane_request, request: gr.Request):
         """The editor's requests for slices of the three planes (a server function, like volume_slices)."""
-        typed = plane_request.get("annotator") if isinstance(plane_request, dict) else None
-        name = login_name(request) if auth_enabled else annotator_of(typed, request)
-        return handlers.volume_plane(service, plane_request, name)
+        name, refused = editing_request(plane_request, request)
+        return refused or handlers.volume_plane(service, plane_request, name)
 
     def volume_tool(tool_request, request: gr.Request):
         """The editor's volume tools (interpolate, propagate, 3-D tools, undo/redo): a server function."""
-        typed = tool_request.get("annotator") if isinstance(tool_request, dict) else None
-        name = login_name(request) if auth_enabled else annotator_of(typed, request)
-        return handlers.volume_tool(service, tool_request, name)
+        name, refused = editing_request(tool_request, request)
+        return refused or handlers.volume_tool(service, tool_request, name)
 
     # Uploaded originals (a DICOM still carries its header there) are purged from Gradio's cache
     # after an hour; the database only ever keeps decoded pixels.
@@ -95,6 +110,10 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                 model_line = gr.Markdown(lambda: model_tab.header_text(service), elem_id="model-line")
             annotator_box = gr.Textbox(label="Annotator", placeholder="your name",
                                        visible=not auth_enabled, elem_id="annotator", scale=1, min_width=200)
+            if auth_enabled:
+                signed_in = gr.Markdown(elem_id="signed-in")
+        if not auth_enabled:
+            gr.Markdown(OPEN_WARNING, elem_id="open-warning")
         with gr.Tabs(elem_id="screens"):
             with gr.Tab("Annotate", elem_id="annotate-tab"):
                 with gr.Row(equal_height=False, elem_id="annotate-row"):
@@ -131,7 +150,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                                           label="Rank unreviewed cases by", elem_id="acquisition")
                                 gr.Markdown("*Next case* (below the editor, key <kbd>N</kbd>) opens the unreviewed "
                                             "case ranked first by this order and reserves it for you.")
-                            with gr.Tab("Ingest"):
+                            with gr.Tab("Ingest", elem_id="ingest-tab") as ingest_tab:
                                 # No type filter: DICOM files often have no suffix; the ingest says
                                 # in words which files it could not read.
                                 ingest_files = gr.File(label="Images, scans (NIfTI .nii/.nii.gz, DICOM files "
@@ -147,7 +166,7 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
                                 ingest_button = gr.Button("Ingest and rank by uncertainty", elem_id="ingest")
                                 ingest_progress = gr.HTML(elem_id="ingest-progress")
                                 ingest_report = gr.Markdown(elem_id="ingest-report")
-                            with gr.Tab("Export"):
+                            with gr.Tab("Export", elem_id="export-tab") as export_tab:
                                 val_fraction = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Validation fraction")
                                 test_fraction = gr.Slider(0, 0.5, value=0.2, step=0.05, label="Test fraction")
                                 split_seed = gr.Number(value=0, precision=0, label="Split seed")
@@ -228,6 +247,29 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         def progress_reporter(progress: gr.Progress):
             return lambda value, desc: progress(value, desc=desc)
 
+        def requires(action: str, refusal=None):
+            """Run the event only when the sender's role allows `action` (medclipseg.team.access);
+            otherwise answer with the refusal in words (``refusal(exc)``, by default in the status line)."""
+            def decorate(event):
+                signature = inspect.signature(event)
+
+                @functools.wraps(event)  # Gradio reads the wrapped signature (gr.Request, gr.Progress)
+                def checked(*args, **kwargs):
+                    arguments = signature.bind_partial(*args, **kwargs).arguments
+                    try:
+                        acting(team, arguments.get("request"), arguments.get("typed_name"), action)
+                    except AccessDenied as exc:
+                        return refusal(exc) if refusal else shown(Screen(status=handlers.error_text(exc)))
+                    return event(*args, **kwargs)
+                return checked
+            return decorate
+
+        def name_of(typed_name, request) -> Optional[str]:
+            return team.actor(api.login_name(request), typed_name).name
+
+        def may(typed_name, request, action: str) -> bool:
+            return team.actor(api.login_name(request), typed_name).may(action)
+
         # -- image tab
         def on_upload(file_path):
             return shown(handlers.upload(service, file_path))
@@ -241,56 +283,74 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         def on_preset(choice):
             return shown(handlers.choose_preset(choice))
 
+        @requires("segment")
         def on_segment(ok, file_path, prompt_text, is_windowed, center, width, sample_count, typed_name, current,
                        editor_value, request: gr.Request, progress=gr.Progress()):
             if not ok:
                 return shown(handlers.stayed(current))
-            name = annotator_of(typed_name, request)
+            name = name_of(typed_name, request)
             return shown(handlers.segment(
                 service, file_path, prompt_text, window=handlers.window_of(is_windowed, center, width),
                 samples=sample_count, annotator=name, editor_value=editor_value,
                 progress=progress_reporter(progress), session=current), remember=True, annotator=name)
 
         # -- the editor
+        @requires("save")
         def on_editor_change(current, editor_value, typed_name, request: gr.Request):
-            return shown(handlers.editor_changed(service, current, editor_value, annotator_of(typed_name, request)))
+            return shown(handlers.editor_changed(service, current, editor_value, name_of(typed_name, request)))
 
+        @requires("save")
         def on_save(current, editor_value, typed_name, request: gr.Request):
-            return shown(handlers.save(service, current, editor_value, annotator_of(typed_name, request)))
+            return shown(handlers.save(service, current, editor_value, name_of(typed_name, request)))
 
+        @requires("save")
         def on_accept(current, editor_value, typed_name, request: gr.Request):
-            return shown(handlers.accept(service, current, editor_value, annotator_of(typed_name, request)))
+            return shown(handlers.accept(service, current, editor_value, name_of(typed_name, request)))
 
         def skipped(current, typed_name, editor_value, request: gr.Request, discard_saved: bool):
-            name = annotator_of(typed_name, request)
-            return shown(handlers.skip(service, current, name, discard_saved=discard_saved, editor_value=editor_value),
+            name = name_of(typed_name, request)
+            return shown(handlers.skip(service, current, name, discard_saved=discard_saved, editor_value=editor_value,
+                                       others_allowed=may(typed_name, request, "skip_others")),
                          remember=True, annotator=name)
 
+        @requires("skip_own")
         def on_skip(ok, current, typed_name, editor_value, request: gr.Request):
             if not ok:
                 return shown(handlers.stayed(current))
             return skipped(current, typed_name, editor_value, request, False)
 
+        @requires("skip_own")
         def on_skip_confirmed(current, typed_name, editor_value, request: gr.Request):
             # The second press, after the status line said what skipping a saved case does.
             return skipped(current, typed_name, editor_value, request, True)
 
+        @requires("take_case")
         def on_next(ok, order, typed_name, current, editor_value, request: gr.Request):
             if not ok:
                 return shown(handlers.stayed(current))
-            name = annotator_of(typed_name, request)
+            name = name_of(typed_name, request)
             return shown(handlers.next_case(service, order, name, editor_value, session=current), remember=True,
                          annotator=name)
 
+        @requires("save")
         def on_use_draft(current, typed_name, request: gr.Request):
-            return shown(handlers.use_draft(service, current, annotator_of(typed_name, request)))
+            return shown(handlers.use_draft(service, current, name_of(typed_name, request)))
 
         def on_load(saved, typed_name, request: gr.Request):
-            """A (re)loaded page: the annotator's name back in its box, the open case back in the editor."""
+            """A (re)loaded page: the annotator's name back in its box, the open case back in the editor,
+            and only the parts the sender's role may use (medclipseg.team.access)."""
             saved = saved if isinstance(saved, dict) else {}
-            name = annotator_of(typed_name or saved.get("annotator") or "", request)
+            try:
+                actor = team.actor(api.login_name(request), typed_name or saved.get("annotator") or "")
+            except AccessDenied as exc:  # logins on, but no known login: Gradio's own page normally stops it
+                return {parts["status"]: handlers.error_text(exc)}
+            name = actor.name
             # An empty name is not sent back: it would wipe a name typed while the page was loading.
             update = {annotator_box: name} if name and not auth_enabled else {}
+            if auth_enabled:
+                update[signed_in] = f"Signed in as **{name}** ({actor.role})"
+            update[ingest_tab] = gr.update(visible=actor.may("ingest"))
+            update[export_tab] = gr.update(visible=actor.may("export"))
             if saved.get("case_id") is not None and name:
                 update.update(shown(handlers.reopen(service, saved["case_id"], name, saved.get("slice"))))
             update[queue_box] = handlers.queue_text(service)
@@ -301,8 +361,13 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             return (gr.skip(), gr.skip()) if text == last else (text, text)
 
         # -- ingest, export
-        def on_ingest(files, prompt_text, csv_file, batch_name, sample_count):
+        def on_ingest(files, prompt_text, csv_file, batch_name, sample_count, request: gr.Request):
             # The ingest runs in a worker thread; this generator shows its progress as it goes.
+            try:
+                acting(team, request, None, "ingest")
+            except AccessDenied as exc:
+                yield {ingest_progress: "", ingest_report: handlers.error_text(exc)}
+                return
             updates: "queue_module.Queue" = queue_module.Queue()
             outcome = {}
 
@@ -337,7 +402,8 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
             screen = outcome["screen"]
             yield {ingest_progress: handlers.ingest_progress_html(None, None, "Done"), **shown(screen)}
 
-        def on_export(val, test, seed, statuses, volume_format):
+        @requires("export", lambda exc: {export_file: None, export_report: handlers.error_text(exc)})
+        def on_export(val, test, seed, statuses, volume_format, request: gr.Request):
             return shown(handlers.export(service, val, test, seed, statuses, volume_format=volume_format))
 
         private = dict(api_visibility="private")
@@ -377,7 +443,9 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         # the open case and put back the old one (a reload then reopened nothing).
         annotator_box.change(None, [annotator_box, remembered], [remembered], show_progress="hidden",
                              js="(name, saved) => ({...(saved || {}), annotator: (name || '').trim()})", **private)
-        demo.load(on_load, [remembered, annotator_box], [annotator_box, *outputs(*opened)], **private)
+        demo.load(on_load, [remembered, annotator_box],
+                  [annotator_box, ingest_tab, export_tab, *([signed_in] if auth_enabled else []), *outputs(*opened)],
+                  **private)
         queue_timer = gr.Timer(QUEUE_POLL_SECONDS)
         queue_seen = gr.State(None)
         queue_timer.tick(on_queue_tick, [queue_seen], [queue_box, queue_seen], show_progress="hidden", **private)
@@ -387,26 +455,9 @@ def build_app(service: AnnotationService, *, auth_enabled: bool = False) -> gr.B
         export_button.click(on_export, [val_fraction, test_fraction, split_seed, export_statuses, export_volumes],
                             outputs("export_file", "export_report"), **private)
 
-        _wire_model_tab(demo, service, model_view, model_line, annotator_box)
-        api.register(service)
+        _wire_model_tab(demo, service, model_view, model_line, annotator_box, team)
+        api.register(service, team)
     return demo
-
-
-def login_name(request) -> "str | None":
-    """The login name of a request that Gradio hands over as it came (a component's server function):
-    a username it carries, else the one its session cookie belongs to; None without a login."""
-    if request is None:
-        return None
-    if getattr(request, "username", None):
-        return str(request.username)
-    app = getattr(request, "app", None)
-    tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
-    cookies = getattr(request, "cookies", None) or {}
-    if not isinstance(tokens, dict) or cookie_id is None:
-        return None
-    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
-    user = tokens.get(token) if token else None
-    return str(user) if user else None
 
 
 def _model_tab(service: AnnotationService) -> dict:
@@ -421,15 +472,17 @@ def _model_tab(service: AnnotationService) -> dict:
         with gr.Column(scale=2, min_width=300):
             gr.Markdown("### Retrain on the reviewed cases\nFine-tunes the current model on the corrected and "
                         "accepted cases in a background process; gold cases are held out and score the result.")
-            with gr.Row():
-                view["epochs"] = gr.Number(model_tab.recipe_epochs(), label="Epochs", precision=0, minimum=1,
-                                           maximum=500, elem_id="retrain-epochs", min_width=100)
-                view["promote_choice"] = gr.Radio(
-                    [("auto: if it beats the current version on gold", "auto"), ("yes", "yes"), ("no", "no")],
-                    value="auto", label="Promote the new version", elem_id="retrain-promote", min_width=200)
-            with gr.Row():
-                view["start_button"] = gr.Button("Start retraining", variant="primary", elem_id="retrain")
-                view["cancel_button"] = gr.Button("Cancel", elem_id="cancel-retrain")
+            # Admins only (medclipseg.team.access): hidden for other roles, and refused on the server.
+            with gr.Column(elem_id="retrain-controls") as view["admin_retrain"]:
+                with gr.Row():
+                    view["epochs"] = gr.Number(model_tab.recipe_epochs(), label="Epochs", precision=0, minimum=1,
+                                               maximum=500, elem_id="retrain-epochs", min_width=100)
+                    view["promote_choice"] = gr.Radio(
+                        [("auto: if it beats the current version on gold", "auto"), ("yes", "yes"), ("no", "no")],
+                        value="auto", label="Promote the new version", elem_id="retrain-promote", min_width=200)
+                with gr.Row():
+                    view["start_button"] = gr.Button("Start retraining", variant="primary", elem_id="retrain")
+                    view["cancel_button"] = gr.Button("Cancel", elem_id="cancel-retrain")
             view["progress"] = gr.HTML(model_tab.progress_html(None), elem_id="job-progress")
             view["status"] = gr.Markdown(elem_id="model-status")
             view["log"] = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True,
@@ -438,7 +491,7 @@ def _model_tab(service: AnnotationService) -> dict:
                                     label="Model versions (train / gold: cases; unc. ρ: Spearman of uncertainty "
                                           "and 1 − DSC on the gold split)",
                                     interactive=False, max_height=320, elem_id="model-versions", buttons=[])
-    with gr.Row(equal_height=False):
+    with gr.Row(equal_height=False, elem_id="version-controls") as view["admin_versions"]:
         view["version_menu"] = gr.Dropdown([], label="Version to promote", elem_id="version-menu", scale=3,
                                            min_width=240)
         with gr.Column(scale=1, min_width=140):
@@ -448,7 +501,8 @@ def _model_tab(service: AnnotationService) -> dict:
     return view
 
 
-def _wire_model_tab(demo: gr.Blocks, service: AnnotationService, view: dict, model_line, annotator_box) -> None:
+def _wire_model_tab(demo: gr.Blocks, service: AnnotationService, view: dict, model_line, annotator_box,
+                    team: Team) -> None:
     """Events of the Model tab and the timer that keeps it (and the page's model line) current."""
     shown = [model_line, view["current"], view["versions"], view["version_menu"], view["data"], view["progress"],
              view["log"], view["stop"], view["rescoring"]]
@@ -490,32 +544,46 @@ def _wire_model_tab(demo: gr.Blocks, service: AnnotationService, view: dict, mod
         values, keys = redrawn(epochs)
         return [message, {"signature": signature, "sent": keys}] + values
 
+    def by(typed_name, request, action: str) -> Optional[str]:
+        """The sender's name once their role allows `action` (AccessDenied, shown by `acted`, otherwise)."""
+        return acting(team, request, typed_name, action).name
+
     def on_start(typed_name, epochs, promote, request: gr.Request):
-        return acted(lambda: model_tab.start_retrain(service, annotator_of(typed_name, request), epochs,
+        return acted(lambda: model_tab.start_retrain(service, by(typed_name, request, "retrain"), epochs,
                                                      promote).message(), epochs)
 
     def on_cancel(typed_name, epochs, request: gr.Request):
-        return acted(lambda: model_tab.cancel_retrain(service, annotator_of(typed_name, request)), epochs)
+        return acted(lambda: model_tab.cancel_retrain(service, by(typed_name, request, "cancel_job")), epochs)
 
     def on_promote(typed_name, version_id, epochs, request: gr.Request):
-        return acted(lambda: model_tab.promote_version(service, version_id, annotator_of(typed_name, request)),
+        return acted(lambda: model_tab.promote_version(service, version_id, by(typed_name, request, "promote")),
                      epochs)
 
     def on_rollback(typed_name, epochs, request: gr.Request):
-        return acted(lambda: model_tab.roll_back(service, annotator_of(typed_name, request)), epochs)
+        return acted(lambda: model_tab.roll_back(service, by(typed_name, request, "rollback")), epochs)
+
+    def on_role(request: gr.Request):
+        """Only an admin sees the controls that retrain, cancel, promote and roll back."""
+        try:
+            admin = team.actor(api.login_name(request)).may("retrain")
+        except AccessDenied:
+            admin = False
+        return [gr.update(visible=admin)] * len(admin_controls)
 
     private = dict(api_visibility="private")
     ticking = [view["signature"]] + shown
-    acting = [view["status"], view["signature"]] + shown
+    answering = [view["status"], view["signature"]] + shown
     timer = gr.Timer(model_tab.POLL_SECONDS)
+    admin_controls = [view["admin_retrain"], view["admin_versions"]]
+    demo.load(on_role, None, admin_controls, show_progress="hidden", **private)
     timer.tick(on_tick, [view["signature"], view["epochs"]], ticking, show_progress="hidden", **private)
     demo.load(on_tick, [view["signature"], view["epochs"]], ticking, show_progress="hidden", **private)
     view["epochs"].change(lambda epochs: model_tab.data_text(service, epochs), [view["epochs"]], [view["data"]],
                           show_progress="hidden", **private)
-    view["start_button"].click(on_start, [annotator_box, view["epochs"], view["promote_choice"]], acting,
+    view["start_button"].click(on_start, [annotator_box, view["epochs"], view["promote_choice"]], answering,
                                concurrency_id="model-actions", concurrency_limit=1, **private)
-    view["cancel_button"].click(on_cancel, [annotator_box, view["epochs"]], acting, **private)
-    view["promote_button"].click(on_promote, [annotator_box, view["version_menu"], view["epochs"]], acting,
+    view["cancel_button"].click(on_cancel, [annotator_box, view["epochs"]], answering, **private)
+    view["promote_button"].click(on_promote, [annotator_box, view["version_menu"], view["epochs"]], answering,
                                  concurrency_id="model-actions", concurrency_limit=1, **private)
-    view["rollback_button"].click(on_rollback, [annotator_box, view["epochs"]], acting,
+    view["rollback_button"].click(on_rollback, [annotator_box, view["epochs"]], answering,
                                   concurrency_id="model-actions", concurrency_limit=1, **private)

@@ -1,0 +1,1 @@
+"""A team on one project: who may do what (``access``)."""
