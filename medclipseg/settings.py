@@ -7,7 +7,9 @@ win over these.
 | variable | what it sets | default |
 |---|---|---|
 | ``MEDCLIPSEG_WEIGHTS`` | model source of the app and of ``Predictor.from_pretrained()`` | ``demo`` (shipped, offline) |
-| ``MEDCLIPSEG_DB`` | SQLite file for cases, predictions and corrections | ``/data/medclipseg/annotations.db`` on a Space with persistent storage, else ``feedback_db/annotations.db`` |
+| ``MEDCLIPSEG_DB`` | SQLite file for cases, predictions and corrections (on a local disk: never in a mounted bucket) | ``feedback_db/annotations.db`` |
+| ``MEDCLIPSEG_SNAPSHOT_DIR`` | folder that outlives the machine (a mounted bucket) for snapshots of the database (medclipseg.annotation.snapshots); restored from at boot | ``/data/medclipseg`` on a Space with a writable ``/data``, else none |
+| ``MEDCLIPSEG_SNAPSHOT_SECONDS`` | seconds between snapshots (at most this much acknowledged work can be lost) | 300 |
 | ``MEDCLIPSEG_AUTH`` | app logins and roles, ``user:password[:role]`` separated by commas; role ``annotator`` (default), ``reviewer`` or ``admin`` (medclipseg.team.access) | no login: open, everyone an admin |
 | ``MEDCLIPSEG_ALLOW_NO_LOGIN`` | ``1``: start without logins although the app listens beyond 127.0.0.1 (refused otherwise) | unset |
 | ``MEDCLIPSEG_SAMPLES`` | Monte-Carlo samples per segmentation in the app | 30 |
@@ -18,7 +20,7 @@ win over these.
 | ``MEDCLIPSEG_MAX_VOLUME_BYTES`` | largest accepted volume file or DICOM upload, in bytes | 2,000,000,000 |
 | ``MEDCLIPSEG_QUEUE_ORDER`` | the review queue's order in the app and the API's ``next_case`` (a name of ``medclipseg.annotation.queue.ACQUISITIONS``) | the study's choice, ``queue.DEFAULT_ACQUISITION`` |
 | ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` | where the app listens | 127.0.0.1 / 7860 |
-| ``SPACE_ID`` | set by Hugging Face Spaces; turns on the ``/data`` database location | unset |
+| ``SPACE_ID`` | set by Hugging Face Spaces; turns on snapshots into ``/data`` | unset |
 | ``HF_HUB_OFFLINE`` | ``1``: ``hf://`` sources use the local cache only | unset |
 | ``HF_ENDPOINT`` | the hub's address for ``hf://`` sources | ``https://huggingface.co`` |
 """
@@ -30,6 +32,9 @@ from typing import Optional
 
 WEIGHTS_ENV = "MEDCLIPSEG_WEIGHTS"
 DB_ENV = "MEDCLIPSEG_DB"
+SNAPSHOT_DIR_ENV = "MEDCLIPSEG_SNAPSHOT_DIR"
+SNAPSHOT_SECONDS_ENV = "MEDCLIPSEG_SNAPSHOT_SECONDS"
+DEFAULT_SNAPSHOT_SECONDS = 300
 AUTH_ENV = "MEDCLIPSEG_AUTH"
 ALLOW_NO_LOGIN_ENV = "MEDCLIPSEG_ALLOW_NO_LOGIN"
 SAMPLES_ENV = "MEDCLIPSEG_SAMPLES"
@@ -86,15 +91,28 @@ def on_hf_space() -> bool:
 
 
 def db_path() -> Path:
-    """MEDCLIPSEG_DB; else the persistent /data volume on Hugging Face Spaces; else feedback_db/."""
+    """MEDCLIPSEG_DB; else feedback_db/ (the checkout's, or the current directory's). On a Space too:
+    the live database stays on the container's disk and is snapshotted into the bucket (snapshot_dir)."""
     configured = _text(DB_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    base = _REPOSITORY_ROOT if (_REPOSITORY_ROOT / "feedback_db").is_dir() else Path.cwd()
+    return base / "feedback_db" / "annotations.db"
+
+
+def snapshot_dir() -> Optional[Path]:
+    """MEDCLIPSEG_SNAPSHOT_DIR; else /data/medclipseg on a Space whose /data is mounted and writable; else None."""
+    configured = _text(SNAPSHOT_DIR_ENV)
     if configured:
         return Path(configured).expanduser()
     data = Path("/data")
     if on_hf_space() and data.is_dir() and os.access(data, os.W_OK):
-        return data / "medclipseg" / "annotations.db"
-    base = _REPOSITORY_ROOT if (_REPOSITORY_ROOT / "feedback_db").is_dir() else Path.cwd()
-    return base / "feedback_db" / "annotations.db"
+        return data / "medclipseg"
+    return None
+
+
+def snapshot_seconds() -> int:
+    return _positive_int(SNAPSHOT_SECONDS_ENV, DEFAULT_SNAPSHOT_SECONDS)
 
 
 def auth_setting() -> Optional[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from typing import Optional
 
 from medclipseg import settings
@@ -58,14 +59,27 @@ def main(argv=None) -> None:
     from medclipseg.app.handlers import EXAMPLES_DIR
     from medclipseg.app.layout import PAGE_CSS, build_app
 
+    from medclipseg.annotation import snapshots
+
+    snapshotter = None
     try:
         team = team_from_settings(args.host)
         settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
-        service = AnnotationService(None if args.db is None else AnnotationStore(args.db), weights=args.weights,
-                                    device=args.device, num_samples=args.samples)
-    except (ValueError, StorageError) as exc:
+        db_path = Path(args.db).expanduser() if args.db is not None else settings.db_path()
+        snapshot_dir = settings.snapshot_dir()
+        if snapshot_dir is not None:
+            # A fresh container: the newest snapshot in the bucket becomes the live database.
+            restored = snapshots.restore(db_path, snapshot_dir)
+            if restored is not None:
+                print(f"Restored the annotation database from {restored}", flush=True)
+        service = AnnotationService(AnnotationStore(db_path), weights=args.weights, device=args.device,
+                                    num_samples=args.samples)
+    except (ValueError, StorageError, OSError) as exc:
         raise SystemExit(f"app.py: error: {exc}") from None
     try:
+        if snapshot_dir is not None:
+            snapshotter = snapshots.Snapshotter(db_path, snapshot_dir, interval=settings.snapshot_seconds()).start()
+            print(f"Snapshots every {settings.snapshot_seconds()} s into {snapshot_dir}", flush=True)
         service.scratch.remove_orphans()  # files of a server that was killed before it could clean up
         service.predictor  # load now, so that the first request does not wait for it
         # Keeps the queue ranked by the current version, also after a promotion by another process.
@@ -79,7 +93,12 @@ def main(argv=None) -> None:
         else:
             print(open_warning(args.host), file=sys.stderr, flush=True)
         _stop_on_sigterm()
-        demo.launch(server_name=args.host, server_port=args.port, auth=team.authenticate if team.logins_required else None, max_file_size="512mb", css=PAGE_CSS,
+        demo.launch(server_name=args.host, server_port=args.port,
+                    auth=team.authenticate if team.logins_required else None, max_file_size="512mb", css=PAGE_CSS,
                     allowed_paths=[str(EXAMPLES_DIR)], show_error=True)
     finally:
         service.close()
+        if snapshotter is not None:
+            last = snapshotter.stop()  # what was acknowledged up to the stop is kept
+            if last is not None:
+                print(f"Last snapshot: {last.path}", flush=True)
