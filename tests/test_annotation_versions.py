@@ -231,6 +231,6 @@ def test_a_database_of_schema_6_keeps_its_rollbacks_as_rollbacks(tmp_path):
         conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
     conn.close()
     with AnnotationStore(path) as store:
-        assert store.schema_version == 7
+        assert store.schema_version == 8
         assert [row["kind"] for row in store.promotion_log()] == ["promote", "promote", "promote", "rollback"]
         assert store.rollback(by="alice").id == "a@1"

@@ -173,6 +173,7 @@ def test_running_job_shows_progress_log_and_cancels(service):
 def test_promotion_switches_the_model_rescoring_and_rollback(service):
     store = service.store
     base = service.model_id
+    store.set_gold_fraction(0.0)  # both cases train (a random gold draw could hold both out)
     corrected_cases(service, 2)
     queued = fill_queue(store, 3, seed=50, model_id=base)
     version = trained_copy(service, gold={"cases": 4, "dsc": 0.7, "nsd": 0.8, "uncertainty_spearman": 0.5},

@@ -1,6 +1,6 @@
 """Tables, indexes and schema version of the annotation database, and the migrations between versions.
 
-Tables (``SCHEMA_VERSION`` 7): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
+Tables (``SCHEMA_VERSION`` 8): ``meta`` (key/value: ``schema_version``, ``current_model_id``,
 ``gold_seed``, ``gold_fraction``), ``cases`` (one per distinct image pixels + prompt, with review
 status, the annotator lease, the gold flag and the queue ranks of the current model),
 ``predictions`` (one per model run, with its image-level uncertainty scores), ``corrections``
@@ -37,6 +37,14 @@ history instead of toggling between the last two versions (medclipseg.annotation
 renews it with each one) and ``jobs.host`` the machine it runs on, so that only a job whose worker
 is known to be gone, or whose promise has lapsed, is reaped (medclipseg.annotation.jobs).
 
+Raters and review (version 8): ``corrections.rater`` names the rater whose chain of versions a
+version belongs to when a case has several raters (NULL: the case's one chain, as before);
+``cases.rater_count`` counts the raters who saved a version, and a case stays in the queue until
+it reaches the project's ``meta.raters_per_case`` (1 by default). ``cases.review_state``
+('submitted', 'approved', 'rejected' or NULL) and ``review_version`` follow the review step, and
+``reviews`` logs every submission and decision (who, which version, the comment). Project
+settings in ``meta``: ``review_required`` and ``raters_per_case``. See medclipseg.annotation.review.
+
 Queue ranks (version 2): each case carries ``rank_<acquisition>`` columns copied from the scores
 of its latest prediction *by the current model* (``ranked_model_id``), with one partial index per
 acquisition over unreviewed cases, so the top of the queue is an index lookup rather than a join
@@ -59,7 +67,7 @@ from pathlib import Path
 
 from medclipseg.annotation.errors import StorageError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
@@ -273,9 +281,30 @@ def _add_promotion_kinds_and_job_grace(db) -> None:
     db["jobs"].add_column("host", str)
 
 
+def _add_raters_and_review(db) -> None:
+    """Version 8: raters and review (see the module docstring)."""
+    db["corrections"].add_column("rater", str)
+    db["cases"].add_column("rater_count", int, not_null_default=0)
+    db["cases"].add_column("review_state", str)
+    db["cases"].add_column("review_version", int)
+    # Every case with a saved version had its one rater.
+    db.execute("UPDATE cases SET rater_count = 1 WHERE EXISTS (SELECT 1 FROM corrections k WHERE k.case_id = cases.id)")
+    db["reviews"].create(
+        {"id": int, "case_id": int, "version": int, "action": str, "by": str, "comment": str,
+         "new_version": int, "created_at": str},
+        pk="id", foreign_keys=[("case_id", "cases", "id")],
+        not_null=["case_id", "action", "by", "comment", "created_at"], defaults={"comment": ""})
+    db["reviews"].create_index(["case_id"], index_name="idx_reviews_case")
+    db.execute("CREATE INDEX idx_cases_review ON cases (review_state) WHERE review_state IS NOT NULL")
+    db["corrections"].create_index(["case_id", "annotator"], index_name="idx_corrections_case_annotator")
+    for key, value in (("review_required", "0"), ("raters_per_case", "1")):
+        if not list(db["meta"].rows_where("key = ?", [key])):
+            db["meta"].insert({"key": key, "value": value})
+
+
 # Index i migrates schema version i to i + 1.
 MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage, _add_queue_diversity,
-              _add_volumes, _add_slice_provenance, _add_promotion_kinds_and_job_grace]
+              _add_volumes, _add_slice_provenance, _add_promotion_kinds_and_job_grace, _add_raters_and_review]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
