@@ -213,24 +213,3 @@ def test_promote_if_current_refuses_once_the_current_model_changed(store):
     assert [row["version_id"] for row in store.promotion_log()] == ["a@1", "b@2"]  # nothing written
     assert store.promote_if_current("c@3", expected_current="b@2", by="worker", reason="beats parent") is True
     assert store.current_model_id() == "c@3"
-
-
-def test_a_database_of_schema_6_keeps_its_rollbacks_as_rollbacks(tmp_path):
-    """Version 7 marks the promotions older releases wrote with reason 'rollback' as rollbacks."""
-    path = tmp_path / "annotations.db"
-    with AnnotationStore(path) as store:
-        _versions(store, "a@1", "b@2", "c@3")
-        store.promote("b@2", by="alice")
-        store.promote("c@3", by="alice")
-        store.rollback(by="alice")  # back to b@2
-    conn = sqlite3.connect(path)
-    with conn:  # as schema 6 left it: no kind column, the rollback known by its reason only
-        conn.execute("ALTER TABLE promotions DROP COLUMN kind")
-        conn.execute("ALTER TABLE jobs DROP COLUMN grace_until")
-        conn.execute("ALTER TABLE jobs DROP COLUMN host")
-        conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
-    conn.close()
-    with AnnotationStore(path) as store:
-        assert store.schema_version == 8
-        assert [row["kind"] for row in store.promotion_log()] == ["promote", "promote", "promote", "rollback"]
-        assert store.rollback(by="alice").id == "a@1"

@@ -3,7 +3,12 @@
     <out>/Train_Folder/img/case000001.png    <out>/Train_Folder/label/case000001.png   (and Val_, Test_)
     <out>/Prompts_Folder/Train_text.xlsx + .csv, Val_text.xlsx + .csv, Test_text.xlsx + .csv
     <out>/predicted/case000001.png           the model's mask the annotator started from
+    <out>/raters/<rater>/case000001.png      each rater's own mask, for a case with several raters
     <out>/manifest.json                      provenance of every exported case
+
+A case with several raters (medclipseg.annotation.review) exports their STAPLE consensus as its
+label, each rater's newest mask under ``raters/`` (2-D cases) and the agreement in the manifest.
+With the review step on, only the versions a reviewer approved are exported.
 
 The folder loads with ``medclipseg.datasets.layout.load_split`` (the test table ``Test_text`` is the
 fallback name for the original prompt design), so ``medclipseg train --data <out>`` fine-tunes on
@@ -66,6 +71,7 @@ FORMAT_NAME = "medclipseg-export"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PREDICTED_FOLDER = "predicted"
+RATERS_FOLDER = "raters"
 # Table names written per split; "Test_text" is what load_split falls back to for the original design.
 TABLE_STEMS = {"train": "Train_text", "val": "Val_text", "test": "Test_text"}
 EXPORTABLE_STATUSES = ("corrected", "accepted")
@@ -316,6 +322,20 @@ def _write_volume_files(store, row: dict, folder: Path, volume_format: str) -> d
 # export
 
 
+def _export_raters(store, case_id: int, name: str, width: int, height: int, staging: Path) -> dict:
+    """Each rater's newest mask of a 2-D case under raters/<rater>/, and the case's agreement."""
+    masks = store.rater_masks(case_id)
+    found = store.case_agreement(case_id)
+    paths = {}
+    for index, rater in enumerate(found.raters):
+        folder = f"{RATERS_FOLDER}/rater{index + 1:02d}"  # user names stay out of file names
+        (staging / folder).mkdir(parents=True, exist_ok=True)
+        mask = masks[rater]
+        _write_png(staging / folder / name, _binary_mask(mask, case_id, width, height, f"{rater}'s mask"))
+        paths[rater] = f"{folder}/{name}"
+    return {"label_kind": "consensus (STAPLE)", "raters": paths, "agreement": found.summary()}
+
+
 def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
                    statuses=EXPORTABLE_STATUSES, annotator: Optional[str] = None, make_zip: bool = False,
                    overwrite: bool = False, volume_format: str = "authors") -> ExportResult:
@@ -351,8 +371,12 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
         if not zip_path.is_file() or not _is_previous_export_zip(zip_path, out_dir.name):
             raise ValueError(f"Refusing to overwrite '{zip_path}': it is not a previous MedCLIPSeg export.")
 
-    rows = store.corrections(latest_only=True, statuses=statuses, annotator=annotator)
+    rows = store.corrections(latest_only=True, statuses=statuses, annotator=annotator,
+                             approved_only=store.project_settings().review_required)
     rows = [row for row in rows if row["case_status"] != "skipped"]
+    for row in rows:  # several raters: the label is their consensus
+        if (row.get("rater_count") or 0) > 1 and row.get("consensus_path"):
+            row["mask_path"] = row["consensus_path"]
     if not rows:
         who = f" by annotator '{annotator}'" if annotator else ""
         raise ValueError(
@@ -425,6 +449,8 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
             metadata = {key: row["metadata"][key] for key in KEPT_METADATA_KEYS if key in row["metadata"]}
             if metadata:
                 entry["metadata"] = metadata
+            if (row.get("rater_count") or 0) > 1:
+                entry.update(_export_raters(store, case_id, name, width, height, staging))
             entries.append(entry)
 
         for split in SPLITS:

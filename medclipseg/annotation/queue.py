@@ -5,6 +5,10 @@ acquisition (most uncertain or most likely missed first; ``random`` and ``random
 the baselines), cases not yet ranked by the current model last, then the oldest. The ranks are
 columns of ``cases`` (see medclipseg.annotation.schema), so serving the top is an index lookup.
 
+A case a reviewer rejected goes back to the annotator whose version it was: their next case is
+that one (oldest first) before anything new. With several raters per case
+(medclipseg.annotation.review), a case is never served to an annotator who labelled it already.
+
 Leases: serving or claiming a case leases it to the annotator for ``lease_seconds``; while the
 lease is live nobody else is served it. An annotator holds one lease at a time (a new one clears
 their others), and asking again re-serves their own. Editing renews it (every draft the editor
@@ -20,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from medclipseg.annotation import diversity
+from medclipseg.annotation import diversity, review
 from medclipseg.annotation.errors import StorageError
 
 @dataclass(frozen=True)
@@ -124,7 +128,15 @@ def next_case_id(db, annotator: str, *, acquisition: str, batch: Optional[str], 
     order = order_column(acquisition)  # from the fixed ACQUISITION_SCORES table, never user input
     diverse = ACQUISITIONS[acquisition].diverse
     clear_leases(db, annotator)
+    returned = _returned_case_id(db, annotator, now=now, skip_case_id=skip_case_id)
+    if returned is not None:  # a reviewer rejected this annotator's version: theirs to fix first
+        db["cases"].update(returned, {"assigned_to": annotator, "lease_expires": now + lease_seconds})
+        return returned
     where_batch = "AND c.batch = :batch" if batch is not None else ""
+    # Several raters per case: never a case this annotator has already labelled.
+    several = review.project_settings(db).raters_per_case > 1
+    not_rated = ("AND NOT EXISTS (SELECT 1 FROM corrections k WHERE k.case_id = c.id AND k.annotator = :annotator) "
+                 if several else "")
     columns = (f'c.id, c.prompt, c.descriptor, c.source_key, c.slice_index, c."{order}" AS score' if diverse
                else "c.id")
     # Walks the partial index idx_queue_<column> from its top (NULL ranks sort last in DESC order),
@@ -134,7 +146,7 @@ def next_case_id(db, annotator: str, *, acquisition: str, batch: Optional[str], 
         "WHERE c.status = 'unreviewed' "
         "AND (c.assigned_to IS NULL OR c.lease_expires IS NULL OR c.lease_expires <= :now "
         "     OR c.assigned_to = :annotator) "
-        "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id) "
+        "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id) " + not_rated
         + ("AND c.id != :skip " if skip_case_id is not None else "") +
         f'{where_batch} ORDER BY c."{order}" DESC, c.id ASC LIMIT :limit',
         {"annotator": annotator, "now": now, "batch": batch, "limit": diversity.CANDIDATES if diverse else 1,
@@ -148,6 +160,19 @@ def next_case_id(db, annotator: str, *, acquisition: str, batch: Optional[str], 
         case_id = int(rows[0]["id"])
     db["cases"].update(case_id, {"assigned_to": annotator, "lease_expires": now + lease_seconds})
     return case_id
+
+
+def _returned_case_id(db, annotator: str, *, now: float, skip_case_id: Optional[int]) -> Optional[int]:
+    """The oldest case whose reviewed version (saved by `annotator`) a reviewer rejected, and that
+    nobody else holds; None when there is none."""
+    rows = list(db.query(
+        "SELECT c.id FROM cases c INDEXED BY idx_cases_review JOIN corrections k "
+        "ON k.case_id = c.id AND k.version = c.review_version "
+        "WHERE c.review_state = 'rejected' AND k.annotator = :annotator "
+        "AND (c.assigned_to IS NULL OR c.assigned_to = :annotator OR c.lease_expires IS NULL "
+        "     OR c.lease_expires <= :now) AND c.id != :skip ORDER BY c.updated_at, c.id LIMIT 1",
+        {"annotator": annotator, "now": now, "skip": -1 if skip_case_id is None else int(skip_case_id)}))
+    return int(rows[0]["id"]) if rows else None
 
 
 _CASE_FIELDS = "c.id, c.prompt, c.descriptor, c.source_key, c.slice_index"

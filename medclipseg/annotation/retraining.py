@@ -90,8 +90,14 @@ NOTHING_TO_TRAIN = ("There are no corrected or accepted cases to train on yet (g
 
 
 def _reviewed_rows(store) -> list:
-    """The latest reviewed version of every case that is still corrected or accepted."""
-    return [row for row in store.corrections(latest_only=True) if row["case_status"] in ("corrected", "accepted")]
+    """The latest reviewed version of every case that is still corrected or accepted; with the review
+    step on, the latest approved one only. A case with several raters trains on their consensus."""
+    rows = store.corrections(latest_only=True, approved_only=store.project_settings().review_required)
+    rows = [row for row in rows if row["case_status"] in ("corrected", "accepted")]
+    for row in rows:
+        if (row.get("rater_count") or 0) > 1 and row.get("consensus_path"):
+            row["mask_path"] = row["consensus_path"]
+    return rows
 
 
 def labelled_counts(store) -> tuple:

@@ -40,7 +40,9 @@ is known to be gone, or whose promise has lapsed, is reaped (medclipseg.annotati
 Raters and review (version 8): ``corrections.rater`` names the rater whose chain of versions a
 version belongs to when a case has several raters (NULL: the case's one chain, as before);
 ``cases.rater_count`` counts the raters who saved a version, and a case stays in the queue until
-it reaches the project's ``meta.raters_per_case`` (1 by default). ``cases.review_state``
+it reaches the project's ``meta.raters_per_case`` (1 by default); ``cases.disagreement`` is
+1 - the mean pairwise Dice of its raters' newest masks and ``cases.consensus_path`` their STAPLE
+consensus mask (medclipseg.team.agreement), what trains and exports for a case with several raters. ``cases.review_state``
 ('submitted', 'approved', 'rejected' or NULL) and ``review_version`` follow the review step, and
 ``reviews`` logs every submission and decision (who, which version, the comment). Project
 settings in ``meta``: ``review_required`` and ``raters_per_case``. See medclipseg.annotation.review.
@@ -287,6 +289,8 @@ def _add_raters_and_review(db) -> None:
     db["cases"].add_column("rater_count", int, not_null_default=0)
     db["cases"].add_column("review_state", str)
     db["cases"].add_column("review_version", int)
+    db["cases"].add_column("disagreement", float)
+    db["cases"].add_column("consensus_path", str)
     # Every case with a saved version had its one rater.
     db.execute("UPDATE cases SET rater_count = 1 WHERE EXISTS (SELECT 1 FROM corrections k WHERE k.case_id = cases.id)")
     db["reviews"].create(

@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 
 from medclipseg import settings
-from medclipseg.annotation import diversity, drafts, gold, jobs, queue, versions, volume_files
+from medclipseg.annotation import diversity, drafts, gold, jobs, queue, review, versions, volume_files
 from medclipseg.annotation.database import Connections
 from medclipseg.annotation.drafts import Draft
 from medclipseg.annotation.errors import SavedVersionExists, StorageError, VersionConflict
@@ -746,14 +746,18 @@ class AnnotationStore:
     def save_correction(self, case_id: int, corrected_mask: Optional[np.ndarray], *, annotator: str,
                         prediction_id: Optional[int] = None, status: str = "corrected",
                         threshold: Optional[float] = None, base_version=KEEP_UNCHECKED,
-                        reviewed_slices=None, slice_provenance=None) -> Correction:
+                        reviewed_slices=None, slice_provenance=None, for_rater: Optional[str] = None) -> Correction:
         """Save a new version; ``corrected_mask`` None (status 'accepted' only) saves the compared
         prediction's own mask at ``threshold``.
 
         ``base_version``: the version the annotator opened (None: the case had none then). When given,
         the save is refused with VersionConflict, writing nothing, if the case's highest version is
         another one. The default saves without that check. A successful save deletes the annotator's
-        draft of the case."""
+        draft of the case.
+
+        Several raters per case (medclipseg.annotation.review): the version continues the saver's own
+        chain (``for_rater``: a reviewer's edit continues that rater's chain), the check compares with
+        that chain's newest version, and the case stays in the queue until enough raters saved."""
         # Everything is validated before any file is written, so a refused save leaves no trace.
         annotator = _clean_annotator(annotator)
         if status not in CORRECTION_STATUSES:
@@ -765,7 +769,9 @@ class AnnotationStore:
             base_version = _check_base_version(base_version)
         case = self.get_case(case_id)
         if checked:  # a conflict visible already is refused before any work; checked again under the lock
-            _refuse_conflict(self._db(), case.id, annotator, base_version, _latest_version_row(self._db(), case.id))
+            chain = for_rater or review.chain_of(annotator, review.project_settings(self._db()).raters_per_case)
+            _refuse_conflict(self._db(), case.id, annotator, base_version,
+                             review.latest_in_chain(self._db(), case.id, chain))
         reviewed = self._reviewed_slices(case, reviewed_slices)
         provenance = self._slice_provenance(case, slice_provenance)
         if case.is_volume and corrected_mask is not None and np.ndim(corrected_mask) == 3:
@@ -787,12 +793,16 @@ class AnnotationStore:
             now = _now_iso()
             with self._connections.write() as db:
                 # Inside BEGIN IMMEDIATE: no other writer can take the same version number or save in between.
-                latest = _latest_version_row(db, case.id)
+                project = review.project_settings(db)
+                chain = for_rater or review.chain_of(annotator, project.raters_per_case)
+                latest = review.latest_in_chain(db, case.id, chain)
                 if checked:
                     _refuse_conflict(db, case.id, annotator, base_version, latest)
                 replaces = None if latest is None else int(latest["version"])
-                version = (replaces or 0) + 1
+                highest = _latest_version_row(db, case.id)  # numbers run across the chains of a case
+                version = (0 if highest is None else int(highest["version"])) + 1
                 correction_id = db["corrections"].insert({
+                    "rater": chain,
                     "case_id": case.id, "prediction_id": prediction["id"] if prediction else None,
                     "version": version, "annotator": annotator, "prompt": case.prompt, "status": status,
                     "mask_path": mask_path, "predicted_mask_path": predicted_path, "pixels_added": added,
@@ -804,7 +814,15 @@ class AnnotationStore:
                     "reviewed_slices": None if reviewed is None else json.dumps(reviewed),
                     "slice_provenance": provenance}).last_rowid
                 draft_path = drafts.delete_row(db, case.id, annotator)
-                changes = {"status": status, "status_by": annotator, "updated_at": now, **queue.NO_LEASE}
+                raters = review.rater_count(db, case.id)
+                row = db["cases"].get(case.id)
+                # With several raters the case stays in the queue (for others) until enough have saved.
+                done = raters >= project.raters_per_case or row["status"] in CORRECTION_STATUSES
+                changes = {"status": status if done else "unreviewed", "status_by": annotator, "updated_at": now,
+                           "rater_count": raters, **queue.NO_LEASE}
+                if done and project.review_required and project.raters_per_case > 1 and row["review_state"] is None:
+                    changes.update(review_state="submitted", review_version=version)  # all raters in: review
+                    review.log(db, case.id, action="submitted", by=annotator, version=version, now=now)
                 if db["cases"].get(case.id)["gold"] is None:  # chosen once, when first corrected
                     changes["gold"] = int(gold.is_gold(case.content_hash, seed=_meta(db, "gold_seed"),
                                                        fraction=float(_meta(db, "gold_fraction") or 0.0)))
@@ -814,6 +832,8 @@ class AnnotationStore:
             raise
         if draft_path is not None:  # after the commit: a failed save keeps the draft's file
             self._files.discard(draft_path)
+        if raters > 1:
+            self._record_disagreement(case.id)
         return Correction(id=int(correction_id), case_id=case.id, version=int(version), annotator=annotator,
                           status=status, pixels_added=added, pixels_erased=erased, pixels_changed=added + erased,
                           created_at=now, replaces_version=replaces)
@@ -1036,6 +1056,114 @@ class AnnotationStore:
         with self._connections.write() as db:
             queue.release(db, case_id, annotator)
 
+    # -- several raters and review (medclipseg.annotation.review) --------------------------------
+    def project_settings(self) -> review.ProjectSettings:
+        return review.project_settings(self._db())
+
+    def set_project_settings(self, *, review_required: Optional[bool] = None,
+                             raters_per_case: Optional[int] = None) -> review.ProjectSettings:
+        """Turn the review step on or off, and set how many raters label each case."""
+        with self._connections.write() as db:
+            review.set_project_settings(db, review_required=review_required, raters_per_case=raters_per_case)
+        return self.project_settings()
+
+    def rater_masks(self, case_id: int) -> dict:
+        """{rater: the newest mask of their chain} of a case (the one chain of k = 1 under its last saver's name);
+        a volume's masks as its stacked slices (voxel for voxel what agreement needs)."""
+        rows = review.latest_by_rater(self._db(), int(case_id))
+        return {row["rater"] or row["annotator"]: self._files.read_mask(row["mask_path"]) for row in rows}
+
+    def case_agreement(self, case_id: int, method: str = "staple"):
+        """medclipseg.team.agreement.Agreement of the case's raters; None before anyone saved."""
+        from medclipseg.team.agreement import agreement
+
+        masks = self.rater_masks(case_id)
+        return agreement(masks, method=method) if masks else None
+
+    def _record_disagreement(self, case_id: int) -> None:
+        """The case's disagreement and STAPLE consensus mask, after a save by one of several raters."""
+        found = self.case_agreement(case_id, method="staple")
+        if found is None:
+            return
+        path = f"masks/{new_stem(int(case_id))}-consensus.png"
+        self._files.write_mask(path, found.consensus)
+        try:
+            with self._connections.write() as db:
+                old = db["cases"].get(int(case_id))["consensus_path"]
+                db["cases"].update(int(case_id), {"disagreement": found.disagreement, "consensus_path": path})
+        except BaseException:
+            self._files.discard(path)
+            raise
+        if old:
+            self._files.discard(old)
+
+    def submit_for_review(self, case_id: int, *, by: str, version: Optional[int] = None,
+                          may_submit_others: bool = False) -> int:
+        """Put a saved version (default: the newest one `by` saved) up for review; returns its number."""
+        by = _clean_annotator(by)
+        with self._connections.write() as db:
+            row = _get(db, "cases", case_id, "Case")
+            if version is None:
+                mine = list(db["corrections"].rows_where("case_id = ? AND annotator = ?", [row["id"], by],
+                                                         select="version", order_by="version DESC", limit=1))
+                if not mine:
+                    raise StorageError(f"Case #{row['id']} has no version saved by {by} to submit; save it first.")
+                version = int(mine[0]["version"])
+            review.submit(db, row["id"], by=by, version=int(version), may_submit_others=may_submit_others,
+                          now=_now_iso())
+        return int(version)
+
+    def review_queue(self, order: str = "uncertainty", limit: int = 50) -> list:
+        return review.queue_rows(self._db(), order=order, limit=limit)
+
+    def next_review(self, reviewer: str, *, order: str = "uncertainty") -> Optional[Case]:
+        """Lease the first submitted case no other reviewer holds to `reviewer`; None when none waits."""
+        reviewer = _clean_annotator(reviewer)
+        now = time.time()
+        with self._connections.write() as db:
+            for row in review.queue_rows(db, order=order, limit=200):
+                if row["assigned_to"] in (None, reviewer) or (row["lease_expires"] or 0) <= now:
+                    queue.lease(db, row["id"], reviewer, now=now, lease_seconds=self.lease_seconds)
+                    return self._case(db, row["id"])
+        return None
+
+    def _case(self, db, case_id: int) -> Case:
+        return _case_from_row(_get(db, "cases", case_id, "Case"))
+
+    def decide_review(self, case_id: int, *, reviewer: str, version: int, approve: bool, comment: str = "",
+                      mask=None) -> dict:
+        """Approve or reject `version` of a submitted case (the version the reviewer saw). With `mask` the
+        reviewer's edit is saved first as the next version of the same chain and approved. A version
+        saved since the reviewer opened the case is refused with VersionConflict, writing nothing."""
+        reviewer = _clean_annotator(reviewer)
+        version = _check_base_version(version)
+        if version is None:
+            raise StorageError("Name the version you reviewed (the number the case showed).")
+        db = self._db()
+        seen = list(db["corrections"].rows_where("case_id = ? AND version = ?", [int(case_id), version],
+                                                 select="rater", limit=1))
+        if not seen:
+            raise StorageError(f"Case #{case_id} has no version v{version}.")
+        chain = seen[0]["rater"]
+        if _get(db, "cases", case_id, "Case")["review_state"] is None:
+            raise StorageError(f"Case #{case_id} has not been submitted for review. Nothing was changed.")
+        new_version = None
+        if mask is not None:
+            if not approve:
+                raise StorageError("An edited version is approved, not rejected: reject without a mask.")
+            new_version = self.save_correction(case_id, mask, annotator=reviewer, base_version=version,
+                                               for_rater=chain).version
+        with self._connections.write() as db:
+            expected = new_version if new_version is not None else version
+            _refuse_conflict(db, int(case_id), reviewer, expected, review.latest_in_chain(db, int(case_id), chain))
+            review.decide(db, int(case_id), reviewer=reviewer, version=version, approve=approve, comment=comment,
+                          new_version=new_version, now=_now_iso())
+        return {"case_id": int(case_id), "decision": "approved" if approve else "rejected", "version": version,
+                "new_version": new_version}
+
+    def review_history(self, case_id: int) -> list:
+        return review.history(self._db(), int(_get(self._db(), "cases", case_id, "Case")["id"]))
+
     # -- model versions -------------------------------------------------------------------------
     @property
     def models_dir(self) -> Path:
@@ -1231,11 +1359,12 @@ class AnnotationStore:
 
         # -- reading back ---------------------------------------------------------------------------
     def corrections(self, *, latest_only: bool = True, statuses=CORRECTION_STATUSES,
-                    annotator: Optional[str] = None) -> list:
+                    annotator: Optional[str] = None, approved_only: bool = False) -> list:
         """Correction rows (oldest case first, then version) with the case's original_name, width, height,
         content_hash, image_path, metadata (dict), batch, source and current status (case_status); scores
         decoded. latest_only keeps the highest version per case among the rows that match `statuses` and
-        `annotator`."""
+        `annotator`; approved_only keeps only versions a reviewer approved. Each row also carries the
+        case's raters (rater_count) and, with several, its consensus mask (consensus_path)."""
         statuses = [statuses] if isinstance(statuses, str) else list(statuses)
         if not statuses:
             return []
@@ -1244,6 +1373,9 @@ class AnnotationStore:
         if annotator is not None:
             conditions.append("k.annotator = ?")
             params.append(annotator.strip())
+        if approved_only:
+            conditions.append("EXISTS (SELECT 1 FROM reviews r WHERE r.case_id = k.case_id AND r.action = 'approved' "
+                              "AND coalesce(r.new_version, r.version) = k.version)")
         where = " AND ".join(conditions)
         if latest_only:
             where = (f"{where} AND k.version = (SELECT max(l.version) FROM corrections l WHERE l.case_id = k.case_id "
@@ -1251,7 +1383,8 @@ class AnnotationStore:
             params = params + params
         rows = list(self._db().query(
             "SELECT k.*, c.original_name, c.width, c.height, c.content_hash, c.image_path, c.metadata, c.batch, "
-            f"c.source, c.gold, c.kind, c.source_key, c.slice_index, c.status AS case_status FROM corrections k JOIN cases c ON c.id = k.case_id WHERE {where} "
+            f"c.source, c.gold, c.kind, c.source_key, c.slice_index, c.status AS case_status, c.rater_count, "
+            f"c.consensus_path FROM corrections k JOIN cases c ON c.id = k.case_id WHERE {where} "
             "ORDER BY k.case_id, k.version", params))
         for row in rows:
             row["metadata"] = json.loads(row["metadata"] or "{}")
