@@ -30,7 +30,8 @@ USERS = {"annotator": ("ann", "pw-ann"), "reviewer": ("rev", "pw-rev"), "admin":
 LEAST_ROLE = {"segment": "annotator", "next_case": "annotator", "save_correction": "annotator",
               "skip": "annotator", "unskip": "annotator", "job": "annotator", "models": "annotator",
               "ingest": "admin", "export": "admin", "retrain": "admin", "cancel_job": "admin",
-              "promote": "admin", "rollback": "admin"}
+              "promote": "admin", "rollback": "admin", "submit_review": "annotator", "review_queue": "reviewer",
+              "next_review": "reviewer", "review": "reviewer", "agreement": "reviewer", "project": "admin"}
 ORDER = ("annotator", "reviewer", "admin")
 ROLE_REFUSAL = "may do this"
 
@@ -93,6 +94,12 @@ def calls(server, role) -> dict:
         "cancel_job": (None,),
         "promote": (base,),
         "rollback": (),
+        "submit_review": (cases[0],),   # each role submits the version it saved just before
+        "review_queue": (),
+        "next_review": (),
+        "review": (cases[0], 1, "approve"),
+        "agreement": (cases[0],),
+        "project": (False, 1),          # a change: admins only
     }
 
 
@@ -132,7 +139,8 @@ def test_every_endpoint_as_each_role(team_server, role):
         if allowed:
             assert message is None or ROLE_REFUSAL not in message, (role, name, message)
         else:
-            assert message is not None and f"Only an admin {ROLE_REFUSAL}" in message, (role, name, message)
+            least = "an admin" if LEAST_ROLE[name] == "admin" else "a reviewer or an admin"
+            assert message is not None and f"Only {least} {ROLE_REFUSAL}" in message, (role, name, message)
             assert f"signed in as {USERS[role][0]}" in message
             assert database_state(team_server.db_path) == before, (role, name)
 
@@ -237,3 +245,49 @@ def test_every_button_checks_the_role_on_the_server(tmp_path):
     finally:
         service.close()
         store.close()
+
+
+def test_two_raters_and_a_reviewer_through_the_api(team_server):
+    """An admin asks for two raters per case with review; two people label one case, it is submitted
+    by itself, the reviewer sees the disagreement, must say why to reject, approves, and the admin's
+    export holds both raters' masks and their consensus."""
+    import zipfile
+
+    import cv2
+
+    ann, rev, boss = (team_server.clients[role] for role in ORDER)
+    assert boss.predict(True, 2, api_name="/project") == {"review_required": True, "raters_per_case": 2}
+    try:
+        first = np.zeros((48, 64), np.uint8)
+        first[10:30, 10:40] = 255
+        second = np.zeros((48, 64), np.uint8)
+        second[12:32, 14:44] = 255
+        cv2.imwrite(str(team_server.folder / "first.png"), first)
+        cv2.imwrite(str(team_server.folder / "second.png"), second)
+        case, _ = ann.predict("", "", api_name="/next_case")
+        ann.predict(case["case_id"], handle_file(str(team_server.folder / "first.png")), "", "corrected",
+                    api_name="/save_correction")
+        again, _ = rev.predict("", "", api_name="/next_case")
+        assert again["case_id"] == case["case_id"]  # the second rater gets the same case
+        saved = rev.predict(case["case_id"], handle_file(str(team_server.folder / "second.png")), "", "corrected",
+                            api_name="/save_correction")
+        a, b = first > 0, second > 0
+        expected = 1 - 2 * (a & b).sum() / (a.sum() + b.sum())
+        queued = rev.predict("disagreement", api_name="/review_queue")
+        (row,) = [row for row in queued if row["case_id"] == case["case_id"]]
+        assert row["raters"] == 2 and row["disagreement"] == pytest.approx(expected)
+        summary, _image = rev.predict("disagreement", api_name="/next_review")
+        assert summary["case_id"] == case["case_id"] and summary["version"] == saved["version"]
+        assert set(summary["agreement"]["raters"]) == {"ann", "rev"}
+        with pytest.raises(Exception, match="Say why in a comment"):
+            rev.predict(case["case_id"], saved["version"], "reject", "", api_name="/review")
+        decided = rev.predict(case["case_id"], saved["version"], "approve", "both fine", api_name="/review")
+        assert decided["decision"] == "approved"
+        archive, _counts = boss.predict(api_name="/export")
+        with zipfile.ZipFile(archive) as exported:
+            manifest = json.loads(next(exported.read(n) for n in exported.namelist() if n.endswith("manifest.json")))
+            (entry,) = [e for e in manifest["cases"] if e["case_id"] == case["case_id"]]
+            assert set(entry["raters"]) == {"ann", "rev"} and entry["label_kind"] == "consensus (STAPLE)"
+            assert len(manifest["cases"]) == 1  # review on: only the approved case
+    finally:
+        boss.predict(False, 1, api_name="/project")

@@ -649,6 +649,70 @@ class AnnotationService:
     def latest_correction(self, case_id: int):
         return self.store.latest_correction(case_id)
 
+    # -- several raters and review (medclipseg.annotation.review) ---------------------------------
+    def project_settings(self):
+        return self.store.project_settings()
+
+    def set_project_settings(self, *, review_required=None, raters_per_case=None):
+        """Change the review step or the raters per case; None leaves a setting as it is."""
+        if review_required is not None and not isinstance(review_required, (bool, np.bool_)):
+            raise RequestError(f"review_required must be true or false, not {review_required!r}.")
+        if raters_per_case is not None:
+            raters_per_case = whole_number(raters_per_case, "The number of raters per case")
+        try:
+            return self.store.set_project_settings(
+                review_required=None if review_required is None else bool(review_required),
+                raters_per_case=raters_per_case)
+        except StorageError as exc:
+            raise RequestError(str(exc)) from None
+
+    def submit_for_review(self, case_id, *, annotator: str, version=None, may_submit_others: bool = False) -> int:
+        case_id, annotator = check_case_id(case_id), check_annotator(annotator)
+        if version is not None and version != "":
+            version = whole_number(version, "The version")
+        else:
+            version = None
+        try:
+            return self.store.submit_for_review(case_id, by=annotator, version=version,
+                                                may_submit_others=may_submit_others)
+        except StorageError as exc:
+            raise RequestError(str(exc)) from None
+
+    def review_queue(self, order: str = "uncertainty", limit: int = 50) -> list:
+        try:
+            return self.store.review_queue(order=order or "uncertainty", limit=limit)
+        except StorageError as exc:
+            raise RequestError(str(exc)) from None
+
+    def next_review(self, reviewer: str, *, order: str = "uncertainty") -> Optional[CaseView]:
+        """The next submitted case for `reviewer` (leased to them), opened; None when none waits."""
+        reviewer = check_annotator(reviewer)
+        try:
+            case = self.store.next_review(reviewer, order=order or "uncertainty")
+        except StorageError as exc:
+            raise RequestError(str(exc)) from None
+        return None if case is None else self.open_case(case.id)
+
+    def decide_review(self, case_id, *, reviewer: str, version, decision: str, comment: str = "", mask=None) -> dict:
+        """Approve or reject the version the reviewer saw ("approve" / "reject"); an edited mask is saved
+        as the next version and approved. A version saved since is a VersionConflict, nothing written."""
+        case_id, reviewer = check_case_id(case_id), check_annotator(reviewer)
+        version = whole_number(version, "The version")
+        if decision not in ("approve", "reject"):
+            raise RequestError(f"The decision must be 'approve' or 'reject', not {decision!r}.")
+        if comment is not None and not isinstance(comment, str):
+            raise RequestError("The comment must be text.")
+        return self.store.decide_review(case_id, reviewer=reviewer, version=version, approve=decision == "approve",
+                                        comment=comment or "", mask=mask)
+
+    def case_agreement(self, case_id, method: str = "staple"):
+        """The case's agreement between raters (medclipseg.team.agreement), None before any save."""
+        case_id = check_case_id(case_id)
+        try:
+            return self.store.case_agreement(case_id, method=method)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+
 
 class _LockedPredictor:
     """A predictor whose ``predict`` holds the service's model lock (all that ``ingest`` calls)."""

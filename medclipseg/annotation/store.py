@@ -1161,6 +1161,11 @@ class AnnotationStore:
         return {"case_id": int(case_id), "decision": "approved" if approve else "rejected", "version": version,
                 "new_version": new_version}
 
+    def review_status(self, case_id: int) -> dict:
+        """review_state, review_version, rater_count and disagreement of a case."""
+        row = _get(self._db(), "cases", case_id, "Case")
+        return {key: row[key] for key in ("review_state", "review_version", "rater_count", "disagreement")}
+
     def review_history(self, case_id: int) -> list:
         return review.history(self._db(), int(_get(self._db(), "cases", case_id, "Case")["id"]))
 

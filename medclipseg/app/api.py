@@ -1,5 +1,6 @@
 """The app's API for scripts (``gradio_client``): segment, save_correction, skip, unskip, next_case, ingest,
-export, and the model endpoints retrain, job, cancel_job, models, promote, rollback.
+export, the model endpoints retrain, job, cancel_job, models, promote, rollback, and the team's
+submit_review, review_queue, next_review, review, agreement and project.
 
 Each endpoint is a typed function registered with ``gr.api``, which derives the API's
 parameters from the type hints; files travel as ``gradio.FileData`` (``handle_file(path)`` on
@@ -30,7 +31,8 @@ from medclipseg.app.handlers import USER_ERRORS
 from medclipseg.team.access import Actor, Team
 
 API_NAMES = ("segment", "save_correction", "skip", "unskip", "next_case", "ingest", "export", "retrain", "job",
-             "cancel_job", "models", "promote", "rollback")
+             "cancel_job", "models", "promote", "rollback", "submit_review", "review_queue", "next_review", "review",
+             "agreement", "project")
 
 
 # endpoint -> the action it takes (medclipseg.team.access.ACTIONS); a save with status 'skipped'
@@ -38,7 +40,8 @@ API_NAMES = ("segment", "save_correction", "skip", "unskip", "next_case", "inges
 API_ACTIONS = {"segment": "segment", "save_correction": "save", "skip": "skip_own", "unskip": "skip_own",
                "next_case": "take_case", "ingest": "ingest", "export": "export", "retrain": "retrain",
                "job": "see_models", "cancel_job": "cancel_job", "models": "see_models", "promote": "promote",
-               "rollback": "rollback"}
+               "rollback": "rollback", "submit_review": "save", "review_queue": "review", "next_review": "review",
+               "review": "review", "agreement": "review", "project": "project_settings"}
 assert set(API_ACTIONS) == set(API_NAMES)
 
 
@@ -341,6 +344,83 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
         message = model_tab.roll_back(service, who)
         return {"current": service.store.current_model_id(), "serving": service.model_id, "message": message}
 
+    @_in_words
+    def submit_review(case_id: Optional[int], version: Optional[int] = None, annotator: str = "",
+                      request: gr.Request = None) -> dict:
+        """Put a saved version up for review (default: the newest one you saved). Your own versions;
+        a reviewer or an admin may submit anyone's."""
+        actor = acting(team, request, annotator, "save")
+        submitted = service.submit_for_review(case_id, annotator=actor.name, version=version,
+                                              may_submit_others=actor.may("review"))
+        return {"case_id": check_case_id(case_id), "version": submitted, "review_state": "submitted"}
+
+    @_in_words
+    def review_queue(order: str = "uncertainty", request: gr.Request = None) -> list[dict]:
+        """The submitted cases, most uncertain first (order "uncertainty", the current model's band
+        entropy) or most disputed first ("disagreement": 1 - mean pairwise Dice of the raters)."""
+        acting(team, request, None, "review")
+        return [{"case_id": row["id"], "prompt": row["prompt"], "original_name": row["original_name"],
+                 "kind": row["kind"], "version": row["review_version"], "raters": row["rater_count"],
+                 "disagreement": row["disagreement"], "uncertainty": row["rank_band_entropy"],
+                 "in_review_by": row["assigned_to"]} for row in service.review_queue(order)]
+
+    @_in_words
+    def next_review(order: str = "uncertainty", annotator: str = "",
+                    request: gr.Request = None) -> tuple[dict, Optional[FileData]]:
+        """Reserve the first submitted case no other reviewer holds: its summary (the version to review,
+        each rater's newest version, the agreement) and image; case_id null when none waits."""
+        name = acting(team, request, annotator, "review").name
+        view = service.next_review(name, order=order)
+        if view is None:
+            return {"case_id": None, "message": "No case waits for review."}, None
+        case = view.case
+        found = service.case_agreement(case.id)
+        summary = {"case_id": case.id, "kind": case.kind, "prompt": case.prompt, "original_name": case.original_name,
+                   "version": service.store.review_status(case.id)["review_version"],
+                   "history": service.case_history(case.id), "reviews": service.store.review_history(case.id),
+                   "agreement": None if found is None else found.summary(), "assigned_to": name}
+        if case.is_volume:
+            with service.scratch.folder() as out:
+                image = volume_workflow.scan_nifti_file(service, case.id, out)
+        else:
+            image = service.case_image_file(view)
+        return summary, _file(image)
+
+    @_in_words
+    def review(case_id: Optional[int], version: Optional[int], decision: str, comment: str = "",
+               mask: Optional[FileData] = None, annotator: str = "", request: gr.Request = None) -> dict:
+        """Approve or reject the version you reviewed (decision "approve" or "reject"; a rejection needs a
+        comment). With a mask (PNG, or .nii.gz for a volume) your edit is saved as the next version and
+        approved. A version saved since you opened the case is refused, nothing written."""
+        name = acting(team, request, annotator, "review").name
+        sent = uploaded(mask, "mask")
+        edited = None
+        if sent is not None:
+            case = service.store.get_case(check_case_id(case_id))
+            edited = volume_workflow.read_mask_nifti(service, case.id, sent[0], name=sent[1]) if case.is_volume \
+                else service.read_mask_file(sent[0], name=sent[1])
+        return service.decide_review(case_id, reviewer=name, version=version, decision=(decision or "").strip(),
+                                     comment=comment, mask=edited)
+
+    @_in_words
+    def agreement(case_id: Optional[int], method: str = "staple", request: gr.Request = None) -> dict:
+        """How far the case's raters agree: pairwise Dice, each rater against the consensus (STAPLE or
+        majority), STAPLE's sensitivity and specificity per rater."""
+        acting(team, request, None, "review")
+        found = service.case_agreement(case_id, method=(method or "staple").strip())
+        return {"case_id": check_case_id(case_id), **({"raters": []} if found is None else found.summary())}
+
+    @_in_words
+    def project(review_required: Optional[bool] = None, raters_per_case: Optional[int] = None,
+                request: gr.Request = None) -> dict:
+        """The project's settings: whether only reviewed (approved) labels train and export, and how many
+        raters label each case. Everyone may read them; only an admin changes them."""
+        changing = review_required is not None or raters_per_case is not None
+        acting(team, request, None, "project_settings" if changing else "see_models")
+        found = service.set_project_settings(review_required=review_required, raters_per_case=raters_per_case) \
+            if changing else service.project_settings()
+        return {"review_required": found.review_required, "raters_per_case": found.raters_per_case}
+
     gr.api(segment, api_name="segment", concurrency_id="model", concurrency_limit=1)
     gr.api(save_correction, api_name="save_correction")
     gr.api(skip, api_name="skip")
@@ -354,4 +434,6 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
     gr.api(models, api_name="models")
     gr.api(promote, api_name="promote", concurrency_id="model-actions", concurrency_limit=1)
     gr.api(rollback, api_name="rollback", concurrency_id="model-actions", concurrency_limit=1)
+    for endpoint in (submit_review, review_queue, next_review, review, agreement, project):
+        gr.api(endpoint, api_name=endpoint.__name__)
 

@@ -1,8 +1,9 @@
 """Who may do what: three roles, the actions each may take, and the logins of ``MEDCLIPSEG_AUTH``.
 
-Roles are ordered: an annotator segments, takes cases, saves and skips their own; a reviewer may
-also act on cases other people saved or skipped; only an admin adds cases in bulk, exports,
-retrains, cancels jobs, promotes and rolls back. ``ACTIONS`` is the one table of what each role
+Roles are ordered: an annotator segments, takes cases, saves, submits and skips their own; a
+reviewer also reviews (approves, rejects, edits) and may act on cases other people saved or
+skipped; only an admin adds cases in bulk, exports, retrains, cancels jobs, promotes, rolls back
+and changes the project's settings. ``ACTIONS`` is the one table of what each role
 may do: the app checks it at every endpoint and UI action, and the README's role table is
 written from it (a test compares the two).
 
@@ -43,12 +44,14 @@ ACTIONS = {action.name: action for action in (
     Action("skip_own", "annotator", "Skip or unskip a case nobody else saved or skipped"),
     Action("see_models", "annotator", "See the model versions and the retraining job"),
     Action("skip_others", "reviewer", "Skip a case someone else saved, unskip someone else's skip"),
+    Action("review", "reviewer", "Review submitted cases: approve, reject with a comment, edit; see raters' agreement"),
     Action("ingest", "admin", "Add images or scans in bulk (ingest)"),
     Action("export", "admin", "Export the labels"),
     Action("retrain", "admin", "Start a retraining round"),
     Action("cancel_job", "admin", "Cancel a retraining round"),
     Action("promote", "admin", "Promote a model version"),
     Action("rollback", "admin", "Roll back to the version before"),
+    Action("project_settings", "admin", "Turn the review step on or off, set the raters per case"),
 )}
 
 
