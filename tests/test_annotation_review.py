@@ -35,6 +35,10 @@ def test_a_case_goes_to_k_different_raters_and_keeps_each_chain(store):
         store.save_correction(case.id, mask, annotator=name)
     first = served["ann"]
     assert set(served.values()) == {first}  # one case, three raters in turn
+    # Raters never see each other's masks: each opens their own chain (a newcomer: none).
+    assert store.latest_correction(first, "bea")["annotator"] == "bea"
+    assert store.latest_correction(first, "dan") is None
+    assert store.latest_correction(first)["version"] == 3
     # Nobody is served a case twice: ann gets the other case, then nothing.
     other = cases[1].id if first == cases[0].id else cases[0].id
     assert store.next_case("ann", acquisition="random").id == other

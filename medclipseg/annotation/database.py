@@ -54,6 +54,17 @@ def open_database(path: Path):
                            "Check that it is an SQLite file and that the folder is writable.") from exc
 
 
+_WRITE_LOCKS: dict = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> "threading.RLock":
+    """The in-process lock of one database file (shared by every Connections on that file)."""
+    key = str(Path(path).resolve())
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(key, threading.RLock())
+
+
 class Connections:
     """The per-thread connections to one database file; safe to share between threads."""
 
@@ -89,25 +100,37 @@ class Connections:
 
     @contextlib.contextmanager
     def write(self) -> Iterator:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception)."""
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception).
+
+        Writers of this process first queue on one lock per database file: SQLite's own busy
+        handler waits by sleeping in growing steps (up to 100 ms each), so many threads contending
+        for BEGIN IMMEDIATE would wait in those steps; the lock hands the write over as soon as the
+        last one commits. Other processes still meet at BEGIN IMMEDIATE and the busy timeout."""
         db = self.db()
+        lock = _write_lock(self.path)
+        if not lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise StorageError("The annotation database is busy (other writes of this server are queued); "
+                               "please try again in a moment.")
         try:
-            db.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StorageError(f"The annotation database is busy ({exc}); please try again in a moment.") from exc
-        try:
-            yield db
-        except BaseException:
-            if db.conn.in_transaction:
-                db.conn.execute("ROLLBACK")
-            raise
-        else:
             try:
-                db.conn.execute("COMMIT")
+                db.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StorageError(f"The annotation database is busy ({exc}); please try again in a moment.") from exc
+            try:
+                yield db
             except BaseException:
                 if db.conn.in_transaction:
                     db.conn.execute("ROLLBACK")
                 raise
+            else:
+                try:
+                    db.conn.execute("COMMIT")
+                except BaseException:
+                    if db.conn.in_transaction:
+                        db.conn.execute("ROLLBACK")
+                    raise
+        finally:
+            lock.release()
 
     def close(self) -> None:
         """Close every connection opened here (in any thread); later use raises StorageError."""

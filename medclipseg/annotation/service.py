@@ -456,6 +456,21 @@ class AnnotationService:
                                 mutual_information=prediction.mutual_information)
         return mask_path, maps_path
 
+    def take_next_case(self, annotator: str, *, acquisition: str = DEFAULT_ACQUISITION):
+        """Lease the next case to `annotator` and return the store's Case, without reading its pixels or
+        maps (a script's /next_case needs its file only); None when the queue has none for them."""
+        annotator, acquisition = check_annotator(annotator), check_acquisition(acquisition)
+        return self.store.next_case(annotator, acquisition=acquisition)
+
+    def stored_image_copy(self, case_id: int) -> Path:
+        """A scratch copy of a 2-D case's stored PNG, named ``case<id>.png`` (no decoding, no encoding)."""
+        import shutil
+
+        with self.scratch.folder() as out:
+            path = out / f"case{int(case_id):06d}.png"
+            shutil.copyfile(self.store.image_file(case_id), path)
+        return path
+
     def case_image_file(self, view: CaseView) -> Path:
         """The case's pixels as ``case<id>.png`` in a scratch folder."""
         with self.scratch.folder() as out:
@@ -646,8 +661,9 @@ class AnnotationService:
     def case_history(self, case_id: int) -> list:
         return self.store.case_history(case_id)
 
-    def latest_correction(self, case_id: int):
-        return self.store.latest_correction(case_id)
+    def latest_correction(self, case_id: int, annotator: Optional[str] = None):
+        """The newest saved version (of `annotator`'s own chain when a case has several raters)."""
+        return self.store.latest_correction(case_id, annotator)
 
     # -- several raters and review (medclipseg.annotation.review) ---------------------------------
     def project_settings(self):

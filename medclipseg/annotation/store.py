@@ -411,6 +411,10 @@ class AnnotationStore:
     def load_image(self, case_id: int) -> np.ndarray:
         return self._files.read_image(_get(self._db(), "cases", case_id, "Case")["image_path"])
 
+    def image_file(self, case_id: int) -> Path:
+        """The stored PNG of a 2-D case's pixels (as decoded at upload; lossless)."""
+        return self._files.resolve(_get(self._db(), "cases", case_id, "Case")["image_path"], "images")
+
     # -- predictions ----------------------------------------------------------------------------
     def add_prediction(self, case_id: int, prediction) -> int:
         case = self.get_case(case_id)
@@ -872,10 +876,25 @@ class AnnotationStore:
         except (TypeError, ValueError) as exc:
             raise StorageError(f"The slice provenance of case {case.id} is not usable: {exc}.") from None
 
-    def latest_correction(self, case_id: int) -> Optional[dict]:
-        """The case's highest-version correction row (any status; scores decoded), None before the first."""
-        case_id = int(_get(self._db(), "cases", case_id, "Case")["id"])
-        rows = list(self._db()["corrections"].rows_where("case_id = ?", [case_id], order_by="version DESC", limit=1))
+    def latest_correction(self, case_id: int, annotator: Optional[str] = None) -> Optional[dict]:
+        """The case's highest-version correction row (any status; scores decoded), None before the first.
+
+        With several raters per case and an ``annotator``, the newest version of that annotator's own
+        chain (raters never see each other's masks); for someone with no chain of their own on a case
+        under review (a reviewer), the version under review."""
+        db = self._db()
+        case = _get(db, "cases", case_id, "Case")
+        case_id = int(case["id"])
+        where, params = "case_id = ?", [case_id]
+        if annotator is not None and review.project_settings(db).raters_per_case > 1:
+            own = review.latest_in_chain(db, case_id, annotator)
+            if own is not None:
+                where, params = "case_id = ? AND rater = ?", [case_id, annotator]
+            elif case["review_state"] is not None and case["review_version"] is not None:
+                where, params = "case_id = ? AND version = ?", [case_id, int(case["review_version"])]
+            else:
+                return None
+        rows = list(db["corrections"].rows_where(where, params, order_by="version DESC", limit=1))
         if not rows:
             return None
         row = rows[0]

@@ -120,7 +120,7 @@ def start_mask(service, case_id: int, annotator: Optional[str]) -> tuple:
         draft = store.draft(case_id, annotator)
         if draft is not None:
             return draft.mask, "draft", draft.base_version, list(draft.reviewed_slices)
-    latest = store.latest_correction(case_id)
+    latest = store.latest_correction(case_id, annotator)
     if latest is not None:
         import json
 

@@ -197,8 +197,8 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
                 "pixels_added": correction.pixels_added, "pixels_erased": correction.pixels_erased,
                 "pixels_changed": correction.pixels_changed, "created_at": correction.created_at}
 
-    def _latest_version(case_id: int) -> int:
-        latest = service.latest_correction(case_id)
+    def _latest_version(case_id: int, annotator: Optional[str] = None) -> int:
+        latest = service.latest_correction(case_id, annotator)
         return 0 if latest is None else int(latest["version"])
 
     @_in_words
@@ -233,19 +233,20 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
         `plane` as the app shows it) and its image as .nii.gz in modality units on its own grid."""
         name = acting(team, request, annotator, "take_case").name
         acquisition = acquisition or settings.queue_order()
-        view = service.next_case(name, acquisition=acquisition)
-        if view is None:
+        case = service.take_next_case(name, acquisition=acquisition)
+        if case is None:
             return {"case_id": None, "message": "No unreviewed cases left."}, None
-        if view.case.is_volume:
-            return _next_volume_case(view, name, acquisition)
-        image = service.case_image_file(view)
-        summary = {"case_id": view.case.id, "prediction_id": view.prediction_id, "prompt": view.case.prompt,
-                   "original_name": view.case.original_name, "width": view.case.width,
-                   "height": view.case.height, "assigned_to": name, "acquisition": acquisition,
-                   "latest_version": _latest_version(view.case.id),
-                   "model_id": view.prediction.model_id if view.prediction is not None else None,
-                   "scores": view.prediction.scores if view.prediction is not None else {}}
-        return summary, _file(image)
+        if case.is_volume:
+            return _next_volume_case(service.open_case(case.id), name, acquisition)
+        prediction_id = service.store.latest_prediction_id(case.id)
+        prediction = service.store.prediction_row(prediction_id) if prediction_id is not None else None
+        summary = {"case_id": case.id, "prediction_id": prediction_id, "prompt": case.prompt,
+                   "original_name": case.original_name, "width": case.width,
+                   "height": case.height, "assigned_to": name, "acquisition": acquisition,
+                   "latest_version": _latest_version(case.id, name),
+                   "model_id": prediction["model_id"] if prediction else None,
+                   "scores": prediction["scores"] if prediction else {}}
+        return summary, _file(service.stored_image_copy(case.id))
 
     def _next_volume_case(view, name, acquisition):
         case = view.case
@@ -258,7 +259,7 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
                    "original_name": case.original_name, "shape": list(geometry.file_shape),
                    "affine": [list(row) for row in geometry.affine], "plane": geometry.plane,
                    "slices": geometry.depth, "start_slice": start, "modality": geometry.modality,
-                   "assigned_to": name, "acquisition": acquisition, "latest_version": _latest_version(case.id),
+                   "assigned_to": name, "acquisition": acquisition, "latest_version": _latest_version(case.id, name),
                    "model_id": prediction["model_id"] if prediction else None,
                    "scores": prediction["scores"] if prediction else {}}
         return summary, _file(image)
@@ -421,19 +422,23 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
             if changing else service.project_settings()
         return {"review_required": found.review_required, "raters_per_case": found.raters_per_case}
 
+    # The short calls of a team's loop answer directly, outside Gradio's queue (its round trip, join
+    # then event stream, costs more than the work; benchmarks/team_load.py). The database keeps
+    # concurrent calls apart. Model runs, ingests, exports and retrainings stay queued.
+    direct = dict(queue=False)
     gr.api(segment, api_name="segment", concurrency_id="model", concurrency_limit=1)
-    gr.api(save_correction, api_name="save_correction")
-    gr.api(skip, api_name="skip")
-    gr.api(unskip, api_name="unskip")
-    gr.api(next_case, api_name="next_case")
+    gr.api(save_correction, api_name="save_correction", **direct)
+    gr.api(skip, api_name="skip", **direct)
+    gr.api(unskip, api_name="unskip", **direct)
+    gr.api(next_case, api_name="next_case", **direct)
     gr.api(ingest, api_name="ingest", concurrency_id="ingest", concurrency_limit=1)
     gr.api(export, api_name="export")
     gr.api(retrain, api_name="retrain", concurrency_id="model-actions", concurrency_limit=1)
-    gr.api(job, api_name="job")
+    gr.api(job, api_name="job", **direct)
     gr.api(cancel_job, api_name="cancel_job")
-    gr.api(models, api_name="models")
+    gr.api(models, api_name="models", **direct)
     gr.api(promote, api_name="promote", concurrency_id="model-actions", concurrency_limit=1)
     gr.api(rollback, api_name="rollback", concurrency_id="model-actions", concurrency_limit=1)
     for endpoint in (submit_review, review_queue, next_review, review, agreement, project):
-        gr.api(endpoint, api_name=endpoint.__name__)
+        gr.api(endpoint, api_name=endpoint.__name__, **direct)
 

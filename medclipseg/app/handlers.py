@@ -272,7 +272,7 @@ def open_case(service: AnnotationService, case_id: int, prediction_id: int, anno
         return Screen(session=None, editor=closed_value(message), status=error_text(message), history="",
                       numbers="", queue=queue_text(service))
     prediction = service.prediction(prediction_id)
-    latest = service.latest_correction(case_id)
+    latest = service.latest_correction(case_id, annotator)
     draft = service.draft(case_id, annotator) if annotator else None
     base_version = None if latest is None else int(latest["version"])
     stale = draft is not None and latest is not None and draft.base_version != latest["version"]
@@ -582,11 +582,12 @@ def _after_save(service: AnnotationService, session: EditorSession, edit: Editor
                   history=history_markdown(service, session.case_id), queue=queue_text(service))
 
 
-def _start_mask(service: AnnotationService, session: EditorSession, edit: EditorEdit) -> tuple:
+def _start_mask(service: AnnotationService, session: EditorSession, edit: EditorEdit,
+                annotator: Optional[str] = None) -> tuple:
     """(mask, label) the edit started from: the saved version it names when that is still the
     latest (otherwise the save is refused as a conflict anyway), else the model's mask."""
     if edit.base_version is not None:
-        latest = service.latest_correction(session.case_id)
+        latest = service.latest_correction(session.case_id, annotator)
         if latest is not None and latest["version"] == edit.base_version:
             return service.store.load_mask(latest["mask_path"]), f"v{edit.base_version}"
     return _prediction_at(service, edit.prediction_id, edit.threshold).mask, "the model's mask"
@@ -635,7 +636,7 @@ def save(service: AnnotationService, session: Optional[EditorSession], editor_va
         return _save_volume(service, session, editor_value, annotator, accepting=False)
     try:
         edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
-        start_mask, start_label = _start_mask(service, session, edit)
+        start_mask, start_label = _start_mask(service, session, edit, annotator)
         if np.array_equal(start_mask, edit.mask) and edit.base_version is not None:
             return Screen(status=f"Nothing saved: the mask is the same as {start_label}, the latest version.")
         edited = _differs_from_model(service, edit)
@@ -951,7 +952,7 @@ def _open_work(service: AnnotationService, case, prediction_id: int, annotator: 
     holds) takes the draft only when it builds on that version."""
     store = service.store
     own_threshold = float(store.prediction_row(prediction_id)["threshold"])
-    latest = service.latest_correction(case.id)
+    latest = service.latest_correction(case.id, annotator)
     latest_version = None if latest is None else int(latest["version"])
     draft = service.draft(case.id, annotator) if annotator else None
     stale = draft is not None and latest is not None and draft.base_version != latest_version
@@ -1030,7 +1031,7 @@ def _work_for(service: AnnotationService, case_id: int, annotator: Optional[str]
     """The annotator's work on the volume the editor shows (held, or read again from the store when the
     server no longer holds it or a save happened since). Call with the work's lock held."""
     key = _work_key(service, case_id, annotator)
-    latest = service.latest_correction(case_id)
+    latest = service.latest_correction(case_id, annotator)
     latest_version = None if latest is None else int(latest["version"])
     work = VOLUMES.work(key)
     if work is not None and work.latest_version == latest_version and work.prediction_id == edit.prediction_id \
@@ -1652,7 +1653,7 @@ def _save_volume(service: AnnotationService, session: EditorSession, editor_valu
             mask = composed_mask(service, work)
             provenance = slice_provenance(work)
             reviewed = sorted(work.reviewed | {i for i, value in enumerate(provenance) if value == volume_tools.DRAWN})
-            latest = service.latest_correction(session.case_id)
+            latest = service.latest_correction(session.case_id, annotator)
             if edit.base_version is not None and latest is not None and int(latest["version"]) == edit.base_version \
                     and set(reviewed) <= _version_reviewed(latest) \
                     and np.array_equal(service.store.load_mask(latest["mask_path"]), mask):
