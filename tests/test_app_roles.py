@@ -195,6 +195,11 @@ def button_calls(service, case_id, version_id):
         "on_cancel": ("admin", ("", 1)),
         "on_promote": ("admin", ("", version_id, 1)),
         "on_rollback": ("admin", ("", 1)),
+        "on_submit": ("annotator", (session, "")),
+        "on_review_next": ("reviewer", ("uncertainty", "", None, None)),
+        "on_approve": ("reviewer", (session, None, "", "")),
+        "on_reject": ("reviewer", (session, None, "needs work", "")),
+        "on_review_queue": ("reviewer", ("uncertainty",)),
     }
 
 
@@ -230,7 +235,8 @@ def test_every_button_checks_the_role_on_the_server(tmp_path):
                 if allowed:
                     assert ROLE_REFUSAL not in text and "sign in" not in text, (role, name, text[:300])
                 else:
-                    expected = "Please sign in" if role is None else f"Only an admin {ROLE_REFUSAL}"
+                    who = "an admin" if least == "admin" else "a reviewer or an admin"
+                    expected = "Please sign in" if role is None else f"Only {who} {ROLE_REFUSAL}"
                     assert expected in text, (role, name, text[:300])
                     assert database_state(db_path) == before, (role, name)
         # The page shows each role only what it may use.

@@ -213,6 +213,13 @@ def history_markdown(service: AnnotationService, case_id: int) -> str:
         reviewed = sorted(_version_reviewed(latest))
         lines += ["", f"v{latest['version']} was reviewed on {len(reviewed)} of {depth} slices"
                       + (f": {slice_list(reviewed)}." if reviewed else ".")]
+    reviews = service.store.review_history(case_id)
+    if reviews:  # who submitted, approved or rejected which version, and why
+        lines += ["", "| Review | Version | By | When | Comment |", "|---|---|---|---|---|"]
+        for row in reversed(reviews):
+            version = f"v{row['version']}" + (f" → v{row['new_version']} (edited)" if row["new_version"] else "")
+            comment = html.escape(row["comment"] or "").replace("|", "\\|") or "—"
+            lines.append(f"| {row['action']} | {version} | {row['by']} | {_when(row['created_at'])} | {comment} |")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from medclipseg.annotation.export import VOLUME_FORMATS
 from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.service import MAX_SAMPLES, AnnotationService
 from medclipseg.app import api, handlers, model_tab
+from medclipseg.app import review as review_page
 from medclipseg.app.api import acting
 from medclipseg.app.editor import mask_editor
 from medclipseg.app.handlers import HEADER_WINDOW, KEEP, Screen
@@ -115,7 +116,7 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
         if not auth_enabled:
             gr.Markdown(OPEN_WARNING, elem_id="open-warning")
         with gr.Tabs(elem_id="screens"):
-            with gr.Tab("Annotate", elem_id="annotate-tab"):
+            with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab"):
                 with gr.Row(equal_height=False, elem_id="annotate-row"):
                     with gr.Column(scale=1, min_width=300, elem_id="side-column"):
                         with gr.Tabs():
@@ -150,7 +151,8 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                                                           label="Rank unreviewed cases by", elem_id="acquisition")
                                 gr.Markdown("*Next case* (below the editor, key <kbd>N</kbd>) opens the unreviewed "
                                             "case ranked first by this order and reserves it for you.")
-                            with gr.Tab("Ingest", elem_id="ingest-tab") as ingest_tab:
+                            # Hidden until the page's load says the login is an admin's (with logins on).
+                            with gr.Tab("Ingest", elem_id="ingest-tab", visible=not auth_enabled) as ingest_tab:
                                 # No type filter: DICOM files often have no suffix; the ingest says
                                 # in words which files it could not read.
                                 ingest_files = gr.File(label="Images, scans (NIfTI .nii/.nii.gz, DICOM files "
@@ -166,7 +168,7 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                                 ingest_button = gr.Button("Ingest and rank by uncertainty", elem_id="ingest")
                                 ingest_progress = gr.HTML(elem_id="ingest-progress")
                                 ingest_report = gr.Markdown(elem_id="ingest-report")
-                            with gr.Tab("Export", elem_id="export-tab") as export_tab:
+                            with gr.Tab("Export", elem_id="export-tab", visible=not auth_enabled) as export_tab:
                                 val_fraction = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Validation fraction")
                                 test_fraction = gr.Slider(0, 0.5, value=0.2, step=0.05, label="Test fraction")
                                 split_seed = gr.Number(value=0, precision=0, label="Split seed")
@@ -194,12 +196,30 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                             next_button = gr.Button("Next case (N)", elem_id="next-case", min_width=110, size="md")
                             use_draft_button = gr.Button("Use my draft", elem_id="use-draft", visible=False,
                                                          min_width=110, size="md")
+                            submit_button = gr.Button("Submit for review", elem_id="submit-review", min_width=110,
+                                                      size="md")
+                        # Reviewers only (medclipseg.team.access): decide on the version the editor shows.
+                        with gr.Row(elem_id="review-actions", visible=False) as review_row:
+                            review_next_button = gr.Button("Review next", elem_id="review-next", min_width=110,
+                                                           size="md", scale=1)
+                            review_comment = gr.Textbox(label="Review comment (needed to reject)", lines=1, scale=4,
+                                                        elem_id="review-comment", min_width=200)
+                            approve_button = gr.Button("Approve", variant="primary", elem_id="approve", min_width=100,
+                                                       size="md", scale=1)
+                            reject_button = gr.Button("Reject", variant="stop", elem_id="reject", min_width=100,
+                                                      size="md", scale=1)
                         # The last action's outcome, right under its buttons (a refused save says why here).
                         status = gr.Markdown(elem_id="status")
                         editor = mask_editor(elem_id="editor", server_functions=[volume_slices, volume_plane, volume_tool])
                         queue_box = gr.Markdown(handlers.queue_text(service), elem_id="queue")
                         history = gr.Markdown(elem_id="history")
                         numbers = gr.Markdown(elem_id="numbers")
+            with gr.Tab("Review", id="review", elem_id="review-tab", visible=False) as review_tab:
+                review_order = gr.Dropdown([(label, key) for key, label in review_page.ORDER_LABELS.items()],
+                                           value="uncertainty", label="Order", elem_id="review-order")
+                gr.Markdown("*Review next* (on the Annotate screen, beside *Approve* and *Reject*) opens the first "
+                            "case of this order that no other reviewer holds.")
+                review_queue_box = gr.Markdown(elem_id="review-queue")
             with gr.Tab("Model", elem_id="model-tab"):
                 model_view = _model_tab(service)
 
@@ -333,6 +353,33 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                          annotator=name)
 
         @requires("save")
+        def on_submit(current, typed_name, request: gr.Request):
+            return shown(review_page.submit(service, current, name_of(typed_name, request),
+                                            may_submit_others=may(typed_name, request, "review")))
+
+        @requires("review")
+        def on_review_next(order, typed_name, current, editor_value, request: gr.Request):
+            name = name_of(typed_name, request)
+            update = shown(review_page.next_case_to_review(service, order, name, editor_value, session=current),
+                           remember=True, annotator=name)
+            update[review_queue_box] = review_page.queue_markdown(service, order)
+            return update
+
+        @requires("review")
+        def on_approve(current, editor_value, comment, typed_name, request: gr.Request):
+            return shown(review_page.decide(service, current, editor_value, name_of(typed_name, request),
+                                            approve=True, comment=comment))
+
+        @requires("review")
+        def on_reject(current, editor_value, comment, typed_name, request: gr.Request):
+            return shown(review_page.decide(service, current, editor_value, name_of(typed_name, request),
+                                            approve=False, comment=comment))
+
+        @requires("review", lambda exc: handlers.error_text(exc))
+        def on_review_queue(order, request: gr.Request):
+            return review_page.queue_markdown(service, order)
+
+        @requires("save")
         def on_use_draft(current, typed_name, request: gr.Request):
             return shown(handlers.use_draft(service, current, name_of(typed_name, request)))
 
@@ -351,6 +398,10 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                 update[signed_in] = f"Signed in as **{name}** ({actor.role})"
             update[ingest_tab] = gr.update(visible=actor.may("ingest"))
             update[export_tab] = gr.update(visible=actor.may("export"))
+            update[review_tab] = gr.update(visible=actor.may("review"))
+            update[review_row] = gr.update(visible=actor.may("review"))
+            if actor.may("review"):
+                update[review_queue_box] = review_page.queue_markdown(service)
             if saved.get("case_id") is not None and name:
                 update.update(shown(handlers.reopen(service, saved["case_id"], name, saved.get("slice"))))
             update[queue_box] = handlers.queue_text(service)
@@ -444,8 +495,16 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
         annotator_box.change(None, [annotator_box, remembered], [remembered], show_progress="hidden",
                              js="(name, saved) => ({...(saved || {}), annotator: (name || '').trim()})", **private)
         demo.load(on_load, [remembered, annotator_box],
-                  [annotator_box, ingest_tab, export_tab, *([signed_in] if auth_enabled else []), *outputs(*opened)],
-                  **private)
+                  [annotator_box, ingest_tab, export_tab, review_tab, review_row, review_queue_box,
+                   *([signed_in] if auth_enabled else []), *outputs(*opened)], **private)
+        submit_button.click(on_submit, [session, annotator_box], outputs("status", "history"), **private)
+        review_next_button.click(on_review_next, [review_order, annotator_box, session, editor],
+                                 outputs(*opened, "prompt") + [remembered, review_queue_box], **private)
+        approve_button.click(on_approve, [session, editor, review_comment, annotator_box], outputs(*opened),
+                             **private)
+        reject_button.click(on_reject, [session, editor, review_comment, annotator_box], outputs(*opened), **private)
+        review_order.change(on_review_queue, [review_order], [review_queue_box], **private)
+        review_tab.select(on_review_queue, [review_order], [review_queue_box], **private)
         queue_timer = gr.Timer(QUEUE_POLL_SECONDS)
         queue_seen = gr.State(None)
         queue_timer.tick(on_queue_tick, [queue_seen], [queue_box, queue_seen], show_progress="hidden", **private)
