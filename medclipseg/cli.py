@@ -423,8 +423,7 @@ def _add_ingest(commands) -> None:
     parser = commands.add_parser("ingest", help="add a folder or .zip of images to the review queue (predicted)",
                                  description="Predict every image of a folder or .zip and add it to the "
                                              "annotation database's review queue.")
-    parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB, /data on Spaces, or "
-                                     "feedback_db/annotations.db)")
+    parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB or feedback_db/annotations.db)")
     parser.add_argument("--source", required=True,
                         help="folder (searched recursively) or .zip of images, NIfTI scans and DICOM series "
                              "(each scan one volume case)")
@@ -441,8 +440,7 @@ def _add_ingest(commands) -> None:
 
 
 def _add_db(parser) -> None:
-    parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB, /data on Spaces, or "
-                                     "feedback_db/annotations.db)")
+    parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB or feedback_db/annotations.db)")
 
 
 def _add_by(parser) -> None:
@@ -487,10 +485,45 @@ def _add_promote(commands) -> None:
 
 
 def _add_rollback(commands) -> None:
-    parser = commands.add_parser("rollback", help="make the previously current model version current again",
-                                 description="Undo the last promotion.")
+    parser = commands.add_parser("rollback", help="make the version promoted before the current one current again",
+                                 description="Undo the last promotion; run again to go further back.")
     _add_db(parser)
     _add_by(parser)
+
+
+def _add_project(commands) -> None:
+    parser = commands.add_parser("project", help="show or change the project's settings (review step, raters per case)",
+                                 description="Without options, print the settings; with them, change them first.")
+    _add_db(parser)
+    parser.add_argument("--review", choices=("on", "off"),
+                        help="on: only versions a reviewer approved train and export")
+    parser.add_argument("--raters", type=int, help="how many different annotators label each case (1 to 10)")
+
+
+def _add_agreement(commands) -> None:
+    parser = commands.add_parser("agreement", help="how far a case's raters agree, and their consensus",
+                                 description="Pairwise Dice of the raters' newest masks, each rater against the "
+                                             "consensus, and STAPLE's sensitivity and specificity, as JSON.")
+    _add_db(parser)
+    parser.add_argument("--case", type=int, required=True, help="the case id")
+    parser.add_argument("--method", choices=("staple", "majority"), default="staple", help="consensus (default staple)")
+
+
+def _add_snapshot(commands) -> None:
+    parser = commands.add_parser("snapshot", help="copy the database and its files into a folder that outlives the "
+                                                  "machine (a mounted bucket)",
+                                 description="A consistent copy (SQLite's backup API) plus the files not yet "
+                                             "mirrored; the newest --keep copies are kept.")
+    _add_db(parser)
+    parser.add_argument("--to", required=True, help="the snapshot folder")
+    parser.add_argument("--keep", type=int, default=8, help="how many snapshots to keep (default 8)")
+
+
+def _add_restore(commands) -> None:
+    parser = commands.add_parser("restore", help="put the newest readable snapshot in place of a missing database",
+                                 description="Refused when the database exists: a live database is never replaced.")
+    _add_db(parser)
+    parser.add_argument("--from", dest="source", required=True, help="the snapshot folder")
 
 
 def _add_rescore(commands) -> None:
@@ -513,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="one of the commands below; `medclipseg COMMAND --help` lists its options")
     for add in (_add_phantoms, _add_pretrain, _add_train, _add_ship, _add_evaluate, _add_benchmark, _add_predict,
                 _add_export, _add_ingest, _add_realdata, _add_retrain, _add_models, _add_promote, _add_rollback,
-                _add_rescore):
+                _add_rescore, _add_project, _add_agreement, _add_snapshot, _add_restore):
         add(commands)
     return parser
 
@@ -895,6 +928,63 @@ def run_rollback(args) -> int:
     return 0
 
 
+def run_project(args) -> int:
+    from medclipseg.annotation.store import AnnotationStore
+
+    store = AnnotationStore(args.db)
+    try:
+        changes = {}
+        if args.review is not None:
+            changes["review_required"] = args.review == "on"
+        if args.raters is not None:
+            changes["raters_per_case"] = args.raters
+        settings_now = store.set_project_settings(**changes) if changes else store.project_settings()
+    finally:
+        store.close()
+    print(f"review_required={int(settings_now.review_required)} raters_per_case={settings_now.raters_per_case}")
+    return 0
+
+
+def run_agreement(args) -> int:
+    import json
+
+    from medclipseg.annotation.store import AnnotationStore
+
+    store = AnnotationStore(args.db)
+    try:
+        store.get_case(args.case)
+        found = store.case_agreement(args.case, method=args.method)
+    finally:
+        store.close()
+    print(json.dumps({"case_id": args.case, **({"raters": []} if found is None else found.summary())}))
+    return 0
+
+
+def run_snapshot(args) -> int:
+    from medclipseg import settings
+    from medclipseg.annotation.snapshots import take_snapshot
+
+    taken = take_snapshot(args.db or settings.db_path(), args.to, keep=args.keep)
+    print(f"snapshot={taken.path} files_copied={taken.files_copied} seconds={taken.seconds:.2f}")
+    return 0
+
+
+def run_restore(args) -> int:
+    from pathlib import Path
+
+    from medclipseg import settings
+    from medclipseg.annotation.snapshots import restore
+
+    db_path = Path(args.db) if args.db else settings.db_path()
+    if db_path.exists():
+        raise ValueError(f"{db_path} exists; a live database is never replaced. Restore into a new path (--db).")
+    used = restore(db_path, args.source)
+    if used is None:
+        raise FileNotFoundError(f"There is no readable snapshot of {db_path.name} in {args.source}.")
+    print(f"restored={used} db={db_path}")
+    return 0
+
+
 def run_rescore(args) -> int:
     from medclipseg.annotation.service import AnnotationService
 
@@ -924,7 +1014,8 @@ def main(argv=None) -> int:
     handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "phantoms": run_phantoms,
                 "pretrain": run_pretrain, "ship": run_ship, "benchmark": run_benchmark, "export": run_export,
                 "ingest": run_ingest, "realdata": run_realdata, "retrain": run_retrain, "models": run_models,
-                "promote": run_promote, "rollback": run_rollback, "rescore": run_rescore}
+                "promote": run_promote, "rollback": run_rollback, "rescore": run_rescore, "project": run_project,
+                "agreement": run_agreement, "snapshot": run_snapshot, "restore": run_restore}
     try:
         return handlers[args.command](args)
     except (LayoutError, ImageReadError, PromptError, WeightsSourceError, CheckpointMismatchError,
