@@ -112,9 +112,9 @@ def test_queue_summary(store):
 
 def test_editing_renews_the_lease_so_a_long_correction_is_not_served_to_another(tmp_path):
     with AnnotationStore(tmp_path / "annotations.db", lease_seconds=1.5) as store:
-        first, second = fill_scored_queue(store, 2)
+        first, second, _third = fill_scored_queue(store, 3)
         taken = store.next_case("alice", acquisition="random")
-        other = second if taken.id == first.id else first
+        other = store.next_case("bob", acquisition="random")
         for _ in range(3):  # 3 s of editing, a draft every 0.75 s: longer than one lease
             time.sleep(0.75)
             store.save_draft(taken.id, "alice", np.zeros((24, 32), bool))
@@ -123,10 +123,12 @@ def test_editing_renews_the_lease_so_a_long_correction_is_not_served_to_another(
         expires = conn.execute("SELECT lease_expires FROM cases WHERE id = ?", [taken.id]).fetchone()[0]
         conn.close()
         assert renewed.assigned_to == "alice" and expires > time.time() + 1.0
-        assert store.next_case("bob", acquisition="random").id == other.id  # not alice's case
-        # A draft on a case nobody holds takes it; one on a case another holds leaves their lease.
-        store.release(taken.id, annotator="alice")
-        store.save_draft(taken.id, "carol", np.zeros((24, 32), bool))
-        assert store.get_case(taken.id).assigned_to == "carol"
+        assert store.next_case("bob", acquisition="random").id == other.id  # still bob's, never alice's case
+        # An edit never takes a lease: a late draft of a case alice left keeps her on her new case,
+        # and a draft on a case someone else holds leaves their lease.
+        now_on = store.next_case("alice", acquisition="random", skip_case_id=taken.id)
+        assert now_on.id not in (taken.id, other.id)
         store.save_draft(taken.id, "alice", np.zeros((24, 32), bool))
-        assert store.get_case(taken.id).assigned_to == "carol"
+        assert store.get_case(now_on.id).assigned_to == "alice" and store.get_case(taken.id).assigned_to is None
+        store.save_draft(now_on.id, "carol", np.zeros((24, 32), bool))
+        assert store.get_case(now_on.id).assigned_to == "alice"

@@ -144,3 +144,18 @@ def test_several_raters_with_review_submit_the_case_when_the_last_rater_saves(st
         written = cv2.imread(str(tmp_path / "export" / path), cv2.IMREAD_GRAYSCALE) > 0
         np.testing.assert_array_equal(written, box(5, 5) if rater == "ann" else box(5, 7))
     assert entry["agreement"]["mean_pairwise_dice"] == pytest.approx(dice(box(5, 5), box(5, 7)))
+
+
+def test_one_of_several_raters_passes_on_a_case_and_the_others_still_get_it(store):
+    store.set_project_settings(raters_per_case=2)
+    case = case_with_prediction(store, 1)[0]
+    assert store.next_case("ann").id == case.id
+    assert store.skip(case.id, annotator="ann") == "declined"
+    assert store.get_case(case.id).status == "unreviewed"
+    assert store.next_case("ann") is None  # never again to ann
+    assert store.next_case("bea").id == case.id  # the others still get it
+    store.release(case.id, annotator="bea")
+    assert store.unskip(case.id, annotator="ann") == "unreviewed"  # ann takes it back
+    assert store.next_case("ann").id == case.id
+    store.set_project_settings(raters_per_case=1)
+    assert store.skip(case.id, annotator="ann") == "skipped"  # one rater: out of the queue for all

@@ -7,13 +7,14 @@ columns of ``cases`` (see medclipseg.annotation.schema), so serving the top is a
 
 A case a reviewer rejected goes back to the annotator whose version it was: their next case is
 that one (oldest first) before anything new. With several raters per case
-(medclipseg.annotation.review), a case is never served to an annotator who labelled it already.
+(medclipseg.annotation.review), a case is never served to an annotator who labelled it already
+or declined it (a skip by one of several raters).
 
 Leases: serving or claiming a case leases it to the annotator for ``lease_seconds``; while the
 lease is live nobody else is served it. An annotator holds one lease at a time (a new one clears
 their others), and asking again re-serves their own. Editing renews it (every draft the editor
 writes calls :func:`renew`), so a case being corrected for longer than a lease is not served to
-anyone else. A save or a status change clears the lease.
+anyone else; an edit never takes a lease the annotator does not hold. A save or a status change clears the lease.
 
 Every function here takes the ``sqlite_utils.Database`` of an open write transaction
 (``Connections.write()``), so the check and the lease it takes are one atomic step.
@@ -136,6 +137,7 @@ def next_case_id(db, annotator: str, *, acquisition: str, batch: Optional[str], 
     # Several raters per case: never a case this annotator has already labelled.
     several = review.project_settings(db).raters_per_case > 1
     not_rated = ("AND NOT EXISTS (SELECT 1 FROM corrections k WHERE k.case_id = c.id AND k.annotator = :annotator) "
+                 "AND NOT EXISTS (SELECT 1 FROM declines d WHERE d.case_id = c.id AND d.annotator = :annotator) "
                  if several else "")
     columns = (f'c.id, c.prompt, c.descriptor, c.source_key, c.slice_index, c."{order}" AS score' if diverse
                else "c.id")
@@ -231,20 +233,14 @@ def claim(db, case_id: int, annotator: str, *, now: float, lease_seconds: float)
 
 
 def renew(db, case_id: int, annotator: str, *, now: float, lease_seconds: float) -> bool:
-    """Editing keeps a case: `annotator`'s lease on it runs ``lease_seconds`` from now again, and an
-    unreviewed case nobody holds is leased to them. Someone else's live lease is left as it is
-    (their save and this one meet in the version check). True when `annotator` holds it now."""
-    rows = list(db["cases"].rows_where("id = ?", [int(case_id)], select="status, assigned_to, lease_expires"))
+    """Editing keeps a case: `annotator`'s lease on it runs ``lease_seconds`` from now again. Only a
+    lease they hold is renewed: an edit never takes a case (a late draft of a case they have left
+    must not move their lease away from the case they work on now). True when renewed."""
+    rows = list(db["cases"].rows_where("id = ? AND assigned_to = ?", [int(case_id), annotator], select="id"))
     if not rows:
         return False
-    holder, expires = rows[0]["assigned_to"], rows[0]["lease_expires"]
-    if holder == annotator:
-        db["cases"].update(int(case_id), {"lease_expires": now + lease_seconds})
-        return True
-    if rows[0]["status"] == "unreviewed" and (holder is None or expires is None or expires <= now):
-        lease(db, case_id, annotator, now=now, lease_seconds=lease_seconds)
-        return True
-    return False
+    db["cases"].update(int(case_id), {"lease_expires": now + lease_seconds})
+    return True
 
 
 def release(db, case_id: int, annotator: str) -> None:

@@ -44,7 +44,8 @@ it reaches the project's ``meta.raters_per_case`` (1 by default); ``cases.disagr
 1 - the mean pairwise Dice of its raters' newest masks and ``cases.consensus_path`` their STAPLE
 consensus mask (medclipseg.team.agreement), what trains and exports for a case with several raters. ``cases.review_state``
 ('submitted', 'approved', 'rejected' or NULL) and ``review_version`` follow the review step, and
-``reviews`` logs every submission and decision (who, which version, the comment). Project
+``reviews`` logs every submission and decision (who, which version, the comment); ``declines``
+holds the cases a rater skipped while other raters still label them. Project
 settings in ``meta``: ``review_required`` and ``raters_per_case``. See medclipseg.annotation.review.
 
 Queue ranks (version 2): each case carries ``rank_<acquisition>`` columns copied from the scores
@@ -299,6 +300,9 @@ def _add_raters_and_review(db) -> None:
         pk="id", foreign_keys=[("case_id", "cases", "id")],
         not_null=["case_id", "action", "by", "comment", "created_at"], defaults={"comment": ""})
     db["reviews"].create_index(["case_id"], index_name="idx_reviews_case")
+    # With several raters a skip declines the case for its rater only; the others still get it.
+    db["declines"].create({"case_id": int, "annotator": str, "created_at": str}, pk=("case_id", "annotator"),
+                          foreign_keys=[("case_id", "cases", "id")], not_null=["created_at"])
     db.execute("CREATE INDEX idx_cases_review ON cases (review_state) WHERE review_state IS NOT NULL")
     db["corrections"].create_index(["case_id", "annotator"], index_name="idx_corrections_case_annotator")
     for key, value in (("review_required", "0"), ("raters_per_case", "1")):

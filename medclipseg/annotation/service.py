@@ -553,7 +553,7 @@ class AnnotationService:
                                           status=status, threshold=threshold, base_version=base_version,
                                           reviewed_slices=reviewed_slices, slice_provenance=slice_provenance)
 
-    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False, others_allowed: bool = True) -> None:
+    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False, others_allowed: bool = True) -> str:
         """Take a case out of the queue without a mask (status 'skipped'; it is never exported or trained on).
 
         Refused while another annotator holds a live lease on the case. A case with a saved version
@@ -564,8 +564,8 @@ class AnnotationService:
         if not isinstance(discard_saved, (bool, np.bool_)):
             raise RequestError(f"discard_saved must be true or false, not {discard_saved!r}.")
         try:
-            self.store.skip(case_id, annotator=annotator, discard_saved=bool(discard_saved),
-                            others_allowed=bool(others_allowed))
+            return self.store.skip(case_id, annotator=annotator, discard_saved=bool(discard_saved),
+                                   others_allowed=bool(others_allowed))
         except SavedVersionExists as saved:
             raise ConfirmationNeeded(
                 f"Case #{saved.case_id} has a saved version: v{saved.version} ({saved.status}), saved by "

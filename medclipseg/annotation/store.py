@@ -989,8 +989,10 @@ class AnnotationStore:
             db["cases"].update(int(case_id), {"status": status, "status_by": annotator, "updated_at": _now_iso(),
                                               **queue.NO_LEASE})
 
-    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False, others_allowed: bool = True) -> None:
-        """Take a case out of the queue without a mask (status 'skipped': never exported or trained on).
+    def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False, others_allowed: bool = True) -> str:
+        """Take a case out of the queue without a mask (status 'skipped': never exported or trained on);
+        returns "skipped". With several raters per case, an unreviewed case is only declined for this
+        annotator (returns "declined"): the other raters still get it.
 
         Refused (StorageError) while another annotator holds a live lease on the case. A case with a
         saved version (corrected or accepted) is refused with SavedVersionExists unless
@@ -1002,6 +1004,12 @@ class AnnotationStore:
         with self._connections.write() as db:
             row = _get(db, "cases", case_id, "Case")
             _refuse_others_lease(row, annotator, now=time.time())
+            if row["status"] == "unreviewed" and review.project_settings(db).raters_per_case > 1:
+                # One of several raters: the case is declined for them only; the others still label it.
+                db["declines"].insert({"case_id": row["id"], "annotator": annotator, "created_at": _now_iso()},
+                                      replace=True)
+                queue.release(db, row["id"], annotator)
+                return "declined"
             if row["status"] in CORRECTION_STATUSES:
                 latest = next(iter(db["corrections"].rows_where(
                     "case_id = ?", [row["id"]], select="version, annotator, status, created_at",
@@ -1016,6 +1024,7 @@ class AnnotationStore:
                                          created_at=latest["created_at"])
             db["cases"].update(row["id"], {"status": "skipped", "status_by": annotator, "updated_at": _now_iso(),
                                            **queue.NO_LEASE})
+        return "skipped"
 
     def unskip(self, case_id: int, *, annotator: str, others_allowed: bool = True) -> str:
         """Undo a skip: the case takes the status of its latest saved version (corrected or accepted), or
@@ -1024,6 +1033,10 @@ class AnnotationStore:
         annotator = _clean_annotator(annotator)
         with self._connections.write() as db:
             row = _get(db, "cases", case_id, "Case")
+            if row["status"] != "skipped" and list(db["declines"].rows_where(
+                    "case_id = ? AND annotator = ?", [row["id"], annotator], select="case_id")):
+                db["declines"].delete((row["id"], annotator))  # back in this rater's queue
+                return str(row["status"])
             if row["status"] != "skipped":
                 raise StorageError(f"Case #{row['id']} is not skipped (its status is {row['status']}); there is "
                                    "no skip to undo.")

@@ -212,8 +212,10 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
         name = actor.name
         if not isinstance(discard_saved, bool):
             raise RequestError("discard_saved must be true or false.")
-        service.skip(case_id, annotator=name, discard_saved=discard_saved, others_allowed=actor.may("skip_others"))
-        return {"case_id": check_case_id(case_id), "status": "skipped", "annotator": name}
+        outcome = service.skip(case_id, annotator=name, discard_saved=discard_saved,
+                               others_allowed=actor.may("skip_others"))
+        # "declined": one of several raters passed on the case; the others still label it.
+        return {"case_id": check_case_id(case_id), "status": outcome, "annotator": name}
 
     @_in_words
     def unskip(case_id: Optional[int], annotator: str = "", request: gr.Request = None) -> dict:

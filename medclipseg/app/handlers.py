@@ -709,8 +709,8 @@ def skip(service: AnnotationService, session: Optional[EditorSession], annotator
         return _no_session()
     try:
         _keep_draft(service, session, editor_value, annotator)
-        service.skip(session.case_id, annotator=annotator, discard_saved=bool(discard_saved),
-                     others_allowed=others_allowed)
+        outcome = service.skip(session.case_id, annotator=annotator, discard_saved=bool(discard_saved),
+                               others_allowed=others_allowed)
     except ConfirmationNeeded as asked:
         saved = f"v{asked.version} ({asked.status}, saved by {asked.annotator})"
         return Screen(skip_confirm=True, status=error_text(
@@ -719,7 +719,8 @@ def skip(service: AnnotationService, session: Optional[EditorSession], annotator
             "take the next case."))
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
-    message = f"Case #{session.case_id} skipped."
+    message = (f"Case #{session.case_id} passed on: the other raters still label it." if outcome == "declined"
+               else f"Case #{session.case_id} skipped.")
     return Screen(session=None, editor=closed_value(message + " Take the next case or segment an image."),
                   status=message, queue=queue_text(service), history="", numbers="", skip_confirm=False)
 

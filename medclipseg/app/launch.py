@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
     args = parser.parse_args(argv)
 
-    from medclipseg.annotation.service import AnnotationService
+    from medclipseg.annotation.service import AnnotationService, check_samples
     from medclipseg.annotation.store import AnnotationStore, StorageError
     from medclipseg.app.handlers import EXAMPLES_DIR
     from medclipseg.app.layout import PAGE_CSS, build_app
@@ -65,6 +65,7 @@ def main(argv=None) -> None:
     try:
         team = team_from_settings(args.host)
         settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
+        check_samples(args.samples)  # before the database is made: a bad setting leaves nothing behind
         db_path = Path(args.db).expanduser() if args.db is not None else settings.db_path()
         snapshot_dir = settings.snapshot_dir()
         if snapshot_dir is not None:

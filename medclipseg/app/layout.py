@@ -34,9 +34,9 @@ from medclipseg.team.access import AccessDenied, Team
 __all__ = ["PAGE_CSS", "build_app"]
 
 QUEUE_POLL_SECONDS = 3.0
-OPEN_WARNING = ("⚠ **No login: this server is open.** Anyone who can reach it may annotate, export every label, "
-                "retrain, promote and roll back, under any name. Set `MEDCLIPSEG_AUTH=\"user:password[:role],...\"` "
-                "to require a login and give each person a role.")
+# Said in the page's title line (the header keeps its two lines) and, in full, in the server's log.
+OPEN_WARNING = ("⚠ **Open: no login.** Anyone who reaches this server may export and retrain "
+                "(set `MEDCLIPSEG_AUTH`).")
 # A compact header, so that the case's buttons, the whole image and the last action's status fit on
 # one 1440 x 900 screen. One column under 900 px: the editor first (after its case bar), then the
 # side panel, both full width.
@@ -104,7 +104,8 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
         with gr.Row(equal_height=False, elem_id="page-header"):
             with gr.Column(scale=3, min_width=300):
                 # How to use it is said in the editor while no case is open; the header stays two lines.
-                gr.Markdown("### MedCLIPSeg Annotator\nResearch and annotation tool, **not for clinical use**.",
+                gr.Markdown("### MedCLIPSeg Annotator\nResearch and annotation tool, **not for clinical use**."
+                            + ("" if auth_enabled else f" <span id='open-warning'>{OPEN_WARNING}</span>"),
                             elem_id="page-title")
                 # A function value is read on every page load (and the timer refreshes it): the serving
                 # model changes when another version is promoted.
@@ -113,8 +114,6 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                                        visible=not auth_enabled, elem_id="annotator", scale=1, min_width=200)
             if auth_enabled:
                 signed_in = gr.Markdown(elem_id="signed-in")
-        if not auth_enabled:
-            gr.Markdown(OPEN_WARNING, elem_id="open-warning")
         with gr.Tabs(elem_id="screens"):
             with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab"):
                 with gr.Row(equal_height=False, elem_id="annotate-row"):
@@ -196,8 +195,9 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                             next_button = gr.Button("Next case (N)", elem_id="next-case", min_width=110, size="md")
                             use_draft_button = gr.Button("Use my draft", elem_id="use-draft", visible=False,
                                                          min_width=110, size="md")
+                            # Shown when the project's review step is on (the page's load says).
                             submit_button = gr.Button("Submit for review", elem_id="submit-review", min_width=110,
-                                                      size="md")
+                                                      size="md", visible=False)
                         # Reviewers only (medclipseg.team.access): decide on the version the editor shows.
                         with gr.Row(elem_id="review-actions", visible=False) as review_row:
                             review_next_button = gr.Button("Review next", elem_id="review-next", min_width=110,
@@ -398,9 +398,13 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                 update[signed_in] = f"Signed in as **{name}** ({actor.role})"
             update[ingest_tab] = gr.update(visible=actor.may("ingest"))
             update[export_tab] = gr.update(visible=actor.may("export"))
-            update[review_tab] = gr.update(visible=actor.may("review"))
-            update[review_row] = gr.update(visible=actor.may("review"))
-            if actor.may("review"):
+            project = service.project_settings()
+            # One person's open app shows the review parts only once the project's review step is on.
+            reviewing = actor.may("review") and (auth_enabled or project.review_required)
+            update[review_tab] = gr.update(visible=reviewing)
+            update[review_row] = gr.update(visible=reviewing)
+            update[submit_button] = gr.update(visible=project.review_required)
+            if reviewing:
                 update[review_queue_box] = review_page.queue_markdown(service)
             if saved.get("case_id") is not None and name:
                 update.update(shown(handlers.reopen(service, saved["case_id"], name, saved.get("slice"))))
@@ -495,7 +499,7 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
         annotator_box.change(None, [annotator_box, remembered], [remembered], show_progress="hidden",
                              js="(name, saved) => ({...(saved || {}), annotator: (name || '').trim()})", **private)
         demo.load(on_load, [remembered, annotator_box],
-                  [annotator_box, ingest_tab, export_tab, review_tab, review_row, review_queue_box,
+                  [annotator_box, ingest_tab, export_tab, review_tab, review_row, review_queue_box, submit_button,
                    *([signed_in] if auth_enabled else []), *outputs(*opened)], **private)
         submit_button.click(on_submit, [session, annotator_box], outputs("status", "history"), **private)
         review_next_button.click(on_review_next, [review_order, annotator_box, session, editor],

@@ -84,9 +84,10 @@ def decide(service: AnnotationService, session: Optional[EditorSession], editor_
     if session is None:
         return Screen(status=error_text("Open a case to review first (Review tab: Review next)."))
     try:
-        if session.is_volume:
-            status = service.store.review_status(session.case_id)
-            version, mask = status["review_version"], None  # volume edits are saved first, then approved
+        if session.is_volume:  # a volume's edits are saved first (Save), then the version shown is decided on
+            version, mask = handlers._read_volume_value(service, session, editor_value).edit.base_version, None
+            if version is None:
+                return Screen(status=error_text(f"Case #{session.case_id} shows no saved version to review."))
         else:
             edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
             version = edit.base_version
