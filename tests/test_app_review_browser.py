@@ -33,6 +33,12 @@ def signed_in_page(browser, url, user, password, *, width=1440, height=900):
     return page
 
 
+def open_review_tab(page):
+    """The Review tab appears once the page's load has checked the login; wait for it, then open it."""
+    page.get_by_role("tab", name="Review", exact=True).wait_for(state="visible")
+    open_tab(page, "Review")
+
+
 def test_a_reviewer_rejects_a_submitted_case_with_a_comment(tmp_path):
     browser_or_skip()
     db_path = tmp_path / "db" / "annotations.db"
@@ -54,14 +60,14 @@ def test_a_reviewer_rejects_a_submitted_case_with_a_comment(tmp_path):
 
         admin = signed_in_page(browser, url, "boss", "pw-boss")
         for _ in range(2):  # an admin keeps the admin tabs across screens
-            open_tab(admin, "Review")
+            open_review_tab(admin)
             open_tab(admin, "Annotate")
             for name in ("Ingest", "Export"):
                 assert admin.get_by_role("tab", name=name, exact=True).count(), name
         admin.context.close()
 
         reviewer = signed_in_page(browser, url, "rev", "pw-rev")
-        open_tab(reviewer, "Review")
+        open_review_tab(reviewer)
         reviewer.wait_for_function("document.querySelector('#review-queue').innerText.includes('Waiting for review')")
         assert f"#{case_id}" in reviewer.inner_text("#review-queue")
         reviewer.screenshot(path=str(shots / "review-1440.png"))
