@@ -324,8 +324,10 @@ def _write_volume_files(store, row: dict, folder: Path, volume_format: str) -> d
 
 def _export_raters(store, case_id: int, name: str, width: int, height: int, staging: Path) -> dict:
     """Each rater's newest mask of a 2-D case under raters/<rater>/, and the case's agreement."""
+    from medclipseg.team.agreement import agreement
+
     masks = store.rater_masks(case_id)
-    found = store.case_agreement(case_id)
+    found = agreement(masks)  # from the masks read once, as store.case_agreement would compute it
     paths = {}
     for index, rater in enumerate(found.raters):
         folder = f"{RATERS_FOLDER}/rater{index + 1:02d}"  # user names stay out of file names

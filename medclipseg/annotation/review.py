@@ -24,7 +24,6 @@ from typing import Optional
 from medclipseg.annotation.errors import StorageError
 
 ACTIONS = ("submitted", "approved", "rejected")
-STATES = ("submitted", "approved", "rejected")
 MAX_RATERS = 10
 QUEUE_ORDERS = ("uncertainty", "disagreement")
 
