@@ -1,7 +1,7 @@
 """A team under load: 32 annotators and 2 reviewers on one app server, through its API.
 
     python benchmarks/team_load.py --engine sqlite [--seconds 300] [--cases 3000]
-    python benchmarks/team_load.py --engine postgresql --url postgresql://...   # refused: see below
+    python benchmarks/team_load.py --engine postgresql --url postgresql://user:password@127.0.0.1:5432/empty_db
 
 Starts its own ``python app.py`` on 127.0.0.1 with logins for 32 annotators and 2 reviewers and a
 project of two raters per case with the review step on, over a database filled with synthetic
@@ -24,15 +24,15 @@ p95_save_ms=<y>``; the line before it gives the medians, ``served_twice`` and th
 ``--client http`` (default) calls each endpoint with one HTTP request (HttpClient);
 ``--client gradio_client`` uses the client the tests use. ``--think-seconds`` lets each annotator and
 reviewer spend between half and one and a half times that long on a case before saving (real
-annotators take far longer; 0 is a stress test with no pause at all). The store is one SQLite file; the
-PostgreSQL store is not built yet, so ``--engine postgresql`` stops with that message.
+annotators take far longer; 0 is a stress test with no pause at all). ``--engine sqlite`` makes a new
+SQLite file; ``--engine postgresql --url URL`` fills the database at URL, which must hold no cases
+(a new, empty database: its tables are made on the way), with the files in a temporary folder.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 ANNOTATORS, REVIEWERS = 32, 2
 
 
-def fill(db_path: Path, cases: int) -> None:
+def fill(location, files_dir: Path, cases: int) -> None:
     """A database with `cases` unreviewed synthetic cases, ranked by a synthetic model."""
     from medclipseg.annotation.store import AnnotationStore
     from medclipseg.inference.predictor import Prediction
@@ -59,7 +59,10 @@ def fill(db_path: Path, cases: int) -> None:
     from medclipseg.registry import DEMO_NAME, MODEL_ID_DIGITS, content_hash, demo_weights_dir, model_files
 
     model_id = f"{DEMO_NAME}@{content_hash(model_files(demo_weights_dir()))[:MODEL_ID_DIGITS]}"
-    store = AnnotationStore(db_path)
+    store = AnnotationStore(location, files_dir=files_dir)
+    if store.counts()["unreviewed"] or store.counts()["corrections"]:
+        store.close()
+        raise SystemExit("team_load.py: error: the database already holds cases; give a new, empty one.")
     store.ensure_base_version(model_id, source="demo", name="demo-tiny")
     store.set_project_settings(raters_per_case=2, review_required=True)
     rng = np.random.default_rng(0)
@@ -81,8 +84,8 @@ def fill(db_path: Path, cases: int) -> None:
     store.close()
 
 
-def start_server(db_path: Path, port: int, auth: str, log_path: Path):
-    env = dict(os.environ, MEDCLIPSEG_DB=str(db_path), MEDCLIPSEG_AUTH=auth, GRADIO_ANALYTICS_ENABLED="False",
+def start_server(location, files_dir: Path, port: int, auth: str, log_path: Path):
+    env = dict(os.environ, MEDCLIPSEG_DB=str(location), MEDCLIPSEG_FILES_DIR=str(files_dir), MEDCLIPSEG_AUTH=auth, GRADIO_ANALYTICS_ENABLED="False",
                HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", MEDCLIPSEG_QUEUE_ORDER="band_entropy")
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
@@ -177,21 +180,21 @@ def main(argv=None) -> None:
     parser.add_argument("--think-seconds", type=float, default=5.0,
                         help="about how long each person spends on a case (default 5, faster than anyone; 0: no pause)")
     args = parser.parse_args(argv)
-    if args.engine == "postgresql":
-        raise SystemExit("team_load.py: error: the annotation store is one SQLite file; a PostgreSQL store is not "
-                         "built yet, so there is nothing to load-test on that engine.")
+    if (args.engine == "postgresql") != bool(args.url):
+        parser.error("--url goes with --engine postgresql (a new, empty PostgreSQL database), and only with it")
     Client = HttpClient if args.client == "http" else GradioClient
     work = Path(tempfile.mkdtemp(prefix="team-load-"))
     process = log = None
     try:
-        db_path = work / "db" / "annotations.db"
+        location = args.url or work / "db" / "annotations.db"
+        files_dir = work / "db" / "annotations_files"
         started = time.perf_counter()
-        fill(db_path, args.cases)
+        fill(location, files_dir, args.cases)
         print(f"filled {args.cases} cases in {time.perf_counter() - started:.0f} s", flush=True)
         names = [f"ann{i:02d}" for i in range(ANNOTATORS)] + [f"rev{i}" for i in range(REVIEWERS)]
         auth = ",".join(f"{name}:pw-{name}" + (":reviewer" if name.startswith("rev") else "") for name in names)
         port = free_port()
-        process, log = start_server(db_path, port, auth, work / "server.log")
+        process, log = start_server(location, files_dir, port, auth, work / "server.log")
         url = f"http://127.0.0.1:{port}/"
         mask_path = work / "mask.png"
         import cv2
@@ -285,9 +288,11 @@ def main(argv=None) -> None:
             process.wait(timeout=60)
         if log is not None:
             log.close()
-    conn = sqlite3.connect(db_path)
-    stored = set(conn.execute("SELECT case_id, version FROM corrections").fetchall())
-    conn.close()
+    from medclipseg.annotation.store import AnnotationStore
+
+    with AnnotationStore(location, files_dir=files_dir) as store:
+        stored = {(int(row["case_id"]), int(row["version"]))
+                  for row in store.corrections(latest_only=False, statuses=("corrected", "accepted"))}
     lost = len(set(acknowledged) - stored)
     if failures:
         print(f"{len(failures)} refused or failed calls; first: {failures[:3]}")

@@ -440,7 +440,8 @@ def _add_ingest(commands) -> None:
 
 
 def _add_db(parser) -> None:
-    parser.add_argument("--db", help="annotation database (default: MEDCLIPSEG_DB or feedback_db/annotations.db)")
+    parser.add_argument("--db", help="annotation database: an SQLite file or a postgresql:// URL "
+                                      "(default: MEDCLIPSEG_DB or feedback_db/annotations.db)")
 
 
 def _add_by(parser) -> None:
@@ -526,6 +527,17 @@ def _add_restore(commands) -> None:
     parser.add_argument("--from", dest="source", required=True, help="the snapshot folder")
 
 
+def _add_copy_db(commands) -> None:
+    parser = commands.add_parser("copy-db", help="copy the database and its files into a new, empty database "
+                                                 "(an SQLite file into a team's PostgreSQL)",
+                                 description="Every row with its ids and every file, then a row-by-row check of "
+                                             "the copy; refused when the target holds cases.")
+    _add_db(parser)
+    parser.add_argument("--to", required=True, help="the target database (a postgresql:// URL or an SQLite file)")
+    parser.add_argument("--files-dir", help="the target's files folder (default: MEDCLIPSEG_FILES_DIR or "
+                                            "feedback_db/<database name>_files; beside the file for SQLite)")
+
+
 def _add_rescore(commands) -> None:
     parser = commands.add_parser("rescore", help="predict unreviewed cases again with the current model version",
                                  description="Re-rank the queue by the current model: every unreviewed case not "
@@ -546,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="one of the commands below; `medclipseg COMMAND --help` lists its options")
     for add in (_add_phantoms, _add_pretrain, _add_train, _add_ship, _add_evaluate, _add_benchmark, _add_predict,
                 _add_export, _add_ingest, _add_realdata, _add_retrain, _add_models, _add_promote, _add_rollback,
-                _add_rescore, _add_project, _add_agreement, _add_snapshot, _add_restore):
+                _add_rescore, _add_project, _add_agreement, _add_snapshot, _add_restore, _add_copy_db):
         add(commands)
     return parser
 
@@ -779,11 +791,14 @@ def run_predict(args) -> int:
 def run_export(args) -> int:
     import sqlite3
 
+    from medclipseg import settings
     from medclipseg.annotation.export import EXPORTABLE_STATUSES, export_dataset
-    from medclipseg.annotation.store import AnnotationStore, StorageError, default_db_path
+    from medclipseg.annotation.sql import parse_location
+    from medclipseg.annotation.store import AnnotationStore, StorageError
 
-    db = Path(args.db) if args.db else default_db_path()
-    if not db.is_file():
+    location = parse_location(args.db if args.db else settings.db_location())
+    db = location.path if location.is_sqlite else location
+    if location.is_sqlite and not db.is_file():
         raise ValueError(f"No annotation database at '{db}' (give --db or set MEDCLIPSEG_DB).")
     try:
         store = AnnotationStore(db)
@@ -794,7 +809,7 @@ def run_export(args) -> int:
         finally:
             store.close()
     except (StorageError, sqlite3.DatabaseError) as exc:
-        raise ValueError(f"{db}: {exc}") from None
+        raise ValueError(f"{location.label}: {exc}") from None
     empty = [split for split, count in result.counts.items() if count == 0]
     if empty:
         hint = " (train with --no-validate)" if "val" in empty else ""
@@ -816,7 +831,7 @@ def run_ingest(args) -> int:
     total = len(scan_source(args.source))
     store = _store_with_model(args)
     try:
-        print(f"{total} images and scan files in {args.source}; database {store.path}", flush=True)
+        print(f"{total} images and scan files in {args.source}; database {store.location.label}", flush=True)
         # The database's current version unless --weights names another model.
         source = args.weights if args.weights else store.model_source(store.current_model_id())
         predictor = Predictor.from_pretrained(source, mode=args.mode, device=args.device)
@@ -964,7 +979,13 @@ def run_snapshot(args) -> int:
     from medclipseg import settings
     from medclipseg.annotation.snapshots import take_snapshot
 
-    taken = take_snapshot(args.db or settings.db_path(), args.to, keep=args.keep)
+    from medclipseg.annotation.sql import parse_location
+
+    location = parse_location(args.db or settings.db_location())
+    if not location.is_sqlite:
+        raise ValueError(f"{location.label} is a PostgreSQL database: its server keeps it (back it up with "
+                         "pg_dump); snapshots are for an SQLite file.")
+    taken = take_snapshot(location.path, args.to, keep=args.keep)
     print(f"snapshot={taken.path} files_copied={taken.files_copied} seconds={taken.seconds:.2f}")
     return 0
 
@@ -975,6 +996,9 @@ def run_restore(args) -> int:
     from medclipseg import settings
     from medclipseg.annotation.snapshots import restore
 
+    if args.db and "://" in args.db:
+        raise ValueError("A snapshot restores an SQLite file; give --db a file path (a PostgreSQL database is "
+                         "restored by its server, from pg_dump).")
     db_path = Path(args.db) if args.db else settings.db_path()
     if db_path.exists():
         raise ValueError(f"{db_path} exists; a live database is never replaced. Restore into a new path (--db).")
@@ -982,6 +1006,19 @@ def run_restore(args) -> int:
     if used is None:
         raise FileNotFoundError(f"There is no readable snapshot of {db_path.name} in {args.source}.")
     print(f"restored={used} db={db_path}")
+    return 0
+
+
+def run_copy_db(args) -> int:
+    from medclipseg.annotation.store import AnnotationStore
+    from medclipseg.annotation.transfer import copy_database
+
+    source = AnnotationStore(args.db)
+    try:
+        result = copy_database(source, args.to, target_files_dir=args.files_dir)
+    finally:
+        source.close()
+    print(result.summary())
     return 0
 
 
@@ -1015,7 +1052,8 @@ def main(argv=None) -> int:
                 "pretrain": run_pretrain, "ship": run_ship, "benchmark": run_benchmark, "export": run_export,
                 "ingest": run_ingest, "realdata": run_realdata, "retrain": run_retrain, "models": run_models,
                 "promote": run_promote, "rollback": run_rollback, "rescore": run_rescore, "project": run_project,
-                "agreement": run_agreement, "snapshot": run_snapshot, "restore": run_restore}
+                "agreement": run_agreement, "snapshot": run_snapshot, "restore": run_restore,
+                "copy-db": run_copy_db}
     try:
         return handlers[args.command](args)
     except (LayoutError, ImageReadError, PromptError, WeightsSourceError, CheckpointMismatchError,

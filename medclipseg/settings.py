@@ -7,7 +7,8 @@ win over these.
 | variable | what it sets | default |
 |---|---|---|
 | ``MEDCLIPSEG_WEIGHTS`` | model source of the app and of ``Predictor.from_pretrained()`` | ``demo`` (shipped, offline) |
-| ``MEDCLIPSEG_DB`` | SQLite file for cases, predictions and corrections (on a local disk: never in a mounted bucket) | ``feedback_db/annotations.db`` |
+| ``MEDCLIPSEG_DB`` | the annotation database: an SQLite file (on a local disk: never in a mounted bucket) or a ``postgresql://user:password@host:5432/database`` URL for a team (medclipseg.annotation.sql) | ``feedback_db/annotations.db`` |
+| ``MEDCLIPSEG_FILES_DIR`` | folder of the images, maps and masks of a PostgreSQL database (an SQLite file keeps them in ``<stem>_files`` beside it); every server of the team must see the same folder | ``feedback_db/<database name>_files`` |
 | ``MEDCLIPSEG_SNAPSHOT_DIR`` | folder that outlives the machine (a mounted bucket) for snapshots of the database (medclipseg.annotation.snapshots); restored from at boot | ``/data/medclipseg`` on a Space with a writable ``/data``, else none |
 | ``MEDCLIPSEG_SNAPSHOT_SECONDS`` | seconds between snapshots (at most this much acknowledged work can be lost) | 300 |
 | ``MEDCLIPSEG_AUTH`` | app logins and roles, ``user:password[:role]`` separated by commas; role ``annotator`` (default), ``reviewer`` or ``admin`` (medclipseg.team.access) | no login: open, everyone an admin |
@@ -32,6 +33,7 @@ from typing import Optional
 
 WEIGHTS_ENV = "MEDCLIPSEG_WEIGHTS"
 DB_ENV = "MEDCLIPSEG_DB"
+FILES_DIR_ENV = "MEDCLIPSEG_FILES_DIR"
 SNAPSHOT_DIR_ENV = "MEDCLIPSEG_SNAPSHOT_DIR"
 SNAPSHOT_SECONDS_ENV = "MEDCLIPSEG_SNAPSHOT_SECONDS"
 DEFAULT_SNAPSHOT_SECONDS = 300
@@ -90,14 +92,35 @@ def on_hf_space() -> bool:
     return _text("SPACE_ID") is not None
 
 
-def db_path() -> Path:
-    """MEDCLIPSEG_DB; else feedback_db/ (the checkout's, or the current directory's). On a Space too:
-    the live database stays on the container's disk and is snapshotted into the bucket (snapshot_dir)."""
+def _feedback_dir() -> Path:
+    return (_REPOSITORY_ROOT if (_REPOSITORY_ROOT / "feedback_db").is_dir() else Path.cwd()) / "feedback_db"
+
+
+def db_location():
+    """MEDCLIPSEG_DB as given: a ``postgresql://`` URL (str) or an SQLite file (Path); else the default
+    file (db_path())."""
     configured = _text(DB_ENV)
+    if configured and "://" in configured:
+        return configured
+    return db_path()
+
+
+def db_path() -> Path:
+    """The SQLite file: MEDCLIPSEG_DB; else feedback_db/ (the checkout's, or the current directory's).
+    On a Space too: the live database stays on the container's disk and is snapshotted into the
+    bucket (snapshot_dir)."""
+    configured = _text(DB_ENV)
+    if configured and "://" not in configured:
+        return Path(configured).expanduser()
+    return _feedback_dir() / "annotations.db"
+
+
+def files_dir(database_name: str) -> Path:
+    """The files folder of a PostgreSQL database: MEDCLIPSEG_FILES_DIR, else feedback_db/<name>_files."""
+    configured = _text(FILES_DIR_ENV)
     if configured:
         return Path(configured).expanduser()
-    base = _REPOSITORY_ROOT if (_REPOSITORY_ROOT / "feedback_db").is_dir() else Path.cwd()
-    return base / "feedback_db" / "annotations.db"
+    return _feedback_dir() / f"{database_name}_files"
 
 
 def snapshot_dir() -> Optional[Path]:

@@ -8,6 +8,7 @@ import pytest
 
 from app_support import prediction_from_probability
 from medclipseg.annotation.store import AnnotationStore
+from postgres_support import ENGINES
 
 # Scores per case (foreground, boundary, mutual information, image): every order differs.
 QUEUE_SCORES = [(0.1, 0.4, 0.3, 0.2), (0.4, 0.1, 0.2, 0.3), (0.3, 0.2, 0.1, 0.4), (0.2, 0.3, 0.4, 0.1)]
@@ -58,9 +59,75 @@ def fill_scored_queue(store, count=4, batch=None, offset=0) -> list:
     return cases
 
 
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """Each engine the store runs on: "sqlite", and "postgresql" where a server is at hand."""
+    return request.param
+
+
 @pytest.fixture()
-def store(tmp_path):
-    """A new store in the test's folder; import this name into a test module to use it."""
-    store = AnnotationStore(tmp_path / "annotations.db")
+def store_location(engine, tmp_path, request):
+    """Where a new store of this engine lives: an SQLite file in the test's folder, or a new PostgreSQL
+    database (dropped after the test)."""
+    if engine == "sqlite":
+        return tmp_path / "annotations.db"
+    return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture()
+def store(store_location, tmp_path):
+    """A new store on each engine; import this name into a test module to use it."""
+    store = AnnotationStore(store_location, files_dir=tmp_path / "annotations_files")
     yield store
     store.close()
+
+
+def run_sql(store, sql: str, params=None) -> list:
+    """Run one statement in a write transaction of the store's own database (either engine): the
+    tests' way to look at rows or to damage them; rows as dicts."""
+    with store._connections.write() as db:
+        result = db.execute(sql, params)
+        return [dict(row) for row in result.mappings()] if result.returns_rows else []
+
+
+class _Rows:
+    def __init__(self, rows):
+        self._rows = rows
+
+    def fetchall(self):
+        return list(self._rows)
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self):
+        return iter(self._rows)
+
+
+class SqlConnection:
+    """A sqlite3-like view of the store's own database on either engine (``execute(...).fetchall()``,
+    rows as tuples), each statement its own write transaction."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def execute(self, sql: str, params=()):
+        with self.store._connections.write() as db:
+            result = db.execute(sql, list(params))
+            return _Rows([tuple(row) for row in result] if result.returns_rows else [])
+
+    def commit(self):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def sql_connection(store) -> SqlConnection:
+    return SqlConnection(store)

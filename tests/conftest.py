@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-# Fixtures shared by the annotation tests (`store`: an AnnotationStore on a fresh SQLite file).
-pytest_plugins = ("annotation_support",)
+# Fixtures shared by the annotation tests (`store`: a new AnnotationStore on each engine, SQLite and PostgreSQL).
+pytest_plugins = ("postgres_support", "annotation_support")
 
 # A tiny backbone shrunk further: 7x7 patches of 32 px, a 64-wide ViT, 32-d embeddings.
 # The MiniLM text tower keeps its fixed shape (384 wide, 6 layers).

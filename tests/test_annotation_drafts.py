@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import pickle
-import sqlite3
 import threading
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
-from annotation_support import case_with_prediction, stored_files
+from annotation_support import sql_connection, case_with_prediction, stored_files
 from medclipseg.annotation import drafts
 from medclipseg.annotation.service import AnnotationService
 from medclipseg.annotation.store import KEEP_UNCHECKED, AnnotationStore, StorageError, VersionConflict
@@ -24,7 +23,7 @@ def box(top, left, bottom, right) -> np.ndarray:
 
 
 def draft_rows(store) -> list:
-    conn = sqlite3.connect(store.path)
+    conn = sql_connection(store)
     rows = conn.execute("SELECT case_id, annotator, revision FROM drafts ORDER BY id").fetchall()
     conn.close()
     return rows

@@ -1,12 +1,12 @@
 """Background jobs: one active at a time, dead workers reported failed, cancellation requests."""
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
+from annotation_support import sql_connection
 
 from medclipseg.annotation import jobs
 from medclipseg.annotation.errors import JobNotRunning
@@ -42,10 +42,10 @@ def test_one_job_at_a_time_then_finish(store):
 
 def test_unique_index_refuses_a_second_running_job_even_past_the_check(store):
     store.start_job("retrain", by="alice", params={})
-    import sqlite3
+    import sqlalchemy
 
-    conn = sqlite3.connect(store.path)
-    with pytest.raises(sqlite3.IntegrityError):
+    conn = sql_connection(store)
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
         conn.execute("INSERT INTO jobs (kind, status, created_by, created_at, params) "
                      "VALUES ('retrain', 'running', 'x', 'now', '{}')")
     conn.close()
@@ -66,7 +66,7 @@ def test_dead_worker_is_reported_failed_and_its_scratch_removed(tmp_path):
 
 
 def _move_job_to_another_machine(store, job_id):
-    conn = sqlite3.connect(store.path)
+    conn = sql_connection(store)
     with conn:
         conn.execute("UPDATE jobs SET host = 'another-machine' WHERE id = ?", [job_id])
     conn.close()

@@ -1,13 +1,12 @@
 """`medclipseg.annotation.queue`: acquisition order, leases (next_case, claim, release) and the queue summary."""
 from __future__ import annotations
 
-import sqlite3
 import time
 
 import numpy as np
 import pytest
 
-from annotation_support import QUEUE_SCORES, SCORE_KEYS, fill_scored_queue, image
+from annotation_support import sql_connection, QUEUE_SCORES, SCORE_KEYS, fill_scored_queue, image
 from medclipseg.annotation.queue import ACQUISITIONS
 from medclipseg.annotation.store import AnnotationStore, QueueSummary, StorageError
 
@@ -31,7 +30,7 @@ def test_next_case_random_baseline_and_statuses(store):
     store.set_status(cases[0].id, "skipped", annotator="alice")
     store.save_correction(cases[1].id, np.zeros((24, 32), bool), annotator="alice", status="accepted")
     store.save_correction(cases[2].id, np.zeros((24, 32), bool), annotator="alice")
-    conn = sqlite3.connect(store.path)
+    conn = sql_connection(store)
     keys = dict(conn.execute("SELECT id, random_key FROM cases").fetchall())
     conn.close()
     expected = sorted((c.id for c in cases[3:]), key=lambda i: -keys[i])
@@ -119,7 +118,7 @@ def test_editing_renews_the_lease_so_a_long_correction_is_not_served_to_another(
             time.sleep(0.75)
             store.save_draft(taken.id, "alice", np.zeros((24, 32), bool))
         renewed = store.get_case(taken.id)
-        conn = sqlite3.connect(store.path)
+        conn = sql_connection(store)
         expires = conn.execute("SELECT lease_expires FROM cases WHERE id = ?", [taken.id]).fetchone()[0]
         conn.close()
         assert renewed.assigned_to == "alice" and expires > time.time() + 1.0

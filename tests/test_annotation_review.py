@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import numpy as np
 import pytest
 
-from annotation_support import case_with_prediction
+from annotation_support import sql_connection, case_with_prediction
 from medclipseg.annotation.errors import VersionConflict
 from medclipseg.annotation.export import export_dataset
 from medclipseg.annotation.retraining import _reviewed_rows
@@ -45,7 +44,7 @@ def test_a_case_goes_to_k_different_raters_and_keeps_each_chain(store):
     store.save_correction(other, box(1, 1), annotator="ann")
     assert store.next_case("ann", acquisition="random") is None
     assert store.get_case(first).status == "corrected"
-    conn = sqlite3.connect(store.path)
+    conn = sql_connection(store)
     rows = conn.execute("SELECT version, rater, annotator, replaces_version FROM corrections WHERE case_id = ? "
                         "ORDER BY version", [first]).fetchall()
     assert rows == [(1, "ann", "ann", None), (2, "bea", "bea", None), (3, "cyd", "cyd", None)]

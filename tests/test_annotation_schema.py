@@ -1,6 +1,7 @@
 """`medclipseg.annotation.schema`: tables, indexes, schema version, migrations and databases of older versions."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 
@@ -12,6 +13,20 @@ from annotation_support import case_with_prediction, database_with_schema_versio
 from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.schema import SCHEMA_VERSION
 from medclipseg.annotation.store import AnnotationStore, StorageError
+
+
+@contextlib.contextmanager
+def legacy_database(path):
+    """A sqlite_utils.Database on `path` inside one transaction, as the steps before Alembic ran."""
+    import sqlite_utils
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield sqlite_utils.Database(conn, execute_plugins=False)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 # Schema version 1 exactly as the first release of the store wrote it (sqlite_master of a new database).
 VERSION_1_SQL = """
@@ -57,7 +72,7 @@ def test_schema_created_in_wal_mode(tmp_path):
         assert store.path == path and path.is_file()
         assert store.files_dir == tmp_path / "sub" / "annotations_files"
         assert all((store.files_dir / sub).is_dir() for sub in ("images", "maps", "masks"))
-        assert store.schema_version == SCHEMA_VERSION == 8
+        assert store.schema_version == SCHEMA_VERSION == 9
         assert store.integrity_check() == "ok"
         assert store.counts() == {"unreviewed": 0, "corrected": 0, "accepted": 0, "skipped": 0,
                                   "corrections": 0, "predictions": 0}
@@ -87,7 +102,10 @@ def test_version_1_database_migrates_to_the_new_layout(tmp_path):
     def layout(conn):
         names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') "
                                                 "AND name NOT LIKE 'sqlite_%'")]
-        return {name: (conn.execute(f'PRAGMA table_info("{name}")').fetchall()
+        # A primary key column is NOT NULL whether or not its DDL says so (SQLAlchemy writes it).
+        # REAL and FLOAT are one affinity (the first release wrote REAL, sqlite-utils later FLOAT).
+        return {name: ([(cid, column, kind.replace("REAL", "FLOAT"), int(bool(notnull or pk)), default, pk) for cid, column, kind, notnull, default, pk
+                        in conn.execute(f'PRAGMA table_info("{name}")').fetchall()]
                        or conn.execute(f'PRAGMA index_info("{name}")').fetchall()) for name in names}
 
     assert layout(made) == layout(written)
@@ -149,7 +167,7 @@ def test_existing_version_1_database_opens(tmp_path):
 
 
 @pytest.mark.parametrize("recorded, message", [
-    ("9", "schema version 9, newer"),
+    ("10", "schema version 10, newer"),
     ("seven", "unreadable schema version"),
 ], ids=["newer", "unreadable"])
 def test_schema_version_refused(tmp_path, recorded, message):
@@ -180,16 +198,13 @@ def test_not_a_database(tmp_path):
 
 def _version_2_database(path, files):
     """A database made by the version 2 steps, holding one case, its prediction and two saved versions."""
-    from medclipseg.annotation.database import Connections
     from medclipseg.annotation.schema import MIGRATIONS
 
-    connections = Connections(path)
-    with connections.write() as db:
+    with legacy_database(path) as db:
         db["meta"].create({"key": str, "value": str}, pk="key")
         for step in MIGRATIONS[:2]:
             step(db)
         db["meta"].insert({"key": "schema_version", "value": "2"})
-    connections.close()
     for sub in ("images", "maps", "masks"):
         (files / sub).mkdir(parents=True)
     cv2.imwrite(str(files / "images" / "abc.png"), image(41))
@@ -299,16 +314,13 @@ def test_adding_an_acquisition_needs_no_migration(tmp_path, monkeypatch):
     monkeypatch.setitem(queue.RANKED_BY_MODEL, new.column, new.score_key)
 
     # A migration does what it did when it was written, whatever the acquisition list says today.
-    from medclipseg.annotation.database import Connections
     from medclipseg.annotation.schema import MIGRATIONS
 
-    connections = Connections(tmp_path / "steps.db")
-    with connections.write() as db:
+    with legacy_database(tmp_path / "steps.db") as db:
         db["meta"].create({"key": str, "value": str}, pk="key")
         for step in MIGRATIONS[:2]:
             step(db)
         assert "rank_top5_entropy" not in {column.name for column in db["cases"].columns}
-    connections.close()
 
     old = tmp_path / "old"
     old.mkdir()

@@ -6,14 +6,13 @@ Predictions come from a stub predictor (no model run) except where a real model 
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from annotation_support import image
+from annotation_support import sql_connection, image
 from app_support import prediction_from_probability
 from medclipseg.annotation.scratch import ScratchSpace
 from medclipseg.annotation.service import AnnotationService, ConfirmationNeeded, RequestError
@@ -82,7 +81,7 @@ def _capture(function, result, errors):
 
 
 def _image_file(store, case_id: int) -> Path:
-    connection = sqlite3.connect(store.path)
+    connection = sql_connection(store)
     try:
         (relative,) = connection.execute("SELECT image_path FROM cases WHERE id = ?", (case_id,)).fetchone()
     finally:

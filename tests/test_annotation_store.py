@@ -1,13 +1,12 @@
 """`medclipseg.annotation.store`: the AnnotationStore facade on real SQLite files (cases, privacy, predictions, corrections)."""
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from annotation_support import case_with_prediction, image, prediction, stored_files
+from annotation_support import sql_connection, case_with_prediction, image, prediction, stored_files
 from app_support import prediction_from_probability
 from medclipseg.annotation.queue import ACQUISITION_SCORES
 from medclipseg.annotation.store import (
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_public_names_still_importable_from_store():
-    assert SCHEMA_VERSION == 8 and "random" in ACQUISITION_SCORES and issubclass(StorageError, RuntimeError)
+    assert SCHEMA_VERSION == 9 and "random" in ACQUISITION_SCORES and issubclass(StorageError, RuntimeError)
     assert callable(AnnotationStore.queue_summary)
 
 
@@ -74,8 +73,14 @@ def test_metadata_whitelist_keeps_identifiers_out(store):
                              "window_width": 400.0, "photometric_interpretation": "MONOCHROME2",
                              "conversions": ["window applied (header: center 40, width 400)"]}
     assert store.corrections()[0]["metadata"] == case.metadata
-    blobs = [store.path, Path(f"{store.path}-wal"), *stored_files(store)]
-    assert Path(f"{store.path}-wal").is_file()
+    if store.path is not None:  # SQLite: the file and its WAL, byte for byte
+        blobs = [store.path, Path(f"{store.path}-wal"), *stored_files(store)]
+        assert Path(f"{store.path}-wal").is_file()
+    else:  # PostgreSQL: every row of every table, as text
+        blobs = [*stored_files(store)]
+        rows = [sql_connection(store).execute(f'SELECT * FROM "{table}"').fetchall()
+                for table in ("meta", "cases", "predictions", "corrections", "drafts", "reviews")]
+        assert not [secret for secret in ("DOE^JANE", "ID-12345", "19700101", "PatientName") if secret in repr(rows)]
     for path in blobs:
         if path.is_file():
             data = path.read_bytes()
@@ -107,7 +112,7 @@ def test_prediction_round_trip(store):
     assert loaded.image_shape == (24, 32) and loaded.conversions == ["grey image replicated to 3 channels"]
     rethresholded = loaded.with_threshold(0.3)
     np.testing.assert_array_equal(rethresholded.mask, original.probability > 0.3)
-    conn = sqlite3.connect(store.path)
+    conn = sql_connection(store)
     row = conn.execute("SELECT score_foreground_entropy, score_image_entropy, foreground_pixels FROM predictions "
                        "WHERE id = ?", [first]).fetchone()
     conn.close()
@@ -313,7 +318,7 @@ def test_unskip_restores_the_latest_saved_status_or_the_queue(store):
     store.save_correction(reviewed.id, None, annotator="dave", status="accepted")  # v2 accepted
     for case in (unreviewed, reviewed):
         store.skip(case.id, annotator="alice", discard_saved=True)
-    who = sqlite3.connect(store.path).execute("SELECT status_by FROM cases WHERE id = ?", (reviewed.id,)).fetchone()
+    who = sql_connection(store).execute("SELECT status_by FROM cases WHERE id = ?", (reviewed.id,)).fetchone()
     assert who == ("alice",)  # a skip leaves no version, so the case records who did it
     # While it was skipped another version became current: its old ranks must not come back with it.
     folder = store.models_dir / "model-b"
@@ -327,7 +332,7 @@ def test_unskip_restores_the_latest_saved_status_or_the_queue(store):
     assert store.unskip(unreviewed.id, annotator="erin") == "unreviewed"
     assert store.get_case(reviewed.id).status == "accepted"
     assert store.get_case(unreviewed.id).status == "unreviewed"
-    connection = sqlite3.connect(store.path)
+    connection = sql_connection(store)
     assert connection.execute("SELECT status_by FROM cases WHERE id = ?", (reviewed.id,)).fetchone() == ("erin",)
     ranked = connection.execute(f"SELECT ranked_model_id, {ACQUISITION_SCORES['band_entropy']} FROM cases "
                                 "WHERE id = ?", (unreviewed.id,)).fetchone()

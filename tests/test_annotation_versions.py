@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import numpy as np
 import pytest
 
-from annotation_support import image
+from annotation_support import sql_connection, image
 from app_support import prediction_from_probability
 from medclipseg.annotation.gold import gold_draw, is_gold
 from medclipseg.annotation.queue import ACQUISITIONS, DEFAULT_ACQUISITION
@@ -100,7 +99,7 @@ def test_base_version_promotion_rollback_and_ranks_by_current_model(store):
     # A prediction by a model that is not current is stored but does not rank its case.
     store.add_prediction(cases[0].id, _prediction(np.where(_disk(5), 0.9, 0.01).astype(np.float32), "model-b@2"))
     assert store.cases_to_rescore("model-a@1") == []
-    conn = sqlite3.connect(store.path)
+    conn = sql_connection(store)
     ranked = dict(conn.execute("SELECT id, ranked_model_id FROM cases").fetchall())
     assert set(ranked.values()) == {"model-a@1"}
 

@@ -65,3 +65,19 @@ def test_queue_order_setting(monkeypatch):
     assert settings.queue_order() == DEFAULT_ACQUISITION
     monkeypatch.setenv("MEDCLIPSEG_QUEUE_ORDER", " band_entropy ")
     assert settings.queue_order() == "band_entropy"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql://annot:pw1@127.0.0.1:1/project", "Could not connect to the PostgreSQL database "
+                                                   "postgresql://annot:***@127.0.0.1:1/project"),
+    ("postgresql://annot:pw1@127.0.0.1:5432", "names no database"),
+    ("mysql://annot:pw1@127.0.0.1/project", "neither an SQLite file nor a PostgreSQL URL"),
+], ids=["unreachable", "no_database", "other_engine"])
+def test_a_wrong_database_url_stops_the_start_in_words(tmp_path, url, message):
+    env = {"MEDCLIPSEG_DB": url, "MEDCLIPSEG_FILES_DIR": str(tmp_path / "files"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "app.py: error:" in result.stderr and message in result.stderr
+    assert "pw1" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "files").exists()

@@ -26,7 +26,7 @@ def _options(command):
 def _sections():
     """{command: text of its '## `medclipseg <command>`' section} of docs/cli.md."""
     text = DOCS.read_text(encoding="utf-8")
-    parts = re.split(r"^## `medclipseg (\w+)`\s*$", text, flags=re.M)
+    parts = re.split(r"^## `medclipseg ([\w-]+)`\s*$", text, flags=re.M)
     return dict(zip(parts[1::2], parts[2::2]))
 
 

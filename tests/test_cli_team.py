@@ -46,3 +46,13 @@ def test_project_agreement_snapshot_and_restore(tmp_path, capsys):
         assert sorted(store.rater_masks(case.id)) == ["ann", "bea"]
     assert main(["restore", "--db", str(tmp_path / "x.db"), "--from", str(tmp_path / "nothing")]) == 2
     assert "no readable snapshot" in capsys.readouterr().err
+
+
+def test_snapshot_and_restore_refuse_a_postgres_database_in_words(capsys):
+    from medclipseg.cli import main
+
+    url = "postgresql://annot:s3cret@db.example:5432/project"
+    assert main(["snapshot", "--db", url, "--to", "runs/never"]) == 2
+    assert main(["restore", "--db", url, "--from", "runs/never"]) == 2
+    err = capsys.readouterr().err
+    assert "pg_dump" in err and "s3cret" not in err

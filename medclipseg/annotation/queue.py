@@ -16,12 +16,13 @@ their others), and asking again re-serves their own. Editing renews it (every dr
 writes calls :func:`renew`), so a case being corrected for longer than a lease is not served to
 anyone else; an edit never takes a lease the annotator does not hold. A save or a status change clears the lease.
 
-Every function here takes the ``sqlite_utils.Database`` of an open write transaction
-(``Connections.write()``), so the check and the lease it takes are one atomic step.
+Every function here takes the ``sql.Database`` of an open write transaction
+(``Connections.write()``, or ``Connections.claim()`` for the claims), so the check and the lease it takes are one atomic step.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -80,12 +81,12 @@ def rank_random_foreground(prompt: str, random_key: float) -> float:
     return float(random_key) + (0.0 if states_absence(prompt) else 1.0)
 
 
-def copy_ranks(db, where: str = "1", columns: Optional[dict] = None) -> None:
+def copy_ranks(db, where: str = "1 = 1", columns: Optional[dict] = None) -> None:
     """Fill the rank columns (``{column: score key}``, all by default) of the cases matching `where`
     from the scores of their ``ranked_prediction_id`` (NULL where there is none); used by promotions
     and when a new acquisition's column is added."""
     for column, key in (RANKED_BY_MODEL if columns is None else columns).items():
-        db.execute(f'UPDATE cases SET "{column}" = (SELECT json_extract(scores, \'$.{key}\') FROM predictions '
+        db.execute(f'UPDATE cases SET "{column}" = (SELECT {db.json_number("scores", key)} FROM predictions '
                    f"WHERE id = cases.ranked_prediction_id) WHERE {where}")
 
 
@@ -102,6 +103,8 @@ def rank_values(scores: dict) -> dict:
 
 
 NO_LEASE = {"assigned_to": None, "lease_expires": None}
+# How often a PostgreSQL claim asks again when every free case it saw was taken meanwhile.
+CLAIM_RETRIES = 20
 
 
 def order_column(acquisition: str) -> str:
@@ -142,17 +145,28 @@ def next_case_id(db, annotator: str, *, acquisition: str, batch: Optional[str], 
     columns = (f'c.id, c.prompt, c.descriptor, c.source_key, c.slice_index, c."{order}" AS score' if diverse
                else "c.id")
     # Walks the partial index idx_queue_<column> from its top (NULL ranks sort last in DESC order),
-    # skipping live leases of others and cases that have no prediction to show.
-    rows = list(db.query(
-        f'SELECT {columns} FROM cases c INDEXED BY "idx_queue_{order}" '
+    # skipping live leases of others and cases that have no prediction to show. On PostgreSQL the
+    # rows are locked as they are taken and rows another claim or a writer holds are passed over.
+    ordered = f'c."{order}"'
+    query = (
+        f'SELECT {columns} FROM cases c {db.indexed_by(f"idx_queue_{order}")} '
         "WHERE c.status = 'unreviewed' "
         "AND (c.assigned_to IS NULL OR c.lease_expires IS NULL OR c.lease_expires <= :now "
         "     OR c.assigned_to = :annotator) "
         "AND EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id) " + not_rated
         + ("AND c.id != :skip " if skip_case_id is not None else "") +
-        f'{where_batch} ORDER BY c."{order}" DESC, c.id ASC LIMIT :limit',
-        {"annotator": annotator, "now": now, "batch": batch, "limit": diversity.CANDIDATES if diverse else 1,
-         "skip": skip_case_id}))
+        f'{where_batch} ORDER BY {db.desc_nulls_last(ordered)}, c.id ASC LIMIT :limit')
+    params = {"annotator": annotator, "now": now, "batch": batch, "limit": diversity.CANDIDATES if diverse else 1,
+              "skip": skip_case_id}
+    rows = list(db.query(query + db.skip_locked("c"), params))
+    # PostgreSQL re-checks a locked row against its newest version and drops it when it no longer
+    # matches (another claim took it and committed), so LIMIT may come back short, even empty,
+    # while other cases are free: ask again while the unlocked query still sees any.
+    for _ in range(CLAIM_RETRIES if db.skip_locked("c") else 0):
+        if rows or not db.query(query, {**params, "limit": 1}):
+            break
+        time.sleep(0.002)
+        rows = list(db.query(query + db.skip_locked("c"), params))
     if not rows:
         return None
     if diverse:
@@ -168,11 +182,11 @@ def _returned_case_id(db, annotator: str, *, now: float, skip_case_id: Optional[
     """The oldest case whose reviewed version (saved by `annotator`) a reviewer rejected, and that
     nobody else holds; None when there is none."""
     rows = list(db.query(
-        "SELECT c.id FROM cases c INDEXED BY idx_cases_review JOIN corrections k "
+        f"SELECT c.id FROM cases c {db.indexed_by('idx_cases_review')} JOIN corrections k "
         "ON k.case_id = c.id AND k.version = c.review_version "
         "WHERE c.review_state = 'rejected' AND k.annotator = :annotator "
         "AND (c.assigned_to IS NULL OR c.assigned_to = :annotator OR c.lease_expires IS NULL "
-        "     OR c.lease_expires <= :now) AND c.id != :skip ORDER BY c.updated_at, c.id LIMIT 1",
+        "     OR c.lease_expires <= :now) AND c.id != :skip ORDER BY c.updated_at, c.id LIMIT 1" + db.skip_locked("c"),
         {"annotator": annotator, "now": now, "skip": -1 if skip_case_id is None else int(skip_case_id)}))
     return int(rows[0]["id"]) if rows else None
 
@@ -193,7 +207,7 @@ def taken_cases(db, annotator: str, *, now: float) -> list:
         f"SELECT DISTINCT {_CASE_FIELDS} FROM (SELECT case_id FROM corrections ORDER BY id DESC LIMIT :n) r "
         "JOIN cases c ON c.id = r.case_id", {"n": diversity.ROUND_CONTEXT})
     leased = db.query(
-        f"SELECT {_CASE_FIELDS} FROM cases c INDEXED BY idx_cases_assigned "
+        f"SELECT {_CASE_FIELDS} FROM cases c {db.indexed_by('idx_cases_assigned')} "
         "WHERE c.assigned_to IS NOT NULL AND c.assigned_to != :annotator AND c.lease_expires > :now",
         {"annotator": annotator, "now": now})
     seen, taken = set(), []
@@ -212,18 +226,19 @@ def ensure_rank_columns(db) -> None:
         if column in existing:
             continue
         db["cases"].add_column(column, float)
-        db.execute(f'CREATE INDEX "idx_queue_{column}" ON cases ("{column}" DESC, id) '
+        quoted = f'"{column}"'
+        db.execute(f'CREATE INDEX "idx_queue_{column}" ON cases ({db.desc_nulls_last(quoted)}, id) '
                    "WHERE status = 'unreviewed'")
         copy_ranks(db, columns={column: key})
 
 
 def claim(db, case_id: int, annotator: str, *, now: float, lease_seconds: float) -> bool:
     """Lease `case_id` to `annotator`; False, and nothing changes, while another holds a live lease."""
-    from sqlite_utils.db import NotFoundError
+    from medclipseg.annotation.sql import RowNotFound
 
     try:
         row = db["cases"].get(int(case_id))
-    except NotFoundError:
+    except RowNotFound:
         raise StorageError(f"Case {case_id} does not exist in the annotation database.") from None
     holder, expires = row["assigned_to"], row["lease_expires"]
     if holder not in (None, annotator) and expires is not None and expires > now:

@@ -333,12 +333,15 @@ def launch_worker(store, *, by: str, epochs=None, promote: str = "auto") -> int:
                              parent_id=store.current_model_id())
     log_path = store.job_folder(job_id).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "medclipseg", "retrain", "--db", str(store.path), "--job", str(job_id),
+    # The worker finds the database through the environment, not its command line: a PostgreSQL
+    # URL carries a password, and a command line is visible to every user of the machine.
+    env = dict(os.environ, MEDCLIPSEG_DB=store.url, MEDCLIPSEG_FILES_DIR=str(store.files_dir))
+    command = [sys.executable, "-m", "medclipseg", "retrain", "--job", str(job_id),
                "--by", by, "--epochs", str(recipe.epochs), "--promote", promote]
     try:
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+                                       start_new_session=True, env=env)
     except OSError as exc:
         store.finish_job(job_id, status="failed", message=f"could not start the worker: {exc}")
         raise StorageError(f"Could not start the retraining worker: {exc}.") from exc

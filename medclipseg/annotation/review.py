@@ -14,7 +14,7 @@ once. A decision names the version it saw: one saved since is a conflict, as for
 rejected case goes back to its annotator first (medclipseg.annotation.queue). ``reviews`` logs
 every submission and decision.
 
-Every function takes the ``sqlite_utils.Database`` of an open write transaction, except readers.
+Every function takes the ``sql.Database`` of an open write transaction, except readers.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def latest_in_chain(db, case_id: int, rater: Optional[str]) -> Optional[dict]:
 def rater_count(db, case_id: int) -> int:
     """Raters who saved a version of the case (the one chain of k = 1 counts as one)."""
     row = next(iter(db.query(
-        "SELECT count(DISTINCT rater) AS named, max(rater IS NULL) AS unnamed FROM corrections WHERE case_id = ?",
+        "SELECT count(DISTINCT rater) AS named, max(CASE WHEN rater IS NULL THEN 1 ELSE 0 END) AS unnamed FROM corrections WHERE case_id = ?",
         [int(case_id)])))
     return int(row["named"] or 0) + int(row["unnamed"] or 0)
 
@@ -84,7 +84,8 @@ def latest_by_rater(db, case_id: int) -> list:
     return list(db.query(
         "SELECT k.id, k.version, k.rater, k.annotator, k.mask_path, k.status, k.created_at FROM corrections k "
         "WHERE k.case_id = :case AND k.version = (SELECT max(l.version) FROM corrections l "
-        "WHERE l.case_id = k.case_id AND l.rater IS k.rater) ORDER BY k.version", {"case": int(case_id)}))
+        "WHERE l.case_id = k.case_id AND (l.rater = k.rater OR (l.rater IS NULL AND k.rater IS NULL))) "
+        "ORDER BY k.version", {"case": int(case_id)}))
 
 
 def log(db, case_id: int, *, action: str, by: str, version: Optional[int], comment: str = "",

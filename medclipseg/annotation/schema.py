@@ -67,10 +67,13 @@ from __future__ import annotations
 import random
 import sqlite3
 from pathlib import Path
+from typing import Optional
 
 from medclipseg.annotation.errors import StorageError
 
-SCHEMA_VERSION = 8
+# 8: the last version made by our own steps (MIGRATIONS); later ones are Alembic revisions.
+LEGACY_SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
@@ -88,14 +91,12 @@ SCORE_COLUMNS = {
 
 def read_version(db) -> int:
     """The database's schema version; 0 for a database without one (new, or made before versions)."""
-    from sqlite_utils.db import NotFoundError
-
     if not db["meta"].exists():
         return 0
-    try:
-        value = db["meta"].get("schema_version")["value"]
-    except NotFoundError:
+    rows = db.query("SELECT value FROM meta WHERE key = 'schema_version'")
+    if not rows:
         return 0
+    value = rows[0]["value"]
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -310,30 +311,81 @@ def _add_raters_and_review(db) -> None:
             db["meta"].insert({"key": key, "value": value})
 
 
-# Index i migrates schema version i to i + 1.
+# Index i migrates schema version i to i + 1 (SQLite databases made before Alembic; see migrate).
 MIGRATIONS = [_create_tables, _add_versions_jobs_and_ranks, _add_drafts_and_lineage, _add_queue_diversity,
               _add_volumes, _add_slice_provenance, _add_promotion_kinds_and_job_grace, _add_raters_and_review]
-assert len(MIGRATIONS) == SCHEMA_VERSION
+assert len(MIGRATIONS) == LEGACY_SCHEMA_VERSION
+
+# Alembic revisions in order; the first is the baseline equal to LEGACY_SCHEMA_VERSION, and the
+# schema version meta.schema_version records is LEGACY_SCHEMA_VERSION + its index.
+REVISIONS = ("schema8", "model_version_order")
+assert LEGACY_SCHEMA_VERSION + len(REVISIONS) - 1 == SCHEMA_VERSION
 
 
-def migrate(connections, path: Path) -> None:
-    """Bring the database to SCHEMA_VERSION in one write transaction; refuse a newer one."""
+def alembic_config(conn):
+    """Alembic's configuration for our migrations, run on `conn` (a SQLAlchemy Connection)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = conn
+    return config
+
+
+def alembic_revision(db) -> Optional[str]:
+    """The Alembic revision the database is stamped with; None before Alembic."""
+    if not db["alembic_version"].exists():
+        return None
+    rows = db.query("SELECT version_num FROM alembic_version")
+    return rows[0]["version_num"] if rows else None
+
+
+def _legacy_steps(db, version: int) -> None:
+    """Bring an SQLite database made before Alembic to LEGACY_SCHEMA_VERSION with the old steps."""
+    import sqlite_utils
+
+    legacy = sqlite_utils.Database(db.conn.connection.dbapi_connection, execute_plugins=False)
+    if not legacy["meta"].exists():
+        legacy["meta"].create({"key": str, "value": str}, pk="key")
+    for step in range(version, LEGACY_SCHEMA_VERSION):
+        MIGRATIONS[step](legacy)
+    legacy["meta"].insert({"key": "schema_version", "value": str(LEGACY_SCHEMA_VERSION)}, replace=True)
+
+
+def migrate(connections, label: str) -> None:
+    """Bring the database to SCHEMA_VERSION in one write transaction; refuse a newer one.
+
+    A new database (either engine) is made by the Alembic revisions. An SQLite database made
+    before Alembic is brought to LEGACY_SCHEMA_VERSION by MIGRATIONS, stamped with the baseline
+    revision and upgraded from there: nothing in it is lost."""
+    import sqlalchemy as sa
+    from alembic import command
+
     try:
         with connections.write() as db:
             version = read_version(db)
-            if version > SCHEMA_VERSION:
+            revision = alembic_revision(db)
+            if version > SCHEMA_VERSION or (revision is not None and revision not in REVISIONS):
                 raise StorageError(
-                    f"The annotation database {path} has schema version {version}, newer than this "
+                    f"The annotation database {label} has schema version {version}, newer than this "
                     f"version of MedCLIPSeg supports ({SCHEMA_VERSION}). Upgrade medclipseg to open it.")
-            if not db["meta"].exists():
-                db["meta"].create({"key": str, "value": str}, pk="key")
-            for step in range(version, SCHEMA_VERSION):
-                MIGRATIONS[step](db)
+            config = alembic_config(db.conn)
+            if revision is None and (db["meta"].exists() or db["cases"].exists()):
+                if not connections.location.is_sqlite:
+                    raise StorageError(f"The PostgreSQL database {label} holds tables but no MedCLIPSeg "
+                                       "schema revision; use an empty database for the annotation store.")
+                _legacy_steps(db, version)
+                command.stamp(config, REVISIONS[0])
+            if revision != REVISIONS[-1]:
+                command.upgrade(config, REVISIONS[-1])
+                connections.tables.forget()
             from medclipseg.annotation.queue import ensure_rank_columns  # queue imports this module
 
             ensure_rank_columns(db)
-            if version < SCHEMA_VERSION:
-                db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, replace=True)
+    except sa.exc.DBAPIError as exc:
+        raise StorageError(f"Could not prepare the annotation database {label}: "
+                           f"{str(getattr(exc, 'orig', exc)).strip()}. "
+                           "It may not be a MedCLIPSeg annotation database.") from exc
     except sqlite3.DatabaseError as exc:
-        raise StorageError(f"Could not prepare the annotation database {path}: {exc}. "
+        raise StorageError(f"Could not prepare the annotation database {label}: {exc}. "
                            "It may not be a MedCLIPSeg annotation database.") from exc

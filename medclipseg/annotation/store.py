@@ -1,14 +1,17 @@
-"""Annotation store: cases, model predictions and human corrections in SQLite plus files.
+"""Annotation store: cases, model predictions and human corrections in a database plus files.
 
 ``AnnotationStore`` is the one entry point; the work is split by concern:
 
-* :mod:`medclipseg.annotation.database`: per-thread connections, WAL, busy timeout, ``BEGIN IMMEDIATE``;
-* :mod:`medclipseg.annotation.schema`: tables, indexes, schema version and migrations;
+* :mod:`medclipseg.annotation.sql`: SQLite or PostgreSQL through SQLAlchemy Core; per-thread
+  connections, one writer at a time, queue claims with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
+* :mod:`medclipseg.annotation.schema`: schema version and migrations (Alembic, and the steps before it);
 * :mod:`medclipseg.annotation.files`: the atomic file store beside the database (images, maps, masks);
 * :mod:`medclipseg.annotation.queue`: acquisition order and leases (``next_case``, ``claim``, ``release``);
 * :mod:`medclipseg.annotation.drafts`: in-progress masks, one per case and annotator.
 
-``annotations.db`` (SQLite, WAL mode) holds the rows; pixels live beside it in ``<db stem>_files/``.
+``annotations.db`` (SQLite, WAL mode; the default) or a PostgreSQL database (``postgresql://`` URL)
+holds the rows; pixels live in a files folder: ``<db stem>_files/`` beside an SQLite file, the
+folder the settings name for PostgreSQL.
 Files are written before the row that references them commits.
 
 Versions are never overwritten: each correction names the version it replaces, and a save that
@@ -39,7 +42,7 @@ import numpy as np
 
 from medclipseg import settings
 from medclipseg.annotation import diversity, drafts, gold, jobs, queue, review, versions, volume_files
-from medclipseg.annotation.database import Connections
+from medclipseg.annotation.sql import Connections, RowNotFound, parse_location
 from medclipseg.annotation.drafts import Draft
 from medclipseg.annotation.errors import SavedVersionExists, StorageError, VersionConflict
 from medclipseg.annotation.files import MAP_NAMES, FileStore, new_stem
@@ -165,7 +168,8 @@ def _json_value(value):
     if isinstance(value, (np.integer, int)):
         return int(value)
     if isinstance(value, (np.floating, float)):
-        return float(value)
+        # JSON has no NaN or infinity (PostgreSQL refuses them): a non-finite score is no score.
+        return float(value) if math.isfinite(float(value)) else None
     if value is None or isinstance(value, str):
         return value
     return str(value)
@@ -297,11 +301,9 @@ def _meta(db, key: str) -> Optional[str]:
 
 def _get(db, table: str, row_id, what: str) -> dict:
     """The row with primary key `row_id`; StorageError in words when there is none."""
-    from sqlite_utils.db import NotFoundError
-
     try:
         return db[table].get(int(row_id))
-    except NotFoundError:
+    except RowNotFound:
         raise StorageError(f"{what} {row_id} does not exist in the annotation database.") from None
 
 
@@ -314,18 +316,45 @@ class AnnotationStore:
     Safe to share between threads (each thread gets its own connection) and between processes.
     """
 
-    def __init__(self, path=None, *, lease_seconds: float = 900.0):
-        self.path = Path(path).expanduser() if path is not None else default_db_path()
-        self.files_dir = self.path.parent / f"{self.path.stem}_files"
+    def __init__(self, path=None, *, lease_seconds: float = 900.0, files_dir=None):
+        """`path`: an SQLite file or a ``postgresql://`` URL (default: medclipseg.settings.db_location());
+        `files_dir`: the folder of its images, maps and masks (default: ``<file stem>_files`` beside an
+        SQLite file; for PostgreSQL medclipseg.settings.files_dir())."""
+        self.location = parse_location(path if path is not None else settings.db_location())
+        # The SQLite file (None for PostgreSQL): snapshots and tools that read the file use it.
+        self.path = self.location.path
+        if files_dir is not None:
+            self.files_dir = Path(files_dir).expanduser()
+        elif self.path is not None:
+            self.files_dir = self.path.parent / f"{self.path.stem}_files"
+        else:
+            self.files_dir = settings.files_dir(self.location.name)
         self.lease_seconds = float(lease_seconds)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"Could not create the annotation folder {self.path.parent}: {exc}.") from exc
+        self._connections = Connections(self.location)
+        try:
+            migrate(self._connections, self.location.label)
+        except BaseException:
+            self._connections.close()
+            raise
         self._files = FileStore(self.files_dir)
         self._files.create()
-        self._connections = Connections(self.path)
-        migrate(self._connections, self.path)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.location.dialect
+
+    @property
+    def url(self) -> str:
+        """Where the database is, as MEDCLIPSEG_DB or ``--db`` would name it (the SQLite file's path,
+        or the PostgreSQL URL with its password)."""
+        return str(self.path) if self.path is not None else self._connections.location.url.replace(
+            "postgresql+psycopg://", "postgresql://", 1)
 
     def _db(self):
         return self._connections.db()
@@ -382,7 +411,8 @@ class AnnotationStore:
     def fill_descriptors(self, *, limit: int = 256) -> int:
         """Compute the diversity fingerprint of up to `limit` cases that have none (cases made before
         schema version 4); returns how many were filled."""
-        rows = list(self._db().query("SELECT id, image_path FROM cases INDEXED BY idx_cases_no_descriptor "
+        db = self._db()
+        rows = list(db.query(f"SELECT id, image_path FROM cases {db.indexed_by('idx_cases_no_descriptor')} "
                                      "WHERE descriptor IS NULL ORDER BY id LIMIT ?", [int(limit)]))
         filled = 0
         for row in rows:
@@ -1069,7 +1099,7 @@ class AnnotationStore:
         ``skip_case_id`` is never served (the case on the annotator's screen)."""
         annotator = _clean_annotator(annotator)
         queue.order_column(acquisition)  # refuse an unknown order before taking the write lock
-        with self._connections.write() as db:
+        with self._connections.claim() as db:
             case_id = queue.next_case_id(db, annotator, acquisition=acquisition, batch=batch, now=time.time(),
                                          lease_seconds=self.lease_seconds,
                                          skip_case_id=None if skip_case_id is None else int(skip_case_id))
@@ -1079,7 +1109,7 @@ class AnnotationStore:
         """Lease one case to `annotator` (e.g. a case they just uploaded), like next_case does: their other
         leases are cleared. False, and nothing changes, while another annotator holds a live lease on it."""
         annotator = _clean_annotator(annotator)
-        with self._connections.write() as db:
+        with self._connections.claim() as db:
             return queue.claim(db, case_id, annotator, now=time.time(), lease_seconds=self.lease_seconds)
 
     def release(self, case_id: int, *, annotator: str) -> None:
@@ -1310,11 +1340,10 @@ class AnnotationStore:
     def cases_to_rescore(self, model_id: str, *, limit: int = 50, exclude=()) -> list:
         """Unreviewed cases not yet ranked by `model_id` (including any never predicted), oldest first,
         leaving out the case ids in `exclude` (those the caller has given up on, so that a pass moves on)."""
-        # One JSON parameter, however many ids: no limit on SQL variables to run into.
         rows = self._db().query(
             "SELECT id FROM cases WHERE status = 'unreviewed' AND (ranked_model_id IS NULL OR ranked_model_id != ?) "
-            "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
-            [model_id, json.dumps(sorted(int(case_id) for case_id in exclude)), int(limit)])
+            "AND id NOT IN ? ORDER BY id LIMIT ?",
+            [model_id, sorted(int(case_id) for case_id in exclude), int(limit)])
         return [int(row["id"]) for row in rows]
 
     def rescore_backlog(self, model_id: str) -> int:
@@ -1455,7 +1484,14 @@ class AnnotationStore:
                             saved_versions=counts["corrections"], in_review=int(in_review))
 
     def integrity_check(self) -> str:
-        return "\n".join(str(next(iter(row.values()))) for row in self._db().query("PRAGMA integrity_check"))
+        """SQLite's own check of the file ("ok" when sound). A PostgreSQL server checks its own pages
+        (and checksums where enabled): here "ok" means it answers and the tables are readable."""
+        db = self._db()
+        if self.dialect == "sqlite":
+            return "\n".join(str(next(iter(row.values()))) for row in db.query("PRAGMA integrity_check"))
+        for table in ("meta", "cases", "predictions", "corrections"):
+            db[table].count_where()
+        return "ok"
 
     def close(self) -> None:
         """Close every connection this store opened (in any thread)."""

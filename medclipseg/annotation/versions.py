@@ -9,7 +9,7 @@ written completely before their row is inserted, so a row always points at a who
 ``meta.current_model_id`` names the promoted version; ``promotions`` logs every change of it
 (who, when, why, and whether it was a rollback), which is what a rollback walks back along
 (:func:`promotion_stack`). Every function takes the
-``sqlite_utils.Database`` of an open write transaction, except the readers.
+``sql.Database`` of an open write transaction, except the readers.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def get(db, version_id: str) -> ModelVersion:
 def all_versions(db) -> list:
     current = current_id(db)
     return [version_from_row(row, current)
-            for row in db["model_versions"].rows_where(order_by="created_at, rowid")]
+            for row in db["model_versions"].rows_where(order_by="seq, created_at, id")]
 
 
 def insert(db, row: dict) -> None:
@@ -83,6 +83,8 @@ def insert(db, row: dict) -> None:
     row = dict(row)
     row["recipe"] = json.dumps(row.get("recipe") or {})
     row["correction_ids"] = json.dumps(list(row.get("correction_ids") or []))
+    # The order versions were added in (the caller's write transaction keeps two from taking one number).
+    row["seq"] = int(db.query("SELECT coalesce(max(seq), 0) + 1 AS n FROM model_versions")[0]["n"])
     db["model_versions"].insert(row)
 
 

@@ -211,7 +211,7 @@ LOADED = _LoadedCache(LOADED_CACHE_SIZE)
 def loaded_volume(store, case_id: int, prediction_id: Optional[int]) -> LoadedVolume:
     """Case ``case_id``'s scan and the maps of ``prediction_id`` in memory (read once, then cached;
     predictions and scans never change once stored)."""
-    key = (str(store.path), int(case_id), None if prediction_id is None else int(prediction_id))
+    key = (store.location.label, int(case_id), None if prediction_id is None else int(prediction_id))
 
     def load() -> LoadedVolume:
         geometry = store.volume_geometry(case_id)

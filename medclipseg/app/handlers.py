@@ -863,7 +863,7 @@ class _VolumeMemory:
 
     def predicted(self, service: AnnotationService, prediction_id: int) -> np.ndarray:
         """The prediction's own volume mask (read-only; predictions never change once stored)."""
-        key = (str(service.store.path), int(prediction_id))
+        key = (service.store.location.label, int(prediction_id))
         with self._guard:
             mask = self._predicted.get(key)
             if mask is not None:
@@ -882,7 +882,7 @@ VOLUMES = _VolumeMemory()
 
 
 def _work_key(service: AnnotationService, case_id: int, annotator: Optional[str]) -> tuple:
-    return str(service.store.path), int(case_id), annotator or ""
+    return service.store.location.label, int(case_id), annotator or ""
 
 
 def _rows(geometry, index: int) -> slice:

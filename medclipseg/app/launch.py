@@ -66,14 +66,17 @@ def main(argv=None) -> None:
         team = team_from_settings(args.host)
         settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
         check_samples(args.samples)  # before the database is made: a bad setting leaves nothing behind
-        db_path = Path(args.db).expanduser() if args.db is not None else settings.db_path()
-        snapshot_dir = settings.snapshot_dir()
+        from medclipseg.annotation.sql import parse_location
+
+        location = parse_location(args.db if args.db is not None else settings.db_location())
+        db_path = location.path  # None for PostgreSQL: the server keeps the rows, no snapshots
+        snapshot_dir = settings.snapshot_dir() if db_path is not None else None
         if snapshot_dir is not None:
             # A fresh container: the newest snapshot in the bucket becomes the live database.
             restored = snapshots.restore(db_path, snapshot_dir)
             if restored is not None:
                 print(f"Restored the annotation database from {restored}", flush=True)
-        service = AnnotationService(AnnotationStore(db_path), weights=args.weights, device=args.device,
+        service = AnnotationService(AnnotationStore(location), weights=args.weights, device=args.device,
                                     num_samples=args.samples)
     except (ValueError, StorageError, OSError) as exc:
         raise SystemExit(f"app.py: error: {exc}") from None
@@ -87,7 +90,7 @@ def main(argv=None) -> None:
         service.start_background_rescoring()
         demo = build_app(service, team=team)
         demo.queue(default_concurrency_limit=8, max_size=256)
-        print(f"MedCLIPSeg Annotator: model {service.model_id}, database {service.store.path}", flush=True)
+        print(f"MedCLIPSeg Annotator: model {service.model_id}, database {service.store.location.label}", flush=True)
         if team.logins_required:
             roles = ", ".join(f"{name} ({role})" for name, role in team.users.items())
             print(f"Logins required: {roles}", flush=True)

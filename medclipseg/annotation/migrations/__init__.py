@@ -1,0 +1,1 @@
+"""Alembic migrations of the annotation database (see medclipseg.annotation.schema)."""
