@@ -31,7 +31,7 @@ def _lesion(seed: int, size: int = 64):
     return np.repeat(grey[:, :, None], 3, axis=2), mask
 
 
-def _reviewed_store(path: Path, cases: int = 6, gold_wanted: int = 2) -> AnnotationStore:
+def _reviewed_store(path, cases: int = 6, gold_wanted: int = 2, files_dir=None) -> AnnotationStore:
     """A database with `cases` corrected cases of which exactly `gold_wanted` are gold (seed chosen)."""
     import hashlib
 
@@ -42,7 +42,7 @@ def _reviewed_store(path: Path, cases: int = 6, gold_wanted: int = 2) -> Annotat
         digest.update(np.ascontiguousarray(pixels).tobytes())
         hashes.append(digest.hexdigest())
     seed = next(s for s in range(10_000) if sum(is_gold(h, seed=str(s), fraction=0.4) for h in hashes) == gold_wanted)
-    store = AnnotationStore(path)
+    store = AnnotationStore(path, files_dir=files_dir)
     store.set_gold_fraction(0.4, seed=seed)
     service = AnnotationService(store, weights="demo", device="cpu", num_samples=4)
     for pixels, mask in images:
@@ -155,6 +155,27 @@ def test_worker_killed_mid_training_is_failed_and_leaves_nothing_promotable(tmp_
     if finished.status == "cancelled":
         assert [v.id for v in restarted.model_versions()] == [base]
     restarted.close()
+
+
+def test_a_retraining_round_on_postgresql_finds_the_database_without_a_password_on_its_command_line(
+        postgres_database, tmp_path):
+    """The app's worker process trains from, and records into, a PostgreSQL store; the URL (with its
+    password) reaches it through the environment, never its command line."""
+    from urllib.parse import urlsplit
+
+    store = _reviewed_store(postgres_database, cases=4, gold_wanted=1, files_dir=tmp_path / "files")
+    base = store.current_model_id()
+    job_id = launch_worker(store, by="alice", epochs=1, promote="yes")
+    job = store.job(job_id)
+    with open(f"/proc/{job.pid}/cmdline", "rb") as handle:
+        command_line = handle.read().decode(errors="replace")
+    assert f":{urlsplit(postgres_database).password}@" not in command_line and "postgresql" not in command_line
+    finished = _wait(lambda: (lambda j: j if not j.active else None)(store.job(job_id)), 300, "the round")
+    assert finished.status == "succeeded", log_tail(store, finished)
+    current = store.model_version(store.current_model_id())
+    assert current.parent_id == base and current.kind == "trained" and current.train_cases == 3
+    assert (tmp_path / "files" / current.path).is_dir()
+    store.close()
 
 
 def test_stop_signal_reads_gains_and_top_of_queue(tmp_path):
