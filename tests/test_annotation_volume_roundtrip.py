@@ -171,3 +171,48 @@ def test_volume_saved_mask_maps_to_world_space_like_the_scan(service):
     file_mask = volume.from_display(cube, plane=geometry.plane)
     world_file = nib.affines.apply_affine(volume.affine, np.argwhere(file_mask))
     assert np.allclose(np.sort(world_display, axis=0), np.sort(world_file, axis=0))
+
+
+def _on_file_grid(cube: np.ndarray, original, plane: str) -> np.ndarray:
+    """A display-space mask taken to the file's voxel grid by nibabel's own reorientation."""
+    from medclipseg.io.volumes import ScanVolume
+
+    stored = ScanVolume(array=np.asarray(original.dataobj, dtype=np.float32), affine=original.affine)
+    display_image = nib.Nifti1Image(cube.astype(np.uint8), stored.display_affine(plane))
+    back = display_image.as_reoriented(nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(display_image.affine), nib.orientations.io_orientation(original.affine)))
+    return np.asarray(back.dataobj) > 0
+
+
+def test_a_volume_with_two_raters_exports_each_raters_mask_on_the_scans_grid(tmp_path, service):
+    image = small_t1().nifti_image()
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(image.affine),
+                                           nib.orientations.axcodes2ornt(("P", "L", "I")))
+    source = tmp_path / "scans"
+    source.mkdir()
+    nib.save(image.as_reoriented(ornt), str(source / "subject1.nii.gz"))
+    service.store.set_project_settings(raters_per_case=2)
+    report = service.ingest(source, prompt=PROMPT, num_samples=2)
+    case = service.store.get_case(report.volumes[0])
+    geometry = service.store.volume_geometry(case.id)
+    first = painted_cube(geometry)
+    second = first.copy()
+    second[2:5, 6:12, :] = False  # the second rater leaves a strip out
+    service.save(case.id, first, annotator="ann", reviewed_slices=[2, 3, 4])
+    service.save(case.id, second, annotator="bea", reviewed_slices=[2, 3, 4])
+
+    out = tmp_path / "export"
+    result = export_dataset(service.store, out, volume_format="nifti", val_fraction=0.0, test_fraction=0.0)
+    entry = next(e for e in json.loads(result.manifest_path.read_text())["cases"] if e["case_id"] == case.id)
+    assert entry["label_kind"] == "consensus (STAPLE)" and set(entry["raters"]) == {"ann", "bea"}
+    original = nib.load(str(source / "subject1.nii.gz"))
+    for rater, cube in (("ann", first), ("bea", second)):
+        written = entry["raters"][rater]
+        assert len(written["slices"]) == 3 and all((out / path).is_file() for path in written["slices"])
+        mask_image = nib.load(str(out / written["mask"]))
+        assert mask_image.shape == original.shape and np.allclose(mask_image.affine, original.affine, atol=1e-5)
+        assert np.array_equal(np.asarray(mask_image.dataobj) > 0, _on_file_grid(cube, original, geometry.plane))
+    dice = 2 * np.logical_and(first, second).sum() / (first.sum() + second.sum())
+    assert entry["agreement"]["mean_pairwise_dice"] == pytest.approx(dice)
+    paths = [path for written in entry["raters"].values() for path in (*written["slices"], written["mask"])]
+    assert not [path for path in paths if "ann" in path or "bea" in path]  # user names stay out of file names

@@ -3,11 +3,12 @@
     <out>/Train_Folder/img/case000001.png    <out>/Train_Folder/label/case000001.png   (and Val_, Test_)
     <out>/Prompts_Folder/Train_text.xlsx + .csv, Val_text.xlsx + .csv, Test_text.xlsx + .csv
     <out>/predicted/case000001.png           the model's mask the annotator started from
-    <out>/raters/<rater>/case000001.png      each rater's own mask, for a case with several raters
+    <out>/raters/raterNN/case000001.png      each rater's own mask, for a case with several raters
     <out>/manifest.json                      provenance of every exported case
 
 A case with several raters (medclipseg.annotation.review) exports their STAPLE consensus as its
-label, each rater's newest mask under ``raters/`` (2-D cases) and the agreement in the manifest.
+label, each rater's newest mask under ``raters/`` (for a volume: its exported slices, and the whole
+mask on the scan's grid with ``--format nifti``/``dicom-seg``) and the agreement in the manifest.
 With the review step on, only the versions a reviewer approved are exported.
 
 The folder loads with ``medclipseg.datasets.layout.load_split`` (the test table ``Test_text`` is the
@@ -270,7 +271,11 @@ def _export_volume(store, row: dict, split: str, staging: Path, tables: dict, vo
     if volume_format in ("nifti", "dicom-seg"):
         files = _write_volume_files(store, row, staging / VOLUME_FOLDER / stem, volume_format)
         files = {key: f"{VOLUME_FOLDER}/{stem}/{value}" for key, value in files.items()}
-    return {
+    raters = {}
+    if (row.get("rater_count") or 0) > 1:
+        raters = _export_volume_raters(store, case_id, stem, [entry["slice"] for entry in slices], staging,
+                                       volume_format)
+    return {**raters,
         "case_id": case_id, "kind": "volume", "split": split, "gold": bool(row.get("gold")),
         "prompt": row["prompt"], "annotator": row.get("annotator"), "status": row.get("status"),
         "version": int(row["version"]), "model_id": row.get("model_id"), "scores": row["scores"] or {},
@@ -316,6 +321,37 @@ def _write_volume_files(store, row: dict, folder: Path, volume_format: str) -> d
                         model_name=model_id.split("@")[0], model_version=model_id,
                         algorithm_type="AUTOMATIC" if row.get("status") == "accepted" else "SEMIAUTOMATIC")
     return files
+
+
+def _export_volume_raters(store, case_id: int, stem: str, slice_indexes: list, staging: Path,
+                          volume_format: str) -> dict:
+    """Each rater's newest mask of a volume case under raters/raterNN/: the exported slices as PNG
+    (``<stem>_sNNNN.png``, beside the consensus label of each), and with nifti or dicom-seg the whole
+    mask on the scan's own grid (``<stem>.nii.gz``); plus the case's agreement (3-D)."""
+    from medclipseg.annotation import volume_files
+    from medclipseg.io.volume_writers import write_nifti
+    from medclipseg.team.agreement import agreement
+
+    geometry = store.volume_geometry(case_id)
+    masks = store.rater_masks(case_id)  # stacked slices, voxel for voxel
+    found = agreement(masks)
+    volume = store.load_volume(case_id) if volume_format in ("nifti", "dicom-seg") else None
+    paths = {}
+    for number, rater in enumerate(found.raters):
+        folder = f"{RATERS_FOLDER}/rater{number + 1:02d}"  # user names stay out of file names
+        (staging / folder).mkdir(parents=True, exist_ok=True)
+        written = {"slices": []}
+        for index in slice_indexes:
+            name = f"{stem}_s{index:04d}.png"
+            plane = volume_files.mosaic_slice(masks[rater], geometry, index).astype(bool)
+            _write_png(staging / folder / name, np.where(plane, 255, 0).astype(np.uint8))
+            written["slices"].append(f"{folder}/{name}")
+        if volume is not None:
+            mask = volume.from_display(volume_files.unmosaic(masks[rater], geometry), plane=geometry.plane)
+            write_nifti(volume, mask.astype(np.uint8), staging / folder / f"{stem}.nii.gz", dtype=np.uint8)
+            written["mask"] = f"{folder}/{stem}.nii.gz"
+        paths[rater] = written
+    return {"label_kind": "consensus (STAPLE)", "raters": paths, "agreement": found.summary()}
 
 
 # --------------------------------------------------------------------------------------
