@@ -229,10 +229,9 @@ def test_case_history_and_latest_correction(store):
         store.latest_correction(999)
 
 
-def test_concurrent_saves_from_the_same_version_one_wins(tmp_path):
+def test_concurrent_saves_from_the_same_version_one_wins(store_location, tmp_path):
     """Both threads pass the early check before either writes; the check under the write lock refuses one."""
-    path = tmp_path / "annotations.db"
-    with AnnotationStore(path) as store:
+    with AnnotationStore(store_location, files_dir=tmp_path / "files") as store:
         case, _ = case_with_prediction(store, 1)
         store.save_correction(case.id, box(1, 1, 4, 4), annotator="alice")
         before = stored_files(store)

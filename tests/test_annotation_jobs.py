@@ -51,14 +51,14 @@ def test_unique_index_refuses_a_second_running_job_even_past_the_check(store):
     conn.close()
 
 
-def test_dead_worker_is_reported_failed_and_its_scratch_removed(tmp_path):
-    path = tmp_path / "annotations.db"
-    with AnnotationStore(path) as first:
+def test_dead_worker_is_reported_failed_and_its_scratch_removed(store_location, tmp_path):
+    path = store_location
+    with AnnotationStore(path, files_dir=tmp_path / "files") as first:
         job_id = first.start_job("retrain", by="alice", params={}, pid=_dead_pid())
         scratch = first.job_folder(job_id)
         (scratch / "model").mkdir(parents=True)
         scratch.with_suffix(".log").write_text("epoch 1\n")
-    with AnnotationStore(path) as restarted:  # as a server restart would find it
+    with AnnotationStore(path, files_dir=tmp_path / "files") as restarted:  # as a server restart would find it
         assert restarted.active_job() is None
         job = restarted.job(job_id)
         assert job.status == "failed" and "process stopped" in job.message and job.finished_at

@@ -85,8 +85,8 @@ def test_next_case_same_annotator_batch_and_release(store):
     store.release(4242, annotator="erin")  # nothing to release: no error
 
 
-def test_lease_expiry(tmp_path):
-    with AnnotationStore(tmp_path / "annotations.db", lease_seconds=0.05) as store:
+def test_lease_expiry(store_location, tmp_path):
+    with AnnotationStore(store_location, lease_seconds=0.05, files_dir=tmp_path / "files") as store:
         (case,) = fill_scored_queue(store, 1)
         assert store.next_case("alice").id == case.id
         assert store.next_case("bob") is None
@@ -109,8 +109,8 @@ def test_queue_summary(store):
     assert summary.text() == "2 unreviewed · 1 corrected · 0 accepted · 1 skipped · 2 saved versions"
 
 
-def test_editing_renews_the_lease_so_a_long_correction_is_not_served_to_another(tmp_path):
-    with AnnotationStore(tmp_path / "annotations.db", lease_seconds=1.5) as store:
+def test_editing_renews_the_lease_so_a_long_correction_is_not_served_to_another(store_location, tmp_path):
+    with AnnotationStore(store_location, lease_seconds=1.5, files_dir=tmp_path / "files") as store:
         first, second, _third = fill_scored_queue(store, 3)
         taken = store.next_case("alice", acquisition="random")
         other = store.next_case("bob", acquisition="random")

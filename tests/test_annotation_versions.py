@@ -154,11 +154,11 @@ def test_promotion_refuses_unknown_lost_and_unnamed(store):
                                   correction_ids=[], train_cases=1)
 
 
-def test_versions_survive_reopening(tmp_path):
-    path = tmp_path / "annotations.db"
-    with AnnotationStore(path) as first:
+def test_versions_survive_reopening(store_location, tmp_path):
+    path = store_location
+    with AnnotationStore(path, files_dir=tmp_path / "files") as first:
         first.ensure_base_version("model-a@1", source="demo", name="model-a")
-    with AnnotationStore(path) as again:
+    with AnnotationStore(path, files_dir=tmp_path / "files") as again:
         assert again.current_model_id() == "model-a@1"
         assert again.model_source("model-a@1") == "demo"
 
