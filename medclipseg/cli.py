@@ -538,6 +538,21 @@ def _add_copy_db(commands) -> None:
                                             "feedback_db/<database name>_files; beside the file for SQLite)")
 
 
+def _add_users(commands) -> None:
+    parser = commands.add_parser("users", help="list, add or remove the logins kept in the annotation database",
+                                 description="Logins beside MEDCLIPSEG_AUTH, kept in the database as salted "
+                                             "PBKDF2 hashes; a running app sees a change at its next sign-in "
+                                             "or request.")
+    _add_db(parser)
+    parser.add_argument("action", choices=("list", "add", "remove"), help="what to do")
+    parser.add_argument("name", nargs="?", help="the user (for add and remove)")
+    parser.add_argument("--role", default="annotator", help="annotator (default), reviewer or admin (for add)")
+    parser.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input (else it is asked for)")
+    parser.add_argument("--replace", action="store_true", help="give an existing user a new password and role")
+    _add_by(parser)
+
+
 def _add_rescore(commands) -> None:
     parser = commands.add_parser("rescore", help="predict unreviewed cases again with the current model version",
                                  description="Re-rank the queue by the current model: every unreviewed case not "
@@ -558,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="one of the commands below; `medclipseg COMMAND --help` lists its options")
     for add in (_add_phantoms, _add_pretrain, _add_train, _add_ship, _add_evaluate, _add_benchmark, _add_predict,
                 _add_export, _add_ingest, _add_realdata, _add_retrain, _add_models, _add_promote, _add_rollback,
-                _add_rescore, _add_project, _add_agreement, _add_snapshot, _add_restore, _add_copy_db):
+                _add_rescore, _add_project, _add_agreement, _add_snapshot, _add_restore, _add_copy_db, _add_users):
         add(commands)
     return parser
 
@@ -1022,6 +1037,37 @@ def run_copy_db(args) -> int:
     return 0
 
 
+def run_users(args) -> int:
+    import getpass
+
+    from medclipseg.annotation.store import AnnotationStore
+
+    if args.action != "list" and not args.name:
+        raise ValueError(f"Name the user to {args.action}: medclipseg users {args.action} NAME.")
+    store = AnnotationStore(args.db)
+    try:
+        if args.action == "list":
+            for row in store.user_list():
+                print(f"{row['name']}\t{row['role']}\tadded {row['created_at'][:19].replace('T', ' ')} "
+                      f"by {row['created_by']}")
+        elif args.action == "remove":
+            if not store.remove_user(args.name):
+                raise ValueError(f"There is no user {args.name!r} in the database.")
+            print(f"removed={args.name}")
+        else:
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\r\n")
+            else:
+                password = getpass.getpass(f"Password for {args.name}: ")
+                if getpass.getpass("Again: ") != password:
+                    raise ValueError("The two passwords differ; nothing was changed.")
+            name = store.add_user(args.name, password, role=args.role, by=args.by or "cli", replace=args.replace)
+            print(f"user={name} role={store.users()[name]}")
+    finally:
+        store.close()
+    return 0
+
+
 def run_rescore(args) -> int:
     from medclipseg.annotation.service import AnnotationService
 
@@ -1053,7 +1099,7 @@ def main(argv=None) -> int:
                 "ingest": run_ingest, "realdata": run_realdata, "retrain": run_retrain, "models": run_models,
                 "promote": run_promote, "rollback": run_rollback, "rescore": run_rescore, "project": run_project,
                 "agreement": run_agreement, "snapshot": run_snapshot, "restore": run_restore,
-                "copy-db": run_copy_db}
+                "copy-db": run_copy_db, "users": run_users}
     try:
         return handlers[args.command](args)
     except (LayoutError, ImageReadError, PromptError, WeightsSourceError, CheckpointMismatchError,

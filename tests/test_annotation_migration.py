@@ -52,13 +52,13 @@ def test_every_row_of_the_release_database_survives_the_migration(release_copy, 
     before = all_rows(release_copy)
     assert before["meta"] and {"key": "schema_version", "value": str(release)} in before["meta"]
     with AnnotationStore(release_copy) as store:
-        assert store.schema_version == SCHEMA_VERSION == 9 and store.integrity_check() == "ok"
+        assert store.schema_version == SCHEMA_VERSION == 10 and store.integrity_check() == "ok"
     after = all_rows(release_copy)
     old_meta, new_meta = ({row["key"]: row["value"] for row in rows[table]} for rows in (before, after)
                           for table in ["meta"])
     assert new_meta == {"review_required": "0", "raters_per_case": "1",
                         **old_meta, "schema_version": str(SCHEMA_VERSION)}
-    assert after["alembic_version"] == [{"version_num": "model_version_order"}]
+    assert after["alembic_version"] == [{"version_num": "team_users"}] and after["users"] == []
     for table, rows in before.items():
         if table == "meta":
             continue

@@ -72,7 +72,7 @@ def test_schema_created_in_wal_mode(tmp_path):
         assert store.path == path and path.is_file()
         assert store.files_dir == tmp_path / "sub" / "annotations_files"
         assert all((store.files_dir / sub).is_dir() for sub in ("images", "maps", "masks"))
-        assert store.schema_version == SCHEMA_VERSION == 9
+        assert store.schema_version == SCHEMA_VERSION == 10
         assert store.integrity_check() == "ok"
         assert store.counts() == {"unreviewed": 0, "corrected": 0, "accepted": 0, "skipped": 0,
                                   "corrections": 0, "predictions": 0}
@@ -167,7 +167,7 @@ def test_existing_version_1_database_opens(tmp_path):
 
 
 @pytest.mark.parametrize("recorded, message", [
-    ("10", "schema version 10, newer"),
+    (str(SCHEMA_VERSION + 1), f"schema version {SCHEMA_VERSION + 1}, newer"),
     ("seven", "unreadable schema version"),
 ], ids=["newer", "unreadable"])
 def test_schema_version_refused(tmp_path, recorded, message):

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_public_names_still_importable_from_store():
-    assert SCHEMA_VERSION == 9 and "random" in ACQUISITION_SCORES and issubclass(StorageError, RuntimeError)
+    assert SCHEMA_VERSION == 10 and "random" in ACQUISITION_SCORES and issubclass(StorageError, RuntimeError)
     assert callable(AnnotationStore.queue_summary)
 
 

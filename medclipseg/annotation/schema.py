@@ -73,7 +73,7 @@ from medclipseg.annotation.errors import StorageError
 
 # 8: the last version made by our own steps (MIGRATIONS); later ones are Alembic revisions.
 LEGACY_SCHEMA_VERSION = 8
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 STATUSES = ("unreviewed", "corrected", "accepted", "skipped")
 CORRECTION_STATUSES = ("corrected", "accepted")
@@ -318,7 +318,7 @@ assert len(MIGRATIONS) == LEGACY_SCHEMA_VERSION
 
 # Alembic revisions in order; the first is the baseline equal to LEGACY_SCHEMA_VERSION, and the
 # schema version meta.schema_version records is LEGACY_SCHEMA_VERSION + its index.
-REVISIONS = ("schema8", "model_version_order")
+REVISIONS = ("schema8", "model_version_order", "team_users")
 assert LEGACY_SCHEMA_VERSION + len(REVISIONS) - 1 == SCHEMA_VERSION
 
 

@@ -41,7 +41,7 @@ from typing import Optional
 import numpy as np
 
 from medclipseg import settings
-from medclipseg.annotation import diversity, drafts, gold, jobs, queue, review, versions, volume_files
+from medclipseg.annotation import accounts, diversity, drafts, gold, jobs, queue, review, versions, volume_files
 from medclipseg.annotation.sql import Connections, RowNotFound, parse_location
 from medclipseg.annotation.drafts import Draft
 from medclipseg.annotation.errors import SavedVersionExists, StorageError, VersionConflict
@@ -1482,6 +1482,39 @@ class AnnotationStore:
         return QueueSummary(unreviewed=counts["unreviewed"], corrected=counts["corrected"],
                             accepted=counts["accepted"], skipped=counts["skipped"],
                             saved_versions=counts["corrections"], in_review=int(in_review))
+
+    # -- logins (the users table; medclipseg.team.access reads it through login/has_logins) --------
+    def add_user(self, name: str, password: str, *, role: str = "annotator", by: str = "cli",
+                 replace: bool = False) -> str:
+        """Keep a login in the database (its password only as a salted hash); returns the name."""
+        from medclipseg.team.access import AuthSettingError, check_new_login, encode_password
+
+        try:
+            name, role = check_new_login(name, password, role)
+        except AuthSettingError as exc:
+            raise StorageError(str(exc)) from None
+        encoded = encode_password(password)
+        with self._connections.write() as db:
+            accounts.add(db, name=name, password_hash=encoded, role=role, by=str(by), now=_now_iso(), replace=replace)
+        return name
+
+    def remove_user(self, name: str) -> bool:
+        with self._connections.write() as db:
+            return accounts.remove(db, str(name).strip())
+
+    def user_list(self) -> list:
+        return accounts.listing(self._db())
+
+    def users(self) -> dict:
+        """{name: role} of the logins kept in the database."""
+        return {row["name"]: row["role"] for row in self.user_list()}
+
+    def login(self, name: str):
+        """(password hash, role) of a kept login; None when there is none."""
+        return accounts.login(self._db(), name)
+
+    def has_logins(self) -> bool:
+        return bool(self._db()["users"].count_where())
 
     def integrity_check(self) -> str:
         """SQLite's own check of the file ("ok" when sound). A PostgreSQL server checks its own pages

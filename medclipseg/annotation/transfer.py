@@ -21,7 +21,7 @@ from medclipseg.annotation.errors import StorageError
 
 # Parents before children (foreign keys); the Alembic table last is never copied (each side has its own).
 TABLES = ("meta", "model_versions", "cases", "predictions", "corrections", "drafts", "volumes", "promotions",
-          "jobs", "reviews", "declines")
+          "jobs", "reviews", "declines", "users")
 JSON_SCORE_COLUMNS = {"predictions": ("scores",), "corrections": ("scores",)}
 BATCH_ROWS = 500
 

@@ -11,18 +11,21 @@ from typing import Optional
 from medclipseg import settings
 
 
-def team_from_settings(host: str):
-    """The logins and roles of MEDCLIPSEG_AUTH (medclipseg.team.access.Team); ValueError in words for a
-    malformed setting, or for an open server (no logins) listening beyond this machine unless
-    MEDCLIPSEG_ALLOW_NO_LOGIN=1 says it is meant to be."""
+def team_from_settings(host: str, directory=None, *, check_open: bool = True):
+    """The logins and roles of MEDCLIPSEG_AUTH and of `directory` (the annotation store's users table;
+    medclipseg.team.access.Team); ValueError in words for a malformed setting, or for an open server
+    (no logins) listening beyond this machine unless MEDCLIPSEG_ALLOW_NO_LOGIN=1 says it is meant to be."""
     from medclipseg.team.access import Team, is_loopback
 
     team = Team.from_setting(settings.auth_setting(), setting=settings.AUTH_ENV)
-    if not team.logins_required and not is_loopback(host) and not settings.allow_no_login():
+    if directory is not None:
+        team = team.with_directory(directory)
+    if check_open and not team.logins_required and not is_loopback(host) and not settings.allow_no_login():
         raise ValueError(
             f"The app would listen on {host}, beyond this machine, with no login: anyone who reaches it could "
             f"export every label and retrain the model. Set {settings.AUTH_ENV}=\"user:password[:role],...\" "
-            f"(roles: annotator, reviewer, admin), or set {settings.ALLOW_NO_LOGIN_ENV}=1 to run it open anyway.")
+            f"(roles: annotator, reviewer, admin) or add users with `medclipseg users add`, or set "
+            f"{settings.ALLOW_NO_LOGIN_ENV}=1 to run it open anyway.")
     return team
 
 
@@ -63,12 +66,15 @@ def main(argv=None) -> None:
 
     snapshotter = None
     try:
-        team = team_from_settings(args.host)
-        settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
-        check_samples(args.samples)  # before the database is made: a bad setting leaves nothing behind
         from medclipseg.annotation.sql import parse_location
 
         location = parse_location(args.db if args.db is not None else settings.db_location())
+        # A malformed setting stops the start before the database is made; so does an open server
+        # beyond this machine when the database is new (no users table to give logins).
+        new_database = location.is_sqlite and not location.path.exists() and settings.snapshot_dir() is None
+        team_from_settings(args.host, check_open=new_database)
+        settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
+        check_samples(args.samples)  # before the database is made: a bad setting leaves nothing behind
         db_path = location.path  # None for PostgreSQL: the server keeps the rows, no snapshots
         snapshot_dir = settings.snapshot_dir() if db_path is not None else None
         if snapshot_dir is not None:
@@ -76,8 +82,13 @@ def main(argv=None) -> None:
             restored = snapshots.restore(db_path, snapshot_dir)
             if restored is not None:
                 print(f"Restored the annotation database from {restored}", flush=True)
-        service = AnnotationService(AnnotationStore(location), weights=args.weights, device=args.device,
-                                    num_samples=args.samples)
+        store = AnnotationStore(location)
+        try:
+            team = team_from_settings(args.host, directory=store)  # the users table counts too
+        except ValueError:
+            store.close()
+            raise
+        service = AnnotationService(store, weights=args.weights, device=args.device, num_samples=args.samples)
     except (ValueError, StorageError, OSError) as exc:
         raise SystemExit(f"app.py: error: {exc}") from None
     try:

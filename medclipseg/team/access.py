@@ -7,8 +7,12 @@ and changes the project's settings. ``ACTIONS`` is the one table of what each ro
 may do: the app checks it at every endpoint and UI action, and the README's role table is
 written from it (a test compares the two).
 
-Logins: ``MEDCLIPSEG_AUTH="user:password[:role],..."`` (role ``annotator`` when left out).
-Passwords are kept only as salted PBKDF2-SHA256 hashes in memory and compared in constant time.
+Logins: ``MEDCLIPSEG_AUTH="user:password[:role],..."`` (role ``annotator`` when left out), and the
+``users`` table of the annotation database (``medclipseg users add``; medclipseg.annotation.accounts),
+looked up at every sign-in and request, so a user added, changed or removed there counts at once
+(only the first user of an open server needs a restart, which turns logins on). A name in both
+places is the setting's. Passwords are kept only as salted PBKDF2-SHA256 hashes (in memory for the
+setting, as ``pbkdf2_sha256$rounds$salt$hash`` text in the table) and compared in constant time.
 A malformed setting (an unknown role, an empty user or password, a user named twice) raises
 :class:`AuthSettingError` with the entry in words (password masked), so the server does not start.
 
@@ -112,6 +116,42 @@ def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, PBKDF2_ROUNDS)
 
 
+HASH_SCHEME = "pbkdf2_sha256"
+MIN_PASSWORD_CHARS = 8  # for passwords kept in the database (the setting's are the deployer's own)
+
+
+def encode_password(password: str) -> str:
+    """``pbkdf2_sha256$rounds$salt$hash`` (hex) of a password, for the users table."""
+    salt = os.urandom(16)
+    return f"{HASH_SCHEME}${PBKDF2_ROUNDS}${salt.hex()}${_hash(password, salt).hex()}"
+
+
+def password_matches(password, encoded) -> bool:
+    """True when `password` is the one `encoded` was made from (constant-time; False for anything malformed)."""
+    try:
+        scheme, rounds, salt, digest = str(encoded).split("$")
+        if scheme != HASH_SCHEME or not isinstance(password, str):
+            raise ValueError(scheme)
+        made = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), bytes.fromhex(salt), int(rounds))
+        return hmac.compare_digest(made, bytes.fromhex(digest))
+    except (ValueError, TypeError):
+        _hash("timing", b"\0" * 16)
+        return False
+
+
+def check_new_login(name, password, role) -> tuple:
+    """(name, role) of a login to keep in the database; AuthSettingError in words when it cannot be."""
+    name = name.strip() if isinstance(name, str) else ""
+    if not name or any(character in name for character in ":,") or len(name) > 200:
+        raise AuthSettingError("A user name must be 1 to 200 characters without ':' or ','.")
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_CHARS:
+        raise AuthSettingError(f"A password must have at least {MIN_PASSWORD_CHARS} characters.")
+    role = (role or DEFAULT_ROLE).strip().lower()
+    if role not in ROLES:
+        raise AuthSettingError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
+    return name, role
+
+
 def _masked(entry: str) -> str:
     """'bob:secret:boss' -> 'bob:******:boss' (a start-up error must not print a password)."""
     parts = entry.split(":")
@@ -121,10 +161,21 @@ def _masked(entry: str) -> str:
 
 
 class Team:
-    """The logins of a project and their roles; ``Team.open()`` when there are none."""
+    """The logins of a project and their roles; ``Team.open()`` when there are none.
 
-    def __init__(self, logins: tuple = ()):
+    ``directory``: where more logins are kept (the annotation store: ``login(name)`` gives
+    ``(encoded password, role)`` or None, ``has_logins()``), looked up live."""
+
+    def __init__(self, logins: tuple = (), directory=None):
         self._logins = {login.name: login for login in logins}
+        self._directory = directory
+        # Whether the server asks for a login is decided once, at start: Gradio's login page is
+        # switched on or off when the app launches.
+        self._required = bool(self._logins) or bool(directory is not None and directory.has_logins())
+
+    def with_directory(self, directory) -> "Team":
+        """This team, with the users of `directory` (the annotation store) behind the setting's."""
+        return Team(tuple(self._logins.values()), directory=directory)
 
     @classmethod
     def open(cls) -> "Team":
@@ -163,16 +214,27 @@ class Team:
 
     @property
     def logins_required(self) -> bool:
-        return bool(self._logins)
+        return self._required
 
     @property
     def users(self) -> dict:
-        """{user name: role}."""
-        return {name: login.role for name, login in self._logins.items()}
+        """{user name: role}: the database's users, then the setting's (which win on a clash)."""
+        kept = dict(self._directory.users()) if self._directory is not None else {}
+        return {**kept, **{name: login.role for name, login in self._logins.items()}}
+
+    def _kept_login(self, name):
+        """(encoded password, role) of a user of the directory; None when there is none."""
+        if self._directory is None or not isinstance(name, str) or name in self._logins:
+            return None
+        return self._directory.login(name)
 
     def authenticate(self, name, password) -> bool:
         """True for a known user with this password (Gradio's ``auth`` callable)."""
         login = self._logins.get(str(name)) if isinstance(name, str) else None
+        if login is None:
+            kept = self._kept_login(name)
+            if kept is not None:
+                return password_matches(password, kept[0])
         if login is None or not isinstance(password, str):
             _hash("timing", b"\0" * 16)  # about as long as a real check, known user or not
             return False
@@ -185,9 +247,12 @@ class Team:
             name = typed_name.strip() if isinstance(typed_name, str) and typed_name.strip() else None
             return Actor(name=name, role="admin", signed_in=False)
         login = self._logins.get(login_name) if isinstance(login_name, str) else None
-        if login is None:
+        if login is not None:
+            return Actor(name=login.name, role=login.role)
+        kept = self._kept_login(login_name)  # read at every request: a removed user is refused at once
+        if kept is None:
             raise AccessDenied("Please sign in: this server requires a login.")
-        return Actor(name=login.name, role=login.role)
+        return Actor(name=login_name, role=kept[1])
 
 
 def is_loopback(host: Optional[str]) -> bool:
