@@ -89,25 +89,24 @@ def test_the_migrated_database_works(release_copy, release, tmp_path):
 
 def _works(store, tmp_path, *, approved_before: int):
     """The release's cases, versions, drafts, models and jobs are used as this release uses them."""
-    if True:
-        store.set_project_settings(raters_per_case=1)
-        assert store.current_model_id() == "b@2"  # the release rolled back from c@3
-        assert store.rollback(by="alice").id == "base@1"  # and a rollback now walks further back
-        history = store.case_history(1)
-        assert [(row["version"], row["annotator"]) for row in history] == [(1, "bob"), (2, "carol")]
-        for row in store.corrections(latest_only=False):
-            mask = store.load_mask(row["mask_path"])
-            assert mask.shape == (24, 32) and mask.any()
-        assert store.draft(6, "dave").mask.shape == (24, 32)
-        saved = store.save_correction(1, np.ones((24, 32), bool), annotator="erin", base_version=2)
-        assert saved.version == 3 and saved.replaces_version == 2
-        store.set_project_settings(review_required=True)
-        store.submit_for_review(1, by="erin")
-        store.decide_review(1, reviewer="rev", version=3, approve=True)
-        from medclipseg.annotation.export import export_dataset
+    store.set_project_settings(raters_per_case=1)
+    assert store.current_model_id() == "b@2"  # the release rolled back from c@3
+    assert store.rollback(by="alice").id == "base@1"  # and a rollback now walks further back
+    history = store.case_history(1)
+    assert [(row["version"], row["annotator"]) for row in history] == [(1, "bob"), (2, "carol")]
+    for row in store.corrections(latest_only=False):
+        mask = store.load_mask(row["mask_path"])
+        assert mask.shape == (24, 32) and mask.any()
+    assert store.draft(6, "dave").mask.shape == (24, 32)
+    saved = store.save_correction(1, np.ones((24, 32), bool), annotator="erin", base_version=2)
+    assert saved.version == 3 and saved.replaces_version == 2
+    store.set_project_settings(review_required=True)
+    store.submit_for_review(1, by="erin")
+    store.decide_review(1, reviewer="rev", version=3, approve=True)
+    from medclipseg.annotation.export import export_dataset
 
-        result = export_dataset(store, tmp_path / "export", make_zip=False)
-        assert sum(result.counts.values()) == 1 + approved_before
+    result = export_dataset(store, tmp_path / "export", make_zip=False)
+    assert sum(result.counts.values()) == 1 + approved_before
 
 
 def _ordered_rows(rows: list, keys) -> list:

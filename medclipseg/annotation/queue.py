@@ -162,7 +162,7 @@ def next_case_id(db, annotator: str, *, acquisition: str, batch: Optional[str], 
     # PostgreSQL re-checks a locked row against its newest version and drops it when it no longer
     # matches (another claim took it and committed), so LIMIT may come back short, even empty,
     # while other cases are free: ask again while the unlocked query still sees any.
-    for _ in range(CLAIM_RETRIES if db.skip_locked("c") else 0):
+    for _ in range(CLAIM_RETRIES if db.dialect == "postgresql" else 0):
         if rows or not db.query(query, {**params, "limit": 1}):
             break
         time.sleep(0.002)

@@ -229,8 +229,8 @@ def unreachable_in_words():
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        if not getattr(exc, "connection_invalidated", False) and not isinstance(exc, sa.exc.InterfaceError) \
-                and "server closed" not in str(exc) and "terminating connection" not in str(exc):
+        # SQLAlchemy marks an error its dialect recognises as a lost connection; others are raised as they are.
+        if not getattr(exc, "connection_invalidated", False) and not isinstance(exc, sa.exc.InterfaceError):
             raise
         raise StorageError("The annotation database could not be reached (the connection was lost); "
                            "please try again in a moment.") from exc

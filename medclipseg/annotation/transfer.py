@@ -63,6 +63,8 @@ def _rows(store, table: str) -> list:
 def copy_database(source, target, *, target_files_dir=None) -> CopyResult:
     """Copy the store `source` into the empty database at `target` (a URL or SQLite path; an
     AnnotationStore is used as it is) and check the copy row by row. Returns what was copied."""
+    import sqlalchemy as sa
+
     from medclipseg.annotation.store import AnnotationStore
 
     started = time.perf_counter()
@@ -89,9 +91,7 @@ def copy_database(source, target, *, target_files_dir=None) -> CopyResult:
                     batch = [{key: value for key, value in row.items() if key in target_columns}
                              for row in rows[start:start + BATCH_ROWS]]
                     if batch:
-                        import sqlalchemy as sa
-
-                        db.conn.execute(sa.insert(db[table].table), batch)
+                        db.run(sa.insert(db[table].table), batch)
                 copied[table] = len(rows)
             if db.dialect == "postgresql":  # serial counters past the copied ids
                 for table in TABLES:
