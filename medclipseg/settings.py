@@ -18,7 +18,8 @@ win over these.
 | ``MEDCLIPSEG_MAX_PIXELS`` | largest accepted image, width x height | 100,000,000 |
 | ``MEDCLIPSEG_MAX_VOLUME_VOXELS`` | largest accepted volume, in voxels (checked on the header, before decoding) | 400,000,000 |
 | ``MEDCLIPSEG_MAX_VOLUME_SIDE`` | most voxels along any one side of a volume (slices included) | 1,500 |
-| ``MEDCLIPSEG_MAX_VOLUME_BYTES`` | largest accepted volume file or DICOM upload, in bytes | 2,000,000,000 |
+| ``MEDCLIPSEG_MAX_VOLUME_BYTES`` | largest accepted volume file or DICOM upload, in bytes (also any image file, and a multi-frame DICOM's decoded pixels, from its header) | 2,000,000,000 |
+| ``MEDCLIPSEG_CACHE_MB`` | megabytes the server's in-memory caches may hold together, split by ``CACHE_SHARES`` (predictions, loaded volumes, volume work, predicted volume masks); refused in words unless a positive number | 2,048 |
 | ``MEDCLIPSEG_QUEUE_ORDER`` | the review queue's order in the app and the API's ``next_case`` (a name of ``medclipseg.annotation.queue.ACQUISITIONS``) | the study's choice, ``queue.DEFAULT_ACQUISITION`` |
 | ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` | where the app listens | 127.0.0.1 / 7860 |
 | ``SPACE_ID`` | set by Hugging Face Spaces; turns on snapshots into ``/data`` | unset |
@@ -46,6 +47,7 @@ QUEUE_ORDER_ENV = "MEDCLIPSEG_QUEUE_ORDER"
 MAX_VOLUME_VOXELS_ENV = "MEDCLIPSEG_MAX_VOLUME_VOXELS"
 MAX_VOLUME_SIDE_ENV = "MEDCLIPSEG_MAX_VOLUME_SIDE"
 MAX_VOLUME_BYTES_ENV = "MEDCLIPSEG_MAX_VOLUME_BYTES"
+CACHE_MB_ENV = "MEDCLIPSEG_CACHE_MB"
 
 DEFAULT_WEIGHTS = "demo"
 DEFAULT_SAMPLES = 30
@@ -56,6 +58,12 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_VOLUME_VOXELS = 400_000_000
 DEFAULT_MAX_VOLUME_SIDE = 1_500
 DEFAULT_MAX_VOLUME_BYTES = 2_000_000_000
+# 2 GB: a 100 MP prediction (1.3 GB) is not kept, two 512 x 512 x 300 CTs (310 MB each) are.
+DEFAULT_CACHE_MB = 2048
+# How the cache budget is split. Predictions are re-read from disk when evicted; a loaded volume is
+# the slowest to read again; volume work is also kept as a draft, so evicting it loses only its undo
+# history.
+CACHE_SHARES = {"predictions": 0.375, "volumes": 0.375, "volume_work": 0.125, "volume_masks": 0.125}
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
@@ -170,6 +178,26 @@ def max_volume_side() -> int:
 
 def max_volume_file_bytes() -> int:
     return _positive_int(MAX_VOLUME_BYTES_ENV, DEFAULT_MAX_VOLUME_BYTES)
+
+
+def cache_mb() -> float:
+    """MEDCLIPSEG_CACHE_MB, or the default; anything but a positive number is refused in words."""
+    raw = _text(CACHE_MB_ENV)
+    if raw is None:
+        return float(DEFAULT_CACHE_MB)
+    try:
+        value = float(raw.replace("_", ""))
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{CACHE_MB_ENV}={raw!r} is not a positive number of megabytes "
+                         f"(the default is {DEFAULT_CACHE_MB}).")
+    return value
+
+
+def cache_bytes(share: str) -> int:
+    """Bytes of one cache: its share (CACHE_SHARES) of MEDCLIPSEG_CACHE_MB."""
+    return int(cache_mb() * 1_000_000 * CACHE_SHARES[share])
 
 
 def queue_order() -> str:

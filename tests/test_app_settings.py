@@ -30,8 +30,9 @@ def test_examples_exist_with_prompts(app_module):
     ("MEDCLIPSEG_AUTH", "ann:pw1,ann:pw2:admin", "user 'ann' is named twice"),
     ("MEDCLIPSEG_SAMPLES", "100000", "number of samples must lie between 1 and 64"),
     ("MEDCLIPSEG_QUEUE_ORDER", "loudest_first", "MEDCLIPSEG_QUEUE_ORDER='loudest_first' is not a queue order"),
+    ("MEDCLIPSEG_CACHE_MB", "-5", "MEDCLIPSEG_CACHE_MB='-5' is not a positive number of megabytes"),
 ], ids=["bad_login", "unknown_role", "empty_password", "duplicate_user", "too_many_samples",
-       "unknown_queue_order"])
+       "unknown_queue_order", "negative_cache"])
 def test_bad_setting_stops_with_a_clear_message(tmp_path, setting, value, message):
     env = {setting: value, "MEDCLIPSEG_DB": str(tmp_path / "a.db"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, str(ROOT / "app.py")], env=env, capture_output=True, text=True,

@@ -115,6 +115,11 @@ class VolumeMaskEdits:
         return int(self.mask.shape[0])
 
     @property
+    def history_nbytes(self) -> int:
+        """Bytes the undo and redo steps hold now (at most about ``history_bytes`` for undo)."""
+        return int(sum(step.nbytes for step in self._undo) + sum(step.nbytes for step in self._redo))
+
+    @property
     def can_undo(self) -> bool:
         return bool(self._undo)
 

@@ -15,19 +15,19 @@ mask painted in the coronal view writes the stored mask's voxels.
 from __future__ import annotations
 
 import io
-import threading
 import zipfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from medclipseg.annotation import volume_files
+from medclipseg.annotation.byte_cache import ByteCache, budget_of
 from medclipseg.annotation.errors import StorageError
 
 PLANES = ("axial", "coronal", "sagittal")
-LOADED_CACHE_SIZE = 2     # volumes held whole (a 512 x 512 x 300 CT: about 310 MB each)
+# Volumes are held whole (a 512 x 512 x 300 CT: about 310 MB each) within their share of
+# MEDCLIPSEG_CACHE_MB (settings.CACHE_SHARES); a larger one is read for each request.
 
 
 def _display_codes(plane: str) -> tuple:
@@ -173,39 +173,7 @@ class LoadedVolume:
         return int(sum(a.nbytes for a in (self.scan, self.probability, self.entropy) if a is not None))
 
 
-class _LoadedCache:
-    def __init__(self, size: int):
-        self.size = size
-        self._guard = threading.Lock()
-        self._items: "OrderedDict[tuple, LoadedVolume]" = OrderedDict()
-        self._loading: dict = {}
-
-    def get(self, key: tuple, load) -> LoadedVolume:
-        with self._guard:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-                return item
-            lock = self._loading.setdefault(key, threading.Lock())
-        with lock:  # one reader per volume: a second request waits for the first read
-            with self._guard:
-                item = self._items.get(key)
-            if item is None:
-                item = load()
-                with self._guard:
-                    self._items[key] = item
-                    while len(self._items) > self.size:
-                        self._items.popitem(last=False)
-            with self._guard:
-                self._loading.pop(key, None)
-        return item
-
-    def clear(self) -> None:
-        with self._guard:
-            self._items.clear()
-
-
-LOADED = _LoadedCache(LOADED_CACHE_SIZE)
+LOADED = ByteCache(budget_of("volumes"))
 
 
 def loaded_volume(store, case_id: int, prediction_id: Optional[int]) -> LoadedVolume:
@@ -224,7 +192,7 @@ def loaded_volume(store, case_id: int, prediction_id: Optional[int]) -> LoadedVo
         return LoadedVolume(case_id=int(case_id), prediction_id=prediction_id, geometry=geometry,
                             planes=PlaneGeometry.of(geometry), scan=scan, probability=probability, entropy=entropy)
 
-    return LOADED.get(key, load)
+    return LOADED.get_or_load(key, load)
 
 
 @dataclass

@@ -27,13 +27,13 @@ from __future__ import annotations
 import html
 import json
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from medclipseg.annotation.byte_cache import ByteCache, budget_of, size_of
 from medclipseg.annotation.queue import ACQUISITION_LABELS
 from medclipseg.annotation.service import AnnotationService, ConfirmationNeeded, RequestError
 from medclipseg.annotation.store import StorageError, VersionConflict
@@ -797,8 +797,8 @@ def reopen(service: AnnotationService, case_id, annotator: Optional[str], slice_
 
 
 REVIEW_DWELL_MS = 700        # on screen this long, a slice counts as reviewed (mask_editor.js; module docstring)
-WORK_CACHE_SIZE = 8          # annotators' volume work held between requests (one volume mask each)
-PREDICTED_CACHE_SIZE = 4     # predicted volume masks held (decoding one is the slow part of serving a slice)
+# Annotators' volume work and predicted volume masks (decoding one is the slow part of serving a slice)
+# are held between requests within their shares of MEDCLIPSEG_CACHE_MB (settings.CACHE_SHARES).
 
 
 @dataclass
@@ -828,6 +828,12 @@ class VolumeWork:
     edits: Optional[VolumeMaskEdits] = None   # the history of steps (made at the first edit)
 
 
+def _work_bytes(work: VolumeWork) -> int:
+    """What one annotator's volume work holds: its mask (the edits' mask is a view of it) and the steps
+    of its undo history."""
+    return size_of(work.mosaic) + (0 if work.edits is None else work.edits.history_nbytes)
+
+
 class _VolumeMemory:
     """What the server holds of volumes between requests, per store: the annotators' work (with a lock
     each, so that the editor's slice requests and Gradio's events never write a draft at the same time)
@@ -836,45 +842,31 @@ class _VolumeMemory:
     def __init__(self):
         self._guard = threading.Lock()
         self._locks: dict = {}
-        self._work: "OrderedDict[tuple, VolumeWork]" = OrderedDict()
-        self._predicted: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+        self._work = ByteCache(budget_of("volume_work"), sizer=_work_bytes)
+        self._predicted = ByteCache(budget_of("volume_masks"))
 
     def lock(self, key: tuple) -> threading.RLock:
         with self._guard:
             return self._locks.setdefault(key, threading.RLock())
 
     def work(self, key: tuple) -> Optional[VolumeWork]:
-        with self._guard:
-            work = self._work.get(key)
-            if work is not None:
-                self._work.move_to_end(key)
-            return work
+        return self._work.get(key)
 
     def keep(self, key: tuple, work: VolumeWork) -> None:
-        with self._guard:
-            self._work[key] = work
-            self._work.move_to_end(key)
-            while len(self._work) > WORK_CACHE_SIZE:
-                self._work.popitem(last=False)
+        self._work.put(key, work)  # work over the budget is still the annotator's draft in the store
 
     def forget(self, key: tuple) -> None:
-        with self._guard:
-            self._work.pop(key, None)
+        self._work.pop(key)
 
     def predicted(self, service: AnnotationService, prediction_id: int) -> np.ndarray:
         """The prediction's own volume mask (read-only; predictions never change once stored)."""
         key = (service.store.location.label, int(prediction_id))
-        with self._guard:
-            mask = self._predicted.get(key)
-            if mask is not None:
-                self._predicted.move_to_end(key)
-                return mask
+        mask = self._predicted.get(key)
+        if mask is not None:
+            return mask
         mask = np.asarray(service.store.load_mask(service.store.prediction_row(prediction_id)["mask_path"]), bool)
         mask.setflags(write=False)
-        with self._guard:
-            self._predicted[key] = mask
-            while len(self._predicted) > PREDICTED_CACHE_SIZE:
-                self._predicted.popitem(last=False)
+        self._predicted.put(key, mask)
         return mask
 
 

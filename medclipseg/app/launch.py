@@ -74,6 +74,7 @@ def main(argv=None) -> None:
         new_database = location.is_sqlite and not location.path.exists() and settings.snapshot_dir() is None
         team_from_settings(args.host, check_open=new_database)
         settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
+        settings.cache_mb()  # so does a cache budget that is not a positive number
         check_samples(args.samples)  # before the database is made: a bad setting leaves nothing behind
         db_path = location.path  # None for PostgreSQL: the server keeps the rows, no snapshots
         snapshot_dir = settings.snapshot_dir() if db_path is not None else None

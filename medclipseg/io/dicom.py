@@ -34,6 +34,7 @@ from medclipseg.io.images import (
     _name_of,
     _read_source_bytes,
     _resolve_max_pixels,
+    _row_blocks,
     _subject,
     _to_uint8,
 )
@@ -98,11 +99,20 @@ def dicom_to_8bit(pixel_array_float: np.ndarray, center: float, width: float) ->
         raise ValueError(f"window width must be positive, got {width:g}")
     if not np.isfinite(center):
         raise ValueError("window center must be finite")
-    values = np.asarray(pixel_array_float, dtype=np.float64)
+    values = np.asarray(pixel_array_float)
     lower = center - width / 2.0
-    scaled = (values - lower) * (255.0 / width)
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    factor = 255.0 / width
+    out = np.empty(values.shape, np.uint8)
+    if values.ndim == 0:
+        blocks = [()]
+    else:
+        blocks = _row_blocks(values)
+    # float64 a block of rows at a time: the same numbers as a whole-image float64 copy, without it.
+    for rows in blocks:
+        scaled = (values[rows].astype(np.float64) - lower) * factor
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+        out[rows] = np.clip(np.rint(scaled), 0, 255)
+    return out
 
 
 def _first_number(value: Any) -> Optional[float]:
@@ -141,6 +151,29 @@ def _dicom_metadata(dataset: Any) -> dict:
     return metadata
 
 
+def _check_decoded_size(dataset: Any, rows: int, columns: int, frames: int, samples: int,
+                        name: Optional[str]) -> None:
+    """Refuse, from the header alone, pixel data whose decoded size (all frames) is over the limits:
+    MEDCLIPSEG_MAX_VOLUME_BYTES for the bytes, MEDCLIPSEG_MAX_VOLUME_VOXELS for the frames' pixels."""
+    from medclipseg import settings
+
+    bits = int(dataset.get("BitsAllocated", 16) or 16)
+    pixels = rows * columns * frames
+    decoded = pixels * samples * max(1, (bits + 7) // 8)
+    what = f"{frames:,} frames of {columns} x {rows}" if frames > 1 else f"{columns} x {rows}"
+    if decoded > settings.max_volume_file_bytes():
+        raise ImageReadError(
+            f"{_subject(name)} is too large: its pixel data ({what}, {samples} sample(s) of {bits} bits) would "
+            f"take {decoded:,} bytes; the limit is {settings.max_volume_file_bytes():,} bytes "
+            f"(set {settings.MAX_VOLUME_BYTES_ENV} to change it)."
+        )
+    if frames > 1 and pixels > settings.max_volume_voxels():
+        raise ImageReadError(
+            f"{_subject(name)} is too large: its {what} pixels hold {pixels:,} values; the limit is "
+            f"{settings.max_volume_voxels():,} (set {settings.MAX_VOLUME_VOXELS_ENV} to change it)."
+        )
+
+
 def _dicom_pixels_from_bytes(data: bytes, name: Optional[str], max_pixels: int) -> DicomPixels:
     try:
         import pydicom
@@ -168,9 +201,19 @@ def _dicom_pixels_from_bytes(data: bytes, name: Optional[str], max_pixels: int) 
     columns = int(dataset.get("Columns", 0) or 0)
     if rows and columns:
         _check_size(columns, rows, name, max_pixels)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    frames = int(_first_number(dataset.get("NumberOfFrames")) or 1)
+    _check_decoded_size(dataset, rows, columns, frames, samples, name)
 
     try:
-        pixels = dataset.pixel_array
+        if frames > 1:
+            # Only the frame shown is decoded: the others never reach memory as pixels.
+            from pydicom.pixels import pixel_array
+
+            middle = frames // 2
+            pixels = pixel_array(dataset, index=middle)
+        else:
+            pixels = dataset.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         syntax_text = f" (transfer syntax {syntax.name})" if syntax is not None else ""
@@ -178,18 +221,15 @@ def _dicom_pixels_from_bytes(data: bytes, name: Optional[str], max_pixels: int) 
             f"Could not decode the pixel data of {_label(name)}{syntax_text}: {exc}"
         ) from exc
 
-    original_shape = tuple(int(s) for s in pixels.shape)
     original_dtype = str(pixels.dtype)
+    original_shape = tuple(int(s) for s in pixels.shape)
     conversions: list = []
-    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
-    frames = int(_first_number(dataset.get("NumberOfFrames")) or 1)
 
     expected_frame_ndim = 3 if samples > 1 else 2
-    if frames > 1 and pixels.ndim == expected_frame_ndim + 1:
-        middle = pixels.shape[0] // 2
-        pixels = pixels[middle]
+    if frames > 1 and pixels.ndim == expected_frame_ndim:
+        original_shape = (frames,) + original_shape
         conversions.append(
-            f"multi-frame DICOM ({original_shape[0]} frames): middle frame {middle} used"
+            f"multi-frame DICOM ({frames} frames): middle frame {middle} used"
         )
     elif pixels.ndim != expected_frame_ndim:
         raise ImageReadError(
@@ -213,7 +253,9 @@ def _dicom_pixels_from_bytes(data: bytes, name: Optional[str], max_pixels: int) 
         intercept = 0.0 if intercept is None else intercept
         values = pixels.astype(np.float32)
         if slope != 1.0 or intercept != 0.0:
-            values = values * np.float32(slope) + np.float32(intercept)
+            # In place: the same float32 arithmetic without two more image-sized temporaries.
+            values *= np.float32(slope)
+            values += np.float32(intercept)
             conversions.append(f"rescale applied (slope {slope:g}, intercept {intercept:g})")
         is_colour = False
 

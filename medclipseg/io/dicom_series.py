@@ -830,20 +830,21 @@ def _read_stack(stack: _Stack, survey: _Survey, name: Optional[str]) -> ScanVolu
             raise VolumeReadError(
                 f"{image.member.label} decodes to {frame.shape[0]} x {frame.shape[1]} pixels where its header "
                 f"says {rows} x {columns}; the file is damaged.")
+        scaling = ds.get("DoseGridScaling")
         if image.rescale is not None:
             slope, intercept = image.rescale
-            values = frame.astype(np.float64) * slope + intercept
             rescales[(slope, intercept)] += 1
-        else:
-            values = apply_modality_lut(frame, ds)
-            if "ModalityLUTSequence" in ds:
-                lut_sequence = True
-            elif "RescaleSlope" in ds or "RescaleIntercept" in ds:
-                rescales[(float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))] += 1
-        scaling = ds.get("DoseGridScaling")
+            _write_rescaled(array, k, frame, slope, intercept, None if scaling is None else float(scaling))
+            continue
+        values = apply_modality_lut(frame, ds)
+        if "ModalityLUTSequence" in ds:
+            lut_sequence = True
+        elif "RescaleSlope" in ds or "RescaleIntercept" in ds:
+            rescales[(float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))] += 1
         if scaling is not None:
-            values = np.asarray(values, dtype=np.float64) * float(scaling)
-        array[:, :, k] = np.asarray(values, dtype=np.float32).T
+            _write_rescaled(array, k, values, 1.0, 0.0, float(scaling))
+        else:
+            array[:, :, k] = np.asarray(values, dtype=np.float32).T
     datasets.clear()
 
     header = stack.images[0].header
@@ -885,21 +886,61 @@ def _read_stack(stack: _Stack, survey: _Survey, name: Optional[str]) -> ScanVolu
                       conversions=conversions)
 
 
+# Rows rescaled at a time: float64 arithmetic (the modality values as before, bit for bit) on a block
+# of at most this many values, written into the float32 volume; no frame-sized float64 copy.
+_RESCALE_BLOCK_VALUES = 1 << 20
+
+
+def _write_rescaled(array: np.ndarray, k: int, frame: np.ndarray, slope: float, intercept: float,
+                    scaling: Optional[float]) -> None:
+    """``array[:, :, k] = (frame * slope + intercept) [* scaling]``, transposed, a block of rows at a time."""
+    rows = frame.shape[0]
+    step = max(1, _RESCALE_BLOCK_VALUES // max(1, frame.shape[1]))
+    for start in range(0, rows, step):
+        block = np.asarray(frame[start:start + step], dtype=np.float64)
+        values = block * slope + intercept if (slope, intercept) != (1.0, 0.0) else block
+        if scaling is not None:
+            values = values * scaling
+        array[:, start:start + step, k] = values.T
+
+
+class _Frames:
+    """A multi-frame file's frames, each decoded when it is asked for (``frames[f]``, 0-based), so the
+    file's pixels are never in memory all at once."""
+
+    def __init__(self, ds, member: _Member):
+        self.ds = ds
+        self.member = member
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from pydicom.pixels import pixel_array
+
+        try:
+            return pixel_array(self.ds, index=int(index))
+        except Exception as error:  # decoders raise many types for damaged or unsupported data
+            raise _undecodable(self.member, self.ds, error) from None
+
+
+def _undecodable(member: _Member, ds, error) -> VolumeReadError:
+    syntax = _transfer_syntax(ds)
+    named = f" ({syntax.name})" if syntax is not None else ""
+    return VolumeReadError(f"The pixel data of {member.label}{named} could not be decoded: {error}")
+
+
 def _decoded(member: _Member, stack: _Stack) -> tuple:
-    """(dataset, pixel array) of one member, refusing in words what cannot be decoded."""
+    """(dataset, pixels) of one member, refusing in words what cannot be decoded: the pixel array, or
+    for a multi-frame file its frames decoded one at a time."""
     try:
         ds = _read_pixels(member)
     except _DAMAGED_MEMBER_ERRORS as error:
         raise VolumeReadError(f"{member.label} could not be read again to decode its pixels ({error}); "
                               "the file changed or is damaged.") from None
+    if stack.multi_frame:
+        return ds, _Frames(ds, member)
     try:
         pixels = ds.pixel_array
     except Exception as error:  # decoders raise many types for damaged or unsupported data
-        syntax = _transfer_syntax(ds)
-        named = f" ({syntax.name})" if syntax is not None else ""
-        raise VolumeReadError(f"The pixel data of {member.label}{named} could not be decoded: {error}") from None
-    if stack.multi_frame and pixels.ndim == 2:
-        pixels = pixels[np.newaxis]
+        raise _undecodable(member, ds, error) from None
     return ds, pixels
 
 

@@ -155,8 +155,19 @@ def _check_size(width: int, height: int, name: Optional[str], max_pixels: int) -
         )
 
 
+def _check_file_bytes(size: int, name: Optional[str]) -> None:
+    """Refuse a file over MEDCLIPSEG_MAX_VOLUME_BYTES before it is read into memory."""
+    limit = settings.max_volume_file_bytes()
+    if size > limit:
+        raise ImageReadError(
+            f"{_subject(name) if name else 'The file'} is too large ({size:,} bytes); the limit for a file "
+            f"is {limit:,} bytes (set {settings.MAX_VOLUME_BYTES_ENV} to change it)."
+        )
+
+
 def _read_source_bytes(source: Any, name: Optional[str]) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
+        _check_file_bytes(memoryview(source).nbytes, name)
         data = bytes(source)
     else:
         path = Path(source)
@@ -165,6 +176,7 @@ def _read_source_bytes(source: Any, name: Optional[str]) -> bytes:
         if path.is_dir():
             raise ImageReadError(f"'{path}' is a folder, not an image file.")
         try:
+            _check_file_bytes(path.stat().st_size, name or os.fspath(path))
             data = path.read_bytes()
         except OSError as exc:
             raise ImageReadError(f"Could not read '{path}': {exc.strerror or exc}.") from exc
@@ -237,6 +249,36 @@ def _probe_header(data: bytes, fmt: Optional[str], name: Optional[str], limit: i
 # array conversion shared by files and numpy inputs
 
 
+# Values converted at a time: float64 arithmetic on a block of rows of at most this many values
+# (32 MB), so that a 100 MP 16-bit colour image never has a whole-image float64 copy (2.4 GB) and
+# the results stay those of float64 arithmetic, bit for bit.
+CHUNK_VALUES = 1 << 22
+
+
+def _row_blocks(array: np.ndarray):
+    """Slices of rows holding at most CHUNK_VALUES values each (at least one row)."""
+    per_row = max(1, int(np.prod(array.shape[1:], dtype=np.int64)))
+    step = max(1, CHUNK_VALUES // per_row)
+    for start in range(0, int(array.shape[0]), step):
+        yield slice(start, min(int(array.shape[0]), start + step))
+
+
+def _finite_range(array: np.ndarray) -> tuple:
+    """(low, high, all finite) of the values with NaN/inf counted as 0, block by block."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return float(array.min()), float(array.max()), True
+    low, high, all_finite = np.inf, -np.inf, True
+    for rows in _row_blocks(array):
+        values = array[rows].astype(np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            all_finite = False
+            values = np.where(finite, values, 0.0)
+        if values.size:
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return low, high, all_finite
+
+
 def _to_uint8(array: np.ndarray, conversions: list, what: str = "image") -> np.ndarray:
     """Scale any numeric array to uint8 by its min..max range (uint8 passes through)."""
     if array.dtype == np.uint8:
@@ -246,13 +288,13 @@ def _to_uint8(array: np.ndarray, conversions: list, what: str = "image") -> np.n
         return array.astype(np.uint8) * 255
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ImageReadError(f"Unsupported pixel type {array.dtype}.")
-    values = array.astype(np.float64)
-    finite = np.isfinite(values)
-    if not finite.all():
+    if array.size == 0 or array.ndim == 0:
+        low = high = 0.0
+        all_finite = True
+    else:
+        low, high, all_finite = _finite_range(array)
+    if not all_finite:
         conversions.append("NaN/infinite values set to 0")
-        values = np.where(finite, values, 0.0)
-    low = float(values.min()) if values.size else 0.0
-    high = float(values.max()) if values.size else 0.0
     if np.issubdtype(array.dtype, np.floating):
         kind = "floating-point"
     elif array.dtype.itemsize == 2:
@@ -262,11 +304,17 @@ def _to_uint8(array: np.ndarray, conversions: list, what: str = "image") -> np.n
     if high <= low:
         conversions.append(f"{kind} {what} is constant ({low:g}); converted to zeros")
         return np.zeros(array.shape, np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
     conversions.append(
         f"{kind} {what} scaled to 8 bit by its min..max range ({low:g}..{high:g})"
     )
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    factor = 255.0 / (high - low)
+    out = np.empty(array.shape, np.uint8)
+    for rows in _row_blocks(array):
+        values = array[rows].astype(np.float64)
+        if not all_finite:
+            values = np.where(np.isfinite(values), values, 0.0)
+        out[rows] = np.clip(np.rint((values - low) * factor), 0, 255)
+    return out
 
 
 def _alpha_fraction(alpha: np.ndarray) -> np.ndarray:
@@ -344,13 +392,15 @@ def _normalise_array(
         conversions.append("RGB channel order converted to BGR")
 
     if alpha is not None:
-        fraction = _alpha_fraction(alpha)
-        if colour.ndim == 3:
-            fraction = fraction[:, :, None]
-        if not np.all(fraction >= 1.0):
-            colour = np.clip(np.rint(colour.astype(np.float32) * fraction), 0, 255).astype(
-                np.uint8
-            )
+        # Block by block: whole-image float32 copies of the colour and the alpha would be 16 bytes
+        # a pixel. An opaque image comes out unchanged (x * 1.0 rounds to x).
+        composited = np.empty(colour.shape, np.uint8)
+        for rows in _row_blocks(colour):
+            fraction = _alpha_fraction(alpha[rows])
+            if colour.ndim == 3:
+                fraction = fraction[:, :, None]
+            composited[rows] = np.clip(np.rint(colour[rows].astype(np.float32) * fraction), 0, 255)
+        colour = composited
         conversions.append("alpha channel dropped (composited over black)")
 
     if colour.ndim == 2:
