@@ -15,6 +15,7 @@ win over these.
 | ``MEDCLIPSEG_ALLOW_NO_LOGIN`` | ``1``: start without logins although the app listens beyond 127.0.0.1 (refused otherwise) | unset |
 | ``MEDCLIPSEG_SAMPLES`` | Monte-Carlo samples per segmentation in the app | 30 |
 | ``MEDCLIPSEG_VOLUME_SAMPLES`` | Monte-Carlo samples per slice when a volume is segmented | 8 |
+| ``MEDCLIPSEG_PRECISION`` | the app's model arithmetic: ``auto`` (bf16 on a CPU that multiplies bfloat16 in hardware, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16`` (GPU); see ``medclipseg.inference.acceleration`` | auto |
 | ``MEDCLIPSEG_MAX_PIXELS`` | largest accepted image, width x height | 100,000,000 |
 | ``MEDCLIPSEG_MAX_VOLUME_VOXELS`` | largest accepted volume, in voxels (checked on the header, before decoding) | 400,000,000 |
 | ``MEDCLIPSEG_MAX_VOLUME_SIDE`` | most voxels along any one side of a volume (slices included) | 1,500 |
@@ -42,6 +43,7 @@ AUTH_ENV = "MEDCLIPSEG_AUTH"
 ALLOW_NO_LOGIN_ENV = "MEDCLIPSEG_ALLOW_NO_LOGIN"
 SAMPLES_ENV = "MEDCLIPSEG_SAMPLES"
 VOLUME_SAMPLES_ENV = "MEDCLIPSEG_VOLUME_SAMPLES"
+PRECISION_ENV = "MEDCLIPSEG_PRECISION"
 MAX_PIXELS_ENV = "MEDCLIPSEG_MAX_PIXELS"
 QUEUE_ORDER_ENV = "MEDCLIPSEG_QUEUE_ORDER"
 MAX_VOLUME_VOXELS_ENV = "MEDCLIPSEG_MAX_VOLUME_VOXELS"
@@ -162,6 +164,15 @@ def app_samples() -> int:
 
 def volume_samples() -> int:
     return _positive_int(VOLUME_SAMPLES_ENV, DEFAULT_VOLUME_SAMPLES)
+
+
+def precision() -> str:
+    """MEDCLIPSEG_PRECISION ("auto" unless set); an unknown name is refused in words."""
+    raw = (_text(PRECISION_ENV) or "auto").lower()
+    known = ("auto", "fp32", "bf16", "fp16")
+    if raw not in known:
+        raise ValueError(f"{PRECISION_ENV}={raw!r} is not a precision; use one of {', '.join(known)}.")
+    return raw
 
 
 def max_image_pixels() -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Optional, Union
 
+from medclipseg.annotation.store import content_hash
 from medclipseg.io.images import IMAGE_SUFFIXES, ImageReadError, read_image
 from medclipseg.io.prompts import PromptError, validate_prompt
 from medclipseg.io.volumes import VolumeReadError, is_nifti_name
@@ -40,11 +41,34 @@ class SourceFile:
     name: str  # relative path with '/' separators, used as a label only (never to write files)
     size: int
     _read: Callable[[], bytes] = field(repr=False)
+    # Where the bytes are, as plain values another process can read them from (read_located): the
+    # Ray engine's workers read files themselves. ("file", path) or ("zip", archive path, member).
+    locator: tuple = ()
 
     def read(self) -> bytes:
         if self.size > MAX_MEMBER_BYTES:
             raise ImageReadError(_too_large(self.name, self.size))
         return self._read()
+
+
+def read_located(locator: tuple, name: str) -> bytes:
+    """The bytes a SourceFile's locator names, under the same limits as SourceFile.read."""
+    if locator[0] == "file":
+        path = Path(locator[1])
+        try:
+            size = path.stat().st_size
+            if size > MAX_MEMBER_BYTES:
+                raise ImageReadError(_too_large(name, size))
+            return path.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(f"{name} could not be read ({exc.strerror or exc}).") from exc
+    if locator[0] == "zip":
+        try:
+            with zipfile.ZipFile(locator[1]) as archive:
+                return _read_member(archive, archive.getinfo(locator[2]), name)
+        except (zipfile.BadZipFile, OSError, KeyError) as exc:
+            raise ImageReadError(f"{name} could not be read from its archive ({exc}).") from exc
+    raise ValueError(f"unknown file locator {locator!r}")
 
 
 def _too_large(name: str, size: int) -> str:
@@ -89,7 +113,7 @@ def _folder_files(root: Path) -> list:
             relative = path.relative_to(root).as_posix()
             if _skipped([name]) or not path.is_file() or not _is_listed(name, lambda p=path: _head(p)):
                 continue
-            files.append(SourceFile(relative, path.stat().st_size, path.read_bytes))
+            files.append(SourceFile(relative, path.stat().st_size, path.read_bytes, ("file", str(path.resolve()))))
     return sorted(files, key=lambda item: item.name)
 
 
@@ -127,7 +151,8 @@ def _archive_files(path: Path) -> list:
         if not _is_listed(name, lambda info=info: archive.open(info).read(132)):
             continue
         files.append(SourceFile("/".join(parts), info.file_size,
-                                lambda info=info, label="/".join(parts): _read_member(archive, info, label)))
+                                lambda info=info, label="/".join(parts): _read_member(archive, info, label),
+                                ("zip", str(path.resolve()), info.filename)))
     if len(files) > MAX_ARCHIVE_MEMBERS:
         archive.close()
         raise ValueError(f"{path.name} holds {len(files):,} images; archives are limited to "
@@ -312,7 +337,7 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
     volume_jobs, files = _volume_jobs(files, report)
     total = len(files) + len(volume_jobs)
     done = 0
-    seen: set = set()  # case ids met in this run: a file repeated inside the source is a duplicate
+    seen: dict = {}  # (content hash, prompt) met in this run -> case id: a file repeated in the source is a duplicate
 
     def tick(message: str) -> None:
         nonlocal done
@@ -335,37 +360,119 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
                 tick(f"{item.name}: failed: {exc}")
                 continue
             pending.append((item.name, loaded, text))
-        for name, loaded, text in pending:
-            # Looked up only now, after the files before it were stored: a file repeated in the source
-            # finds the case its first copy made.
-            case = store.find_case(loaded.bgr, prompt=text)
-            predicted_before = case is not None and store.latest_prediction_id(case.id) is not None
-            # A case already in the queue is predicted again only by another model, while unreviewed.
-            if case is not None and (case.id in seen or (predicted_before and (
-                    case.status != "unreviewed" or store.has_prediction_by(case.id, model_id)))):
-                report.duplicates.append(case.id)
-                tick(f"{name}: already in the queue (case {case.id})")
+        planned = [(name, loaded, text, plan_image(store, content_hash(loaded.bgr), text, model_id, seen))
+                   for name, loaded, text in pending]
+        to_predict = [entry for entry in planned if entry[3].predict]
+        predictions = predict_images(predictor, [(loaded.bgr, text) for _, loaded, text, _ in to_predict],
+                                     num_samples=num_samples, threshold=threshold, seed=seed)
+        predicted = {id(entry): result for entry, result in zip(to_predict, predictions)}
+        for entry in planned:
+            name, loaded, text, plan = entry
+            if not plan.predict:
+                record_duplicate(store, report, name, text, plan, tick)
                 continue
-            try:
-                prediction = predictor.predict(loaded.bgr, text, num_samples=num_samples, threshold=threshold,
-                                               seed=seed, channel_order="bgr")
-            except Exception as exc:  # e.g. out of memory on one large image: the other files go on
-                message = f"the model could not predict it ({type(exc).__name__}: {exc})"
-                report.failed.append((name, message))
-                tick(f"{name}: failed: {message}")
-                continue
-            # Predicted first, then stored with its prediction in one transaction, so that no one (the
-            # queue, background re-scoring) ever sees the case without one.
-            # Privacy: only the de-identified technical metadata of read_image is passed on.
-            metadata = {**loaded.metadata, "conversions": list(loaded.conversions)}
-            case, _ = store.add_case_with_prediction(loaded.bgr, prediction, prompt=text, original_name=name,
-                                                     source="ingest", batch=batch, metadata=metadata)
-            seen.add(case.id)
-            (report.rescored if predicted_before else report.added).append(case.id)
-            verb = "re-scored" if predicted_before else "added as"
-            tick(f"{name}: {verb} case {case.id} ({prediction.seconds:.2f} s)")
+            store_image_result(store, report, name, loaded.bgr, text, predicted[id(entry)], plan,
+                               metadata={**loaded.metadata, "conversions": list(loaded.conversions)},
+                               batch=batch, seen=seen, tick=tick)
     report.seconds = time.perf_counter() - started
     return report
+
+
+# --------------------------------------------------------------------------------------
+# one image: plan, predict, store (shared by the local and the Ray engines)
+
+
+@dataclass
+class ImagePlan:
+    """What to do with one decoded image: predict it (a new case, or a case this model has not
+    scored), or count it as a duplicate of ``case_id``."""
+
+    predict: bool
+    case_id: Optional[int] = None
+    predicted_before: bool = False
+    repeat_key: Optional[tuple] = None   # the same pixels and prompt met earlier in this run, not stored yet
+
+
+def plan_image(store, image_hash: str, text: str, model_id: str, seen: dict) -> ImagePlan:
+    """Decide for one image (by its content hash and prompt) before any model runs.
+
+    ``seen`` maps (content hash, prompt) met in this run to their case id (None while not stored
+    yet): a file repeated in the source is a duplicate, never predicted twice. A case already in
+    the queue is predicted again only by another model, and only while unreviewed.
+    """
+    key = (image_hash, text)
+    if key in seen:
+        return ImagePlan(predict=False, case_id=seen[key], repeat_key=key)
+    seen[key] = None
+    case = store.find_case(prompt=text, image_hash=image_hash)
+    predicted_before = case is not None and store.latest_prediction_id(case.id) is not None
+    if case is not None and predicted_before and (case.status != "unreviewed"
+                                                  or store.has_prediction_by(case.id, model_id)):
+        seen[key] = case.id
+        return ImagePlan(predict=False, case_id=case.id)
+    return ImagePlan(predict=True, predicted_before=predicted_before, repeat_key=key)
+
+
+def record_duplicate(store, report: IngestReport, name: str, text: str, plan: ImagePlan, tick) -> None:
+    case_id = plan.case_id
+    if case_id is None and plan.repeat_key is not None:
+        # A repeat of a file of this run whose case was stored after the plan was made (or failed).
+        found = store.find_case(prompt=text, image_hash=plan.repeat_key[0])
+        case_id = None if found is None else found.id
+    if case_id is None:
+        report.failed.append((name, "the same image with the same prompt failed earlier in this run"))
+        tick(f"{name}: failed: the same image failed earlier in this run")
+        return
+    report.duplicates.append(case_id)
+    tick(f"{name}: already in the queue (case {case_id})")
+
+
+def predict_images(predictor, items: list, *, num_samples: int, threshold: float, seed) -> list:
+    """Predictions of (BGR image, prompt) pairs, several per forward pass (Predictor.predict_batch);
+    when a batch fails (e.g. out of memory) each image is tried alone, so that one bad image costs
+    only itself. Returns a Prediction or the exception for each item, in order."""
+    if not items:
+        return []
+    options = dict(num_samples=num_samples, threshold=threshold, seed=seed, channel_order="bgr")
+    batch_call = getattr(predictor, "predict_batch", None)
+    if batch_call is not None and len(items) > 1:
+        try:
+            return list(batch_call(items, **options))
+        except Exception:  # fall through: find the image that fails, keep the others
+            pass
+    results = []
+    for bgr, text in items:
+        try:
+            results.append(predictor.predict(bgr, text, **options))
+        except Exception as exc:  # e.g. out of memory on one large image: the other files go on
+            results.append(exc)
+    return results
+
+
+def store_image_result(store, report: IngestReport, name: str, bgr, text: str, result, plan: ImagePlan, *,
+                       metadata: dict, batch: Optional[str], seen: dict, tick) -> None:
+    """Store one predicted image as a case with its prediction, in one transaction (no one, the queue
+    or background re-scoring, ever sees the case without one); a failed prediction is reported."""
+    if isinstance(result, Exception):
+        message = f"the model could not predict it ({type(result).__name__}: {result})"
+        report.failed.append((name, message))
+        tick(f"{name}: failed: {message}")
+        return
+    model_id = str(getattr(result, "model_id", "") or "")
+    stored = store.find_case(prompt=text, image_hash=plan.repeat_key[0]) if plan.repeat_key else None
+    if stored is not None and model_id and store.has_prediction_by(stored.id, model_id):
+        # Written already (a batch a worker finished twice after a restart): never twice.
+        seen[plan.repeat_key] = stored.id
+        report.duplicates.append(stored.id)
+        tick(f"{name}: already in the queue (case {stored.id})")
+        return
+    # Privacy: only the de-identified technical metadata of read_image is passed on.
+    case, _ = store.add_case_with_prediction(bgr, result, prompt=text, original_name=name, source="ingest",
+                                             batch=batch, metadata=metadata)
+    seen[plan.repeat_key] = case.id
+    (report.rescored if plan.predicted_before else report.added).append(case.id)
+    verb = "re-scored" if plan.predicted_before else "added as"
+    tick(f"{name}: {verb} case {case.id} ({result.seconds:.2f} s)")
 
 
 # --------------------------------------------------------------------------------------
@@ -443,38 +550,62 @@ def _read_job(job: VolumeJob) -> list:
         return read_dicom_volumes(paths, name=job.name)
 
 
-def _ingest_volume(store, job: VolumeJob, *, prompt, prompts, predict_volume, batch, num_samples, threshold,
-                   seed, model_id, report: IngestReport, tick) -> None:
+def read_volume_job(job: VolumeJob, prompt, prompts, report: IngestReport, tick) -> tuple:
+    """(prompt, [(name, ScanVolume)]) of one scan job; a job that cannot be read is reported, ([], )."""
     try:
         text = _prompt_for(job.name, prompt, prompts)
-        if predict_volume is None:
-            raise VolumeReadError("this ingest cannot predict volumes (no volume predictor was given)")
         volumes = _read_job(job)
     except (VolumeReadError, ImageReadError, PromptError) as exc:
         report.failed.append((job.name, str(exc)))
         tick(f"{job.name}: failed: {exc}")
+        return None, []
+    named = [(job.name if len(volumes) == 1 else f"{job.name} [{number + 1}/{len(volumes)}]", volume)
+             for number, volume in enumerate(volumes)]
+    return text, named
+
+
+def plan_volume(store, volume, text: str, model_id: str, report: IngestReport, name: str, tick) -> Optional[bool]:
+    """As plan_image for a scan: None when it is a duplicate (reported), else whether the case it
+    belongs to was predicted before (so that it is re-scored)."""
+    case = store.find_volume_case(volume, prompt=text)
+    predicted_before = case is not None and store.latest_prediction_id(case.id) is not None
+    if case is not None and (case.id in report.volumes or (predicted_before and (
+            case.status != "unreviewed" or store.has_prediction_by(case.id, model_id)))):
+        report.duplicates.append(case.id)
+        tick(f"{name}: already in the queue (case {case.id})")
+        return None
+    return predicted_before
+
+
+def store_volume_result(store, report: IngestReport, name: str, volume, text: str, result, predicted_before: bool,
+                        *, batch: Optional[str], tick) -> None:
+    if isinstance(result, Exception):  # e.g. out of memory on one scan: the other files go on
+        message = f"the model could not predict it ({type(result).__name__}: {result})"
+        report.failed.append((name, message))
+        tick(f"{name}: failed: {message}")
         return
-    for number, volume in enumerate(volumes):
-        name = job.name if len(volumes) == 1 else f"{job.name} [{number + 1}/{len(volumes)}]"
-        # As for images: a scan stored with this prompt is predicted again only by another model,
-        # and only while unreviewed.
-        case = store.find_volume_case(volume, prompt=text)
-        predicted_before = case is not None and store.latest_prediction_id(case.id) is not None
-        if case is not None and (case.id in report.volumes or (predicted_before and (
-                case.status != "unreviewed" or store.has_prediction_by(case.id, model_id)))):
-            report.duplicates.append(case.id)
-            tick(f"{name}: already in the queue (case {case.id})")
+    case, _ = store.add_volume_case_with_prediction(volume, result, prompt=text, original_name=name,
+                                                    source="ingest", batch=batch)
+    (report.rescored if predicted_before else report.added).append(case.id)
+    report.volumes.append(case.id)
+    verb = "re-scored" if predicted_before else "added as volume case"
+    tick(f"{name}: {verb} {case.id} ({result.seconds:.1f} s)")
+
+
+def _ingest_volume(store, job: VolumeJob, *, prompt, prompts, predict_volume, batch, num_samples, threshold,
+                   seed, model_id, report: IngestReport, tick) -> None:
+    if predict_volume is None:
+        message = "this ingest cannot predict volumes (no volume predictor was given)"
+        report.failed.append((job.name, message))
+        tick(f"{job.name}: failed: {message}")
+        return
+    text, volumes = read_volume_job(job, prompt, prompts, report, tick)
+    for name, volume in volumes:
+        predicted_before = plan_volume(store, volume, text, model_id, report, name, tick)
+        if predicted_before is None:
             continue
         try:
-            prediction = predict_volume(volume, text, num_samples=num_samples, threshold=threshold, seed=seed)
-        except Exception as exc:  # e.g. out of memory on one scan: the other files go on
-            message = f"the model could not predict it ({type(exc).__name__}: {exc})"
-            report.failed.append((name, message))
-            tick(f"{name}: failed: {message}")
-            continue
-        case, _ = store.add_volume_case_with_prediction(volume, prediction, prompt=text, original_name=name,
-                                                        source="ingest", batch=batch)
-        (report.rescored if predicted_before else report.added).append(case.id)
-        report.volumes.append(case.id)
-        verb = "re-scored" if predicted_before else "added as volume case"
-        tick(f"{name}: {verb} {case.id} ({prediction.seconds:.1f} s)")
+            result = predict_volume(volume, text, num_samples=num_samples, threshold=threshold, seed=seed)
+        except Exception as exc:
+            result = exc
+        store_volume_result(store, report, name, volume, text, result, predicted_before, batch=batch, tick=tick)

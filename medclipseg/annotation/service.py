@@ -16,7 +16,6 @@ import os
 import shutil
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -24,9 +23,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from medclipseg.annotation import volume_workflow
+from medclipseg.annotation.byte_cache import ByteCache, budget_of
 from medclipseg.annotation.queue import ACQUISITION_SCORES, DEFAULT_ACQUISITION
 from medclipseg.annotation.scratch import ScratchSpace
 from medclipseg.annotation.store import KEEP_UNCHECKED, SavedVersionExists, StorageError
+from medclipseg.inference import zerogpu
 from medclipseg.io.dicom import read_dicom
 from medclipseg.io.images import ImageReadError, LoadedImage, read_image
 from medclipseg.io.masks import read_mask
@@ -149,8 +150,9 @@ def _upload_name(path, name: Optional[str]) -> str:
 
 class AnnotationService:
     def __init__(self, store=None, predictor=None, *, weights: Optional[str] = None,
-                 device: Optional[str] = None, num_samples: int = 30, cache_size: int = 16,
-                 scratch: Optional[ScratchSpace] = None, volume_samples: Optional[int] = None):
+                 device: Optional[str] = None, num_samples: int = 30, cache_bytes: Optional[int] = None,
+                 scratch: Optional[ScratchSpace] = None, volume_samples: Optional[int] = None,
+                 precision: str = "fp32"):
         from medclipseg import settings
         from medclipseg.annotation.store import AnnotationStore
 
@@ -160,13 +162,14 @@ class AnnotationService:
         self._predictor = predictor
         self._weights = weights
         self._device = device
+        self._precision = precision
         self.scratch = scratch if scratch is not None else ScratchSpace()
         self._load_lock = threading.Lock()
         # One model call at a time: torch already uses every core, and sampling state stays private.
         self.model_lock = threading.Lock()
-        self._cache: "OrderedDict[int, object]" = OrderedDict()
-        self._cache_size = int(cache_size)
-        self._cache_lock = threading.Lock()
+        # Bounded in bytes (the predictions' share of MEDCLIPSEG_CACHE_MB unless given): one 100 MP
+        # prediction holds 1.3 GB, so a count bound says nothing about memory.
+        self._cache = ByteCache(budget_of("predictions") if cache_bytes is None else int(cache_bytes))
         self._unloadable: set = set()
         self.model_warning: Optional[str] = None
         self.rescore_error: Optional[str] = None
@@ -205,7 +208,7 @@ class AnnotationService:
     def _load(self, source):
         from medclipseg.inference.predictor import Predictor
 
-        return Predictor.from_pretrained(source, device=self._device)
+        return Predictor.from_pretrained(source, device=self._device, precision=self._precision)
 
     def _first_predictor(self):
         """The database's current version; a database without one records the configured model
@@ -308,8 +311,8 @@ class AnnotationService:
                         if predictor is not self._predictor:
                             done_here.discard(case_id)
                             break  # another version was promoted meanwhile: fetch its backlog
-                        prediction = predictor.predict(image, case.prompt, num_samples=samples, seed=0,
-                                                       channel_order="bgr")  # stored images are BGR
+                        prediction = zerogpu.predict(predictor, image, case.prompt, num_samples=samples, seed=0,
+                                                     channel_order="bgr")  # stored images are BGR
                     prediction_id = self.store.add_prediction(case_id, prediction)
                 except Exception as exc:  # one case must not stop the others
                     failed[case_id] = f"{type(exc).__name__}: {exc}"
@@ -392,19 +395,13 @@ class AnnotationService:
 
     # -- predictions -----------------------------------------------------------------------
     def _remember(self, prediction_id: int, prediction) -> None:
-        with self._cache_lock:
-            self._cache[prediction_id] = prediction
-            self._cache.move_to_end(prediction_id)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(prediction_id, prediction)  # not kept when larger than the whole budget
 
     def prediction(self, prediction_id: int):
         """A stored prediction (cached in memory; the maps are re-read from disk when evicted)."""
-        with self._cache_lock:
-            cached = self._cache.get(prediction_id)
-            if cached is not None:
-                self._cache.move_to_end(prediction_id)
-                return cached
+        cached = self._cache.get(prediction_id)
+        if cached is not None:
+            return cached
         prediction = self.store.load_prediction(prediction_id)
         self._remember(prediction_id, prediction)
         return prediction
@@ -428,7 +425,7 @@ class AnnotationService:
             progress(0.2, "Sampling uncertainty maps")
         predictor = self.predictor
         with self.model_lock:
-            prediction = predictor.predict(loaded, prompt, num_samples=samples, threshold=threshold, seed=seed)
+            prediction = zerogpu.predict(predictor, loaded, prompt, num_samples=samples, threshold=threshold, seed=seed)
         if not add_to_queue:
             return SegmentResult(case=None, prediction_id=None, prediction=prediction, image_bgr=loaded.bgr)
         if progress:
@@ -744,3 +741,18 @@ class _LockedPredictor:
     def predict(self, *args, **kwargs):
         with self._lock:
             return self._predictor.predict(*args, **kwargs)
+
+    def predict_batch(self, items, **kwargs):
+        """Holds the lock for one forward pass's worth of images at a time, so that interactive
+        requests interleave with a bulk ingest as they do with single predictions."""
+        from medclipseg.inference.batching import inputs_per_pass
+
+        items, seed = list(items), kwargs.pop("seed", None)
+        samples = min(self._predictor.chunk_size, int(kwargs.get("num_samples", 30)))
+        per_pass = inputs_per_pass(self._predictor.rows_per_pass, samples)
+        results = []
+        for first in range(0, len(items), per_pass):
+            seeds = seed[first:first + per_pass] if isinstance(seed, (list, tuple)) else seed
+            with self._lock:
+                results += self._predictor.predict_batch(items[first:first + per_pass], seed=seeds, **kwargs)
+        return results

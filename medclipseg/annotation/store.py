@@ -252,7 +252,7 @@ def _prediction_row(prediction, prompt: str, maps_path: str, mask_path: str, sco
     return row
 
 
-def _content_hash(image: np.ndarray) -> str:
+def content_hash(image: np.ndarray) -> str:
     """A case's identity with its prompt: sha256 over the size and the pixels of the H x W x 3 image."""
     image = np.ascontiguousarray(image)
     digest = hashlib.sha256(f"{int(image.shape[0])}x{int(image.shape[1])}x3:".encode("ascii"))
@@ -378,26 +378,26 @@ class AnnotationStore:
         kept = {key: _json_value(value) for key, value in (metadata or {}).items() if key in ALLOWED_METADATA_KEYS}
         image = np.ascontiguousarray(image)
         height, width = int(image.shape[0]), int(image.shape[1])
-        content_hash = _content_hash(image)
+        image_hash = content_hash(image)
 
         same = "content_hash = ? AND prompt = ?"
-        existing = list(self._db()["cases"].rows_where(same, [content_hash, prompt], limit=1))
+        existing = list(self._db()["cases"].rows_where(same, [image_hash, prompt], limit=1))
         if existing and _within is None:
             return _case_from_row(existing[0])
-        image_path = f"images/{content_hash}.png"
+        image_path = f"images/{image_hash}.png"
         if not self._files.exists(image_path):  # content-addressed: an existing file is the same
             self._files.write_png(image_path, image)
         now = _now_iso()
         with self._connections.write() as db:
             # Checked again inside the write lock: another thread/process may have added it meanwhile.
-            existing = list(db["cases"].rows_where(same, [content_hash, prompt], select="id", limit=1))
+            existing = list(db["cases"].rows_where(same, [image_hash, prompt], select="id", limit=1))
             if existing:
                 case_id = existing[0]["id"]
             else:
                 random_key = random.random()
                 source_key, slice_index = diversity.source_and_slice(original_name)
                 case_id = db["cases"].insert({
-                    "content_hash": content_hash, "prompt": prompt, "original_name": original_name,
+                    "content_hash": image_hash, "prompt": prompt, "original_name": original_name,
                     "width": width, "height": height, "source": source, "batch": batch, "image_path": image_path,
                     "metadata": json.dumps(kept), "status": "unreviewed", "created_at": now, "updated_at": now,
                     "random_key": random_key,
@@ -425,14 +425,17 @@ class AnnotationStore:
             filled += 1
         return filled
 
-    def find_case(self, image_bgr: np.ndarray, *, prompt: str) -> Optional[Case]:
-        """The case holding these pixels with this prompt, None when there is none (nothing is written)."""
+    def find_case(self, image_bgr: Optional[np.ndarray] = None, *, prompt: str,
+                  image_hash: Optional[str] = None) -> Optional[Case]:
+        """The case holding these pixels (or pixels with this ``content_hash``) with this prompt, None
+        when there is none (nothing is written)."""
         try:
             prompt = validate_prompt(prompt)
         except PromptError as exc:
             raise StorageError(str(exc)) from None
-        rows = list(self._db()["cases"].rows_where("content_hash = ? AND prompt = ?",
-                                                   [_content_hash(np.asarray(image_bgr)), prompt], limit=1))
+        if image_hash is None:
+            image_hash = content_hash(np.asarray(image_bgr))
+        rows = list(self._db()["cases"].rows_where("content_hash = ? AND prompt = ?", [image_hash, prompt], limit=1))
         return _case_from_row(rows[0]) if rows else None
 
     def get_case(self, case_id: int) -> Case:

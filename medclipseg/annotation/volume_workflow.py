@@ -73,7 +73,7 @@ def segment_volume(service, source, prompt: str, *, name: Optional[str] = None, 
                    progress: Optional[Callable[[float, str], None]] = None) -> VolumeSegmentResult:
     """Read, predict slice by slice, then (``add_to_queue``) store the scan as one volume case."""
     from medclipseg.annotation.service import check_samples, check_threshold
-    from medclipseg.inference.volume import predict_volume
+    from medclipseg.inference import zerogpu
     from medclipseg.io.prompts import validate_prompt
 
     prompt = validate_prompt(prompt)
@@ -87,8 +87,8 @@ def segment_volume(service, source, prompt: str, *, name: Optional[str] = None, 
             progress(0.1 + 0.8 * done / max(total, 1), f"Slice {done} of {total}")
 
     with service.model_lock:
-        prediction = predict_volume(predictor, volume, prompt, num_samples=samples, threshold=threshold, seed=seed,
-                                    window=window, progress=step)
+        prediction = zerogpu.predict_volume(predictor, volume, prompt, num_samples=samples, threshold=threshold,
+                                            seed=seed, window=window, progress=step)
     if not add_to_queue:
         return VolumeSegmentResult(case=None, prediction_id=None, prediction=prediction, volume=volume)
     if progress:
@@ -102,13 +102,13 @@ def segment_volume(service, source, prompt: str, *, name: Optional[str] = None, 
 
 def rescore_volume(service, predictor, case, *, num_samples: int):
     """A stored volume case predicted again (by the current model); returns (prediction id, prediction)."""
-    from medclipseg.inference.volume import predict_volume
+    from medclipseg.inference import zerogpu
 
     volume = service.store.load_volume(case.id)
     geometry = service.store.volume_geometry(case.id)
     with service.model_lock:
-        prediction = predict_volume(predictor, volume, case.prompt, num_samples=num_samples, seed=0,
-                                    window=geometry.window)
+        prediction = zerogpu.predict_volume(predictor, volume, case.prompt, num_samples=num_samples, seed=0,
+                                            window=geometry.window)
     return service.store.add_volume_prediction(case.id, prediction, volume=volume), prediction
 
 

@@ -75,6 +75,7 @@ def main(argv=None) -> None:
         team_from_settings(args.host, check_open=new_database)
         settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
         settings.cache_mb()  # so does a cache budget that is not a positive number
+        settings.precision()  # and an unknown precision
         check_samples(args.samples)  # before the database is made: a bad setting leaves nothing behind
         db_path = location.path  # None for PostgreSQL: the server keeps the rows, no snapshots
         snapshot_dir = settings.snapshot_dir() if db_path is not None else None
@@ -89,7 +90,8 @@ def main(argv=None) -> None:
         except ValueError:
             store.close()
             raise
-        service = AnnotationService(store, weights=args.weights, device=args.device, num_samples=args.samples)
+        service = AnnotationService(store, weights=args.weights, device=args.device, num_samples=args.samples,
+                                    precision=settings.precision())
     except (ValueError, StorageError, OSError) as exc:
         raise SystemExit(f"app.py: error: {exc}") from None
     try:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from medclipseg.io.images import LoadedImage, read_image
 from medclipseg.io.prompts import validate_prompt
+from medclipseg.inference import acceleration, batching
 from medclipseg.inference.tokenization import MODES, PromptTokenizer
 from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.inference.uncertainty import MonteCarloAccumulator, image_scores
@@ -38,6 +39,12 @@ from medclipseg.registry import LoadedModel, default_device, load_model
 DEFAULT_CHANNEL_ORDER = "rgb"
 # Boundary band half-width, in pixels of the model's 224 grid, scaled to the image size.
 BOUNDARY_BAND_224 = 3
+# Images (inputs x samples) per forward pass on a CPU by default. On a 2-core CPU passes of 8 to 64
+# images of the demo model cost the same per image (benchmarks/volume_latency.py: 91-111 ms per slice
+# at 8 samples for 1, 2, 4 or 8 slices per pass), while a pass's upscaled feature maps grow with it.
+CPU_ROWS_PER_PASS = 16
+# On a GPU a pass holds this many chunks: several inputs fill its cores (benchmarks/device_latency.py).
+GPU_CHUNKS_PER_PASS = 8
 
 
 @dataclass
@@ -88,16 +95,26 @@ class Predictor:
         device=None,
         chunk_size: Optional[int] = None,
         model_id: str = "",
+        precision: str = "fp32",
+        rows_per_pass: Optional[int] = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval()
+        self.precision = acceleration.check_precision(precision, self.device)
+        self.model = acceleration.prepare_model(model.to(self.device).eval(), self.precision, self.device)
         self.tokenizer = tokenizer
         self.mode = mode
         # Samples per forward pass. Small models run all 30 samples in one batch (fewer, larger
         # matrix products: 0.43 s instead of 0.52 s for the demo); large ones stay memory-bounded.
         self.chunk_size = chunk_size or (32 if model.vision_model.width <= 256 else 8)
+        # Rows (samples x inputs) of one pass in predict_batch and volumes.
+        if rows_per_pass is None:
+            cuda = self.device.type == "cuda"
+            rows_per_pass = self.chunk_size * GPU_CHUNKS_PER_PASS if cuda else min(CPU_ROWS_PER_PASS, self.chunk_size)
+        if int(rows_per_pass) < 1:
+            raise ValueError("rows_per_pass must be >= 1")
+        self.rows_per_pass = int(rows_per_pass)
         self.model_id = model_id or getattr(model, "model_id", "") or model.config.backbone
         self.source: Optional[str] = None
         self.image_size = model.image_size
@@ -187,13 +204,78 @@ class Predictor:
         stochastic = bool(getattr(getattr(self.model, "config", None), "stochastic", True))
         chunks = self.model.iter_sample_chunks(pixel_values, input_ids, num_samples, chunk, stochastic, generator,
                                                antithetic)
-        for logits in chunks:
-            accumulator.add_logits(logits[:, 0])
-            if adaptive:
-                settled = accumulator.converged(entropy_tolerance, mask_tolerance, threshold)
-                if settled and accumulator.count >= min_samples:
-                    break
+        with acceleration.autocast(self.device, self.precision):
+            for logits in chunks:
+                accumulator.add_logits(logits[:, 0].float())
+                if adaptive:
+                    settled = accumulator.converged(entropy_tolerance, mask_tolerance, threshold)
+                    if settled and accumulator.count >= min_samples:
+                        break
         return self._finish(loaded, prompt, accumulator, threshold, started, truncated)
+
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        items: Sequence,
+        num_samples: int = 30,
+        threshold: float = 0.5,
+        seed: Union[None, int, Sequence[Optional[int]]] = None,
+        channel_order: str = DEFAULT_CHANNEL_ORDER,
+        antithetic: bool = False,
+    ) -> list:
+        """Monte-Carlo predictions of several (image, prompt) pairs, several per forward pass.
+
+        ``items``: (image, prompt) pairs, images as ``predict`` takes them. ``seed``: one seed for
+        every item (as ``predict(seed=...)`` on each), a sequence of one seed per item, or None.
+        Item b's prediction equals ``predict(image_b, prompt_b, seed=seed_b)`` up to the float
+        rounding of larger matrix products (about 1e-5 in a logit); ``rows_per_pass`` sets how many
+        items share a pass (medclipseg.inference.batching). Every input is checked before the model
+        runs: a bad image or prompt raises (ImageReadError, PromptError) and nothing is predicted.
+        Adaptive stopping is per call of ``predict`` only.
+        """
+        if not 0.0 < threshold < 1.0:
+            raise ValueError("threshold must lie strictly between 0 and 1")
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        items = list(items)
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(items)
+        if len(seeds) != len(items):
+            raise ValueError(f"{len(seeds)} seeds for {len(items)} items")
+        started = time.perf_counter()
+        inputs = []
+        for image, prompt in items:
+            loaded = self.load_image(image, channel_order)
+            inputs.append((loaded, *self.tokenize(prompt)))
+        chunk = max(1, min(self.chunk_size, num_samples))
+        if antithetic:
+            num_samples, chunk = num_samples + num_samples % 2, max(2, chunk + chunk % 2)
+        stochastic = bool(getattr(getattr(self.model, "config", None), "stochastic", True))
+        per_pass = batching.inputs_per_pass(self.rows_per_pass, chunk)
+        accumulators: list = [None] * len(items)
+        for group in batching.group_by_length([ids for _, _, ids, _ in inputs]):
+            for first in range(0, len(group), per_pass):
+                positions = group[first:first + per_pass]
+                pixels = torch.cat([preprocess_bgr(inputs[b][0].bgr, self.image_size) for b in positions])
+                input_ids = torch.cat([inputs[b][2] for b in positions])
+                with acceleration.autocast(self.device, self.precision):
+                    found = batching.sample_accumulators(
+                        self.model, self.to_device(pixels), self.to_device(input_ids), num_samples, chunk,
+                        [seeds[b] for b in positions], stochastic=stochastic, antithetic=antithetic)
+                for b, accumulator in zip(positions, found):
+                    accumulators[b] = accumulator
+        share = (time.perf_counter() - started) / max(1, len(items))
+        predictions = []
+        for (loaded, prompt, _, truncated), accumulator in zip(inputs, accumulators):
+            prediction = self._finish(loaded, prompt, accumulator, threshold, time.perf_counter(), truncated)
+            prediction.seconds += share
+            predictions.append(prediction)
+        return predictions
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Host to device; pinned and asynchronous on CUDA (the copy overlaps the previous pass)."""
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def _finish(self, loaded, prompt, accumulator, threshold, started, truncated) -> Prediction:
         shape = loaded.bgr.shape[:2]

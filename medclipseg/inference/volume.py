@@ -58,7 +58,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from medclipseg.inference.predictor import BOUNDARY_BAND_224, resize_map
+from medclipseg.inference import acceleration, batching
+from medclipseg.inference.predictor import BOUNDARY_BAND_224, CPU_ROWS_PER_PASS, resize_map
 from medclipseg.inference.transforms import preprocess_bgr
 from medclipseg.inference.uncertainty import (
     MAX_BINARY_ENTROPY,
@@ -68,7 +69,6 @@ from medclipseg.inference.uncertainty import (
     image_scores,
     top_pixel_count,
 )
-from medclipseg.modeling.prob_attention import AntitheticNoise
 
 __all__ = [
     "CLEANUP_LARGEST",
@@ -90,10 +90,8 @@ MAP_NAMES = ("probability", "entropy", "mutual_information")
 # The percentile window reads at most this many voxels (an even stride through the volume): exact
 # for volumes up to this size, and a copy of 64 MB at most instead of one as large as the scan.
 PERCENTILE_SAMPLE_VOXELS = 16_000_000
-# Images (slices x samples) per forward pass by default. On a 2-core CPU passes of 8 to 64 images of
-# the demo model cost the same per image (benchmarks/volume_latency.py: 91-111 ms per slice at 8
-# samples for 1, 2, 4 or 8 slices per pass), while a pass's upscaled feature maps grow with it.
-IMAGES_PER_PASS = 16
+# Images (slices x samples) per forward pass on a CPU by default (the predictor's rows_per_pass).
+IMAGES_PER_PASS = CPU_ROWS_PER_PASS
 MAP_DTYPE = np.float16
 DEFAULT_CT_WINDOW = "Soft tissue"
 CLEANUP_LARGEST = "largest"
@@ -180,28 +178,6 @@ def slice_seed(seed: int, index: int) -> int:
     """The seed of display slice ``index``'s generator for a volume predicted with ``seed``."""
     state = np.random.SeedSequence([int(seed) % 2 ** 64, int(index)]).generate_state(2, np.uint32)
     return (int(state[0]) << 32 | int(state[1])) & (2 ** 63 - 1)
-
-
-class _PerSliceNoise(AntitheticNoise):
-    """Noise for a forward pass over several slices, each slice's drawn from its own generator, so
-    a slice's samples do not depend on which slices share its pass.
-
-    The model's attention layers ask an AntitheticNoise object for noise when given one
-    (prob_attention.standard_normal), which is the only reason this subclasses it: its draws are
-    independent, not antithetic. The sample-folded batch is sample-major (``FusionState.repeat``
-    tiles the slices), so row ``c * slices + b`` is sample c of slice b.
-    """
-
-    def __init__(self, generators: list):
-        super().__init__(None)
-        self.generators = generators
-
-    def draw(self, shape, device, dtype) -> torch.Tensor:
-        slices = len(self.generators)
-        samples = shape[0] // slices
-        per_slice = [torch.randn((samples, *shape[1:]), generator=generator, device=device, dtype=dtype)
-                     for generator in self.generators]
-        return torch.stack(per_slice, dim=1).reshape(shape)
 
 
 def _slice_pixels(scan_slice: np.ndarray, window: tuple, size: int) -> torch.Tensor:
@@ -409,7 +385,7 @@ def predict_volume(
     """Segment ``volume`` (a ScanVolume) slice by slice with ``predictor`` (module docstring).
 
     ``batch_slices`` slices share a forward pass (results do not depend on it beyond float
-    rounding); by default as many as keep a pass at IMAGES_PER_PASS images (or
+    rounding); by default as many as keep a pass at ``predictor.rows_per_pass`` images (or
     ``predictor.chunk_size``, if smaller): batching more saves no time and costs memory.
     ``progress(slices done, total)`` is called after every pass.
     """
@@ -419,7 +395,7 @@ def predict_volume(
         raise ValueError("num_samples must be >= 1")
     chunk = max(1, min(predictor.chunk_size, num_samples))
     if batch_slices is None:
-        batch_slices = max(1, min(IMAGES_PER_PASS, predictor.chunk_size) // chunk)
+        batch_slices = batching.inputs_per_pass(getattr(predictor, "rows_per_pass", predictor.chunk_size), chunk)
     if int(batch_slices) < 1:
         raise ValueError("batch_slices must be >= 1")
     _check_cleanup(cleanup)
@@ -435,17 +411,12 @@ def predict_volume(
     stochastic = bool(getattr(getattr(predictor.model, "config", None), "stochastic", True))
     for first in range(0, depth, int(batch_slices)):
         indices = range(first, min(first + int(batch_slices), depth))
-        pixels = torch.cat([_slice_pixels(scan[s], window, predictor.image_size) for s in indices]).to(device)
-        noise = None
-        if seed is not None:
-            generators = [torch.Generator(device=device).manual_seed(slice_seed(seed, s)) for s in indices]
-            noise = generators[0] if len(generators) == 1 else _PerSliceNoise(generators)
-        accumulators = [MonteCarloAccumulator() for _ in indices]
-        chunks = predictor.model.iter_sample_chunks(pixels, input_ids.repeat(len(indices), 1), num_samples, chunk,
-                                                    stochastic, noise)
-        for logits in chunks:
-            for position, accumulator in enumerate(accumulators):
-                accumulator.add_logits(logits[:, position])
+        pixels = predictor.to_device(torch.cat([_slice_pixels(scan[s], window, predictor.image_size)
+                                                 for s in indices]))
+        seeds = [None if seed is None else slice_seed(seed, s) for s in indices]
+        with acceleration.autocast(device, predictor.precision):
+            accumulators = batching.sample_accumulators(predictor.model, pixels, input_ids.repeat(len(indices), 1),
+                                                        num_samples, chunk, seeds, stochastic=stochastic)
         for s, accumulator in zip(indices, accumulators):
             # As predict: maps at the model's resolution, then resized to the slice's.
             for name, values in (("probability", accumulator.mean_probability),
