@@ -7,15 +7,15 @@ each engine ingests them into a new SQLite store with the shipped demo model, as
 ``medclipseg ingest --engine ...`` does (seed 0, so every engine stores the same predictions). Times
 the whole ingest (reading, hashing, predicting, storing; Ray's start-up of the workers and the
 model load on each included, ``ray.init`` itself not), and separately the driver's store writes,
-the part that does not spread over workers. Prints a table, then one line per run, the last one
-for the last run:
+the part that does not spread over workers; then the driver's write ceiling (cases stored per
+second with no model running, with 1 and with ``bulk.WRITER_THREADS`` writer threads). Prints a
+table, then one line per run, the last one for the last run:
 
     engine=<local|ray> workers=<n> images_per_s=<x>
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -88,6 +88,32 @@ def run(engine_name: str, workers: int, source: Path, folder: Path, args, demo) 
             "writes": timed.writes, "ranks": ranks}
 
 
+def write_ceiling(folder: Path, demo, threads: int, count: int = 200) -> float:
+    """Cases per second the driver stores with ``threads`` writer threads and no model running: the
+    most any number of workers can deliver into one store from one driver."""
+    from medclipseg.annotation.ingest import ImagePlan, IngestReport, Ticker, store_image_result
+    from medclipseg.annotation.store import AnnotationStore, content_hash
+    from medclipseg.phantoms import generate_phantom
+    from medclipseg.scale.bulk import Writers
+
+    results = []
+    for index in range(count):
+        image = generate_phantom(MODALITIES[index % len(MODALITIES)], 60_000 + index, num_targets=1).image
+        results.append((image, demo.predict(image, PROMPT, num_samples=2, seed=0, channel_order="bgr")))
+    store = AnnotationStore(folder / f"writes-{threads}.db")
+    store.ensure_base_version(demo.model_id, source="demo", name="demo")
+    report, seen, tick = IngestReport(), {}, Ticker(count, None)
+    started = time.perf_counter()
+    with Writers(threads) as writers:
+        for index, (image, prediction) in enumerate(results):
+            plan = ImagePlan(predict=True, repeat_key=(content_hash(image), PROMPT))
+            writers.submit(store_image_result, store, report, f"w{index}.png", image, PROMPT, prediction, plan,
+                           metadata={}, batch=None, seen=seen, tick=tick)
+    seconds = time.perf_counter() - started
+    store.close()
+    return len(report.added) / seconds
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
@@ -128,6 +154,9 @@ def main(argv=None) -> None:
                 results.append(run("ray", workers, source, folder, args, demo))
                 print(_line(results[-1]), flush=True)
             ray.shutdown()
+        from medclipseg.scale.bulk import WRITER_THREADS
+
+        ceilings = {threads: write_ceiling(folder, demo, threads) for threads in sorted({1, WRITER_THREADS})}
     base = results[0]
     print()
     print("| engine | workers | images | seconds | images/s | vs first row | store writes (driver) | "
@@ -139,9 +168,10 @@ def main(argv=None) -> None:
               f"{row['images_per_s']:.2f} | {row['images_per_s'] / base['images_per_s']:.2f}x | "
               f"{row['write_seconds']:.1f} s ({1000 * row['write_seconds'] / max(1, row['writes']):.1f} ms each, "
               f"{row['writes'] / max(row['write_seconds'], 1e-9):.0f}/s) | {difference:.2e} |")
-    write_rate = statistics.median(row["writes"] / max(row["write_seconds"], 1e-9) for row in results)
-    print(f"\nthe driver stores at most ~{write_rate:.0f} cases/s (median over the runs): the ceiling of any "
-          "number of workers with this store")
+    print()
+    for threads, rate in ceilings.items():
+        print(f"driver write ceiling, no model running: {rate:.1f} cases/s with {threads} writer thread"
+              f"{'s' if threads != 1 else ''} (SQLite, {cpus} cores)")
     for row in results:
         print(_line(row))
 

@@ -151,10 +151,12 @@ def test_an_interrupted_run_started_again_does_the_rest_only(tmp_path, engine, d
     try:
         with pytest.raises(_Interrupted):
             _ray_ingest(store, engine, demo_predictor.model_id, source, progress=stop_after_two)
-        assert len(run_sql(store, "SELECT id FROM cases")) == 2
+        # Writes already started on the driver's threads finish; nothing after them starts.
+        kept = len(run_sql(store, "SELECT id FROM cases"))
+        assert 2 <= kept < 6
         report = _ray_ingest(store, engine, demo_predictor.model_id, source)
-        assert len(report.added) == 4  # the rest only
-        assert len(report.duplicates) == 3  # the two stored before, and repeat.png
+        assert len(report.added) == 6 - kept  # the rest only
+        assert len(report.duplicates) == kept + 1  # those stored before, and repeat.png
         assert len(run_sql(store, "SELECT id FROM cases")) == 6
         assert set(_predictions_per_case(store).values()) == {1}
     finally:

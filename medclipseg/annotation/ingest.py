@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -297,6 +298,41 @@ class IngestReport:
         return f"{text} ({self.seconds:.1f} s)"
 
 
+class Ticker:
+    """Counts the files (or cases) done and tells ``progress(done, total, message)`` after each."""
+
+    def __init__(self, total: int, progress: Optional[ProgressCallback]):
+        self.total, self.progress, self.done = int(total), progress, 0
+        self._lock = threading.Lock()  # results may be stored from several threads
+
+    def __call__(self, message: str) -> None:
+        with self._lock:
+            self.done += 1
+            done = self.done
+        if self.progress is not None:
+            self.progress(done, self.total, message)
+
+
+def open_source(source, *, prompt: Optional[str], prompts_csv, num_samples: int, threshold: float) -> tuple:
+    """The checks every ingest makes before anything is read, then the source's listing:
+    (prompt, {name: prompt}, image files, volume jobs, a new IngestReport). ValueError in words."""
+    if (prompt is None) == (prompts_csv is None):
+        raise ValueError("Give exactly one of a prompt for all images or a CSV file of prompts.")
+    if num_samples < 1:
+        raise ValueError("num_samples must be at least 1.")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError("The threshold must lie strictly between 0 and 1.")
+    if prompt is not None:
+        prompt = validate_prompt(prompt)  # PromptError (a ValueError) for the whole ingest
+        prompts: Mapping = {}
+    else:
+        prompts = prompts_csv if isinstance(prompts_csv, Mapping) else read_prompt_csv(prompts_csv)
+    files = scan_source(source)
+    report = IngestReport()
+    volume_jobs, files = _volume_jobs(files, report)
+    return prompt, prompts, files, volume_jobs, report
+
+
 def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_csv=None,
            batch: Optional[str] = None, batch_size: int = 8, num_samples: int = 30, threshold: float = 0.5,
            seed: Optional[int] = 0, progress: Optional[ProgressCallback] = None,
@@ -312,38 +348,20 @@ def ingest(store, predictor, source, *, prompt: Optional[str] = None, prompts_cs
 
     Exactly one of `prompt` (one prompt for all images) or `prompts_csv` (a CSV path, see
     read_prompt_csv, or an already read {name: prompt} mapping) is required. Files are read and
-    decoded `batch_size` at a time, then predicted one by one, each stored with its prediction once
-    predicted (a case never exists without one); `progress(done, total, message)` is called after
+    decoded `batch_size` at a time and predicted together (``predict_images``: several per forward
+    pass where the predictor has ``predict_batch``), each stored with its prediction once predicted
+    (a case never exists without one); `progress(done, total, message)` is called after
     each file. Failing files (unreadable, no prompt, a model error) are listed in the report; the
     others go on.
     """
     started = time.perf_counter()
     model_id = str(getattr(predictor, "model_id", "") or "")
-    if (prompt is None) == (prompts_csv is None):
-        raise ValueError("Give exactly one of a prompt for all images or a CSV file of prompts.")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")
-    if num_samples < 1:
-        raise ValueError("num_samples must be at least 1.")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError("The threshold must lie strictly between 0 and 1.")
-    if prompt is not None:
-        prompt = validate_prompt(prompt)  # PromptError (a ValueError) for the whole ingest
-        prompts: Mapping = {}
-    else:
-        prompts = prompts_csv if isinstance(prompts_csv, Mapping) else read_prompt_csv(prompts_csv)
-    files = scan_source(source)
-    report = IngestReport()
-    volume_jobs, files = _volume_jobs(files, report)
-    total = len(files) + len(volume_jobs)
-    done = 0
+    prompt, prompts, files, volume_jobs, report = open_source(source, prompt=prompt, prompts_csv=prompts_csv,
+                                                              num_samples=num_samples, threshold=threshold)
+    tick = Ticker(len(files) + len(volume_jobs), progress)
     seen: dict = {}  # (content hash, prompt) met in this run -> case id: a file repeated in the source is a duplicate
-
-    def tick(message: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, message)
 
     for job in volume_jobs:
         _ingest_volume(store, job, prompt=prompt, prompts=prompts, predict_volume=predict_volume, batch=batch,

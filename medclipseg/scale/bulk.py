@@ -9,33 +9,70 @@ images with the same seed give the same predictions and the same queue as ``--en
 """
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable, Mapping, Optional
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
 
+from medclipseg.annotation import volume_files
 from medclipseg.annotation.ingest import (
     IngestReport,
+    Ticker,
     _prompt_for,
-    _volume_jobs,
+    open_source,
     plan_image,
     plan_volume,
-    read_prompt_csv,
     read_volume_job,
     record_duplicate,
-    scan_source,
     store_image_result,
     store_volume_result,
 )
-from medclipseg.annotation import volume_files
-from medclipseg.io.prompts import PromptError, validate_prompt
+from medclipseg.io.prompts import PromptError
 
 __all__ = ["ingest_with_engine", "rescore_with_engine", "RescoreReport"]
 
 # Scans read by the driver and sent to the workers at a time (each is held until it is stored).
 VOLUMES_IN_FLIGHT_PER_WORKER = 2
+# Threads that store results on the driver (benchmarks/bulk_score.py: a 2-D case's write is about
+# 32 ms on one core, three quarters of it compressing its maps).
+WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class _ResultError(RuntimeError):
     pass
+
+
+class Writers:
+    """Stores results on a few threads while the workers go on. Most of a write is encoding the
+    case's files (zlib for the maps, PNG), which runs outside the GIL, so the driver's ceiling grows
+    with its cores; the database transactions still run one at a time. At most ``2 x threads``
+    results wait, so the driver holds a bounded number of images; the first error stops the run
+    after the writes already started have finished."""
+
+    def __init__(self, threads: Optional[int] = None):
+        self.threads = int(threads or WRITER_THREADS)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="medclipseg-store")
+        self.pending: deque = deque()
+
+    def submit(self, function, *args, **kwargs) -> None:
+        self.pending.append(self.pool.submit(function, *args, **kwargs))
+        while len(self.pending) >= 2 * self.threads:
+            self.pending.popleft().result()
+
+    def __enter__(self) -> "Writers":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            while self.pending:
+                future = self.pending.popleft()
+                if error is not None:
+                    future.cancel()
+                    continue
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _as_result(result: dict):
@@ -51,29 +88,9 @@ def ingest_with_engine(store, engine, source, *, model_id: str, prompt: Optional
                        progress: Optional[Callable[[int, int, str], None]] = None) -> IngestReport:
     """``medclipseg.annotation.ingest.ingest`` with the model on ``engine``'s workers (same report)."""
     started = time.perf_counter()
-    if (prompt is None) == (prompts_csv is None):
-        raise ValueError("Give exactly one of a prompt for all images or a CSV file of prompts.")
-    if num_samples < 1:
-        raise ValueError("num_samples must be at least 1.")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError("The threshold must lie strictly between 0 and 1.")
-    if prompt is not None:
-        prompt = validate_prompt(prompt)
-        prompts: Mapping = {}
-    else:
-        prompts = prompts_csv if isinstance(prompts_csv, Mapping) else read_prompt_csv(prompts_csv)
-    files = scan_source(source)
-    report = IngestReport()
-    volume_jobs, files = _volume_jobs(files, report)
-    total = len(files) + len(volume_jobs)
-    done = 0
-
-    def tick(message: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, message)
-
+    prompt, prompts, files, volume_jobs, report = open_source(source, prompt=prompt, prompts_csv=prompts_csv,
+                                                              num_samples=num_samples, threshold=threshold)
+    tick = Ticker(len(files) + len(volume_jobs), progress)
     options = dict(num_samples=num_samples, threshold=threshold, seed=seed)
     _ingest_volumes(store, engine, volume_jobs, prompt, prompts, model_id, report, tick, batch, options)
 
@@ -107,10 +124,12 @@ def ingest_with_engine(store, engine, source, *, model_id: str, prompt: Optional
         else:
             record_duplicate(store, report, row["name"], row["prompt"], plan, tick)
     by_index = {row["index"]: row for row in to_predict}
-    for index, result in engine.predict(to_predict, **options):
-        row, plan = by_index[index], plans[index]
-        store_image_result(store, report, row["name"], result.get("bgr"), row["prompt"], _as_result(result), plan,
-                           metadata=result.get("metadata") or {}, batch=batch, seen=seen, tick=tick)
+    with Writers() as writers:
+        for index, result in engine.predict(to_predict, **options):
+            row, plan = by_index[index], plans[index]
+            writers.submit(store_image_result, store, report, row["name"], result.get("bgr"), row["prompt"],
+                           _as_result(result), plan, metadata=result.get("metadata") or {}, batch=batch, seen=seen,
+                           tick=tick)
     for row, plan in waiting:
         record_duplicate(store, report, row["name"], row["prompt"], plan, tick)
     report.seconds = time.perf_counter() - started
@@ -180,13 +199,7 @@ def rescore_with_engine(store, engine, *, model_id: str, num_samples: int = 30, 
     report = RescoreReport()
     total = store.rescore_backlog(model_id) if limit is None else min(limit, store.rescore_backlog(model_id))
     failed: set = set()
-    done = 0
-
-    def tick(message: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, message)
+    tick = Ticker(total, progress)
 
     while limit is None or len(report.rescored) < limit:
         room = page if limit is None else min(page, limit - len(report.rescored))
@@ -202,9 +215,10 @@ def rescore_with_engine(store, engine, *, model_id: str, num_samples: int = 30, 
                 images.append({"index": case_id, "kind": "stored", "name": f"case {case_id}", "prompt": case.prompt,
                                "payload": ("file", str(store.image_file(case_id)))})
         results = engine.predict(images, num_samples=num_samples, threshold=0.5, seed=0)
-        for case_id, result in results:
-            _store_rescore(store, report, case_id, _as_result(result), model_id, failed, tick,
-                           lambda prediction, case_id=case_id: store.add_prediction(case_id, prediction))
+        with Writers() as writers:
+            for case_id, result in results:
+                writers.submit(_store_rescore, store, report, case_id, _as_result(result), model_id, failed, tick,
+                               lambda prediction, case_id=case_id: store.add_prediction(case_id, prediction))
         for first in range(0, len(volumes), max(1, VOLUMES_IN_FLIGHT_PER_WORKER * engine.workers)):
             held = {}
             for case in volumes[first:first + VOLUMES_IN_FLIGHT_PER_WORKER * engine.workers]:
