@@ -271,3 +271,22 @@ def test_an_unreachable_ray_address_fails_at_once_in_words(tmp_path, address, wo
         assert run_sql(store, "SELECT id FROM cases") == []  # nothing written
     finally:
         store.close()
+
+
+def test_ray_ingest_into_the_team_store_on_postgresql(tmp_path, engine, demo_predictor, postgres_database):
+    source = _source(tmp_path / "source", count=4, volume=False)
+    team = AnnotationStore(postgres_database, files_dir=tmp_path / "team_files")
+    local = AnnotationStore(tmp_path / "local.db")
+    try:
+        report = _ray_ingest(team, engine, demo_predictor.model_id, source)
+        assert len(report.added) == 4 and len(report.duplicates) == 1 and len(report.failed) == 1
+        _local_ingest(local, demo_predictor, source)
+        team_queue, local_queue = _queue(team), _queue(local)
+        assert [name for name, _ in team_queue] == [name for name, _ in local_queue]
+        np.testing.assert_allclose([r for _, r in team_queue], [r for _, r in local_queue], atol=ROUNDING)
+        assert set(_predictions_per_case(team).values()) == {1}
+        again = _ray_ingest(team, engine, demo_predictor.model_id, source)
+        assert again.added == [] and len(again.duplicates) == 5
+    finally:
+        team.close()
+        local.close()
