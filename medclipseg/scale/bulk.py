@@ -219,13 +219,12 @@ def rescore_with_engine(store, engine, *, model_id: str, num_samples: int = 30, 
             for case_id, result in results:
                 writers.submit(_store_rescore, store, report, case_id, _as_result(result), model_id, failed, tick,
                                lambda prediction, case_id=case_id: store.add_prediction(case_id, prediction))
-        for first in range(0, len(volumes), max(1, VOLUMES_IN_FLIGHT_PER_WORKER * engine.workers)):
-            held = {}
-            for case in volumes[first:first + VOLUMES_IN_FLIGHT_PER_WORKER * engine.workers]:
-                held[case.id] = store.load_volume(case.id)
-            rows = [{"index": case_id, "kind": "volume", "name": f"case {case_id}",
-                     "prompt": store.get_case(case_id).prompt,
-                     "payload": (volume, store.volume_geometry(case_id).window)} for case_id, volume in held.items()]
+        in_flight = max(1, VOLUMES_IN_FLIGHT_PER_WORKER * engine.workers)
+        for first in range(0, len(volumes), in_flight):
+            held = {case.id: store.load_volume(case.id) for case in volumes[first:first + in_flight]}
+            rows = [{"index": case.id, "kind": "volume", "name": f"case {case.id}", "prompt": case.prompt,
+                     "payload": (held[case.id], store.volume_geometry(case.id).window)}
+                    for case in volumes[first:first + in_flight]]
             for case_id, result in engine.predict(rows, num_samples=min(num_samples, volume_samples), threshold=0.5,
                                                   seed=0):
                 volume = held[case_id]
