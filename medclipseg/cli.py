@@ -530,11 +530,12 @@ def _add_agreement(commands) -> None:
 
 def _add_snapshot(commands) -> None:
     parser = commands.add_parser("snapshot", help="copy the database and its files into a folder that outlives the "
-                                                  "machine (a mounted bucket)",
+                                                  "machine (a mounted bucket) or a Hub dataset",
                                  description="A consistent copy (SQLite's backup API) plus the files not yet "
                                              "mirrored; the newest --keep copies are kept.")
     _add_db(parser)
-    parser.add_argument("--to", required=True, help="the snapshot folder")
+    parser.add_argument("--to", required=True, help="the snapshot folder, or hf://datasets/<owner>/<name>[/<folder>] "
+                                                    "(written with HF_TOKEN)")
     parser.add_argument("--keep", type=int, default=8, help="how many snapshots to keep (default 8)")
 
 
@@ -542,7 +543,8 @@ def _add_restore(commands) -> None:
     parser = commands.add_parser("restore", help="put the newest readable snapshot in place of a missing database",
                                  description="Refused when the database exists: a live database is never replaced.")
     _add_db(parser)
-    parser.add_argument("--from", dest="source", required=True, help="the snapshot folder")
+    parser.add_argument("--from", dest="source", required=True,
+                        help="the snapshot folder, or hf://datasets/<owner>/<name>[/<folder>]")
 
 
 def _add_copy_db(commands) -> None:

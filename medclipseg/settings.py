@@ -9,7 +9,7 @@ win over these.
 | ``MEDCLIPSEG_WEIGHTS`` | model source of the app and of ``Predictor.from_pretrained()`` | ``demo`` (shipped, offline) |
 | ``MEDCLIPSEG_DB`` | the annotation database: an SQLite file (on a local disk: never in a mounted bucket) or a ``postgresql://user:password@host:5432/database`` URL for a team (medclipseg.annotation.sql) | ``feedback_db/annotations.db`` |
 | ``MEDCLIPSEG_FILES_DIR`` | folder of the images, maps and masks of a PostgreSQL database (an SQLite file keeps them in ``<stem>_files`` beside it); every server of the team must see the same folder | ``feedback_db/<database name>_files`` |
-| ``MEDCLIPSEG_SNAPSHOT_DIR`` | folder that outlives the machine (a mounted bucket) for snapshots of the database (medclipseg.annotation.snapshots); restored from at boot | ``/data/medclipseg`` on a Space with a writable ``/data``, else none |
+| ``MEDCLIPSEG_SNAPSHOT_DIR`` | where snapshots of an SQLite database go, restored from at boot: a folder that outlives the machine (a mounted bucket; medclipseg.annotation.snapshots) or a Hub dataset, ``hf://datasets/<owner>/<name>[/<folder>]``, written with ``HF_TOKEN`` (medclipseg.annotation.hub_snapshots) | ``/data/medclipseg`` on a Space with a writable ``/data``, else none |
 | ``MEDCLIPSEG_SNAPSHOT_SECONDS`` | seconds between snapshots (at most this much acknowledged work can be lost) | 300 |
 | ``MEDCLIPSEG_AUTH`` | app logins and roles, ``user:password[:role]`` separated by commas; role ``annotator`` (default), ``reviewer`` or ``admin`` (medclipseg.team.access) | no login: open, everyone an admin |
 | ``MEDCLIPSEG_ALLOW_NO_LOGIN`` | ``1``: start without logins although the app listens beyond 127.0.0.1 (refused otherwise) | unset |
@@ -25,13 +25,13 @@ win over these.
 | ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` | where the app listens | 127.0.0.1 / 7860 |
 | ``SPACE_ID`` | set by Hugging Face Spaces; turns on snapshots into ``/data`` | unset |
 | ``HF_HUB_OFFLINE`` | ``1``: ``hf://`` sources use the local cache only | unset |
-| ``HF_ENDPOINT`` | the hub's address for ``hf://`` sources | ``https://huggingface.co`` |
+| ``HF_ENDPOINT`` | the hub's address for ``hf://`` sources and snapshots | ``https://huggingface.co`` |
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 WEIGHTS_ENV = "MEDCLIPSEG_WEIGHTS"
 DB_ENV = "MEDCLIPSEG_DB"
@@ -118,7 +118,7 @@ def db_location():
 def db_path() -> Path:
     """The SQLite file: MEDCLIPSEG_DB; else feedback_db/ (the checkout's, or the current directory's).
     On a Space too: the live database stays on the container's disk and is snapshotted into the
-    bucket (snapshot_dir)."""
+    bucket (snapshot_target)."""
     configured = _text(DB_ENV)
     if configured and "://" not in configured:
         return Path(configured).expanduser()
@@ -133,9 +133,12 @@ def files_dir(database_name: str) -> Path:
     return _feedback_dir() / f"{database_name}_files"
 
 
-def snapshot_dir() -> Optional[Path]:
-    """MEDCLIPSEG_SNAPSHOT_DIR; else /data/medclipseg on a Space whose /data is mounted and writable; else None."""
+def snapshot_target() -> Optional[Union[Path, str]]:
+    """MEDCLIPSEG_SNAPSHOT_DIR: a folder, or an ``hf://datasets/<owner>/<name>[/<folder>]`` address (kept as
+    text); else /data/medclipseg on a Space whose /data is mounted and writable; else None."""
     configured = _text(SNAPSHOT_DIR_ENV)
+    if configured and configured.startswith("hf://"):
+        return configured
     if configured:
         return Path(configured).expanduser()
     data = Path("/data")

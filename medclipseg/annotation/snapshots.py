@@ -1,4 +1,5 @@
-"""Snapshots of an annotation database into a folder that outlives the machine (a mounted bucket).
+"""Snapshots of an annotation database into a folder that outlives the machine (a mounted bucket),
+or into a Hugging Face Hub dataset (medclipseg.annotation.hub_snapshots, same layout).
 
 Hugging Face Spaces lose the container's disk on every restart; what persists is a storage
 bucket mounted into the Space (for example at ``/data``): object storage, with no file locking
@@ -35,8 +36,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
+from medclipseg.annotation import hub_snapshots
 from medclipseg.annotation.errors import StorageError
 
 KEEP = 8
@@ -48,24 +50,32 @@ _NOT_MIRRORED = ("jobs",)
 
 @dataclass(frozen=True)
 class Snapshot:
-    path: Path
+    path: Union[Path, str]  # a file in the folder, or an hf://datasets/... address
     seconds: float       # how long taking it took
     files_copied: int    # files newly mirrored by it
 
 
-def _files_dir(db_path: Path) -> Path:
+def files_dir_of(db_path: Path) -> Path:
     return db_path.parent / f"{db_path.stem}_files"
 
 
-def _mirror(source: Path, target: Path) -> int:
-    """Copy the files under `source` that `target` lacks (or holds with another size); returns how many."""
-    copied = 0
+def files_to_mirror(source: Path):
+    """(path, path relative to `source`) of each file under `source` a snapshot carries."""
     if not source.is_dir():
-        return 0
+        return
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
-        if not path.is_file() or relative.parts[0] in _NOT_MIRRORED or path.name.startswith("."):
+        # Retraining scratch, partial copies, and the download cache huggingface_hub keeps in a folder.
+        if relative.parts[0] in _NOT_MIRRORED or any(part.startswith(".") for part in relative.parts):
             continue
+        if path.is_file():
+            yield path, relative
+
+
+def mirror(source: Path, target: Path, *, move: bool = False) -> int:
+    """Copy (or move) the files under `source` that `target` lacks (or holds with another size); returns how many."""
+    copied = 0
+    for path, relative in files_to_mirror(Path(source)):
         destination = target / relative
         try:
             size = path.stat().st_size
@@ -76,7 +86,10 @@ def _mirror(source: Path, target: Path) -> int:
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(f".{destination.name}.partial")
         try:
-            shutil.copyfile(path, partial)
+            if move:
+                shutil.move(str(path), partial)
+            else:
+                shutil.copyfile(path, partial)
         except FileNotFoundError:
             partial.unlink(missing_ok=True)
             continue
@@ -85,7 +98,7 @@ def _mirror(source: Path, target: Path) -> int:
     return copied
 
 
-def _backup(db_path: Path, copy_path: Path) -> None:
+def backup(db_path: Path, copy_path: Path) -> None:
     """A consistent copy of the live database (SQLite's online backup API), as one file (no WAL)."""
     source = sqlite3.connect(str(db_path), timeout=30.0)
     target = sqlite3.connect(str(copy_path))
@@ -104,20 +117,23 @@ def snapshot_names(folder: Path, stem: str) -> list:
 
 
 def take_snapshot(db_path, folder, *, keep: int = KEEP) -> Snapshot:
-    """One snapshot of the database at `db_path` (and its files) into `folder` (module docstring)."""
+    """One snapshot of the database at `db_path` (and its files) into `folder` (module docstring), or into
+    a Hub dataset when `folder` is an ``hf://datasets/...`` address (medclipseg.annotation.hub_snapshots)."""
+    if hub_snapshots.is_hub_target(folder):
+        return hub_snapshots.take_snapshot(db_path, hub_snapshots.parse_target(folder), keep=keep)
     started = time.perf_counter()
     db_path, folder = Path(db_path), Path(folder)
     if not db_path.is_file():
         raise StorageError(f"There is no annotation database at {db_path} to snapshot.")
     try:
         (folder / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
-        files_dir = _files_dir(db_path)
-        copied = _mirror(files_dir, folder / FILES)
+        files_dir = files_dir_of(db_path)
+        copied = mirror(files_dir, folder / FILES)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         local_copy = db_path.parent / f".{db_path.stem}-{stamp}.snapshot"
         try:
-            _backup(db_path, local_copy)
-            copied += _mirror(files_dir, folder / FILES)
+            backup(db_path, local_copy)
+            copied += mirror(files_dir, folder / FILES)
             final = folder / SNAPSHOTS / f"{db_path.stem}-{stamp}.db"
             partial = final.with_name(f".{final.name}.partial")
             shutil.copyfile(local_copy, partial)
@@ -131,7 +147,7 @@ def take_snapshot(db_path, folder, *, keep: int = KEEP) -> Snapshot:
     return Snapshot(path=final, seconds=time.perf_counter() - started, files_copied=copied)
 
 
-def _readable(path: Path) -> bool:
+def readable(path: Path) -> bool:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -142,7 +158,7 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _drop_drafts_without_files(db_path: Path, files_dir: Path) -> int:
+def drop_drafts_without_files(db_path: Path, files_dir: Path) -> int:
     """Remove draft rows whose mask file did not make it into the mirror (module docstring)."""
     conn = sqlite3.connect(str(db_path))
     try:
@@ -161,29 +177,32 @@ def _drop_drafts_without_files(db_path: Path, files_dir: Path) -> int:
 def restore(db_path, folder) -> Optional[Path]:
     """Put the newest readable snapshot in `folder` at `db_path`, with the mirrored files beside it,
     when there is no database at `db_path` yet; returns the snapshot used (None: nothing done, as
-    the database exists or there is no snapshot). A live database is never replaced."""
+    the database exists or there is no snapshot). A live database is never replaced. `folder` may be
+    an ``hf://datasets/...`` address (medclipseg.annotation.hub_snapshots); its snapshot's address is returned."""
+    if hub_snapshots.is_hub_target(folder):
+        return hub_snapshots.restore(db_path, hub_snapshots.parse_target(folder))
     db_path, folder = Path(db_path), Path(folder)
     if db_path.exists():
         return None
     # A database earlier releases kept live in the folder itself (the old advice for /data) is
     # taken when there is no snapshot yet: copied with the backup API, its files beside it.
     legacy = folder / db_path.name
-    if not snapshot_names(folder, db_path.stem) and legacy.is_file() and _readable(legacy):
+    if not snapshot_names(folder, db_path.stem) and legacy.is_file() and readable(legacy):
         db_path.parent.mkdir(parents=True, exist_ok=True)
         partial = db_path.with_name(f".{db_path.name}.restoring")
-        _backup(legacy, partial)
-        _mirror(folder / f"{legacy.stem}_files", _files_dir(db_path))
+        backup(legacy, partial)
+        mirror(folder / f"{legacy.stem}_files", files_dir_of(db_path))
         partial.replace(db_path)
         return legacy
     for candidate in snapshot_names(folder, db_path.stem):
-        if not _readable(candidate):
+        if not readable(candidate):
             continue
         db_path.parent.mkdir(parents=True, exist_ok=True)
         partial = db_path.with_name(f".{db_path.name}.restoring")
         shutil.copyfile(candidate, partial)
-        files_dir = _files_dir(db_path)
-        _mirror(folder / FILES, files_dir)
-        _drop_drafts_without_files(partial, files_dir)
+        files_dir = files_dir_of(db_path)
+        mirror(folder / FILES, files_dir)
+        drop_drafts_without_files(partial, files_dir)
         partial.replace(db_path)
         return candidate
     return None
@@ -194,7 +213,8 @@ class Snapshotter:
 
     def __init__(self, db_path, folder, *, interval: float, keep: int = KEEP,
                  log: Callable[[str], None] = print):
-        self.db_path, self.folder = Path(db_path), Path(folder)
+        self.db_path = Path(db_path)
+        self.folder = folder if hub_snapshots.is_hub_target(folder) else Path(folder)
         self.interval, self.keep, self.log = float(interval), int(keep), log
         self.last: Optional[Snapshot] = None
         self._stop = threading.Event()

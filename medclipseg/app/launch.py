@@ -71,14 +71,16 @@ def main(argv=None) -> None:
         location = parse_location(args.db if args.db is not None else settings.db_location())
         # A malformed setting stops the start before the database is made; so does an open server
         # beyond this machine when the database is new (no users table to give logins).
-        new_database = location.is_sqlite and not location.path.exists() and settings.snapshot_dir() is None
+        new_database = location.is_sqlite and not location.path.exists() and settings.snapshot_target() is None
         team_from_settings(args.host, check_open=new_database)
         settings.queue_order()  # an unknown MEDCLIPSEG_QUEUE_ORDER stops the start, in words
         settings.cache_mb()  # so does a cache budget that is not a positive number
         settings.precision()  # and an unknown precision
         check_samples(args.samples)  # before the database is made: a bad setting leaves nothing behind
         db_path = location.path  # None for PostgreSQL: the server keeps the rows, no snapshots
-        snapshot_dir = settings.snapshot_dir() if db_path is not None else None
+        snapshot_dir = settings.snapshot_target() if db_path is not None else None
+        if snapshots.hub_snapshots.is_hub_target(snapshot_dir):
+            snapshots.hub_snapshots.parse_target(snapshot_dir)  # a malformed address stops the start, in words
         if snapshot_dir is not None:
             # A fresh container: the newest snapshot in the bucket becomes the live database.
             restored = snapshots.restore(db_path, snapshot_dir)
