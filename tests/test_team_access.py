@@ -13,7 +13,7 @@ from medclipseg.team.access import ACTIONS, ROLES, AccessDenied, AuthSettingErro
 # cancels jobs, promotes and rolls back (and adds cases in bulk).
 EXPECTED = {
     "annotator": {"segment", "take_case", "save", "skip_own", "see_models"},
-    "reviewer": {"segment", "take_case", "save", "skip_own", "see_models", "skip_others", "review"},
+    "reviewer": {"segment", "take_case", "save", "skip_own", "see_models", "save_others", "skip_others", "review"},
     "admin": set(ACTIONS),
 }
 

@@ -62,6 +62,25 @@ def chain_of(annotator: str, raters_per_case: int) -> Optional[str]:
     return annotator if raters_per_case > 1 else None
 
 
+def save_chain(db, case: dict, annotator: str, raters_per_case: int, *, for_rater: Optional[str] = None,
+               others_allowed: bool = True) -> Optional[str]:
+    """The chain a save continues. With several raters: the saver's own while they have one or the
+    case still lacks raters; once all k raters are in, a reviewer's (or admin's) edit continues the
+    chain under review, and anyone else is refused in words (a case never gets a k+1-th rater)."""
+    if for_rater is not None or raters_per_case <= 1:
+        return for_rater if for_rater is not None else chain_of(annotator, raters_per_case)
+    case_id = int(case["id"])
+    if latest_in_chain(db, case_id, annotator) is not None or rater_count(db, case_id) < raters_per_case:
+        return annotator
+    if others_allowed and case.get("review_version") is not None:
+        rows = list(db["corrections"].rows_where("case_id = ? AND version = ?", [case_id, int(case["review_version"])],
+                                                 select="rater", limit=1))
+        if rows:
+            return rows[0]["rater"]
+    raise StorageError(f"Case #{case_id} already has the labels of its {raters_per_case} raters; a case is "
+                       "labelled by that many people, no more. Nothing was saved.")
+
+
 def latest_in_chain(db, case_id: int, rater: Optional[str]) -> Optional[dict]:
     """version, annotator, created_at of the newest version of one chain (rater None: the case's one chain)."""
     where, params = ("case_id = ? AND rater IS NULL", [int(case_id)]) if rater is None else \
@@ -115,18 +134,25 @@ def submit(db, case_id: int, *, by: str, version: int, may_submit_others: bool, 
     log(db, case_id, action="submitted", by=by, version=int(version), now=now)
 
 
-def decide(db, case_id: int, *, reviewer: str, version: int, approve: bool, comment: str,
-           new_version: Optional[int], now: str) -> None:
-    """Approve or reject `version` of a submitted (or earlier decided) case. The caller has checked
-    that `version` is still its chain's newest (a conflict otherwise)."""
-    case = db["cases"].get(int(case_id))
+def checked_decision(case: dict, *, approve: bool, comment: Optional[str]) -> str:
+    """The cleaned comment of a decision on `case` (a cases row), or StorageError in words: a case
+    never submitted, a rejection without a reason, a comment past 2,000 characters. Checked before
+    anything is written (a reviewer's edit included) and again in the deciding transaction."""
     if case["review_state"] is None:
-        raise StorageError(f"Case #{case_id} has not been submitted for review. Nothing was changed.")
+        raise StorageError(f"Case #{case['id']} has not been submitted for review. Nothing was changed.")
     comment = (comment or "").strip()
     if not approve and not comment:
         raise StorageError("Say why in a comment when rejecting: the annotator reads it. Nothing was changed.")
     if len(comment) > 2000:
         raise StorageError("A review comment may be at most 2,000 characters. Nothing was changed.")
+    return comment
+
+
+def decide(db, case_id: int, *, reviewer: str, version: int, approve: bool, comment: str,
+           new_version: Optional[int], now: str) -> None:
+    """Approve or reject `version` of a submitted (or earlier decided) case. The caller has checked
+    that `version` is still its chain's newest (a conflict otherwise)."""
+    comment = checked_decision(db["cases"].get(int(case_id)), approve=approve, comment=comment)
     decided = int(new_version if new_version is not None else version)
     db["cases"].update(int(case_id), {"review_state": "approved" if approve else "rejected",
                                       "review_version": decided, "updated_at": now, "assigned_to": None,

@@ -523,7 +523,9 @@ class AnnotationService:
              slice_provenance=None, others_allowed: bool = True):
         """Record a review. The status chooses the mask: 'corrected' saves ``mask`` (required),
         'accepted' the prediction's own mask at ``threshold`` (no mask may be sent), 'skipped'
-        none (the case leaves the queue; returns None). Otherwise returns the store's Correction."""
+        none (the case leaves the queue; returns None). Otherwise returns the store's Correction.
+        ``others_allowed`` False (an annotator's role): only their own work is saved or skipped
+        (AnnotationStore.save_correction, AnnotationStore.skip)."""
         case_id, annotator = check_case_id(case_id), check_annotator(annotator)
         if status not in REVIEW_STATUSES:
             raise RequestError(f"The status must be one of {', '.join(REVIEW_STATUSES)}, not {status!r}.")
@@ -548,7 +550,8 @@ class AnnotationService:
         # For 'accepted' (mask None) the store saves the very mask it compares with.
         return self.store.save_correction(case_id, mask, annotator=annotator, prediction_id=prediction_id,
                                           status=status, threshold=threshold, base_version=base_version,
-                                          reviewed_slices=reviewed_slices, slice_provenance=slice_provenance)
+                                          reviewed_slices=reviewed_slices, slice_provenance=slice_provenance,
+                                          others_allowed=bool(others_allowed))
 
     def skip(self, case_id: int, *, annotator: str, discard_saved: bool = False, others_allowed: bool = True) -> str:
         """Take a case out of the queue without a mask (status 'skipped'; it is never exported or trained on).

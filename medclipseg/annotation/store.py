@@ -270,6 +270,42 @@ def _refuse_others_lease(row: dict, annotator: str, *, now: float) -> None:
                        "only they can skip it until then.")
 
 
+def _refuse_others_work(case_row: dict, latest: Optional[dict], annotator: str, *, now: float) -> None:
+    """StorageError, in words, when `annotator` (an annotator's role: medclipseg.team.access) would save
+    over work that is not theirs: a case another person holds (a live lease), a chain whose newest
+    version someone else saved, or a label that is submitted for review or approved."""
+    holder, expires = case_row["assigned_to"], case_row["lease_expires"]
+    if holder not in (None, annotator) and expires is not None and expires > now:
+        until = datetime.fromtimestamp(expires, timezone.utc).strftime("%H:%M UTC")
+        raise StorageError(f"Case #{case_row['id']} is open by {holder} (their lease runs until {until}); only they "
+                           "can save it until then. Nothing was saved.")
+    if latest is not None and latest["annotator"] != annotator:
+        raise StorageError(f"Case #{case_row['id']}'s newest version, v{latest['version']}, was saved by "
+                           f"{latest['annotator']}; only a reviewer or an admin may save over someone else's "
+                           "version. Nothing was saved.")
+    state = case_row.get("review_state")
+    if state in ("submitted", "approved"):
+        words = "is submitted for review" if state == "submitted" else "was approved by a reviewer"
+        raise StorageError(f"Case #{case_row['id']} {words}; only a reviewer or an admin may save a new version "
+                           "of it now. Nothing was saved.")
+
+
+def _refuse_skip_of_others(db, row: dict, annotator: str, *, now: float) -> None:
+    """StorageError when `annotator` (an annotator's role) may not skip the case `row`: someone else saved
+    a version of it, or they neither hold it (a live lease) nor saved it (take it from the queue first)."""
+    savers = [saved["annotator"] for saved in db["corrections"].rows_where(
+        "case_id = ?", [row["id"]], select="annotator, version", order_by="version DESC")]
+    others = [name for name in savers if name != annotator]
+    if others:
+        raise StorageError(f"Case #{row['id']} has a version saved by {others[0]}; only a reviewer or an admin may "
+                           "skip a case someone else saved. Nothing was changed.")
+    holds = row["assigned_to"] == annotator and (row["lease_expires"] or 0) > now
+    if not holds and not savers:
+        raise StorageError(f"Case #{row['id']} is not open for you: take it from the queue (or open it) before "
+                           "skipping it; only a reviewer or an admin may skip a case they do not hold. "
+                           "Nothing was changed.")
+
+
 def _binary_mask(mask, shape: tuple, what: str) -> np.ndarray:
     """bool, 0/1 or 0..255 HxW -> bool (>= 0.5 when the maximum is at most 1, else >= 127)."""
     array = np.asarray(mask)
@@ -783,7 +819,8 @@ class AnnotationStore:
     def save_correction(self, case_id: int, corrected_mask: Optional[np.ndarray], *, annotator: str,
                         prediction_id: Optional[int] = None, status: str = "corrected",
                         threshold: Optional[float] = None, base_version=KEEP_UNCHECKED,
-                        reviewed_slices=None, slice_provenance=None, for_rater: Optional[str] = None) -> Correction:
+                        reviewed_slices=None, slice_provenance=None, for_rater: Optional[str] = None,
+                        others_allowed: bool = True) -> Correction:
         """Save a new version; ``corrected_mask`` None (status 'accepted' only) saves the compared
         prediction's own mask at ``threshold``.
 
@@ -794,7 +831,11 @@ class AnnotationStore:
 
         Several raters per case (medclipseg.annotation.review): the version continues the saver's own
         chain (``for_rater``: a reviewer's edit continues that rater's chain), the check compares with
-        that chain's newest version, and the case stays in the queue until enough raters saved."""
+        that chain's newest version, and the case stays in the queue until enough raters saved.
+
+        ``others_allowed`` False (an annotator's role, medclipseg.team.access): only their own work is
+        saved; a case another person holds, a chain someone else saved last, or a label submitted for
+        review or approved is refused in words, writing nothing."""
         # Everything is validated before any file is written, so a refused save leaves no trace.
         annotator = _clean_annotator(annotator)
         if status not in CORRECTION_STATUSES:
@@ -805,10 +846,15 @@ class AnnotationStore:
         if checked:
             base_version = _check_base_version(base_version)
         case = self.get_case(case_id)
-        if checked:  # a conflict visible already is refused before any work; checked again under the lock
-            chain = for_rater or review.chain_of(annotator, review.project_settings(self._db()).raters_per_case)
-            _refuse_conflict(self._db(), case.id, annotator, base_version,
-                             review.latest_in_chain(self._db(), case.id, chain))
+        if checked or not others_allowed:  # refused before any work when visible already; again under the lock
+            chain = review.save_chain(self._db(), _get(self._db(), "cases", case.id, "Case"), annotator,
+                                      review.project_settings(self._db()).raters_per_case, for_rater=for_rater,
+                                      others_allowed=others_allowed)
+            latest = review.latest_in_chain(self._db(), case.id, chain)
+            if not others_allowed:
+                _refuse_others_work(_get(self._db(), "cases", case.id, "Case"), latest, annotator, now=time.time())
+            if checked:
+                _refuse_conflict(self._db(), case.id, annotator, base_version, latest)
         reviewed = self._reviewed_slices(case, reviewed_slices)
         provenance = self._slice_provenance(case, slice_provenance)
         if case.is_volume and corrected_mask is not None and np.ndim(corrected_mask) == 3:
@@ -831,8 +877,11 @@ class AnnotationStore:
             with self._connections.write() as db:
                 # Inside BEGIN IMMEDIATE: no other writer can take the same version number or save in between.
                 project = review.project_settings(db)
-                chain = for_rater or review.chain_of(annotator, project.raters_per_case)
+                chain = review.save_chain(db, _get(db, "cases", case.id, "Case"), annotator, project.raters_per_case,
+                                          for_rater=for_rater, others_allowed=others_allowed)
                 latest = review.latest_in_chain(db, case.id, chain)
+                if not others_allowed:
+                    _refuse_others_work(_get(db, "cases", case.id, "Case"), latest, annotator, now=time.time())
                 if checked:
                     _refuse_conflict(db, case.id, annotator, base_version, latest)
                 replaces = None if latest is None else int(latest["version"])
@@ -1030,9 +1079,9 @@ class AnnotationStore:
         Refused (StorageError) while another annotator holds a live lease on the case. A case with a
         saved version (corrected or accepted) is refused with SavedVersionExists unless
         ``discard_saved``, since skipping takes that version out of export and retraining; ``unskip``
-        puts it back. ``others_allowed`` False (an annotator's role): a case whose latest version
-        someone else saved is refused. Checks and change are one transaction, so a lease or a save
-        cannot slip in between."""
+        puts it back. ``others_allowed`` False (an annotator's role): only their own case is skipped, one
+        they hold or saved; a case with a version someone else saved is refused. Checks and change are
+        one transaction, so a lease or a save cannot slip in between."""
         annotator = _clean_annotator(annotator)
         with self._connections.write() as db:
             row = _get(db, "cases", case_id, "Case")
@@ -1043,14 +1092,12 @@ class AnnotationStore:
                                       replace=True)
                 queue.release(db, row["id"], annotator)
                 return "declined"
+            if not others_allowed:
+                _refuse_skip_of_others(db, row, annotator, now=time.time())
             if row["status"] in CORRECTION_STATUSES:
                 latest = next(iter(db["corrections"].rows_where(
                     "case_id = ?", [row["id"]], select="version, annotator, status, created_at",
                     order_by="version DESC", limit=1)))
-                if not others_allowed and latest["annotator"] != annotator:
-                    raise StorageError(f"Case #{row['id']} was saved as v{latest['version']} by {latest['annotator']}; "
-                                       "only a reviewer or an admin may skip a case someone else saved. "
-                                       "Nothing was changed.")
             if row["status"] in CORRECTION_STATUSES and not discard_saved:
                 raise SavedVersionExists(case_id=int(row["id"]), version=int(latest["version"]),
                                          annotator=latest["annotator"], status=latest["status"],
@@ -1115,6 +1162,12 @@ class AnnotationStore:
         with self._connections.claim() as db:
             return queue.claim(db, case_id, annotator, now=time.time(), lease_seconds=self.lease_seconds)
 
+    def lease_holder(self, case_id: int) -> Optional[str]:
+        """Who holds the case now (a live lease), None when nobody does."""
+        row = _get(self._db(), "cases", case_id, "Case")
+        live = row["assigned_to"] is not None and (row["lease_expires"] or 0) > time.time()
+        return row["assigned_to"] if live else None
+
     def release(self, case_id: int, *, annotator: str) -> None:
         """Give a leased case back to the queue (only the lease holder's lease is cleared)."""
         annotator = _clean_annotator(annotator)
@@ -1146,7 +1199,14 @@ class AnnotationStore:
         return agreement(masks, method=method) if masks else None
 
     def _record_disagreement(self, case_id: int) -> None:
-        """The case's disagreement and STAPLE consensus mask, after a save by one of several raters."""
+        """The case's disagreement and STAPLE consensus mask, after a save by one of several raters.
+
+        Computed outside the write lock (STAPLE on a volume takes a while), so it is written only if
+        no rater saved since: a concurrent save's own recomputation, which saw that save, wins."""
+        def heads(db) -> list:
+            return sorted((row["rater"] or "", int(row["version"])) for row in review.latest_by_rater(db, int(case_id)))
+
+        seen = heads(self._db())
         found = self.case_agreement(case_id, method="staple")
         if found is None:
             return
@@ -1155,7 +1215,10 @@ class AnnotationStore:
         try:
             with self._connections.write() as db:
                 old = db["cases"].get(int(case_id))["consensus_path"]
-                db["cases"].update(int(case_id), {"disagreement": found.disagreement, "consensus_path": path})
+                if heads(db) != seen:
+                    old = path  # stale: a newer save recomputes it
+                else:
+                    db["cases"].update(int(case_id), {"disagreement": found.disagreement, "consensus_path": path})
         except BaseException:
             self._files.discard(path)
             raise
@@ -1210,12 +1273,14 @@ class AnnotationStore:
         if not seen:
             raise StorageError(f"Case #{case_id} has no version v{version}.")
         chain = seen[0]["rater"]
-        if _get(db, "cases", case_id, "Case")["review_state"] is None:
-            raise StorageError(f"Case #{case_id} has not been submitted for review. Nothing was changed.")
+        # Everything a decision can be refused for is checked before the reviewer's edit is saved,
+        # so a refused decision writes nothing (and again in the deciding transaction below).
+        review.checked_decision(_get(db, "cases", case_id, "Case"), approve=approve, comment=comment)
+        if mask is not None and not approve:
+            raise StorageError("An edited version is approved, not rejected: reject without a mask.")
+        _refuse_conflict(db, int(case_id), reviewer, version, review.latest_in_chain(db, int(case_id), chain))
         new_version = None
         if mask is not None:
-            if not approve:
-                raise StorageError("An edited version is approved, not rejected: reject without a mask.")
             new_version = self.save_correction(case_id, mask, annotator=reviewer, base_version=version,
                                                for_rater=chain).version
         with self._connections.write() as db:

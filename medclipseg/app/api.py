@@ -188,7 +188,8 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
                 raise RequestError(f"The base_version must be 0 (no saved version) or a version number, not {number}.")
             checked["base_version"] = None if number == 0 else number
         correction = service.save(case_id, corrected, annotator=name, status=status, prediction_id=prediction_id,
-                                  reviewed_slices=reviewed, others_allowed=actor.may("skip_others"), **checked)
+                                  reviewed_slices=reviewed, **checked,
+                                  others_allowed=actor.may("skip_others" if status == "skipped" else "save_others"))
         if correction is None:
             return {"correction_id": None, "case_id": check_case_id(case_id), "version": None, "annotator": name,
                     "status": "skipped"}

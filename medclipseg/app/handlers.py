@@ -608,7 +608,7 @@ def _differs_from_model(service: AnnotationService, edit: EditorEdit) -> bool:
 
 
 def _after_conflict(service: AnnotationService, session: EditorSession, edit: EditorEdit, annotator: Optional[str],
-                    conflict: VersionConflict) -> Screen:
+                    conflict: VersionConflict, refused: str = "Not saved.") -> Screen:
     """Someone saved a newer version: keep the editor's mask as the draft, show that version, offer the draft."""
     if conflict.latest_version is None or not annotator:
         return Screen(status=error_text(conflict))
@@ -620,27 +620,30 @@ def _after_conflict(service: AnnotationService, session: EditorSession, edit: Ed
     except USER_ERRORS as exc:
         return Screen(status=error_text(f"{conflict} ({exc})"))
     screen.status = _conflict_status(session.case_id, conflict, "your edits are kept as your draft: *Use my draft* "
-                                     "puts them back over it")
+                                     "puts them back over it", refused)
     return screen
 
 
-def _conflict_status(case_id: int, conflict, kept: str) -> str:
+def _conflict_status(case_id: int, conflict, kept: str, refused: str = "Not saved.") -> str:
     """What a refused save says: who saved which version when, what the editor shows, what was kept."""
     started = "no saved version" if conflict.base_version is None else f"v{conflict.base_version}"
     return error_text(
-        f"Not saved. Case #{case_id} was saved as v{conflict.latest_version} by {conflict.latest_annotator} "
+        f"{refused} Case #{case_id} was saved as v{conflict.latest_version} by {conflict.latest_annotator} "
         f"at {_when(conflict.latest_created_at)} after you opened it (you started from {started}). The editor now "
         f"shows v{conflict.latest_version}; {kept}.")
 
 
-def save(service: AnnotationService, session: Optional[EditorSession], editor_value, annotator: Optional[str]) -> Screen:
-    """Save the editor's mask as a new version of the case (the version it started from must still be the latest)."""
+def save(service: AnnotationService, session: Optional[EditorSession], editor_value, annotator: Optional[str], *,
+         others_allowed: bool = True) -> Screen:
+    """Save the editor's mask as a new version of the case (the version it started from must still be the latest).
+    ``others_allowed`` False (an annotator's role): only their own work is saved (AnnotationStore.save_correction)."""
     if session is None:
         return _no_session()
     if not (annotator or "").strip():
         return Screen(status=error_text("Not saved. " + NAME_NEEDED))
     if session.is_volume:
-        return _save_volume(service, session, editor_value, annotator, accepting=False)
+        return _save_volume(service, session, editor_value, annotator, accepting=False,
+                            others_allowed=others_allowed)
     try:
         edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
         start_mask, start_label = _start_mask(service, session, edit, annotator)
@@ -650,7 +653,7 @@ def save(service: AnnotationService, session: Optional[EditorSession], editor_va
         status = "corrected" if edited else "accepted"
         correction = service.save(session.case_id, edit.mask if edited else None, annotator=annotator,
                                   status=status, prediction_id=edit.prediction_id, threshold=edit.threshold,
-                                  base_version=edit.base_version)
+                                  base_version=edit.base_version, others_allowed=others_allowed)
     except VersionConflict as conflict:
         return _after_conflict(service, session, edit, annotator, conflict)
     except USER_ERRORS as exc:
@@ -667,21 +670,22 @@ def save(service: AnnotationService, session: Optional[EditorSession], editor_va
 
 
 def accept(service: AnnotationService, session: Optional[EditorSession], editor_value,
-           annotator: Optional[str]) -> Screen:
+           annotator: Optional[str], *, others_allowed: bool = True) -> Screen:
     """The mask shown is right. With edits in it, it is saved as a correction (and the message says so)."""
     if session is None:
         return _no_session()
     if not (annotator or "").strip():
         return Screen(status=error_text("Not saved. " + NAME_NEEDED))
     if session.is_volume:
-        return _save_volume(service, session, editor_value, annotator, accepting=True)
+        return _save_volume(service, session, editor_value, annotator, accepting=True,
+                            others_allowed=others_allowed)
     try:
         edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
         edited = _differs_from_model(service, edit)
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
     if edited:
-        screen = save(service, session, editor_value, annotator)
+        screen = save(service, session, editor_value, annotator, others_allowed=others_allowed)
         if isinstance(screen.status, str) and not screen.status.startswith("**Error"):
             screen.status = ("The mask shown differs from the model's, so *Accept* saved it as a correction, not "
                              "as “accepted as predicted”. " + screen.status)
@@ -689,7 +693,7 @@ def accept(service: AnnotationService, session: Optional[EditorSession], editor_
     try:
         correction = service.save(session.case_id, annotator=annotator, status="accepted",
                                   prediction_id=edit.prediction_id, threshold=edit.threshold,
-                                  base_version=edit.base_version)
+                                  base_version=edit.base_version, others_allowed=others_allowed)
     except VersionConflict as conflict:
         return _after_conflict(service, session, edit, annotator, conflict)
     except USER_ERRORS as exc:
@@ -777,11 +781,23 @@ def next_case(service: AnnotationService, acquisition: str, annotator: Optional[
     return screen
 
 
-def reopen(service: AnnotationService, case_id, annotator: Optional[str], slice_index=None) -> Screen:
+def held_by_other(service: AnnotationService, case_id: int, annotator: Optional[str]) -> Optional[str]:
+    """Who else holds the case now (a live lease), None when nobody or `annotator` does."""
+    holder = service.store.lease_holder(case_id)
+    return holder if holder not in (None, annotator) else None
+
+
+def reopen(service: AnnotationService, case_id, annotator: Optional[str], slice_index=None, *,
+           others_allowed: bool = True) -> Screen:
     """Open a stored case again (after a browser reload): its latest prediction, the annotator's draft
-    first; a volume on the slice the annotator was on (``slice_index``, kept in the browser)."""
+    first; a volume on the slice the annotator was on (``slice_index``, kept in the browser).
+    ``others_allowed`` False (an annotator's role): a case another person holds now is not reopened."""
     try:
         case_id = int(case_id)
+        holder = held_by_other(service, case_id, annotator)
+        if holder is not None and not others_allowed:
+            return Screen(status=f"Case #{case_id}, open in this browser before, is now held by {holder}. "
+                                 "Take the next case.")
         prediction_id = service.store.latest_prediction_id(case_id)
         if prediction_id is None:
             return Screen()
@@ -1147,9 +1163,11 @@ def _slice_value(service: AnnotationService, geometry, work: VolumeWork, index: 
                          follows_model=follows, window=window)
 
 
-def _requested_volume_case(service: AnnotationService, request, what: str, image_note: str):
+def _requested_volume_case(service: AnnotationService, request, what: str, image_note: str,
+                           annotator: Optional[str] = None, others_allowed: bool = True):
     """The volume case an editor's ``what`` request ("slice", "plane", "tool") names; refused in words
-    (``image_note`` ends the refusal for an image case)."""
+    (``image_note`` ends the refusal for an image case, and, ``others_allowed`` False, for a case another
+    person than `annotator` holds)."""
     if not isinstance(request, dict):
         raise EditorError(f"The editor's {what} request is not one.")
     try:
@@ -1159,10 +1177,15 @@ def _requested_volume_case(service: AnnotationService, request, what: str, image
     case = service.store.get_case(case_id)
     if not case.is_volume:
         raise EditorError(f"Case #{case.id} is an image, not a volume{image_note}")
+    holder = held_by_other(service, case.id, annotator)
+    if holder is not None and not others_allowed:
+        raise EditorError(f"Case #{case.id} is held by {holder} now; only they, a reviewer or an admin may work on "
+                          "it. Take the next case.")
     return case
 
 
-def volume_slices(service: AnnotationService, request, annotator: Optional[str]) -> dict:
+def volume_slices(service: AnnotationService, request, annotator: Optional[str], *,
+                  others_allowed: bool = True) -> dict:
     """The editor's slice request (its state, the slices it wants, the window): the slice edits it
     carries are put into the annotator's draft, then the slices it asked for are answered.
 
@@ -1171,7 +1194,7 @@ def volume_slices(service: AnnotationService, request, annotator: Optional[str])
     "message"}`` in words. Called by the editor without Gradio's queue (a server function), so a slice
     is on screen in a few tens of milliseconds; the work's lock orders it with the queued events."""
     try:
-        case = _requested_volume_case(service, request, "slice", "; it has no slices.")
+        case = _requested_volume_case(service, request, "slice", "; it has no slices.", annotator, others_allowed)
         geometry = service.store.volume_geometry(case.id)
         asked = read_slice_request(request, case_id=case.id, shape=(geometry.rows, geometry.columns),
                                    depth=geometry.depth, plane_shapes=plane_shapes(geometry))
@@ -1324,7 +1347,8 @@ def plane_strip_values(service: AnnotationService, work: VolumeWork, geometry, p
     return plane_strip(loaded_volume(service.store, work.case_id, work.prediction_id), plane)
 
 
-def volume_plane(service: AnnotationService, request, annotator: Optional[str]) -> dict:
+def volume_plane(service: AnnotationService, request, annotator: Optional[str], *,
+                 others_allowed: bool = True) -> dict:
     """The editor's plane request: its state (the edits it carries, of any plane, are put into the
     annotator's draft first, as ``volume_slices`` does), the (plane, slice) pairs it wants, the window,
     and the planes whose strip it needs.
@@ -1334,7 +1358,7 @@ def volume_plane(service: AnnotationService, request, annotator: Optional[str]) 
     revision], ...], "reviewed": [...], "edited": [...]}`` (``edited``: acquisition slices the plane edits
     changed), or ``{"kind": "error", "message"}``."""
     try:
-        case = _requested_volume_case(service, request, "plane", "; it has no planes.")
+        case = _requested_volume_case(service, request, "plane", "; it has no planes.", annotator, others_allowed)
         geometry = service.store.volume_geometry(case.id)
         asked = read_plane_request(request, case_id=case.id, shape=(geometry.rows, geometry.columns),
                                    depth=geometry.depth, plane_shapes=plane_shapes(geometry))
@@ -1387,7 +1411,8 @@ def _stop_words(stop) -> dict:
             "code": stop.code, "reason": stop.reason}
 
 
-def volume_tool(service: AnnotationService, request, annotator: Optional[str]) -> dict:
+def volume_tool(service: AnnotationService, request, annotator: Optional[str], *,
+                others_allowed: bool = True) -> dict:
     """The editor's tool request: its state (the slice edits it carries are put into the work first,
     as ``volume_slices`` does), ``tool`` and ``params`` (``volume_editing.apply_tool``), and ``wanted``:
     slices it shows, sent back when the step changed them.
@@ -1399,7 +1424,7 @@ def volume_tool(service: AnnotationService, request, annotator: Optional[str]) -
     "stored_planes", "reviewed"}``; a refused step ``{"kind": "refused", "message", ...}`` with the mask
     unchanged; ``{"kind": "error", "message"}`` for a request that is not one."""
     try:
-        case = _requested_volume_case(service, request, "tool", ": its tools are in the editor.")
+        case = _requested_volume_case(service, request, "tool", ": its tools are in the editor.", annotator, others_allowed)
         if not annotator:
             raise EditorError(TOOL_NAME_NEEDED)
         geometry = service.store.volume_geometry(case.id)
@@ -1635,8 +1660,34 @@ def volume_numbers_text(service: AnnotationService, session: EditorSession, inde
                                f"{added + erased:,} px differ from the model (+{added:,} / −{erased:,})")
 
 
+def volume_edit_of(service: AnnotationService, session: EditorSession, editor_value,
+                   annotator: Optional[str]) -> "tuple[Optional[int], np.ndarray, VolumeWork]":
+    """(the version the editor shows, the whole volume mask with the editor's unsaved slices in it, the
+    work holding them): what a reviewer approves, edited or not, without saving it first as a version."""
+    state = _read_volume_value(service, session, editor_value)
+    with VOLUMES.lock(_work_key(service, session.case_id, annotator)):
+        geometry = service.store.volume_geometry(session.case_id)
+        work = _work_for(service, session.case_id, annotator, state.edit)
+        _take_editor_state(work, geometry, state, on_screen_reviewed=True, service=service)
+        return state.edit.base_version, composed_mask(service, work), work
+
+
+def forget_volume_edit(service: AnnotationService, case_id: int, annotator: Optional[str]) -> None:
+    """Drop the server's copy of an annotator's volume work (after it was saved or approved)."""
+    VOLUMES.forget(_work_key(service, case_id, annotator))
+
+
+def keep_edit_after_conflict(service: AnnotationService, session: EditorSession, edit, annotator: Optional[str],
+                             conflict: VersionConflict, refused: str) -> Screen:
+    """A refused decision or save keeps the edit as the person's draft and shows the newer version:
+    ``edit`` an EditorEdit of an image, or the VolumeWork of a volume."""
+    if isinstance(edit, VolumeWork):
+        return _after_volume_conflict(service, session, edit, annotator, conflict, refused)
+    return _after_conflict(service, session, edit, annotator, conflict, refused)
+
+
 def _save_volume(service: AnnotationService, session: EditorSession, editor_value, annotator: str, *,
-                 accepting: bool) -> Screen:
+                 accepting: bool, others_allowed: bool = True) -> Screen:
     """Save (or accept) the whole volume: the annotator's work with the editor's slices in it, the slice
     on screen counted as reviewed. A mask equal to the model's at the threshold is 'accepted'."""
     try:
@@ -1663,7 +1714,7 @@ def _save_volume(service: AnnotationService, session: EditorSession, editor_valu
             correction = service.save(session.case_id, mask if edited else None, annotator=annotator,
                                       status="corrected" if edited else "accepted", prediction_id=work.prediction_id,
                                       threshold=work.threshold, base_version=edit.base_version,
-                                      reviewed_slices=reviewed,
+                                      reviewed_slices=reviewed, others_allowed=others_allowed,
                                       slice_provenance=volume_tools.provenance_record(provenance))
         except VersionConflict as conflict:
             return _after_volume_conflict(service, session, work, annotator, conflict)
@@ -1690,7 +1741,7 @@ def _save_volume(service: AnnotationService, session: EditorSession, editor_valu
 
 
 def _after_volume_conflict(service: AnnotationService, session: EditorSession, work: VolumeWork,
-                           annotator: Optional[str], conflict: VersionConflict) -> Screen:
+                           annotator: Optional[str], conflict: VersionConflict, refused: str = "Not saved.") -> Screen:
     """Someone saved a newer version of the volume: keep the work as the draft, show that version, offer the draft."""
     if conflict.latest_version is None or not annotator:
         return Screen(status=error_text(conflict))
@@ -1701,7 +1752,7 @@ def _after_volume_conflict(service: AnnotationService, session: EditorSession, w
     except USER_ERRORS as exc:
         return Screen(status=error_text(f"{conflict} ({exc})"))
     screen.status = _conflict_status(session.case_id, conflict, "your work is kept as your draft: *Use my draft* "
-                                     "puts it back over it")
+                                     "puts it back over it", refused)
     return screen
 
 

@@ -68,29 +68,31 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
     acquisition_choices = [(handlers.acquisition_label(key), key) for key in ACQUISITION_SCORES]
     examples = handlers.load_examples()
 
-    def editing_request(request_value, http_request) -> "tuple[Optional[str], Optional[dict]]":
-        """(annotator, None) for an editor server function's request whose sender may edit, else
-        (None, the editor's error answer): the login name with logins on, else the typed name."""
+    def editing_request(request_value, http_request) -> "tuple[Optional[str], bool, Optional[dict]]":
+        """(annotator, may work on others' cases, None) for an editor server function's request whose
+        sender may edit, else (None, False, the editor's error answer): the login name with logins on,
+        else the typed name."""
         typed = request_value.get("annotator") if isinstance(request_value, dict) else None
         try:
-            return acting(team, http_request, typed, "save").name, None
+            actor = acting(team, http_request, typed, "save")
         except AccessDenied as exc:
-            return None, {"kind": "error", "message": str(exc)}
+            return None, False, {"kind": "error", "message": str(exc)}
+        return actor.name, actor.may("save_others"), None
 
     def volume_slices(slice_request, request: gr.Request):
         """The editor's slice requests for a volume case (its server function, outside the queue)."""
-        name, refused = editing_request(slice_request, request)
-        return refused or handlers.volume_slices(service, slice_request, name)
+        name, others, refused = editing_request(slice_request, request)
+        return refused or handlers.volume_slices(service, slice_request, name, others_allowed=others)
 
     def volume_plane(plane_request, request: gr.Request):
         """The editor's requests for slices of the three planes (a server function, like volume_slices)."""
-        name, refused = editing_request(plane_request, request)
-        return refused or handlers.volume_plane(service, plane_request, name)
+        name, others, refused = editing_request(plane_request, request)
+        return refused or handlers.volume_plane(service, plane_request, name, others_allowed=others)
 
     def volume_tool(tool_request, request: gr.Request):
         """The editor's volume tools (interpolate, propagate, 3-D tools, undo/redo): a server function."""
-        name, refused = editing_request(tool_request, request)
-        return refused or handlers.volume_tool(service, tool_request, name)
+        name, others, refused = editing_request(tool_request, request)
+        return refused or handlers.volume_tool(service, tool_request, name, others_allowed=others)
 
     # Uploaded originals (a DICOM still carries its header there) are purged from Gradio's cache
     # after an hour; the database only ever keeps decoded pixels.
@@ -107,9 +109,9 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                 gr.Markdown("### MedCLIPSeg Annotator\nResearch and annotation tool, **not for clinical use**."
                             + ("" if auth_enabled else f" <span id='open-warning'>{OPEN_WARNING}</span>"),
                             elem_id="page-title")
-                # A function value is read on every page load (and the timer refreshes it): the serving
-                # model changes when another version is promoted.
-                model_line = gr.Markdown(lambda: model_tab.header_text(service), elem_id="model-line")
+                # The Model tab's refresh (at page load, then on its timer, for a signed-in sender)
+                # keeps it current: the serving model changes when another version is promoted.
+                model_line = gr.Markdown(elem_id="model-line")
             annotator_box = gr.Textbox(label="Annotator", placeholder="your name",
                                        visible=not auth_enabled, elem_id="annotator", scale=1, min_width=200)
             if auth_enabled:
@@ -290,17 +292,21 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
         def may(typed_name, request, action: str) -> bool:
             return team.actor(api.login_name(request), typed_name).may(action)
 
-        # -- image tab
-        def on_upload(file_path):
+        # -- image tab: loading an image and its window is the first step of segmenting it
+        @requires("segment")
+        def on_upload(file_path, request: gr.Request):
             return shown(handlers.upload(service, file_path))
 
-        def on_window(file_path, is_windowed, center, width):
+        @requires("segment")
+        def on_window(file_path, is_windowed, center, width, request: gr.Request):
             return shown(handlers.change_window(service, file_path, is_windowed, center, width))
 
-        def on_example(event: gr.SelectData):
+        @requires("segment", lambda exc: {})  # its outputs have no status line: nothing changes
+        def on_example(event: gr.SelectData, request: gr.Request):
             return shown(handlers.choose_example(examples, event.index))
 
-        def on_preset(choice):
+        @requires("segment", lambda exc: {})
+        def on_preset(choice, request: gr.Request):
             return shown(handlers.choose_preset(choice))
 
         @requires("segment")
@@ -321,11 +327,13 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
 
         @requires("save")
         def on_save(current, editor_value, typed_name, request: gr.Request):
-            return shown(handlers.save(service, current, editor_value, name_of(typed_name, request)))
+            return shown(handlers.save(service, current, editor_value, name_of(typed_name, request),
+                                       others_allowed=may(typed_name, request, "save_others")))
 
         @requires("save")
         def on_accept(current, editor_value, typed_name, request: gr.Request):
-            return shown(handlers.accept(service, current, editor_value, name_of(typed_name, request)))
+            return shown(handlers.accept(service, current, editor_value, name_of(typed_name, request),
+                                         others_allowed=may(typed_name, request, "save_others")))
 
         def skipped(current, typed_name, editor_value, request: gr.Request, discard_saved: bool):
             name = name_of(typed_name, request)
@@ -407,11 +415,13 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
             if reviewing:
                 update[review_queue_box] = review_page.queue_markdown(service)
             if saved.get("case_id") is not None and name:
-                update.update(shown(handlers.reopen(service, saved["case_id"], name, saved.get("slice"))))
+                update.update(shown(handlers.reopen(service, saved["case_id"], name, saved.get("slice"),
+                                                    others_allowed=actor.may("save_others"))))
             update[queue_box] = handlers.queue_text(service)
             return update
 
-        def on_queue_tick(last):
+        @requires("take_case", lambda exc: (gr.skip(), gr.skip()))
+        def on_queue_tick(last, request: gr.Request):
             text = handlers.queue_text(service)
             return (gr.skip(), gr.skip()) if text == last else (text, text)
 
@@ -583,9 +593,13 @@ def _wire_model_tab(demo: gr.Blocks, service: AnnotationService, view: dict, mod
             values = [gr.skip() if key == old else value for value, key, old in zip(values, keys, sent)]
         return values, keys
 
-    def on_tick(last, epochs):
+    def on_tick(last, epochs, request: gr.Request):
         # Cheap when nothing changed: the signature is a few small queries; nothing is sent back.
         nothing = [gr.skip()] * (len(shown) + 1)
+        try:
+            acting(team, request, None, "see_models")
+        except AccessDenied:
+            return nothing
         try:
             signature = model_tab.panel_signature(service, epochs)
             if last is not None and last["signature"] == signature:
@@ -625,6 +639,14 @@ def _wire_model_tab(demo: gr.Blocks, service: AnnotationService, view: dict, mod
     def on_rollback(typed_name, epochs, request: gr.Request):
         return acted(lambda: model_tab.roll_back(service, by(typed_name, request, "rollback")), epochs)
 
+    def on_epochs(epochs, request: gr.Request):
+        """What a retraining of that many epochs would train on (admins only: they start it)."""
+        try:
+            acting(team, request, None, "retrain")
+        except AccessDenied:
+            return gr.skip()
+        return model_tab.data_text(service, epochs)
+
     def on_role(request: gr.Request):
         """Only an admin sees the controls that retrain, cancel, promote and roll back."""
         try:
@@ -641,8 +663,7 @@ def _wire_model_tab(demo: gr.Blocks, service: AnnotationService, view: dict, mod
     demo.load(on_role, None, admin_controls, show_progress="hidden", **private)
     timer.tick(on_tick, [view["signature"], view["epochs"]], ticking, show_progress="hidden", **private)
     demo.load(on_tick, [view["signature"], view["epochs"]], ticking, show_progress="hidden", **private)
-    view["epochs"].change(lambda epochs: model_tab.data_text(service, epochs), [view["epochs"]], [view["data"]],
-                          show_progress="hidden", **private)
+    view["epochs"].change(on_epochs, [view["epochs"]], [view["data"]], show_progress="hidden", **private)
     view["start_button"].click(on_start, [annotator_box, view["epochs"], view["promote_choice"]], answering,
                                concurrency_id="model-actions", concurrency_limit=1, **private)
     view["cancel_button"].click(on_cancel, [annotator_box, view["epochs"]], answering, **private)

@@ -83,24 +83,29 @@ def decide(service: AnnotationService, session: Optional[EditorSession], editor_
     reject it with a comment. A version saved since the case was opened is a conflict: nothing is decided."""
     if session is None:
         return Screen(status=error_text("Open a case to review first (Review tab: Review next)."))
+    mask = None
     try:
-        if session.is_volume:  # a volume's edits are saved first (Save), then the version shown is decided on
-            version, mask = handlers._read_volume_value(service, session, editor_value).edit.base_version, None
-            if version is None:
-                return Screen(status=error_text(f"Case #{session.case_id} shows no saved version to review."))
+        # The editor's mask (a volume's with its unsaved slices) is the reviewer's edit when it differs
+        # from the version under review: saved as the next version of that rater's chain and approved.
+        if session.is_volume:
+            version, edited, edit = handlers.volume_edit_of(service, session, editor_value, reviewer)
         else:
             edit = read_edit(editor_value, case_id=session.case_id, shape=session.shape)
-            version = edit.base_version
-            if version is None:
-                return Screen(status=error_text(f"Case #{session.case_id} shows no saved version to review."))
-            shown = service.store.load_mask(service.latest_correction(session.case_id, reviewer)["mask_path"])
-            mask = None if np.array_equal(shown, edit.mask) or not approve else edit.mask
+            version, edited = edit.base_version, edit.mask
+        if version is None:
+            return Screen(status=error_text(f"Case #{session.case_id} shows no saved version to review."))
+        shown = service.store.load_mask(service.latest_correction(session.case_id, reviewer)["mask_path"])
+        mask = None if np.array_equal(shown, edited) or not approve else edited
         decided = service.decide_review(session.case_id, reviewer=reviewer, version=version,
                                         decision="approve" if approve else "reject", comment=comment, mask=mask)
     except VersionConflict as conflict:
-        return Screen(status=error_text(f"Not decided: {conflict}"))
+        if mask is None:  # nothing of the reviewer's to keep
+            return Screen(status=error_text(f"Not decided: {conflict}"))
+        return handlers.keep_edit_after_conflict(service, session, edit, reviewer, conflict, "Not decided.")
     except USER_ERRORS as exc:
         return Screen(status=error_text(exc))
+    if session.is_volume:
+        handlers.forget_volume_edit(service, session.case_id, reviewer)
     what = (f"approved v{decided['new_version']} (your edit of v{version})" if decided["new_version"]
             else f"{decided['decision']} v{version}")
     return Screen(status=f"Case #{session.case_id}: {what}.", history=handlers.history_markdown(service, session.case_id),

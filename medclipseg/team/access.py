@@ -1,8 +1,8 @@
 """Who may do what: three roles, the actions each may take, and the logins of ``MEDCLIPSEG_AUTH``.
 
-Roles are ordered: an annotator segments, takes cases, saves, submits and skips their own; a
-reviewer also reviews (approves, rejects, edits) and may act on cases other people saved or
-skipped; only an admin adds cases in bulk, exports, retrains, cancels jobs, promotes, rolls back
+Roles are ordered: an annotator segments, takes cases, saves, submits and skips their own (a case
+they hold or saved, never over someone else's version or a label under review); a reviewer also
+reviews (approves, rejects, edits) and may act on cases other people hold, saved or skipped; only an admin adds cases in bulk, exports, retrains, cancels jobs, promotes, rolls back
 and changes the project's settings. ``ACTIONS`` is the one table of what each role
 may do: the app checks it at every endpoint and UI action, and the README's role table is
 written from it (a test compares the two).
@@ -44,9 +44,11 @@ class Action:
 ACTIONS = {action.name: action for action in (
     Action("segment", "annotator", "Segment an image or a scan (and add it to the queue)"),
     Action("take_case", "annotator", "Take the next case from the queue, open a case"),
-    Action("save", "annotator", "Edit, keep drafts, save or accept a correction"),
-    Action("skip_own", "annotator", "Skip or unskip a case nobody else saved or skipped"),
+    Action("save", "annotator", "Edit, keep drafts, save or accept a correction of a case they hold or saved"),
+    Action("skip_own", "annotator", "Skip or unskip a case they hold or saved, that nobody else saved or skipped"),
     Action("see_models", "annotator", "See the model versions and the retraining job"),
+    Action("save_others", "reviewer", "Open a case another person holds; save over someone else's version, "
+                                      "or over a label submitted for review or approved"),
     Action("skip_others", "reviewer", "Skip a case someone else saved, unskip someone else's skip"),
     Action("review", "reviewer", "Review submitted cases: approve, reject with a comment, edit; see raters' agreement"),
     Action("ingest", "admin", "Add images or scans in bulk (ingest)"),
