@@ -36,7 +36,7 @@ def test_an_annotator_may_not_save_a_case_another_person_holds(store):
     case = case_with_prediction(store, 1)[0]
     assert store.next_case("alice").id == case.id  # leased to alice
     refused(store, lambda: store.save_correction(case.id, box(2, 2), annotator="bob", others_allowed=False),
-            "open by alice .* only they can save it")
+            "open by alice .* only they, a reviewer or an admin may save it")
     refused(store, lambda: store.save_correction(case.id, None, annotator="bob", status="accepted",
                                                  others_allowed=False), "open by alice")
     saved = store.save_correction(case.id, box(2, 2), annotator="alice", others_allowed=False)

@@ -168,6 +168,21 @@ def test_an_annotator_skips_only_their_own_cases_and_a_reviewer_any(team_server)
         ann.predict(case["case_id"], None, "", "skipped", api_name="/save_correction")  # a skip by save
 
 
+def test_an_annotator_may_not_save_a_case_a_reviewer_holds_but_reads_the_project(team_server):
+    ann, rev = team_server.clients["annotator"], team_server.clients["reviewer"]
+    mask = mask_png(team_server.folder, "held.png")
+    held, _ = rev.predict("", "", api_name="/next_case")  # the reviewer holds it now
+    before = database_state(team_server.db_path)
+    with pytest.raises(Exception, match=f"Case #{held['case_id']} is open by rev .*only they, a reviewer or an admin"):
+        ann.predict(held["case_id"], handle_file(str(mask)), "", "corrected", api_name="/save_correction")
+    assert database_state(team_server.db_path) == before
+    # Reading the project's settings is everyone's; changing them is an admin's (test above).
+    settings = ann.predict(None, None, api_name="/project")
+    assert set(settings) >= {"review_required", "raters_per_case"}
+    assert database_state(team_server.db_path) == before
+    rev.predict(held["case_id"], "", False, api_name="/skip")  # gives it back
+
+
 # -------------------------------------------------------------------------- the page's buttons
 
 def page_events(demo) -> dict:
@@ -200,7 +215,33 @@ def button_calls(service, case_id, version_id):
         "on_approve": ("reviewer", (session, None, "", "")),
         "on_reject": ("reviewer", (session, None, "needs work", "")),
         "on_review_queue": ("reviewer", ("uncertainty",)),
+        "on_upload": ("annotator", (str(EXAMPLE),)),
+        "on_window": ("annotator", (str(EXAMPLE), True, 40, 400)),
     }
+
+
+# Events with no status line to answer in: refused, they change nothing on the page (an empty
+# update or skips) and read nothing; allowed, they answer. event -> (least role, arguments).
+def quiet_calls():
+    return {
+        "on_example": ("annotator", (SimpleNamespace(index=0),)),
+        "on_preset": ("annotator", ("Soft tissue",)),
+        "on_queue_tick": ("annotator", (None,)),
+        "on_tick": ("annotator", (None, 1)),
+        "on_epochs": ("admin", (1,)),
+    }
+
+
+# Events every visitor's page runs: they show a signed-in person their role's page (tested below)
+# and nothing to anyone else.
+OPEN_EVENTS = {"on_load", "on_role"}
+
+
+def says_nothing(answer) -> bool:
+    """An empty update, a skip, or a sequence of them: the page keeps what it shows."""
+    if isinstance(answer, (list, tuple)):
+        return all(says_nothing(item) for item in answer)
+    return answer == {} or answer == {"__type__": "update"}
 
 
 def as_text(answer) -> str:
@@ -239,6 +280,32 @@ def test_every_button_checks_the_role_on_the_server(tmp_path):
                     expected = "Please sign in" if role is None else f"Only {who} {ROLE_REFUSAL}"
                     assert expected in text, (role, name, text[:300])
                     assert database_state(db_path) == before, (role, name)
+        # Every event of the page is one of those checked here (an API endpoint has its own tests).
+        page_only = {name for name in events if name.startswith("on_")}
+        checked = set(button_calls(service, case_ids[0], store.current_model_id())) | set(quiet_calls())
+        assert page_only == checked | OPEN_EVENTS, page_only ^ (checked | OPEN_EVENTS)
+        for role in (None, *ORDER):
+            request = SimpleNamespace(username=USERS[role][0] if role else None, cookies={}, app=None)
+            for name, (least, args) in quiet_calls().items():
+                allowed = role is not None and ORDER.index(role) >= ORDER.index(least)
+                answer = events[name](*args, request=request)
+                assert says_nothing(answer) is not allowed, (role, name, repr(answer)[:300])
+        # The editor's server functions (volume slices, planes, tools) run outside the queue: same checks.
+        (editor,) = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "editor"]
+        assert sorted(fn.__name__ for fn in editor.server_fns) == ["volume_plane", "volume_slices", "volume_tool"]
+        for role in (None, *ORDER):
+            request = SimpleNamespace(username=USERS[role][0] if role else None, cookies={}, app=None)
+            for fn in editor.server_fns:
+                answer = fn({"case_id": case_ids[0], "annotator": ""}, request=request)
+                assert answer["kind"] == "error", (role, fn.__name__, answer)
+                if role is None:
+                    assert "Please sign in" in answer["message"], (fn.__name__, answer)
+                else:  # refused for what the request is (an image case), not for who sends it
+                    assert "is an image, not a volume" in answer["message"], (role, fn.__name__, answer)
+        for name in OPEN_EVENTS:  # nobody signed in: nothing of the project
+            request = SimpleNamespace(username=None, cookies={}, app=None)
+            answer = events[name](*(({}, "") if name == "on_load" else ()), request=request)
+            assert "Signed in as" not in repr(answer) and "case" not in repr(answer).lower(), (name, repr(answer)[:300])
         # The page shows each role only what it may use.
         loaded = events["on_load"]
         for role, admin in (("annotator", False), ("reviewer", False), ("admin", True)):

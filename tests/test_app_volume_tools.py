@@ -230,3 +230,22 @@ def test_the_editors_propagation_stop_fields_start_at_the_library_defaults():
     area = re.search(r'class="mse-stop-area"[^>]*value="([0-9.]+)"', html)
     assert float(band.group(1)) == volume_tools.DEFAULT_MAX_BAND_ENTROPY
     assert float(area.group(1)) / 100 == volume_tools.DEFAULT_MAX_AREA_CHANGE
+
+
+def test_the_editor_server_functions_refuse_a_volume_another_annotator_holds(service, opened):
+    """An annotator's slice, plane and tool requests on a volume someone else holds are refused in words
+    and keep nothing; a reviewer (others' work allowed) may work on it."""
+    screen, case = opened
+    assert service.store.next_case("alice", acquisition="random").id == case.id  # alice holds it now
+    request = tool_request(screen.editor, "fill_holes")
+    for call in (handlers.volume_tool, handlers.volume_slices, handlers.volume_plane):
+        answer = call(service, dict(request, annotator="bob"), "bob", others_allowed=False)
+        assert answer["kind"] == "error" and "held by alice" in answer["message"], (call.__name__, answer)
+    assert service.draft(case.id, "bob") is None
+    assert handlers.volume_tool(service, dict(request, annotator="rev"), "rev", others_allowed=True)["kind"] == "tool"
+    # The holder herself is never refused.
+    assert handlers.volume_tool(service, request, "alice", others_allowed=False)["kind"] == "tool"
+    # A browser reload reopens the case only for its holder (or a reviewer).
+    refused = handlers.reopen(service, case.id, "bob", others_allowed=False)
+    assert refused.session is handlers.KEEP and "now held by alice" in refused.status
+    assert handlers.reopen(service, case.id, "rev", others_allowed=True).session.case_id == case.id

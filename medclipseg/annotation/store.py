@@ -277,8 +277,8 @@ def _refuse_others_work(case_row: dict, latest: Optional[dict], annotator: str, 
     holder, expires = case_row["assigned_to"], case_row["lease_expires"]
     if holder not in (None, annotator) and expires is not None and expires > now:
         until = datetime.fromtimestamp(expires, timezone.utc).strftime("%H:%M UTC")
-        raise StorageError(f"Case #{case_row['id']} is open by {holder} (their lease runs until {until}); only they "
-                           "can save it until then. Nothing was saved.")
+        raise StorageError(f"Case #{case_row['id']} is open by {holder} (their lease runs until {until}); until then only "
+                           "they, a reviewer or an admin may save it. Nothing was saved.")
     if latest is not None and latest["annotator"] != annotator:
         raise StorageError(f"Case #{case_row['id']}'s newest version, v{latest['version']}, was saved by "
                            f"{latest['annotator']}; only a reviewer or an admin may save over someone else's "
