@@ -433,6 +433,10 @@ def _add_export(commands) -> None:
                         help="volume cases: authors (their reviewed slices in the authors' layout only), nifti "
                              "(also scan, mask, probability and entropy as NIfTI on the scan's grid) or dicom-seg "
                              "(also a DICOM-SEG for DICOM-sourced volumes) (default: %(default)s)")
+    parser.add_argument("--consensus", default=_signature_default(export_dataset, "consensus"),
+                        choices=("staple", "majority"),
+                        help="the label of a case with several raters: their STAPLE consensus or a majority vote "
+                             "(default: %(default)s)")
 
 
 def _add_ingest(commands) -> None:
@@ -841,7 +845,8 @@ def run_export(args) -> int:
         try:
             result = export_dataset(store, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed,
                                     statuses=tuple(args.status or EXPORTABLE_STATUSES), annotator=args.annotator,
-                                    make_zip=args.zip, overwrite=args.overwrite, volume_format=args.format)
+                                    make_zip=args.zip, overwrite=args.overwrite, volume_format=args.format,
+                                    consensus=args.consensus)
         finally:
             store.close()
     except (StorageError, sqlite3.DatabaseError) as exc:

@@ -117,3 +117,39 @@ def test_a_consensus_computed_before_a_concurrent_save_is_not_written(store, mon
     assert disagreement == pytest.approx(1 - np.mean(pairs))  # the three raters', not bea's stale two
     consensus = [p for p in store.files_dir.rglob("*-consensus.png")]
     assert [p.relative_to(store.files_dir).as_posix() for p in consensus] == [path]  # the stale file is gone
+
+
+@pytest.mark.parametrize("method", ["staple", "majority"])
+def test_export_labels_a_case_by_its_raters_consensus_and_leaves_half_rated_cases_out(store, tmp_path, method):
+    import cv2
+    import SimpleITK as sitk
+
+    from medclipseg.annotation.export import export_dataset
+
+    store.set_project_settings(raters_per_case=3)
+    complete = case_with_prediction(store, 1)[0]
+    half = case_with_prediction(store, 2)[0]
+    masks = {"ann": box(5, 5), "bea": box(6, 8), "cyd": box(4, 10, height=14)}
+    for name, mask in masks.items():
+        store.save_correction(complete.id, mask, annotator=name)
+    store.save_correction(half.id, box(1, 1), annotator="ann")  # one rater of three so far
+    result = export_dataset(store, tmp_path / "out", val_fraction=0.0, test_fraction=0.0, consensus=method)
+    manifest = __import__("json").loads(result.manifest_path.read_text())
+    assert [entry["case_id"] for entry in manifest["cases"]] == [complete.id]
+    (entry,) = manifest["cases"]
+    label = cv2.imread(str(result.root / entry["label"]), cv2.IMREAD_GRAYSCALE) > 0
+    stack = np.stack([masks[name] for name in ("ann", "bea", "cyd")])
+    if method == "majority":
+        expected = stack.sum(axis=0) >= 2  # two of three raters
+        assert entry["label_kind"] == "consensus (majority vote)"
+    else:  # SimpleITK's STAPLE filter, probability above one half
+        images = [sitk.GetImageFromArray(mask.astype(np.uint8)) for mask in stack]
+        expected = sitk.GetArrayFromImage(sitk.STAPLE(images, 1.0)) > 0.5
+        assert entry["label_kind"] == "consensus (STAPLE)"
+    np.testing.assert_array_equal(label, expected)
+    for number, name in enumerate(sorted(masks)):
+        rater = cv2.imread(str(result.root / entry["raters"][name]), cv2.IMREAD_GRAYSCALE) > 0
+        np.testing.assert_array_equal(rater, masks[name])
+    assert result.multi_rater_cases == 1
+    with pytest.raises(ValueError, match="consensus must be one of staple, majority"):
+        export_dataset(store, tmp_path / "other", consensus="mean")

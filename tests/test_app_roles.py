@@ -204,7 +204,7 @@ def button_calls(service, case_id, version_id):
         "on_skip_confirmed": ("annotator", (session, "", None)),
         "on_use_draft": ("annotator", (session, "")),
         "on_editor_change": ("annotator", (session, None, "")),
-        "on_export": ("admin", (0.1, 0.2, 0, ["corrected", "accepted"], "authors")),
+        "on_export": ("admin", (0.1, 0.2, 0, ["corrected", "accepted"], "authors", "staple")),
         "on_ingest": ("admin", ([str(EXAMPLE)], PROMPT, None, "", 4)),
         "on_start": ("admin", ("", 0, "no")),
         "on_cancel": ("admin", ("", 1)),

@@ -6,10 +6,12 @@
     <out>/raters/raterNN/case000001.png      each rater's own mask, for a case with several raters
     <out>/manifest.json                      provenance of every exported case
 
-A case with several raters (medclipseg.annotation.review) exports their STAPLE consensus as its
-label, each rater's newest mask under ``raters/`` (for a volume: its exported slices, and the whole
-mask on the scan's grid with ``--format nifti``/``dicom-seg``) and the agreement in the manifest.
-With the review step on, only the versions a reviewer approved are exported.
+A case with several raters (medclipseg.annotation.review) exports their consensus as its label
+(STAPLE by default, or a majority vote: ``consensus``), each rater's newest mask under ``raters/``
+(for a volume: its exported slices, and the whole mask on the scan's grid with ``--format
+nifti``/``dicom-seg``) and the agreement in the manifest. A case still waiting for some of its
+raters is left out, as training leaves it out. With the review step on, only the versions a
+reviewer approved are exported.
 
 The folder loads with ``medclipseg.datasets.layout.load_split`` (the test table ``Test_text`` is the
 fallback name for the original prompt design), so ``medclipseg train --data <out>`` fine-tunes on
@@ -73,6 +75,8 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PREDICTED_FOLDER = "predicted"
 RATERS_FOLDER = "raters"
+# The consensus methods an export offers (medclipseg.team.agreement), as the manifest names them.
+CONSENSUS_LABELS = {"staple": "consensus (STAPLE)", "majority": "consensus (majority vote)"}
 # Table names written per split; "Test_text" is what load_split falls back to for the original design.
 TABLE_STEMS = {"train": "Train_text", "val": "Val_text", "test": "Test_text"}
 EXPORTABLE_STATUSES = ("corrected", "accepted")
@@ -87,6 +91,7 @@ class ExportResult:
     counts: dict  # {'train': n, 'val': n, 'test': n}
     manifest_path: Path
     zip_path: Optional[Path] = None
+    multi_rater_cases: int = 0  # cases labelled by their raters' consensus
 
 
 # --------------------------------------------------------------------------------------
@@ -257,7 +262,7 @@ def _export_volume(store, row: dict, split: str, staging: Path, tables: dict, vo
     folder = staging / SPLIT_FOLDERS[split]
     slices = []
     predicted_mask = store.load_mask(row["predicted_mask_path"]) if row.get("predicted_mask_path") else None
-    for index, image, mask in store.volume_slice_examples(case_id, row["mask_path"], reviewed):
+    for index, image, mask in store.volume_slice_examples(case_id, _label_of(store, row), reviewed):
         name = f"{stem}_s{index:04d}.png"
         _write_png(folder / IMAGE_FOLDER / name, image)
         _write_png(folder / LABEL_FOLDER / name, np.where(mask, 255, 0).astype(np.uint8))
@@ -272,8 +277,8 @@ def _export_volume(store, row: dict, split: str, staging: Path, tables: dict, vo
         files = _write_volume_files(store, row, staging / VOLUME_FOLDER / stem, volume_format)
         files = {key: f"{VOLUME_FOLDER}/{stem}/{value}" for key, value in files.items()}
     raters = {}
-    if (row.get("rater_count") or 0) > 1:
-        raters = _export_volume_raters(store, case_id, stem, [entry["slice"] for entry in slices], staging,
+    if row.get("agreement") is not None:
+        raters = _export_volume_raters(store, row, stem, [entry["slice"] for entry in slices], staging,
                                        volume_format)
     return {**raters,
         "case_id": case_id, "kind": "volume", "split": split, "gold": bool(row.get("gold")),
@@ -302,8 +307,7 @@ def _write_volume_files(store, row: dict, folder: Path, volume_format: str) -> d
     folder.mkdir(parents=True)
     volume = store.load_volume(case_id)
     geometry = store.volume_geometry(case_id)
-    mask = volume.from_display(volume_files.unmosaic(store.load_mask(row["mask_path"]), geometry),
-                               plane=geometry.plane)
+    mask = volume.from_display(volume_files.unmosaic(_label_of(store, row), geometry), plane=geometry.plane)
     files = {"image": "image.nii.gz", "mask": "mask.nii.gz"}
     write_nifti(volume, volume.array, folder / files["image"], dtype=np.float32)
     write_nifti(volume, mask.astype(np.uint8), folder / files["mask"], dtype=np.uint8)
@@ -323,18 +327,17 @@ def _write_volume_files(store, row: dict, folder: Path, volume_format: str) -> d
     return files
 
 
-def _export_volume_raters(store, case_id: int, stem: str, slice_indexes: list, staging: Path,
+def _export_volume_raters(store, row: dict, stem: str, slice_indexes: list, staging: Path,
                           volume_format: str) -> dict:
     """Each rater's newest mask of a volume case under raters/raterNN/: the exported slices as PNG
     (``<stem>_sNNNN.png``, beside the consensus label of each), and with nifti or dicom-seg the whole
     mask on the scan's own grid (``<stem>.nii.gz``); plus the case's agreement (3-D)."""
     from medclipseg.annotation import volume_files
     from medclipseg.io.volume_writers import write_nifti
-    from medclipseg.team.agreement import agreement
 
+    case_id = int(row["case_id"])
     geometry = store.volume_geometry(case_id)
-    masks = store.rater_masks(case_id)  # stacked slices, voxel for voxel
-    found = agreement(masks)
+    masks, found = row["rater_masks"], row["agreement"]  # stacked slices, voxel for voxel
     volume = store.load_volume(case_id) if volume_format in ("nifti", "dicom-seg") else None
     paths = {}
     for number, rater in enumerate(found.raters):
@@ -351,19 +354,16 @@ def _export_volume_raters(store, case_id: int, stem: str, slice_indexes: list, s
             write_nifti(volume, mask.astype(np.uint8), staging / folder / f"{stem}.nii.gz", dtype=np.uint8)
             written["mask"] = f"{folder}/{stem}.nii.gz"
         paths[rater] = written
-    return {"label_kind": "consensus (STAPLE)", "raters": paths, "agreement": found.summary()}
+    return {"label_kind": CONSENSUS_LABELS[found.method], "raters": paths, "agreement": found.summary()}
 
 
 # --------------------------------------------------------------------------------------
 # export
 
 
-def _export_raters(store, case_id: int, name: str, width: int, height: int, staging: Path) -> dict:
-    """Each rater's newest mask of a 2-D case under raters/<rater>/, and the case's agreement."""
-    from medclipseg.team.agreement import agreement
-
-    masks = store.rater_masks(case_id)
-    found = agreement(masks)  # from the masks read once, as store.case_agreement would compute it
+def _export_raters(row: dict, name: str, width: int, height: int, staging: Path) -> dict:
+    """Each rater's newest mask of a 2-D case under raters/raterNN/, and the case's agreement."""
+    case_id, masks, found = int(row["case_id"]), row["rater_masks"], row["agreement"]
     paths = {}
     for index, rater in enumerate(found.raters):
         folder = f"{RATERS_FOLDER}/rater{index + 1:02d}"  # user names stay out of file names
@@ -371,12 +371,29 @@ def _export_raters(store, case_id: int, name: str, width: int, height: int, stag
         mask = masks[rater]
         _write_png(staging / folder / name, _binary_mask(mask, case_id, width, height, f"{rater}'s mask"))
         paths[rater] = f"{folder}/{name}"
-    return {"label_kind": "consensus (STAPLE)", "raters": paths, "agreement": found.summary()}
+    return {"label_kind": CONSENSUS_LABELS[found.method], "raters": paths, "agreement": found.summary()}
+
+
+def _label_of(store, row: dict) -> np.ndarray:
+    """The mask a case exports as its label: the version's own, or its raters' consensus."""
+    return row["label_mask"] if row.get("label_mask") is not None else store.load_mask(row["mask_path"])
+
+
+def _with_consensus(store, row: dict, method: str) -> dict:
+    """The row of a case with several raters, given its raters' masks, their agreement and their
+    consensus by `method` as the label (read per case, so that one case's masks are in memory at a time)."""
+    from medclipseg.team.agreement import agreement
+
+    if (row.get("rater_count") or 0) <= 1:
+        return row
+    masks = store.rater_masks(int(row["case_id"]))
+    found = agreement(masks, method=method)
+    return {**row, "rater_masks": masks, "agreement": found, "label_mask": found.consensus}
 
 
 def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
                    statuses=EXPORTABLE_STATUSES, annotator: Optional[str] = None, make_zip: bool = False,
-                   overwrite: bool = False, volume_format: str = "authors") -> ExportResult:
+                   overwrite: bool = False, volume_format: str = "authors", consensus: str = "staple") -> ExportResult:
     """Write the latest corrected/accepted version of every case as a dataset in the authors' layout.
 
     ``store`` is a ``medclipseg.annotation.store.AnnotationStore``. ``statuses`` selects correction statuses
@@ -388,10 +405,14 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
     (``authors``); ``nifti`` also writes each volume's scan and mask (and the model's probability and
     entropy) as NIfTI on the scan's own grid; ``dicom-seg`` writes, besides the NIfTI files, a DICOM-SEG
     for every DICOM-sourced volume. The manifest lists every file of each volume case.
+    ``consensus``: the label of a case with several raters, ``staple`` (their STAPLE estimate, as
+    training uses) or ``majority`` (a voxel is in where more than half of the raters drew it).
     Raises ``ValueError`` for bad arguments, a refused destination or nothing to export.
     """
     if volume_format not in VOLUME_FORMATS:
         raise ValueError(f"The export format must be one of {', '.join(VOLUME_FORMATS)}, not {volume_format!r}.")
+    if consensus not in CONSENSUS_LABELS:
+        raise ValueError(f"The consensus must be one of {', '.join(CONSENSUS_LABELS)}, not {consensus!r}.")
     val_fraction, test_fraction = _check_fractions(val_fraction, test_fraction)
     statuses = _check_statuses(statuses)
     if annotator is not None:
@@ -411,10 +432,9 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
 
     rows = store.corrections(latest_only=True, statuses=statuses, annotator=annotator,
                              approved_only=store.project_settings().review_required)
-    rows = [row for row in rows if row["case_status"] != "skipped"]
-    for row in rows:  # several raters: the label is their consensus
-        if (row.get("rater_count") or 0) > 1 and row.get("consensus_path"):
-            row["mask_path"] = row["consensus_path"]
+    # A skipped case is left out, and so is a case some of whose raters have not saved yet (its
+    # status stays unreviewed until the last one does): it is exported, as it trains, once complete.
+    rows = [row for row in rows if row["case_status"] in EXPORTABLE_STATUSES]
     if not rows:
         who = f" by annotator '{annotator}'" if annotator else ""
         raise ValueError(
@@ -440,6 +460,7 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
         for row in rows:
             case_id = int(row["case_id"])
             split = split_of[case_id]
+            row = _with_consensus(store, row, consensus)
             if row.get("kind") == "volume":
                 entries.append(_export_volume(store, row, split, staging, tables, volume_format))
                 continue
@@ -451,7 +472,7 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
                     f"The stored image of case {case_id} is {image.shape[0]}x{image.shape[1]}, but the case "
                     f"records {height}x{width}; the store is inconsistent."
                 )
-            label = _binary_mask(store.load_mask(row["mask_path"]), case_id, width, height, "corrected mask")
+            label = _binary_mask(_label_of(store, row), case_id, width, height, "corrected mask")
             folder = staging / SPLIT_FOLDERS[split]
             _write_png(folder / IMAGE_FOLDER / name, image)
             _write_png(folder / LABEL_FOLDER / name, label)
@@ -487,8 +508,8 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
             metadata = {key: row["metadata"][key] for key in KEPT_METADATA_KEYS if key in row["metadata"]}
             if metadata:
                 entry["metadata"] = metadata
-            if (row.get("rater_count") or 0) > 1:
-                entry.update(_export_raters(store, case_id, name, width, height, staging))
+            if row.get("agreement") is not None:
+                entry.update(_export_raters(row, name, width, height, staging))
             entries.append(entry)
 
         for split in SPLITS:
@@ -547,4 +568,5 @@ def export_dataset(store, out_dir, *, val_fraction: float = 0.1, test_fraction: 
     if staged_zip is not None:
         os.replace(staged_zip, zip_path)
         result_zip = zip_path
-    return ExportResult(root=out_dir, counts=counts, manifest_path=out_dir / MANIFEST_FILE, zip_path=result_zip)
+    return ExportResult(root=out_dir, counts=counts, manifest_path=out_dir / MANIFEST_FILE, zip_path=result_zip,
+                        multi_rater_cases=sum(1 for entry in entries if "raters" in entry))

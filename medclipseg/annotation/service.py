@@ -476,14 +476,19 @@ class AnnotationService:
         return path
 
     def export_archive(self, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-                       statuses: Sequence[str] = ("corrected", "accepted"), volume_format: str = "authors"):
+                       statuses: Sequence[str] = ("corrected", "accepted"), volume_format: str = "authors",
+                       consensus: str = "staple"):
         """Export the reviewed cases into a scratch folder and zip them, for download. ``volume_format``:
-        authors (reviewed slices only), nifti or dicom-seg (export_dataset's choice for volume cases)."""
-        from medclipseg.annotation.export import VOLUME_FORMATS
+        authors (reviewed slices only), nifti or dicom-seg (export_dataset's choice for volume cases);
+        ``consensus``: staple or majority, the label of a case with several raters."""
+        from medclipseg.annotation.export import CONSENSUS_LABELS, VOLUME_FORMATS
 
         volume_format = (volume_format or "authors").strip().lower() if isinstance(volume_format, str) else volume_format
         if volume_format not in VOLUME_FORMATS:
             raise RequestError(f"The volume format must be one of {', '.join(VOLUME_FORMATS)}, not {volume_format!r}.")
+        consensus = (consensus or "staple").strip().lower() if isinstance(consensus, str) else consensus
+        if consensus not in CONSENSUS_LABELS:
+            raise RequestError(f"The consensus must be one of {', '.join(CONSENSUS_LABELS)}, not {consensus!r}.")
         if not statuses:
             raise RequestError("Choose which cases to export: corrected, accepted or both.")
         try:
@@ -494,7 +499,8 @@ class AnnotationService:
         with self.scratch.folder() as out:
             target = out / f"medclipseg-export-{time.strftime('%Y%m%d-%H%M%S')}"
             return self.export(target, val_fraction=val, test_fraction=test, seed=seed,
-                               statuses=tuple(statuses), make_zip=True, volume_format=volume_format)
+                               statuses=tuple(statuses), make_zip=True, volume_format=volume_format,
+                               consensus=consensus)
 
     # -- review queue ----------------------------------------------------------------------
     def queue_summary(self):

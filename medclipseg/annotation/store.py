@@ -765,14 +765,15 @@ class AnnotationStore:
         row = _get(self._db(), "predictions", prediction_id, "Prediction")
         return volume_files.read_slice_scores(self._files.resolve(row["maps_path"], "maps"))
 
-    def volume_slice_examples(self, case_id: int, mask_path: str, slices=None) -> list:
+    def volume_slice_examples(self, case_id: int, mask, slices=None) -> list:
         """[(display index, uint8 BGR slice in the case's window, bool mask slice)] of a volume case's
-        stored mask: ``slices`` (e.g. the reviewed ones), else every slice. What retraining and the
-        authors' export layout take from a volume: 2-D slices with their masks."""
+        mask (a stored mask's path, or the stacked slices themselves, e.g. a consensus): ``slices`` (e.g.
+        the reviewed ones), else every slice. What retraining and the authors' export layout take from
+        a volume: 2-D slices with their masks."""
         from medclipseg.io.volumes import window_to_uint8
 
         geometry = self.volume_geometry(case_id)
-        mask = self.load_mask(mask_path)
+        mask = self.load_mask(mask) if isinstance(mask, str) else np.asarray(mask)
         scan_path = self._files.resolve(self._image_path(case_id), "volumes")
         indices = range(geometry.depth) if not slices else sorted({int(i) for i in slices})
         examples = []

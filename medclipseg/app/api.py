@@ -286,14 +286,16 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
 
     @_in_words
     def export(val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-               volume_format: str = "authors", request: gr.Request = None) -> tuple[FileData, str]:
+               volume_format: str = "authors", consensus: str = "staple",
+               request: gr.Request = None) -> tuple[FileData, str]:
         """Zip the corrected and accepted cases in the authors' layout (Train/Val/Test folders).
         `volume_format`: "authors" (volumes as their reviewed slices), "nifti" (also each volume's
         image, mask, probability and entropy as .nii.gz on its own grid) or "dicom-seg" (also a
-        DICOM-SEG for volumes read from DICOM). Admins only."""
+        DICOM-SEG for volumes read from DICOM). `consensus`: the label of a case with several raters,
+        "staple" or "majority" (each rater's mask is under raters/ either way). Admins only."""
         acting(team, request, None, "export")
         result = service.export_archive(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                                        volume_format=volume_format)
+                                        volume_format=volume_format, consensus=consensus)
         return _file(result.zip_path), json.dumps({"counts": result.counts, "manifest": "manifest.json"})
 
     @_in_words

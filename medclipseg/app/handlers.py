@@ -1787,17 +1787,23 @@ VOLUME_EXPORT_WORDS = {"authors": "their reviewed slices as images", "nifti": "N
 
 
 def export(service: AnnotationService, val_fraction: float, test_fraction: float, seed: Optional[int],
-           statuses: Sequence[str], *, volume_format: str = "authors") -> Screen:
+           statuses: Sequence[str], *, volume_format: str = "authors", consensus: str = "staple") -> Screen:
     """The reviewed cases as a zip in the authors' layout; volume cases as ``volume_format``
-    (authors: their reviewed slices as images; nifti or dicom-seg: one mask file per volume)."""
+    (authors: their reviewed slices as images; nifti or dicom-seg: one mask file per volume); a case
+    with several raters labelled by their ``consensus`` (staple or majority)."""
     try:
         result = service.export_archive(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                                        statuses=tuple(statuses or ()), volume_format=volume_format or "authors")
+                                        statuses=tuple(statuses or ()), volume_format=volume_format or "authors",
+                                        consensus=consensus or "staple")
     except USER_ERRORS as exc:
         return Screen(export_file=None, export_report=error_text(exc))
     counts = ", ".join(f"{split} {count}" for split, count in result.counts.items())
     report = f"Exported {sum(result.counts.values())} cases ({counts}) in the authors' layout."
     if volume_format and volume_format != "authors":
         report += f" Volume cases as {VOLUME_EXPORT_WORDS.get(volume_format, volume_format)}."
+    if result.multi_rater_cases:
+        method = "a majority vote" if consensus == "majority" else "their STAPLE consensus"
+        report += (f" {result.multi_rater_cases} case(s) with several raters are labelled by {method}; each "
+                   "rater's mask is under raters/.")
     return Screen(export_file=str(result.zip_path), export_report=report)
 

@@ -179,6 +179,11 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                                     [("Reviewed slices as images (authors' layout)", "authors"),
                                      ("NIfTI masks (.nii.gz)", "nifti"), ("DICOM-SEG", "dicom-seg")],
                                     value=VOLUME_FORMATS[0], label="Volume cases as", elem_id="export-volumes")
+                                export_consensus = gr.Dropdown(
+                                    [("STAPLE consensus (what retraining uses)", "staple"),
+                                     ("Majority vote", "majority")],
+                                    value="staple", label="Label of a case with several raters",
+                                    elem_id="export-consensus")
                                 export_button = gr.Button("Export for retraining (zip)", elem_id="export")
                                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
                                 export_report = gr.Markdown(elem_id="export-report", value=
@@ -468,8 +473,9 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
             yield {ingest_progress: handlers.ingest_progress_html(None, None, "Done"), **shown(screen)}
 
         @requires("export", lambda exc: {export_file: None, export_report: handlers.error_text(exc)})
-        def on_export(val, test, seed, statuses, volume_format, request: gr.Request):
-            return shown(handlers.export(service, val, test, seed, statuses, volume_format=volume_format))
+        def on_export(val, test, seed, statuses, volume_format, consensus, request: gr.Request):
+            return shown(handlers.export(service, val, test, seed, statuses, volume_format=volume_format,
+                                         consensus=consensus))
 
         private = dict(api_visibility="private")
         upload.change(on_upload, [upload], outputs("upload", "preview", "image_info", "dicom_controls", "windowed",
@@ -525,7 +531,8 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
         ingest_button.click(on_ingest, [ingest_files, ingest_prompt, ingest_csv, ingest_batch, samples],
                             [ingest_progress, *outputs("ingest_report", "queue")], concurrency_id="ingest",
                             concurrency_limit=1, **private)
-        export_button.click(on_export, [val_fraction, test_fraction, split_seed, export_statuses, export_volumes],
+        export_button.click(on_export, [val_fraction, test_fraction, split_seed, export_statuses, export_volumes,
+                                        export_consensus],
                             outputs("export_file", "export_report"), **private)
 
         _wire_model_tab(demo, service, model_view, model_line, annotator_box, team)
