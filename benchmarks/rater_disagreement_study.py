@@ -23,7 +23,9 @@ The model: the shipped demo model, zero-shot, with the prompt the real-data set 
 Measures, per case (one slice x structure where some rater marks the structure):
 
 * pixel AUROC: how well the model's predictive entropy ranks the pixels where the raters are not
-  unanimous above those where they are (sklearn's roc_auc_score); the baseline ranks pixels by
+  unanimous above those where they are (the app's own measure,
+  medclipseg.team.agreement.uncertainty_vs_disagreement, tested against sklearn's roc_auc_score);
+  the baseline ranks pixels by
   closeness to the model's own predicted boundary (minus the distance, scipy's EDT), since the
   entropy of any segmenter is highest there;
 * pixel Spearman: between the entropy and the raters' vote entropy (binary entropy of the share
@@ -86,27 +88,22 @@ def raters_on_t1_grid(volumes) -> dict:
 
 
 def case_measures(probability: np.ndarray, entropy: np.ndarray, masks: list) -> dict:
+    """The app's own measures (medclipseg.team.agreement.uncertainty_vs_disagreement) and the
+    boundary baseline's AUROC on the same disputed pixels."""
     from scipy.ndimage import binary_erosion, distance_transform_edt
-    from scipy.stats import spearmanr
-    from sklearn.metrics import roc_auc_score
 
-    from medclipseg.team.agreement import agreement
+    from medclipseg.team.agreement import agreement, pixel_auroc, uncertainty_vs_disagreement
 
     votes = np.mean(np.stack(masks), axis=0)
     disputed = (votes > 0) & (votes < 1)
-    share = np.clip(votes, 1e-6, 1 - 1e-6)
-    vote_entropy = -(share * np.log(share) + (1 - share) * np.log(1 - share))
-    vote_entropy[(votes == 0) | (votes == 1)] = 0.0
     predicted = probability >= 0.5
     boundary = predicted & ~binary_erosion(predicted)  # the predicted mask's own edge pixels
     closeness = -distance_transform_edt(~boundary) if boundary.any() else np.zeros_like(entropy)
-    both = disputed.any() and (~disputed).any()
+    measured = uncertainty_vs_disagreement(entropy, masks)
     found = agreement({f"r{i}": mask for i, mask in enumerate(masks)}, method="majority")
-    rho = spearmanr(entropy.ravel(), vote_entropy.ravel()).statistic if both else None
-    return {"disputed_pixels": int(disputed.sum()), "disagreement": found.disagreement,
-            "auroc": float(roc_auc_score(disputed.ravel(), entropy.ravel())) if both else None,
-            "auroc_boundary_baseline": float(roc_auc_score(disputed.ravel(), closeness.ravel())) if both else None,
-            "pixel_spearman": None if rho is None or not np.isfinite(rho) else float(rho)}
+    return {"disputed_pixels": measured["disputed_pixels"], "disagreement": found.disagreement,
+            "auroc": measured["pixel_auroc"], "auroc_boundary_baseline": pixel_auroc(closeness, disputed),
+            "pixel_spearman": measured["pixel_spearman"]}
 
 
 def run(stride: int, samples: int) -> dict:

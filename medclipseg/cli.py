@@ -526,9 +526,12 @@ def _add_project(commands) -> None:
 def _add_agreement(commands) -> None:
     parser = commands.add_parser("agreement", help="how far a case's raters agree, and their consensus",
                                  description="Pairwise Dice of the raters' newest masks, each rater against the "
-                                             "consensus, and STAPLE's sensitivity and specificity, as JSON.")
+                                             "consensus, STAPLE's sensitivity and specificity, and how well the "
+                                             "model's entropy map predicts where the raters disagree (pixel AUROC "
+                                             "and Spearman), as JSON; without --case, that last figure for every "
+                                             "case with several raters.")
     _add_db(parser)
-    parser.add_argument("--case", type=int, required=True, help="the case id")
+    parser.add_argument("--case", type=int, help="the case id (default: every case with several raters)")
     parser.add_argument("--method", choices=("staple", "majority"), default="staple", help="consensus (default staple)")
 
 
@@ -1014,15 +1017,22 @@ def run_project(args) -> int:
 def run_agreement(args) -> int:
     import json
 
+    from medclipseg.annotation.service import AnnotationService
     from medclipseg.annotation.store import AnnotationStore
 
     store = AnnotationStore(args.db)
+    service = AnnotationService(store)  # stored predictions only: no model is loaded
     try:
+        if args.case is None:
+            print(json.dumps(service.uncertainty_vs_disagreement_report()))
+            return 0
         store.get_case(args.case)
         found = store.case_agreement(args.case, method=args.method)
+        print(json.dumps({"case_id": args.case, **({"raters": []} if found is None else found.summary()),
+                          "uncertainty_vs_disagreement": service.uncertainty_vs_disagreement(args.case)}))
     finally:
+        service.close()
         store.close()
-    print(json.dumps({"case_id": args.case, **({"raters": []} if found is None else found.summary())}))
     return 0
 
 

@@ -735,6 +735,52 @@ class AnnotationService:
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 
+    def uncertainty_vs_disagreement(self, case_id) -> Optional[dict]:
+        """How well the model's entropy map (the case's newest prediction) predicts where its raters
+        disagree: medclipseg.team.agreement.uncertainty_vs_disagreement with the prediction's id and
+        model; None with fewer than two raters or no prediction."""
+        from medclipseg.annotation import volume_files
+        from medclipseg.team.agreement import uncertainty_vs_disagreement
+
+        case_id = check_case_id(case_id)
+        case = self.store.get_case(case_id)
+        masks = self.store.rater_masks(case_id)
+        prediction_id = self.store.latest_prediction_id(case_id)
+        if len(masks) < 2 or prediction_id is None:
+            return None
+        if case.is_volume:  # display order, stacked like the masks
+            entropy = volume_files.mosaic(self.store.prediction_maps_volume(prediction_id, "entropy"))
+            model_id = self.store.prediction_model_id(prediction_id)
+        else:
+            prediction = self.store.load_prediction(prediction_id)
+            entropy, model_id = prediction.entropy, prediction.model_id
+        return {"prediction_id": prediction_id, "model_id": model_id,
+                **uncertainty_vs_disagreement(entropy, list(masks.values()))}
+
+    def uncertainty_vs_disagreement_report(self) -> dict:
+        """The figure over every case with several raters: each case's pixel AUROC and Spearman
+        (uncertainty_vs_disagreement), their medians, and the Spearman between the queue's score (band
+        entropy) and the raters' disagreement (1 - mean pairwise Dice) across cases."""
+        from medclipseg.evaluation.metrics import spearman
+
+        cases = []
+        for row in self.store.multi_rater_cases():
+            found = self.uncertainty_vs_disagreement(row["id"])
+            if found is not None:
+                cases.append({"case_id": row["id"], "band_entropy": row["rank_band_entropy"],
+                              "disagreement": row["disagreement"], **found})
+
+        def median(key):
+            values = [case[key] for case in cases if case[key] is not None]
+            return float(np.median(values)) if values else None
+
+        ranked = [(case["band_entropy"], case["disagreement"]) for case in cases
+                  if case["band_entropy"] is not None and case["disagreement"] is not None]
+        level = spearman(*map(list, zip(*ranked))) if len(ranked) >= 3 else float("nan")
+        return {"cases": cases, "median_pixel_auroc": median("pixel_auroc"),
+                "median_pixel_spearman": median("pixel_spearman"),
+                "case_spearman_band_entropy_vs_disagreement": level if np.isfinite(level) else None}
+
 
 class _LockedPredictor:
     """A predictor whose ``predict`` holds the service's model lock (all that ``ingest`` calls)."""

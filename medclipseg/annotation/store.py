@@ -1186,6 +1186,14 @@ class AnnotationStore:
             review.set_project_settings(db, review_required=review_required, raters_per_case=raters_per_case)
         return self.project_settings()
 
+    def multi_rater_cases(self) -> list:
+        """id, rank_band_entropy and disagreement of every case two or more raters labelled, by id."""
+        return list(self._db().query("SELECT id, rank_band_entropy, disagreement FROM cases WHERE rater_count >= 2 "
+                                     "ORDER BY id"))
+
+    def prediction_model_id(self, prediction_id: int) -> Optional[str]:
+        return _get(self._db(), "predictions", prediction_id, "Prediction")["model_id"]
+
     def rater_masks(self, case_id: int) -> dict:
         """{rater: the newest mask of their chain} of a case (the one chain of k = 1 under its last saver's name);
         a volume's masks as its stacked slices (voxel for voxel what agreement needs)."""

@@ -409,12 +409,17 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
                                      comment=comment, mask=edited)
 
     @_in_words
-    def agreement(case_id: Optional[int], method: str = "staple", request: gr.Request = None) -> dict:
+    def agreement(case_id: Optional[int] = None, method: str = "staple", request: gr.Request = None) -> dict:
         """How far the case's raters agree: pairwise Dice, each rater against the consensus (STAPLE or
-        majority), STAPLE's sensitivity and specificity per rater."""
+        majority), STAPLE's sensitivity and specificity per rater, and how well the model's entropy
+        map predicts where they disagree (`uncertainty_vs_disagreement`: pixel AUROC and Spearman).
+        Without a case: that last figure for every case with several raters, with its medians."""
         acting(team, request, None, "review")
+        if case_id is None:
+            return service.uncertainty_vs_disagreement_report()
         found = service.case_agreement(case_id, method=(method or "staple").strip())
-        return {"case_id": check_case_id(case_id), **({"raters": []} if found is None else found.summary())}
+        return {"case_id": check_case_id(case_id), **({"raters": []} if found is None else found.summary()),
+                "uncertainty_vs_disagreement": service.uncertainty_vs_disagreement(case_id)}
 
     @_in_words
     def project(review_required: Optional[bool] = None, raters_per_case: Optional[int] = None,

@@ -72,6 +72,13 @@ def next_case_to_review(service: AnnotationService, order: str, reviewer: Option
     agreement = "" if found is None or len(found.raters) < 2 else (
         f" {len(found.raters)} raters, mean pairwise Dice {found.mean_pairwise:.3f}; against the STAPLE "
         "consensus: " + ", ".join(f"{rater} {value:.3f}" for rater, value in found.vs_consensus.items()) + ".")
+    try:
+        measured = service.uncertainty_vs_disagreement(view.case.id)
+    except USER_ERRORS:
+        measured = None
+    if measured is not None and measured["pixel_auroc"] is not None:
+        agreement += (f" The model's entropy finds the {measured['disputed_pixels']:,} disputed pixels with AUROC "
+                      f"{measured['pixel_auroc']:.2f} (0.5: no better than chance).")
     screen.status = (f"Reviewing case #{view.case.id} (**{view.case.original_name}**), v{status['review_version']}."
                      f"{agreement} Approve it as shown, edit it and approve, or reject it with a comment.")
     return screen

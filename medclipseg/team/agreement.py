@@ -6,7 +6,10 @@
   segmentation and of each rater's sensitivity and specificity, computed by ITK's STAPLE filter
   through SimpleITK rather than by our own EM loop;
 * :func:`agreement`: all of it for one case: the pairwise matrix and its mean, each rater against
-  the consensus, and the disagreement (1 - mean pairwise Dice) that orders the reviewer's queue.
+  the consensus, and the disagreement (1 - mean pairwise Dice) that orders the reviewer's queue;
+* :func:`uncertainty_vs_disagreement`: how well a model's uncertainty map predicts where the raters
+  disagree: the pixel AUROC of the uncertainty for "not unanimous", and its Spearman correlation with
+  the raters' vote entropy.
 
 Every function takes boolean arrays of one shape, H x W or D x H x W.
 """
@@ -126,3 +129,46 @@ def agreement(masks_by_rater: dict, *, method: str = "staple") -> Agreement:
     return Agreement(raters=raters, pairwise=pairwise_dice(masks), consensus=consensus, method=method,
                      vs_consensus={rater: dice(mask, consensus) for rater, mask in zip(raters, masks)},
                      staple=result)
+
+
+def pixel_auroc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
+    """The exact area under the ROC curve of `scores` separating `positive` pixels from the rest: the
+    Mann-Whitney U over average ranks (a tie counts one half). None when either class is empty."""
+    from scipy.stats import rankdata
+
+    scores, positive = np.asarray(scores, np.float64).ravel(), np.asarray(positive, bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores, method="average")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def vote_entropy(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Per pixel, the binary entropy (nats) of the share of raters who marked it: 0 where they agree."""
+    share = _stack(masks).mean(axis=0)
+    inside = np.clip(share, 1e-12, 1 - 1e-12)
+    entropy = -(inside * np.log(inside) + (1 - inside) * np.log(1 - inside))
+    return np.where((share == 0) | (share == 1), 0.0, entropy)
+
+
+def uncertainty_vs_disagreement(uncertainty: np.ndarray, masks: Sequence[np.ndarray]) -> dict:
+    """How well a per-pixel uncertainty map (e.g. the model's predictive entropy) predicts where
+    raters disagree, on one case: ``pixel_auroc`` for "the raters are not unanimous here", and
+    ``pixel_spearman`` between the uncertainty and the raters' vote entropy (None where a measure is
+    undefined: every pixel disputed or none, or a constant map); ``disputed_pixels``."""
+    from scipy.stats import spearmanr
+
+    stack = _stack(masks)
+    uncertainty = np.asarray(uncertainty, np.float64)
+    if uncertainty.shape != stack.shape[1:]:
+        raise ValueError(f"The uncertainty map is {uncertainty.shape}, the raters' masks {stack.shape[1:]}.")
+    votes = stack.mean(axis=0)
+    disputed = (votes > 0) & (votes < 1)
+    auroc = pixel_auroc(uncertainty, disputed)
+    rho = None
+    if auroc is not None and np.ptp(uncertainty) > 0:
+        rho = float(spearmanr(uncertainty.ravel(), vote_entropy(list(stack)).ravel()).statistic)
+    return {"raters": int(len(stack)), "disputed_pixels": int(disputed.sum()), "pixel_auroc": auroc,
+            "pixel_spearman": rho if rho is not None and np.isfinite(rho) else None}
