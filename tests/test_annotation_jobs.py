@@ -104,6 +104,14 @@ def test_a_reaped_job_keeps_its_status_against_a_late_finish_and_records_no_vers
     after = store.job(job_id)
     assert (after.status, after.message, after.finished_at, after.version_id) == \
         ("failed", reaped.message, reaped.finished_at, None)
+    # Its late progress and heartbeat are refused too: the reaped message stays.
+    with pytest.raises(JobNotRunning):
+        store.update_job(job_id, progress=0.9, message="epoch 9 of 10")
+    with pytest.raises(JobNotRunning):
+        store.update_job(job_id)  # a bare heartbeat
+    late = store.job(job_id)
+    assert (late.status, late.message, late.progress, late.heartbeat) == \
+        ("failed", reaped.message, reaped.progress, reaped.heartbeat)
     folder = store.models_dir / "m-2"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")

@@ -152,12 +152,15 @@ def start(db, *, kind: str, by: str, params: dict, parent_id: Optional[str], now
 
 
 def update(db, job_id: int, *, grace_seconds: Optional[float] = None, **fields) -> None:
-    """Progress of a job. A heartbeat renews its grace: ``grace_seconds`` (default ``STALE_SECONDS``)
-    from the heartbeat, so a worker about to run a long silent step can promise a later beat."""
+    """Progress of a running job. A heartbeat renews its grace: ``grace_seconds`` (default
+    ``STALE_SECONDS``) from the heartbeat, so a worker about to run a long silent step can promise a
+    later beat. A job no longer running (reaped, cancelled, finished) is not updated: JobNotRunning,
+    nothing written, so a late worker's progress never overwrites the message of its end."""
     allowed = {"pid", "heartbeat", "progress", "eta_seconds", "message", "log_path", "parent_id"}
     unknown = set(fields) - allowed
     if unknown:
         raise StorageError(f"Cannot update job fields {sorted(unknown)}.")
+    require_running(db, job_id)
     if fields.get("heartbeat") is not None:
         fields["grace_until"] = float(fields["heartbeat"]) + float(
             STALE_SECONDS if grace_seconds is None else max(0.0, grace_seconds))
