@@ -14,7 +14,8 @@ Checked at the end, against the database itself:
 * **lost**: saves the server acknowledged (a version number came back) that are not rows of
   ``corrections`` (must be 0);
 * **double_served**: times a case was handed to an annotator while another annotator held it
-  (handed out and not yet saved; must be 0);
+  (handed out to them, and their save not yet sent: once it is sent, the server may release the
+  case the moment the save commits, before the client hears back; must be 0);
 * **served_twice**: times one annotator was handed a case they had already labelled (must be 0);
 * p95 of ``next_case`` and ``save_correction`` as the clients saw them (milliseconds), leaving out
   each client's first call, which also sets its session up on the server (reported apart).
