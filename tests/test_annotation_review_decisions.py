@@ -153,3 +153,32 @@ def test_export_labels_a_case_by_its_raters_consensus_and_leaves_half_rated_case
     assert result.multi_rater_cases == 1
     with pytest.raises(ValueError, match="consensus must be one of staple, majority"):
         export_dataset(store, tmp_path / "other", consensus="mean")
+
+
+def test_a_reviewer_does_not_decide_on_their_own_version(store):
+    case = case_with_prediction(store, 1)[0]
+    store.save_correction(case.id, box(5, 5), annotator="rev")
+    store.submit_for_review(case.id, by="rev")
+    before = footprint(store)
+    for approve, comment in ((True, ""), (False, "looks wrong")):
+        with pytest.raises(StorageError, match="v1 was saved by you, rev; another reviewer or an admin decides on this case"):
+            store.decide_review(case.id, reviewer="rev", version=1, approve=approve, comment=comment,
+                                own_allowed=False)
+    with pytest.raises(StorageError, match="saved by you"):
+        store.decide_review(case.id, reviewer="rev", version=1, approve=True, mask=box(6, 6), own_allowed=False)
+    assert footprint(store) == before
+    assert store.decide_review(case.id, reviewer="kim", version=1, approve=True, own_allowed=False)["decision"] == \
+        "approved"
+
+
+def test_a_reviewer_who_rated_a_case_does_not_decide_on_it(store):
+    store.set_project_settings(raters_per_case=2, review_required=True)
+    case = case_with_prediction(store, 1)[0]
+    store.save_correction(case.id, box(5, 5), annotator="rev")
+    store.save_correction(case.id, box(6, 8), annotator="bea")  # the last rater: v2 under review
+    before = footprint(store)
+    with pytest.raises(StorageError, match="v1 was saved by you, rev"):
+        store.decide_review(case.id, reviewer="rev", version=2, approve=True, own_allowed=False)
+    assert footprint(store) == before
+    assert store.decide_review(case.id, reviewer="kim", version=2, approve=True, own_allowed=False)["decision"] == \
+        "approved"

@@ -322,8 +322,8 @@ def test_every_button_checks_the_role_on_the_server(tmp_path):
 
 def test_two_raters_and_a_reviewer_through_the_api(team_server):
     """An admin asks for two raters per case with review; two people label one case, it is submitted
-    by itself, the reviewer sees the disagreement, must say why to reject, approves, and the admin's
-    export holds both raters' masks and their consensus."""
+    by itself, the reviewer sees the disagreement but, having rated it, leaves the decision to the admin,
+    who must say why to reject, approves, and exports both raters' masks and their consensus."""
     import zipfile
 
     import cv2
@@ -352,9 +352,14 @@ def test_two_raters_and_a_reviewer_through_the_api(team_server):
         summary, _image = rev.predict("disagreement", api_name="/next_review")
         assert summary["case_id"] == case["case_id"] and summary["version"] == saved["version"]
         assert set(summary["agreement"]["raters"]) == {"ann", "rev"}
+        # rev rated the case: another reviewer or an admin decides on it.
+        before = database_state(team_server.db_path)
+        with pytest.raises(Exception, match=f"v{saved['version']} was saved by you, rev"):
+            rev.predict(case["case_id"], saved["version"], "approve", "", api_name="/review")
+        assert database_state(team_server.db_path) == before
         with pytest.raises(Exception, match="Say why in a comment"):
-            rev.predict(case["case_id"], saved["version"], "reject", "", api_name="/review")
-        decided = rev.predict(case["case_id"], saved["version"], "approve", "both fine", api_name="/review")
+            boss.predict(case["case_id"], saved["version"], "reject", "", api_name="/review")
+        decided = boss.predict(case["case_id"], saved["version"], "approve", "both fine", api_name="/review")
         assert decided["decision"] == "approved"
         archive, _counts = boss.predict(api_name="/export")
         with zipfile.ZipFile(archive) as exported:

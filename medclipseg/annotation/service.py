@@ -715,9 +715,11 @@ class AnnotationService:
             raise RequestError(str(exc)) from None
         return None if case is None else self.open_case(case.id)
 
-    def decide_review(self, case_id, *, reviewer: str, version, decision: str, comment: str = "", mask=None) -> dict:
+    def decide_review(self, case_id, *, reviewer: str, version, decision: str, comment: str = "", mask=None,
+                      own_allowed: bool = True) -> dict:
         """Approve or reject the version the reviewer saw ("approve" / "reject"); an edited mask is saved
-        as the next version and approved. A version saved since is a VersionConflict, nothing written."""
+        as the next version and approved. A version saved since is a VersionConflict, nothing written.
+        ``own_allowed`` False: a version the reviewer saved is refused (AnnotationStore.decide_review)."""
         case_id, reviewer = check_case_id(case_id), check_annotator(reviewer)
         version = whole_number(version, "The version")
         if decision not in ("approve", "reject"):
@@ -725,7 +727,7 @@ class AnnotationService:
         if comment is not None and not isinstance(comment, str):
             raise RequestError("The comment must be text.")
         return self.store.decide_review(case_id, reviewer=reviewer, version=version, approve=decision == "approve",
-                                        comment=comment or "", mask=mask)
+                                        comment=comment or "", mask=mask, own_allowed=own_allowed)
 
     def case_agreement(self, case_id, method: str = "staple"):
         """The case's agreement between raters (medclipseg.team.agreement), None before any save."""

@@ -1268,20 +1268,29 @@ class AnnotationStore:
         return _case_from_row(_get(db, "cases", case_id, "Case"))
 
     def decide_review(self, case_id: int, *, reviewer: str, version: int, approve: bool, comment: str = "",
-                      mask=None) -> dict:
+                      mask=None, own_allowed: bool = True) -> dict:
         """Approve or reject `version` of a submitted case (the version the reviewer saw). With `mask` the
         reviewer's edit is saved first as the next version of the same chain and approved. A version
-        saved since the reviewer opened the case is refused with VersionConflict, writing nothing."""
+        saved since the reviewer opened the case is refused with VersionConflict, writing nothing.
+        ``own_allowed`` False (a reviewer's role): a version the reviewer saved is refused in words,
+        another reviewer or an admin decides on it."""
         reviewer = _clean_annotator(reviewer)
         version = _check_base_version(version)
         if version is None:
             raise StorageError("Name the version you reviewed (the number the case showed).")
         db = self._db()
         seen = list(db["corrections"].rows_where("case_id = ? AND version = ?", [int(case_id), version],
-                                                 select="rater", limit=1))
+                                                 select="rater, annotator, version", limit=1))
         if not seen:
             raise StorageError(f"Case #{case_id} has no version v{version}.")
         chain = seen[0]["rater"]
+        # A reviewer's own label (the version under review, or with several raters the newest version
+        # of any of the case's chains) is decided by someone else.
+        own = [row for row in review.latest_by_rater(db, int(case_id)) if row["annotator"] == reviewer]
+        if not own_allowed and (seen[0]["annotator"] == reviewer or own):
+            mine = seen[0]["version"] if seen[0]["annotator"] == reviewer else own[0]["version"]
+            raise StorageError(f"Case #{case_id} v{mine} was saved by you, {reviewer}; another reviewer or an "
+                               "admin decides on this case. Nothing was changed.")
         # Everything a decision can be refused for is checked before the reviewer's edit is saved,
         # so a refused decision writes nothing (and again in the deciding transaction below).
         review.checked_decision(_get(db, "cases", case_id, "Case"), approve=approve, comment=comment)

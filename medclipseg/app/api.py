@@ -398,7 +398,8 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
         """Approve or reject the version you reviewed (decision "approve" or "reject"; a rejection needs a
         comment). With a mask (PNG, or .nii.gz for a volume) your edit is saved as the next version and
         approved. A version saved since you opened the case is refused, nothing written."""
-        name = acting(team, request, annotator, "review").name
+        actor = acting(team, request, annotator, "review")
+        name = actor.name
         sent = uploaded(mask, "mask")
         edited = None
         if sent is not None:
@@ -406,7 +407,7 @@ def register(service: AnnotationService, team: Optional[Team] = None) -> None:
             edited = volume_workflow.read_mask_nifti(service, case.id, sent[0], name=sent[1]) if case.is_volume \
                 else service.read_mask_file(sent[0], name=sent[1])
         return service.decide_review(case_id, reviewer=name, version=version, decision=(decision or "").strip(),
-                                     comment=comment, mask=edited)
+                                     comment=comment, mask=edited, own_allowed=actor.may("review_own"))
 
     @_in_words
     def agreement(case_id: Optional[int] = None, method: str = "staple", request: gr.Request = None) -> dict:

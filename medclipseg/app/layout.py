@@ -381,12 +381,14 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
         @requires("review")
         def on_approve(current, editor_value, comment, typed_name, request: gr.Request):
             return shown(review_page.decide(service, current, editor_value, name_of(typed_name, request),
-                                            approve=True, comment=comment))
+                                            approve=True, comment=comment,
+                                            own_allowed=may(typed_name, request, "review_own")))
 
         @requires("review")
         def on_reject(current, editor_value, comment, typed_name, request: gr.Request):
             return shown(review_page.decide(service, current, editor_value, name_of(typed_name, request),
-                                            approve=False, comment=comment))
+                                            approve=False, comment=comment,
+                                            own_allowed=may(typed_name, request, "review_own")))
 
         @requires("review", lambda exc: handlers.error_text(exc))
         def on_review_queue(order, request: gr.Request):

@@ -85,9 +85,10 @@ def next_case_to_review(service: AnnotationService, order: str, reviewer: Option
 
 
 def decide(service: AnnotationService, session: Optional[EditorSession], editor_value, reviewer: Optional[str], *,
-           approve: bool, comment: str) -> Screen:
+           approve: bool, comment: str, own_allowed: bool = True) -> Screen:
     """Approve the version shown (an edit in the editor is saved as the next version and approved) or
-    reject it with a comment. A version saved since the case was opened is a conflict: nothing is decided."""
+    reject it with a comment. A version saved since the case was opened is a conflict: nothing is decided.
+    ``own_allowed`` False (a reviewer's role): a version the reviewer saved is left to someone else."""
     if session is None:
         return Screen(status=error_text("Open a case to review first (Review tab: Review next)."))
     mask = None
@@ -104,7 +105,8 @@ def decide(service: AnnotationService, session: Optional[EditorSession], editor_
         shown = service.store.load_mask(service.latest_correction(session.case_id, reviewer)["mask_path"])
         mask = None if np.array_equal(shown, edited) or not approve else edited
         decided = service.decide_review(session.case_id, reviewer=reviewer, version=version,
-                                        decision="approve" if approve else "reject", comment=comment, mask=mask)
+                                        decision="approve" if approve else "reject", comment=comment, mask=mask,
+                                        own_allowed=own_allowed)
     except VersionConflict as conflict:
         if mask is None:  # nothing of the reviewer's to keep
             return Screen(status=error_text(f"Not decided: {conflict}"))

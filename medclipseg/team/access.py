@@ -2,8 +2,9 @@
 
 Roles are ordered: an annotator segments, takes cases, saves, submits and skips their own (a case
 they hold or saved, never over someone else's version or a label under review); a reviewer also
-reviews (approves, rejects, edits) and may act on cases other people hold, saved or skipped; only an admin adds cases in bulk, exports, retrains, cancels jobs, promotes, rolls back
-and changes the project's settings. ``ACTIONS`` is the one table of what each role
+reviews (approves, rejects, edits) others' labels and may act on cases other people hold, saved or
+skipped; only an admin decides on a label they saved themselves, adds cases in bulk, exports,
+retrains, cancels jobs, promotes, rolls back and changes the project's settings. ``ACTIONS`` is the one table of what each role
 may do: the app checks it at every endpoint and UI action, and the README's role table is
 written from it (a test compares the two).
 
@@ -51,6 +52,8 @@ ACTIONS = {action.name: action for action in (
                                       "or over a label submitted for review or approved"),
     Action("skip_others", "reviewer", "Skip a case someone else saved, unskip someone else's skip"),
     Action("review", "reviewer", "Review submitted cases: approve, reject with a comment, edit; see raters' agreement"),
+    Action("review_own", "admin", "Approve or reject a version they saved themselves (a reviewer's own label "
+                                  "is decided by another reviewer or an admin)"),
     Action("ingest", "admin", "Add images or scans in bulk (ingest)"),
     Action("export", "admin", "Export the labels"),
     Action("retrain", "admin", "Start a retraining round"),
