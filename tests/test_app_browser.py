@@ -260,8 +260,15 @@ def test_ingest_then_export_from_the_browser(server, page, tmp_path):
     page.wait_for_selector("#status :text('accepted as predicted')")
 
     open_tab(page, "Export")
+    # A case with several raters is labelled by their STAPLE consensus unless the admin picks a majority vote.
+    assert "STAPLE consensus" in page.locator("#export-consensus input").input_value()
     page.click("#export")
     page.wait_for_selector("#export-report :text('Exported')")
+    shots = screenshot_dir(tmp_path)
+    page.screenshot(path=str(shots / "export-1440.png"))
+    page.set_viewport_size({"width": 800, "height": 900})
+    page.screenshot(path=str(shots / "export-800.png"), full_page=True)
+    page.set_viewport_size({"width": 1440, "height": 900})
     link = page.locator("#export-file a").first
     with page.expect_download() as download:
         link.click()

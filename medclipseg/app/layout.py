@@ -180,9 +180,9 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                                      ("NIfTI masks (.nii.gz)", "nifti"), ("DICOM-SEG", "dicom-seg")],
                                     value=VOLUME_FORMATS[0], label="Volume cases as", elem_id="export-volumes")
                                 export_consensus = gr.Dropdown(
-                                    [("STAPLE consensus (what retraining uses)", "staple"),
-                                     ("Majority vote", "majority")],
+                                    [("STAPLE consensus", "staple"), ("Majority vote", "majority")],
                                     value="staple", label="Label of a case with several raters",
+                                    info="Retraining uses STAPLE; each rater's mask is exported too.",
                                     elem_id="export-consensus")
                                 export_button = gr.Button("Export for retraining (zip)", elem_id="export")
                                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
