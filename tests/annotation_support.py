@@ -45,6 +45,39 @@ def database_with_schema_version(path, value: str):
     return path
 
 
+def box(top, left, height=10, width=12, shape=(24, 32)) -> np.ndarray:
+    """A boolean mask holding one rectangle."""
+    mask = np.zeros(shape, bool)
+    mask[top:top + height, left:left + width] = True
+    return mask
+
+
+def dice(a, b) -> float:
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def table_rows(path, table) -> list:
+    """Every row of an SQLite file's table, by id."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f'SELECT * FROM "{table}" ORDER BY id').fetchall()
+    finally:
+        conn.close()
+
+
+def assert_restored_keeps(path, acknowledged: dict, masks: dict, drafts: dict) -> None:
+    """The database restored at `path` is sound and holds every row acknowledged before its snapshot
+    ({table: rows}), every version's mask ({correction id: mask}) and drafts ({(case, annotator): mask})."""
+    with AnnotationStore(path) as restored:
+        assert restored.integrity_check() == "ok"
+        for table, rows in acknowledged.items():
+            assert table_rows(path, table) == rows, table
+        for row in restored.corrections(latest_only=False):
+            np.testing.assert_array_equal(restored.load_mask(row["mask_path"]), masks[row["id"]])
+        for (case_id, annotator), mask in drafts.items():
+            np.testing.assert_array_equal(restored.draft(case_id, annotator).mask, mask)
+
+
 def stored_files(store) -> list:
     return sorted(p for p in store.files_dir.rglob("*") if p.is_file())
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from annotation_support import case_with_prediction
+from annotation_support import assert_restored_keeps, case_with_prediction, table_rows
 from hub_stand_in import HubStandIn
 from medclipseg.annotation import hub_snapshots, snapshots
 from medclipseg.annotation.errors import StorageError
@@ -30,13 +30,6 @@ def hub(monkeypatch):
 def _mask(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((24, 32)) > 0.6
 
-
-def _rows(path, table):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(f'SELECT * FROM "{table}" ORDER BY id').fetchall()
-    finally:
-        conn.close()
 
 
 def _database_in(data: bytes, tmp_path, name: str):
@@ -65,7 +58,7 @@ def test_a_restored_hub_snapshot_holds_everything_acknowledged_before_it(tmp_pat
         store.save_correction(cases[0].id, _mask(10), annotator="bob")
         store.save_draft(cases[2].id, "carol", _mask(20))
         taken = snapshots.take_snapshot(live, TARGET)
-        acknowledged = {table: _rows(live, table) for table in ("cases", "predictions", "corrections", "drafts")}
+        acknowledged = {table: table_rows(live, table) for table in ("cases", "predictions", "corrections", "drafts")}
         masks = {row["id"]: store.load_mask(row["mask_path"]) for row in store.corrections(latest_only=False)}
         local_files = {path.relative_to(live.parent / "annotations_files").as_posix(): path.read_bytes()
                        for path in (live.parent / "annotations_files").rglob("*") if path.is_file()}
@@ -78,13 +71,8 @@ def test_a_restored_hub_snapshot_holds_everything_acknowledged_before_it(tmp_pat
 
     fresh = tmp_path / "new-machine" / "annotations.db"
     assert snapshots.restore(fresh, TARGET) == taken.path
+    assert_restored_keeps(fresh, acknowledged, masks, {(cases[2].id, "carol"): _mask(20)})
     with AnnotationStore(fresh) as restored:
-        assert restored.integrity_check() == "ok"
-        for table, rows in acknowledged.items():
-            assert _rows(fresh, table) == rows, table
-        for row in restored.corrections(latest_only=False):
-            np.testing.assert_array_equal(restored.load_mask(row["mask_path"]), masks[row["id"]])
-        np.testing.assert_array_equal(restored.draft(cases[2].id, "carol").mask, _mask(20))
         assert restored.counts()["corrected"] == 2
     assert not list(fresh.parent.glob(".*"))  # no staging left behind
     assert snapshots.restore(fresh, TARGET) is None  # a live database is never replaced

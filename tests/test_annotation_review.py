@@ -6,21 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from annotation_support import sql_connection, case_with_prediction
+from annotation_support import box, case_with_prediction, dice, sql_connection
 from medclipseg.annotation.errors import VersionConflict
 from medclipseg.annotation.export import export_dataset
 from medclipseg.annotation.retraining import _reviewed_rows
 from medclipseg.annotation.store import AnnotationStore, StorageError
-
-
-def box(top, left, height=10, width=12, shape=(24, 32)):
-    mask = np.zeros(shape, bool)
-    mask[top:top + height, left:left + width] = True
-    return mask
-
-
-def dice(a, b):
-    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 def test_a_case_goes_to_k_different_raters_and_keeps_each_chain(store):

@@ -5,19 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from annotation_support import case_with_prediction, sql_connection
+from annotation_support import box, case_with_prediction, dice, sql_connection
 from medclipseg.annotation.errors import VersionConflict
 from medclipseg.annotation.store import StorageError
-
-
-def box(top, left, height=10, width=12, shape=(24, 32)):
-    mask = np.zeros(shape, bool)
-    mask[top:top + height, left:left + width] = True
-    return mask
-
-
-def dice(a, b):
-    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 def footprint(store) -> tuple:

@@ -1,14 +1,13 @@
 """Snapshots into a folder that outlives the machine, and restoring them into a fresh one."""
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from annotation_support import case_with_prediction
+from annotation_support import assert_restored_keeps, case_with_prediction, table_rows
 from medclipseg.annotation import snapshots
 from medclipseg.annotation.store import AnnotationStore
 
@@ -22,13 +21,6 @@ def _mask(seed: int) -> np.ndarray:
     return rng.random((24, 32)) > 0.6
 
 
-def _rows(path, table):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(f'SELECT * FROM "{table}" ORDER BY id').fetchall()
-    finally:
-        conn.close()
-
 
 def test_a_restored_snapshot_holds_everything_acknowledged_before_it(tmp_path):
     live, bucket = tmp_path / "disk" / "annotations.db", tmp_path / "bucket"
@@ -39,20 +31,15 @@ def test_a_restored_snapshot_holds_everything_acknowledged_before_it(tmp_path):
         store.save_correction(cases[0].id, _mask(10), annotator="bob")  # version 2
         store.save_draft(cases[3].id, "carol", _mask(20))
         taken = snapshots.take_snapshot(live, bucket)
-        acknowledged = {table: _rows(live, table) for table in ("cases", "predictions", "corrections", "drafts")}
+        acknowledged = {table: table_rows(live, table) for table in ("cases", "predictions", "corrections", "drafts")}
         masks = {row["id"]: store.load_mask(row["mask_path"]) for row in store.corrections(latest_only=False)}
         store.save_correction(cases[4].id, _mask(30), annotator="alice")  # after the snapshot: may be lost
     assert taken.path.parent == bucket / "snapshots" and taken.files_copied > 0
 
     fresh = tmp_path / "new-machine" / "annotations.db"  # a fresh container: nothing on its disk
     assert snapshots.restore(fresh, bucket) == taken.path
+    assert_restored_keeps(fresh, acknowledged, masks, {(cases[3].id, "carol"): _mask(20)})
     with AnnotationStore(fresh) as restored:
-        assert restored.integrity_check() == "ok"
-        for table, rows in acknowledged.items():
-            assert _rows(fresh, table) == rows, table
-        for row in restored.corrections(latest_only=False):
-            np.testing.assert_array_equal(restored.load_mask(row["mask_path"]), masks[row["id"]])
-        np.testing.assert_array_equal(restored.draft(cases[3].id, "carol").mask, _mask(20))
         for case in cases:
             assert restored.load_image(case.id).shape == (24, 32, 3)
         assert restored.counts()["corrected"] == 3  # the save after the snapshot is the bounded loss

@@ -8,14 +8,8 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from annotation_support import case_with_prediction
+from annotation_support import box, case_with_prediction
 from medclipseg.team.agreement import pixel_auroc, uncertainty_vs_disagreement
-
-
-def box(top, left, height=10, width=12, shape=(24, 32)):
-    mask = np.zeros(shape, bool)
-    mask[top:top + height, left:left + width] = True
-    return mask
 
 
 def independent_measures(entropy, masks):
