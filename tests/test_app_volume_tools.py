@@ -249,3 +249,33 @@ def test_the_editor_server_functions_refuse_a_volume_another_annotator_holds(ser
     refused = handlers.reopen(service, case.id, "bob", others_allowed=False)
     assert refused.session is handlers.KEEP and "now held by alice" in refused.status
     assert handlers.reopen(service, case.id, "rev", others_allowed=True).session.case_id == case.id
+
+
+def test_a_reviewer_approves_a_volume_with_an_unsaved_slice_edit_as_one_edited_version(service, opened):
+    """The reviewer's painting on a volume is saved, when they approve, as the next version of the
+    reviewed chain and approved (not left behind, not saved as a label of their own first)."""
+    from medclipseg.annotation import volume_files
+    from medclipseg.app import review as review_page
+
+    screen, case = opened
+    saved = handlers.save(service, screen.session, value_of(screen.editor, index=0, mask=np.zeros((ROWS, ROWS), bool)),
+                          "alice")
+    assert "v1" in saved.status, saved.status
+    service.store.submit_for_review(case.id, by="alice")
+    shown = review_page.next_case_to_review(service, "uncertainty", "rev")
+    assert f"Reviewing case #{case.id}" in shown.status and shown.editor["base_version"] == 1
+    painted = disc(6, center=(20, 20))
+    before = volume_files.unmosaic(service.store.load_mask(service.latest_correction(case.id)["mask_path"]),
+                                   service.store.volume_geometry(case.id)).astype(bool)
+    value = value_of(shown.editor, index=5, mask=painted, pending=[(5, 3, painted)])
+    decided = review_page.decide(service, shown.session, value, "rev", approve=True, comment="",
+                                 own_allowed=False)
+    assert f"approved v2 (your edit of v1)" in decided.status, decided.status
+    latest = service.store.latest_correction(case.id)
+    assert (latest["version"], latest["annotator"]) == (2, "rev")
+    after = volume_files.unmosaic(service.store.load_mask(latest["mask_path"]),
+                                  service.store.volume_geometry(case.id)).astype(bool)
+    np.testing.assert_array_equal(after[5], painted)
+    np.testing.assert_array_equal(np.delete(after, 5, axis=0), np.delete(before, 5, axis=0))
+    status = service.store.review_status(case.id)
+    assert (status["review_state"], status["review_version"]) == ("approved", 2)
