@@ -109,9 +109,10 @@ def build_app(service: AnnotationService, *, team: Optional[Team] = None) -> gr.
                 gr.Markdown("### MedCLIPSeg Annotator\nResearch and annotation tool, **not for clinical use**."
                             + ("" if auth_enabled else f" <span id='open-warning'>{OPEN_WARNING}</span>"),
                             elem_id="page-title")
-                # The Model tab's refresh (at page load, then on its timer, for a signed-in sender)
-                # keeps it current: the serving model changes when another version is promoted.
-                model_line = gr.Markdown(elem_id="model-line")
+                # The model at build time (the page is served only after a sign-in where logins are on);
+                # the Model tab's refresh (at page load, then on its timer, for a signed-in sender) keeps
+                # it current: the serving model changes when another version is promoted.
+                model_line = gr.Markdown(model_tab.header_text(service), elem_id="model-line")
             annotator_box = gr.Textbox(label="Annotator", placeholder="your name",
                                        visible=not auth_enabled, elem_id="annotator", scale=1, min_width=200)
             if auth_enabled:
