@@ -290,6 +290,22 @@ def _refuse_others_work(case_row: dict, latest: Optional[dict], annotator: str, 
                            "of it now. Nothing was saved.")
 
 
+def _save_target(db, case_id: int, annotator: str, project, *, for_rater: Optional[str], others_allowed: bool,
+                 base_version) -> tuple:
+    """(the chain a save continues, its newest version row or None), or the save's refusal in words:
+    a k+1-th rater, others' work for an annotator's role, a conflict with ``base_version`` (unless
+    KEEP_UNCHECKED). Run before any file is written and again inside the write transaction."""
+    case_row = _get(db, "cases", case_id, "Case")
+    chain = review.save_chain(db, case_row, annotator, project.raters_per_case, for_rater=for_rater,
+                              others_allowed=others_allowed)
+    latest = review.latest_in_chain(db, case_id, chain)
+    if not others_allowed:
+        _refuse_others_work(case_row, latest, annotator, now=time.time())
+    if base_version is not KEEP_UNCHECKED:
+        _refuse_conflict(db, case_id, annotator, base_version, latest)
+    return chain, latest
+
+
 def _refuse_skip_of_others(db, row: dict, annotator: str, *, now: float) -> None:
     """StorageError when `annotator` (an annotator's role) may not skip the case `row`: someone else saved
     a version of it, or they neither hold it (a live lease) nor saved it (take it from the queue first)."""
@@ -848,14 +864,8 @@ class AnnotationStore:
             base_version = _check_base_version(base_version)
         case = self.get_case(case_id)
         if checked or not others_allowed:  # refused before any work when visible already; again under the lock
-            chain = review.save_chain(self._db(), _get(self._db(), "cases", case.id, "Case"), annotator,
-                                      review.project_settings(self._db()).raters_per_case, for_rater=for_rater,
-                                      others_allowed=others_allowed)
-            latest = review.latest_in_chain(self._db(), case.id, chain)
-            if not others_allowed:
-                _refuse_others_work(_get(self._db(), "cases", case.id, "Case"), latest, annotator, now=time.time())
-            if checked:
-                _refuse_conflict(self._db(), case.id, annotator, base_version, latest)
+            _save_target(self._db(), case.id, annotator, review.project_settings(self._db()), for_rater=for_rater,
+                         others_allowed=others_allowed, base_version=base_version if checked else KEEP_UNCHECKED)
         reviewed = self._reviewed_slices(case, reviewed_slices)
         provenance = self._slice_provenance(case, slice_provenance)
         if case.is_volume and corrected_mask is not None and np.ndim(corrected_mask) == 3:
@@ -878,13 +888,9 @@ class AnnotationStore:
             with self._connections.write() as db:
                 # Inside BEGIN IMMEDIATE: no other writer can take the same version number or save in between.
                 project = review.project_settings(db)
-                chain = review.save_chain(db, _get(db, "cases", case.id, "Case"), annotator, project.raters_per_case,
-                                          for_rater=for_rater, others_allowed=others_allowed)
-                latest = review.latest_in_chain(db, case.id, chain)
-                if not others_allowed:
-                    _refuse_others_work(_get(db, "cases", case.id, "Case"), latest, annotator, now=time.time())
-                if checked:
-                    _refuse_conflict(db, case.id, annotator, base_version, latest)
+                chain, latest = _save_target(db, case.id, annotator, project, for_rater=for_rater,
+                                             others_allowed=others_allowed,
+                                             base_version=base_version if checked else KEEP_UNCHECKED)
                 replaces = None if latest is None else int(latest["version"])
                 highest = _latest_version_row(db, case.id)  # numbers run across the chains of a case
                 version = (0 if highest is None else int(highest["version"])) + 1
