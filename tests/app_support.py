@@ -60,8 +60,9 @@ def fill_queue(store, count, *, height=48, width=64, seed=0, model_id=None):
     ids = []
     for index in range(count):
         image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        case = store.add_case(image, prompt=f"lesion {index}", original_name=f"img{index:04d}.png", source="ingest")
-        store.add_prediction(case.id, synthetic_prediction(height, width, seed=seed + index, model_id=model_id))
+        case, _ = store.add_case_with_prediction(
+            image, synthetic_prediction(height, width, seed=seed + index, model_id=model_id),
+            prompt=f"lesion {index}", original_name=f"img{index:04d}.png", source="ingest")
         ids.append(case.id)
     return ids
 
@@ -280,9 +281,11 @@ def ranked_case(store, probability, *, rank, name="case.png", prompt="a lesion",
         image = np.repeat(grey[..., None], 3, axis=2)
     model_id = model_id or store.current_model_id() or "synthetic@0"
     scores = {ACQUISITIONS[RANK_ORDER].score_key: float(rank)}
-    case = store.add_case(np.ascontiguousarray(image), prompt=prompt, original_name=name, source="ingest")
-    prediction_id = store.add_prediction(case.id, prediction_from_probability(probability, model_id=model_id,
-                                                                              scores=scores))
+    # One transaction: a running app's background re-scoring takes any case it sees without a
+    # prediction of the current model, and its own prediction would replace the rank written here.
+    case, prediction_id = store.add_case_with_prediction(
+        np.ascontiguousarray(image), prediction_from_probability(probability, model_id=model_id, scores=scores),
+        prompt=prompt, original_name=name, source="ingest")
     return case.id, prediction_id
 
 
