@@ -105,7 +105,14 @@ def add_case(server, probability, name):
 
 
 def wait_for_case(page, case_id):
-    page.wait_for_selector(f'#editor [data-case-id="{case_id}"][data-ready="true"]')
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_selector(f'#editor [data-case-id="{case_id}"][data-ready="true"]')
+    except PlaywrightTimeout:
+        shown = page.evaluate("(document.querySelector('#editor [data-case-id]') || {dataset: {}}).dataset.caseId")
+        raise AssertionError(f"case {case_id} was not opened; the editor shows case {shown!r}, "
+                             f"the status line says {page.inner_text('#status')!r}") from None
 
 
 def open_next(page, annotator, case_id):
