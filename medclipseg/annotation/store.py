@@ -865,7 +865,7 @@ class AnnotationStore:
         case = self.get_case(case_id)
         if checked or not others_allowed:  # refused before any work when visible already; again under the lock
             _save_target(self._db(), case.id, annotator, review.project_settings(self._db()), for_rater=for_rater,
-                         others_allowed=others_allowed, base_version=base_version if checked else KEEP_UNCHECKED)
+                         others_allowed=others_allowed, base_version=base_version)
         reviewed = self._reviewed_slices(case, reviewed_slices)
         provenance = self._slice_provenance(case, slice_provenance)
         if case.is_volume and corrected_mask is not None and np.ndim(corrected_mask) == 3:
@@ -889,8 +889,7 @@ class AnnotationStore:
                 # Inside BEGIN IMMEDIATE: no other writer can take the same version number or save in between.
                 project = review.project_settings(db)
                 chain, latest = _save_target(db, case.id, annotator, project, for_rater=for_rater,
-                                             others_allowed=others_allowed,
-                                             base_version=base_version if checked else KEEP_UNCHECKED)
+                                             others_allowed=others_allowed, base_version=base_version)
                 replaces = None if latest is None else int(latest["version"])
                 highest = _latest_version_row(db, case.id)  # numbers run across the chains of a case
                 version = (0 if highest is None else int(highest["version"])) + 1
@@ -1290,13 +1289,14 @@ class AnnotationStore:
         if not seen:
             raise StorageError(f"Case #{case_id} has no version v{version}.")
         chain = seen[0]["rater"]
-        # A reviewer's own label (the version under review, or with several raters the newest version
-        # of any of the case's chains) is decided by someone else.
-        own = [row for row in review.latest_by_rater(db, int(case_id)) if row["annotator"] == reviewer]
-        if not own_allowed and (seen[0]["annotator"] == reviewer or own):
-            mine = seen[0]["version"] if seen[0]["annotator"] == reviewer else own[0]["version"]
-            raise StorageError(f"Case #{case_id} v{mine} was saved by you, {reviewer}; another reviewer or an "
-                               "admin decides on this case. Nothing was changed.")
+        if not own_allowed:
+            # A reviewer's own label (the version under review, or with several raters the newest
+            # version of any of the case's chains) is decided by someone else.
+            own = [seen[0]] if seen[0]["annotator"] == reviewer else [
+                row for row in review.latest_by_rater(db, int(case_id)) if row["annotator"] == reviewer]
+            if own:
+                raise StorageError(f"Case #{case_id} v{own[0]['version']} was saved by you, {reviewer}; another "
+                                   "reviewer or an admin decides on this case. Nothing was changed.")
         # Everything a decision can be refused for is checked before the reviewer's edit is saved,
         # so a refused decision writes nothing (and again in the deciding transaction below).
         review.checked_decision(_get(db, "cases", case_id, "Case"), approve=approve, comment=comment)

@@ -4,9 +4,9 @@ Roles are ordered: an annotator segments, takes cases, saves, submits and skips 
 they hold or saved, never over someone else's version or a label under review); a reviewer also
 reviews (approves, rejects, edits) others' labels and may act on cases other people hold, saved or
 skipped; only an admin decides on a label they saved themselves, adds cases in bulk, exports,
-retrains, cancels jobs, promotes, rolls back and changes the project's settings. ``ACTIONS`` is the one table of what each role
-may do: the app checks it at every endpoint and UI action, and the README's role table is
-written from it (a test compares the two).
+retrains, cancels jobs, promotes, rolls back and changes the project's settings. ``ACTIONS`` is the
+one table of what each role may do: the app checks it at every endpoint and UI action, and the
+README's role table is written from it (a test compares the two).
 
 Logins: ``MEDCLIPSEG_AUTH="user:password[:role],..."`` (role ``annotator`` when left out), and the
 ``users`` table of the annotation database (``medclipseg users add``; medclipseg.annotation.accounts),
